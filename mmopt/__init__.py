@@ -1,0 +1,13 @@
+"""mmopt: a compiler-style model optimization toolchain.
+
+ONNX (and other frameworks, through frontends) in; optimized ONNX and verified TVM-compiled artifacts
+for x86, ARM and NVIDIA GPUs out. The CLI (``mmopt``) is a thin shell over these functions.
+"""
+
+__version__ = "0.1.0"
+
+from mmopt.api import CompileResult, compile, inspect, load, optimize, run  # noqa: E402
+from mmopt.errors import MmoptError  # noqa: E402
+
+__all__ = ["CompileResult", "MmoptError", "__version__", "compile", "inspect", "load", "optimize",
+           "run"]

@@ -1,0 +1,212 @@
+"""The Python API: the same verbs as the CLI (``mmopt.compile``, ``mmopt.run``, ``mmopt.inspect``...)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mmopt import __version__
+from mmopt import ir as mir
+from mmopt import targets as _targets
+from mmopt.codegen import build as _build
+from mmopt.codegen.relax_import import to_relax
+from mmopt.errors import MmoptError
+from mmopt.passes import DEFAULT_LEVEL, PipelineReport, optimize as _optimize
+from mmopt.runtime.artifact import ArtifactMeta, CompiledModel, TensorSpec, artifact_paths
+from mmopt.runtime.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, compare, run_onnxruntime
+
+logger = logging.getLogger(__name__)
+
+#: progress callback: called with a short stage description as each stage starts
+Progress = Callable[[str], None]
+
+
+@dataclass
+class CompileResult:
+    library: Path
+    meta_path: Path
+    meta: ArtifactMeta
+    passes: PipelineReport
+    verification: VerifyReport | None = None
+    onnx_path: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _source_name(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    return "<ModelProto>"
+
+
+def default_output(model, target: str) -> Path:
+    stem = Path(model).stem if isinstance(model, (str, os.PathLike)) else "model"
+    return Path(f"{stem}.{target}")
+
+
+@contextlib.contextmanager
+def _atomic_outputs(prefix: Path) -> Iterator[Path]:
+    """A private directory beside ``prefix`` to write into; removed (with any directory this made)
+    if the block fails, so a failed compile leaves nothing on disk."""
+    parent = prefix.parent if str(prefix.parent) else Path(".")
+    created = []
+    probe = parent.resolve()
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix.name}.", suffix=".partial", dir=parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
+    model,
+    target: str = "x86",
+    output=None,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    opt_level: int = DEFAULT_LEVEL,
+    verify: bool | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    seed: int = 0,
+    save_onnx: bool = False,
+    progress: Progress | None = None,
+) -> CompileResult:
+    """Compile an ONNX model (path or ModelProto) into ``OUTPUT.so`` + ``OUTPUT.json`` for ``target``.
+
+    ``verify=None`` verifies when the target can run on this machine. The reference for verification
+    is the *source* model on onnxruntime, so it covers both the graph passes and code generation.
+    Raises :class:`MmoptError` for bad input; a failed verification is reported in the result (and
+    the CLI exits 1), not raised.
+    """
+    import time
+
+    import tvm
+
+    step = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    tgt = _targets.get(target)
+    _targets.require_toolchain(tgt)  # fail before any work
+    if verify is None:
+        verify = tgt.runs_here()
+    elif verify and not tgt.runs_here():
+        raise MmoptError(f"--verify: target {tgt.name} cannot run here ({tgt.why_not_here()}); "
+                         "use --no-verify, or verify on a device")
+
+    prefix = Path(output) if output is not None else default_output(model, tgt.name)
+    library, meta_path = artifact_paths(prefix)
+    source = _source_name(model)
+
+    t0 = time.perf_counter()
+    step("loading model")
+    reference = mir.prepare(model, input_shapes)
+    sha = mir.sha256_of(model if isinstance(model, onnx.ModelProto) else Path(model))
+    step(f"optimizing (-O{opt_level})")
+    optimized, report = _optimize(reference, opt_level)
+    optimized = mir.infer_shapes(optimized)
+    timings["passes"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    step("importing into TVM Relax")
+    mod = to_relax(optimized, where=source)
+    step(f"generating code for {tgt.name}")
+    executable = _build.build(mod, tgt)
+    timings["codegen"] = time.perf_counter() - t0
+
+    meta = ArtifactMeta(
+        name=prefix.name,
+        inputs=[TensorSpec(v.name, [int(d) for d in mir.dims_of(v)], str(mir.dtype_of(v)))
+                for v in mir.graph_inputs(optimized)],
+        outputs=[TensorSpec(v.name, [d if isinstance(d, int) else -1 for d in mir.dims_of(v)],
+                            str(mir.dtype_of(v))) for v in optimized.graph.output],
+        target=tgt.to_dict(),
+        source_model=source,
+        source_sha256=sha,
+        passes_applied=report.applied,
+        opt_level=opt_level,
+        mmopt_version=__version__,
+        tvm_version=str(tvm.__version__),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+    with _atomic_outputs(prefix) as tmp:
+        tmp_lib, tmp_meta = artifact_paths(tmp / prefix.name)
+        step(f"linking {library.name}")
+        t0 = time.perf_counter()
+        _build.export(executable, tgt, tmp_lib)
+        timings["export"] = time.perf_counter() - t0
+        meta.write(tmp_meta)
+        verification = None
+        if verify:
+            step("verifying against onnxruntime")
+            t0 = time.perf_counter()
+            verification = verify_artifact(tmp_lib, reference, atol=atol, rtol=rtol, seed=seed)
+            timings["verify"] = time.perf_counter() - t0
+            meta.verification = verification.to_dict()
+            meta.write(tmp_meta)
+        onnx_path = None
+        if save_onnx:
+            onnx_path = prefix.with_name(prefix.name + ".onnx")
+            mir.save(optimized, tmp / onnx_path.name)
+        # Everything is written: move into place (library last is not needed: same directory).
+        for path in [tmp_lib, tmp_meta] + ([tmp / onnx_path.name] if onnx_path else []):
+            os.replace(path, prefix.parent / path.name)
+            if onnx_path and path.name == onnx_path.name and (tmp / (path.name + ".data")).exists():
+                os.replace(tmp / (path.name + ".data"), prefix.parent / (path.name + ".data"))
+    return CompileResult(library, meta_path, meta, report, verification, onnx_path, timings)
+
+
+def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAULT_ATOL,
+                    rtol: float = DEFAULT_RTOL, seed: int = 0) -> VerifyReport:
+    """Run ``artifact`` and onnxruntime (on ``reference``) on the same seeded random inputs."""
+    feeds = mir.random_inputs(reference, seed)
+    expected = run_onnxruntime(reference, feeds)
+    got = CompiledModel(artifact)(**feeds)
+    report = compare(expected, got, atol=atol, rtol=rtol)
+    report.seed = seed
+    return report
+
+
+def load(artifact) -> CompiledModel:
+    """Load a compiled artifact; call the result with numpy arrays."""
+    return CompiledModel(artifact)
+
+
+def run(artifact, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a compiled artifact once on ``inputs`` (by name)."""
+    return CompiledModel(artifact)(**inputs)
+
+
+def optimize(model, output=None, *, input_shapes=None, opt_level: int = DEFAULT_LEVEL,
+             passes: Sequence[str] | None = None, disable: Sequence[str] = ()):
+    """Optimize an ONNX model at the graph level; returns ``(ModelProto, PipelineReport)``."""
+    prepared = mir.prepare(model, input_shapes) if input_shapes else mir.normalize_opset(mir.load(model))
+    optimized, report = _optimize(prepared, opt_level, passes=passes, disable=disable)
+    if output is not None:
+        mir.save(optimized, output)
+    return optimized, report
+
+
+def inspect(model):
+    """Inputs/outputs, op histogram, parameter count and MACs of an ONNX model."""
+    from mmopt.ir.inspect import inspect_model
+
+    return inspect_model(mir.load(model))

@@ -1,0 +1,351 @@
+"""The ``mmopt`` command line: thin commands that parse options, call :mod:`mmopt`'s API and print.
+
+Errors a user can cause end as one line on stderr (``mmopt: error: ...``) with exit code 2; a failed
+verification exits 1. ``--debug`` shows tracebacks and third-party warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from mmopt import __version__
+from mmopt._logging import configure as configure_logging
+from mmopt.errors import MmoptError
+
+logger = logging.getLogger("mmopt")
+# Piped output (CI logs, files) would otherwise wrap at 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False)
+
+
+class MmoptGroup(click.Group):
+    """Turns MmoptError and unexpected exceptions into one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MmoptError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"mmopt: error: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("mmopt: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - last line of defence: no tracebacks by default
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            text = str(exc).strip().splitlines()
+            click.echo(f"mmopt: internal error: {type(exc).__name__}: "
+                       f"{text[-1] if text else ''} (rerun with --debug for the traceback)", err=True)
+            sys.exit(3)
+
+
+def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    from mmopt.ir import parse_shape_option
+
+    return dict(parse_shape_option(v) for v in values)
+
+
+def _model_path(path: str) -> str:
+    """Accept ``zoo:NAME`` for a built-in example model; otherwise a file path."""
+    if path.startswith("zoo:"):
+        from mmopt.zoo import zoo_model
+
+        return zoo_model(path[4:])
+    return path
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
+    help="Fix an input's shape (repeatable), e.g. --input-shape x:1,3,224,224. A symbolic leading "
+         "(batch) dim defaults to 1.")
+
+
+@click.group(cls=MmoptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mmopt")
+@click.option("--debug", is_flag=True, help="Show tracebacks and third-party warnings.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
+    """mmopt: optimize models and compile them for ARM, x86 and NVIDIA GPUs.
+
+    \b
+    Typical use:
+      mmopt inspect model.onnx
+      mmopt compile model.onnx --target x86 -o out/model
+      mmopt run out/model --input x=x.npy -o outputs.npz
+
+    MODEL may be an .onnx file or zoo:NAME for a built-in example (see `mmopt zoo list`).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    configure_logging(verbose, debug)
+
+
+# --------------------------------------------------------------------------------------------------
+# compile
+
+
+@cli.command("compile")
+@click.argument("model")
+@click.option("-t", "--target", default="x86", show_default=True,
+              help="Target name (see `mmopt targets`).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Artifact prefix: writes OUTPUT.so and OUTPUT.json. [default: MODEL.TARGET]")
+@input_shape_option
+@click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
+              help="Graph optimization level (0: none, 1: simplify, 2: + eliminations, 3: + layout).")
+@click.option("--verify/--no-verify", default=None,
+              help="Run the artifact and onnxruntime on the same random inputs and compare. "
+                   "[default: on when the target runs on this machine]")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Verification abs tolerance.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Verification rel tolerance.")
+@click.option("--save-onnx", is_flag=True, help="Also write the optimized model as OUTPUT.onnx.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compile_cmd(model, target, output, input_shapes, opt_level, verify, atol, rtol, save_onnx,
+                as_json):
+    """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
+    import mmopt
+
+    model = _model_path(model)
+    with err.status("compiling") as status:
+        result = mmopt.compile(
+            model, target, output, input_shapes=_shapes(input_shapes), opt_level=opt_level,
+            verify=verify, atol=atol, rtol=rtol, save_onnx=save_onnx,
+            progress=lambda msg: status.update(msg),
+        )
+    if as_json:
+        out.print_json(json.dumps({"library": str(result.library), "meta": str(result.meta_path),
+                                   "timings": result.timings, **result.meta.to_dict()}))
+    else:
+        _print_compile_report(result)
+    if result.verification is not None and not result.verification.passed:
+        sys.exit(1)
+
+
+def _print_compile_report(result) -> None:
+    meta = result.meta
+    out.print(f"[bold]compiled[/] {meta.source_model} -> {result.library} + {result.meta_path.name}")
+    out.print(f"  target    {meta.target['name']}  ({json.dumps(meta.target['tvm'])})")
+    for kind, specs in (("input", meta.inputs), ("output", meta.outputs)):
+        for s in specs:
+            out.print(f"  {kind:<9} {s.name}  {s.dtype}{s.shape}")
+    rep = result.passes
+    out.print(f"  passes    -O{meta.opt_level}: nodes {rep.nodes_before} -> {rep.nodes_after}"
+              + (f" ({', '.join(rep.applied)})" if rep.applied else ""))
+    out.print("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    if result.onnx_path:
+        out.print(f"  onnx      {result.onnx_path}")
+    v = result.verification
+    if v is None:
+        out.print("  verify    [yellow]skipped[/] (target does not run here)")
+    else:
+        table = Table(title=None, box=None, padding=(0, 2))
+        for col in ("output", "shape", "max abs err", "max rel err", "status"):
+            table.add_column(col)
+        for o in v.outputs:
+            table.add_row(o.name, str(o.shape), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
+                          "[green]ok[/]" if o.passed else "[red]MISMATCH[/]")
+        verdict = "[green]PASS[/]" if v.passed else "[red]FAIL[/]"
+        out.print(f"  verify    {verdict} vs onnxruntime (atol {v.atol:g}, rtol {v.rtol:g}, "
+                  f"seed {v.seed})")
+        out.print(table)
+
+
+# --------------------------------------------------------------------------------------------------
+# run
+
+
+def _parse_inputs(values: tuple[str, ...]) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise MmoptError(f"--input {value!r}: expected NAME=FILE.npy (or FILE.npz to take every "
+                             "array in it by name)")
+        feeds.update(_load_array(name, Path(path)))
+    return feeds
+
+
+def _load_array(name: str, path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise MmoptError(f"--input {name}={path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)  # never unpickle user files
+    except (ValueError, OSError) as exc:
+        raise MmoptError(f"--input {name}={path}: not a .npy/.npz array file ({exc})") from exc
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            if name in data.files:
+                return {name: data[name]}
+            if name == "*":
+                return {k: data[k] for k in data.files}
+            raise MmoptError(f"--input {name}={path}: the archive has no array {name!r} "
+                             f"(it has {', '.join(data.files)}); use *={path} to take all")
+    return {name: data}
+
+
+@cli.command("run")
+@click.argument("artifact")
+@click.option("-i", "--input", "inputs", multiple=True, metavar="NAME=FILE.npy",
+              help="An input array (repeatable). Without inputs, seeded random data is used.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write outputs to this .npz file (arrays by output name).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+def run_cmd(artifact, inputs, output, seed):
+    """Run a compiled ARTIFACT (NAME, NAME.so or NAME.json) on this machine."""
+    from mmopt.runtime import load
+
+    model = load(artifact)
+    feeds = _parse_inputs(inputs)
+    if not feeds:
+        rng = np.random.default_rng(seed)
+        feeds = {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
+                 if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
+                 for s in model.meta.inputs}
+        logger.warning("no --input given: running on seeded random inputs (seed %d)", seed)
+    outputs = model(**feeds)
+    if output:
+        tmp = Path(output).with_name(Path(output).name + ".partial.npz")
+        np.savez(tmp, **outputs)
+        tmp.replace(output)
+    table = Table(box=None, padding=(0, 2))
+    for col in ("output", "dtype", "shape", "min", "max", "mean"):
+        table.add_column(col)
+    for name, value in outputs.items():
+        numeric = value.size and value.dtype.kind in "fiub"
+        table.add_row(name, str(value.dtype), str(list(value.shape)),
+                      *( [f"{value.min():.4g}", f"{value.max():.4g}", f"{value.mean():.4g}"]
+                         if numeric else ["", "", ""]))
+    out.print(table)
+    if output:
+        out.print(f"wrote {output}")
+
+
+# --------------------------------------------------------------------------------------------------
+# targets, inspect, optimize, zoo
+
+
+@cli.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def targets_cmd(as_json):
+    """List the known targets and whether each runs on this machine."""
+    from mmopt import targets
+
+    entries = list(targets.registry().values())
+    if as_json:
+        out.print_json(json.dumps([{**t.to_dict(), "description": t.description,
+                                    "runs_here": t.runs_here()} for t in entries]))
+        return
+    table = Table(box=None, padding=(0, 2))
+    for col in ("target", "device", "arch", "layout", "runs here", "description"):
+        table.add_column(col)
+    for t in entries:
+        table.add_row(t.name, t.device, t.arch, t.preferred_layout,
+                      "[green]yes[/]" if t.runs_here() else "no", t.description)
+    out.print(table)
+
+
+@cli.command("inspect")
+@click.argument("model")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect_cmd(model, input_shapes, as_json):
+    """Show MODEL's inputs/outputs, op histogram, parameter count and MACs/FLOPs."""
+    from mmopt import ir as mir
+    from mmopt.ir.inspect import inspect_model, render
+
+    proto = mir.load(_model_path(model))
+    try:  # MACs need static shapes: fix what the user gave (and a symbolic batch to 1)
+        proto = mir.fix_input_shapes(proto, _shapes(input_shapes))
+    except MmoptError as exc:
+        if input_shapes:
+            raise
+        logger.info("shapes stay symbolic (%s)", exc.message)
+    report = inspect_model(proto)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        render(report, out)
+
+
+@cli.command("optimize")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the optimized ONNX model.")
+@click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
+              help="Optimization level.")
+@input_shape_option
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Also write the per-pass report as JSON.")
+def optimize_cmd(model, output, opt_level, input_shapes, report_path):
+    """Optimize MODEL at the graph level and write the result as ONNX."""
+    import mmopt
+
+    optimized, report = mmopt.optimize(_model_path(model), None, input_shapes=_shapes(input_shapes),
+                                       opt_level=opt_level)
+    from mmopt import ir as mir
+
+    mir.save(optimized, output)
+    if report_path:
+        Path(report_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    table = Table(box=None, padding=(0, 2))
+    for col in ("pass", "modified", "nodes", "seconds"):
+        table.add_column(col)
+    for p in report.passes:
+        table.add_row(p.name, "yes" if p.modified else "-", f"{p.nodes_before} -> {p.nodes_after}",
+                      f"{p.seconds:.3f}")
+    out.print(table)
+    out.print(f"nodes {report.nodes_before} -> {report.nodes_after}; wrote {output}")
+
+
+@cli.group("zoo")
+def zoo_cmd():
+    """Built-in example models (built deterministically, no download)."""
+
+
+@zoo_cmd.command("list")
+def zoo_list():
+    """List the built-in models."""
+    from models_zoo import MODELS
+
+    table = Table(box=None, padding=(0, 2))
+    table.add_column("name")
+    table.add_column("inputs")
+    table.add_column("description")
+    for name, entry in sorted(MODELS.items()):
+        shapes = ", ".join(f"{k}:{','.join(map(str, v))}" for k, v in entry.input_shapes.items())
+        table.add_row(name, shapes, entry.description)
+    out.print(table)
+
+
+@zoo_cmd.command("export")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: NAME.onnx]")
+def zoo_export(name, output):
+    """Write the built-in model NAME as an ONNX file."""
+    from mmopt import ir as mir
+    from mmopt.zoo import build
+
+    path = Path(output or f"{name}.onnx")
+    mir.save(build(name), path)
+    out.print(f"wrote {path}")
+
+
+def main() -> None:
+    cli(prog_name="mmopt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Relax module -> compiled executable -> shared library on disk."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mmopt.codegen.pipeline import relax_pipeline
+from mmopt.errors import MmoptError, summarize
+from mmopt.targets import Target, require_toolchain
+
+logger = logging.getLogger(__name__)
+
+
+def build(mod, target: Target):
+    """Compile a Relax ``IRModule`` for ``target`` with mmopt's pipeline; returns a TVM Executable."""
+    import tvm
+
+    try:
+        return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target))
+    except Exception as exc:  # noqa: BLE001 - TVM raises its own error types from C++
+        raise MmoptError(f"code generation for target {target.name} failed: {summarize(exc)}") from exc
+
+
+def export(executable, target: Target, path: Path) -> None:
+    """Write the shared library, cross-linked with the target's compiler when it has one."""
+    import tvm
+
+    require_toolchain(target)
+    kwargs = {}
+    if target.cross_compiler:
+        kwargs["fcompile"] = tvm.support.cc.cross_compiler(target.cross_compiler)
+    try:
+        executable.export_library(str(path), **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise MmoptError(f"linking {path.name} for target {target.name} failed: "
+                         f"{summarize(exc)}") from exc
+

@@ -1,0 +1,42 @@
+"""Errors that reach the user as one clear line.
+
+Every error a user can cause (bad file, bad option, unsupported model, missing tool) is raised as an
+:class:`MmoptError`. The CLI prints ``mmopt: error: <message>`` on stderr and exits with
+``exit_code``; library users catch it like any exception.
+"""
+
+from __future__ import annotations
+
+
+class MmoptError(Exception):
+    """A user-facing error: the message names the file, node or option and says what to do."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ModelLoadError(MmoptError):
+    """The model file is missing, unreadable, or not a valid model."""
+
+
+class UnsupportedModelError(MmoptError):
+    """The model uses operators or features that a stage cannot handle."""
+
+
+class TargetError(MmoptError):
+    """Unknown target, or a toolchain the target needs is missing."""
+
+
+class VerificationError(MmoptError):
+    """Compiled outputs disagree with the reference beyond tolerance."""
+
+    exit_code = 1
+
+
+def summarize(exc: BaseException) -> str:
+    """One line from a third-party exception: the last non-empty line (where C++ errors put the cause)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -1,0 +1,364 @@
+"""Loading, validating, normalizing and saving ONNX models.
+
+The graph-level IR of mmopt is ONNX: a ``onnx.ModelProto`` between stages, an ``onnx_ir.Model`` inside
+passes. Everything here takes and returns ``ModelProto`` so that onnxruntime, onnxsim and TVM's
+importer can consume the result of any step directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from mmopt.errors import ModelLoadError, MmoptError, summarize
+
+logger = logging.getLogger(__name__)
+
+#: The opset every model is brought to before any pass runs.
+MIN_OPSET = 17
+#: Protobuf cannot serialize a message past 2 GiB; above this, tensors go to external data.
+PROTOBUF_LIMIT = 2**31 - 1
+_EXTERNAL_THRESHOLD = 1_800_000_000
+
+def load(source, *, check: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model from a path, raw bytes or a ``ModelProto`` (returned as is).
+
+    External-data tensors next to the file are loaded. Raises :class:`ModelLoadError` with a one-line
+    reason for a missing file, a directory, a file that is not ONNX, or a truncated/corrupt protobuf.
+    """
+    if isinstance(source, onnx.ModelProto):
+        model = source
+        where = "<ModelProto>"
+    elif isinstance(source, (bytes, bytearray)):
+        model = _parse(bytes(source), "<bytes>")
+        where = "<bytes>"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from exc
+        model = _parse(data, where)
+        if _uses_external_data(model):
+            try:
+                onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(
+                    f"{path}: external tensor data missing or unreadable ({exc}); keep the data "
+                    "file(s) next to the model"
+                ) from exc
+    if check:
+        _check(model, where)
+    return model
+
+
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{where}: file is empty, expected an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise ModelLoadError(
+            f"{where}: not a valid ONNX file (protobuf parse failed: {summarize(exc)}); "
+            "the file may be truncated or not an ONNX model"
+        ) from exc
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise ModelLoadError(f"{where}: not an ONNX model (no ir_version or graph found)")
+    return model
+
+
+def _check(model: onnx.ModelProto, where: str) -> None:
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{where}: invalid ONNX model ({first}); the file may be truncated or corrupt"
+        ) from exc
+    if not model.graph.output:
+        raise ModelLoadError(f"{where}: the graph has no outputs")
+
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in onnx.external_data_helper._get_all_tensors(model)  # noqa: SLF001
+    )
+
+
+def save(model: onnx.ModelProto, path, *, external_data: bool | None = None) -> Path:
+    """Save ``model`` to ``path``. Models past the protobuf limit get one ``<name>.data`` file beside it.
+
+    ``external_data=None`` decides by size; True/False forces it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = model.ByteSize() > _EXTERNAL_THRESHOLD if _fits(model) else True
+    if external_data:
+        model = onnx.ModelProto.FromString(model.SerializeToString()) if _fits(model) else model
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def _fits(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() < PROTOBUF_LIMIT
+    except Exception:  # noqa: BLE001 - protobuf raises plain errors past 2 GiB on some builds
+        return False
+
+
+def sha256_of(source) -> str:
+    """sha256 of a model file (streamed) or of a ModelProto's serialization."""
+    h = hashlib.sha256()
+    if isinstance(source, onnx.ModelProto):
+        h.update(source.SerializeToString())
+    elif isinstance(source, (bytes, bytearray)):
+        h.update(source)
+    else:
+        with open(source, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# opset and shapes
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return op.version
+    return 0
+
+
+def normalize_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> onnx.ModelProto:
+    """Bring the default-domain opset up to ``target`` (never down).
+
+    If onnx's version converter cannot convert the model, warn and return it unchanged: TVM's importer
+    and onnxruntime both accept older opsets, so this is a normalization, not a requirement.
+    """
+    current = opset_of(model)
+    if current >= target or not _fits(model):
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, target)
+    except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError/ValueError/C++ errors
+        logger.warning("opset %d -> %d conversion failed (%s); keeping opset %d", current, target,
+                       summarize(exc), current)
+        return model
+    logger.info("converted opset %d -> %d", current, target)
+    return converted
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run ONNX shape inference (with data propagation); on failure return the model unchanged."""
+    if not _fits(model):
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("shape inference failed: %s", summarize(exc))
+        return model
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs: graph inputs that are not initializers (old exporters list weights as inputs)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def dims_of(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Dims of a tensor value: int for fixed, str for symbolic, None for unknown (or -1 / 0)."""
+    t = value.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    out: list[int | str | None] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(d.dim_value)
+        elif d.HasField("dim_param") and d.dim_param:
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def dtype_of(value: onnx.ValueInfoProto) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+
+
+def is_static(dims: Sequence) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
+def parse_shape_option(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``name:1,3,224,224`` (also ``name=1x3x224x224``) into ``(name, shape)``."""
+    sep = ":" if ":" in text else "=" if "=" in text else None
+    if sep is None:
+        raise MmoptError(f"--input-shape {text!r}: expected NAME:D1,D2,... e.g. x:1,3,224,224")
+    name, _, dims = text.rpartition(sep)
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise MmoptError(
+            f"--input-shape {text!r}: dims must be positive integers, e.g. {name}:1,3,224,224"
+        ) from None
+    if not name or not shape or any(d <= 0 for d in shape):
+        raise MmoptError(f"--input-shape {text!r}: expected NAME:D1,D2,... with positive dims")
+    return name, shape
+
+
+def fix_input_shapes(
+    model: onnx.ModelProto,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    default_batch: int | None = 1,
+) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose graph inputs all have static shapes.
+
+    ``shapes`` gives shapes by input name. A symbolic *leading* dim of an input not in ``shapes`` is
+    set to ``default_batch`` (when given); any other unknown dim is an error that names the input and
+    shows the ``--input-shape`` option to use. Intermediate shape annotations are dropped and inferred
+    again so they agree with the new input shapes.
+    """
+    shapes = dict(shapes or {})
+    inputs = graph_inputs(model)
+    names = [i.name for i in inputs]
+    unknown = [n for n in shapes if n not in names]
+    if unknown:
+        raise MmoptError(
+            f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are: "
+            + ", ".join(names)
+        )
+    model = onnx.ModelProto.FromString(model.SerializeToString()) if _fits(model) else model
+    changed = False
+    for value in graph_inputs(model):
+        dims = dims_of(value)
+        if value.name in shapes:
+            new = list(shapes[value.name])
+            if dims and len(dims) != len(new):
+                raise MmoptError(
+                    f"--input-shape {value.name}: rank {len(new)} given, but the model's input "
+                    f"{value.name} has rank {len(dims)} ({_fmt_dims(dims)})"
+                )
+            for i, (old, want) in enumerate(zip(dims, new)):
+                if isinstance(old, int) and old != want:
+                    raise MmoptError(
+                        f"--input-shape {value.name}: dim {i} is fixed to {old} in the model, got {want}"
+                    )
+        else:
+            new = list(dims)
+            if new and not isinstance(new[0], int) and default_batch is not None:
+                new[0] = default_batch
+            if not is_static(new) or not value.type.tensor_type.HasField("shape"):
+                raise MmoptError(
+                    f"input {value.name} has dynamic shape ({_fmt_dims(dims)}); give it with "
+                    f"--input-shape {value.name}:{_example_dims(dims)}"
+                )
+        if new != dims:
+            changed = True
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in new:
+                shape.dim.add().dim_value = int(d)
+    if changed:
+        del model.graph.value_info[:]
+        for out in model.graph.output:
+            # Output shapes are recomputed from the new input shapes.
+            if out.type.tensor_type.HasField("shape"):
+                out.type.tensor_type.ClearField("shape")
+        model = infer_shapes(model)
+    return model
+
+
+def _fmt_dims(dims: Sequence) -> str:
+    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _example_dims(dims: Sequence) -> str:
+    return ",".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "N") for i, d in enumerate(dims))
+
+
+def input_specs(model: onnx.ModelProto) -> dict[str, tuple[tuple, np.dtype]]:
+    """``{name: (dims, dtype)}`` of the real graph inputs, in graph order."""
+    return {v.name: (tuple(dims_of(v)), dtype_of(v)) for v in graph_inputs(model)}
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs for a model with static input shapes.
+
+    Floats are uniform in [0, 1) (image-like), integers in [0, 4) (small enough to be valid indices),
+    booleans fair coin flips.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, (dims, dtype) in input_specs(model).items():
+        if not is_static(dims):
+            raise MmoptError(f"input {name} has dynamic shape {_fmt_dims(dims)}; fix it first")
+        if dtype.kind == "f":
+            feeds[name] = rng.random(dims, dtype=np.float32).astype(dtype)
+        elif dtype.kind in "iu":
+            feeds[name] = rng.integers(0, 4, size=dims).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[name] = rng.random(dims) < 0.5
+        else:
+            raise MmoptError(f"input {name}: cannot generate random data of dtype {dtype}")
+    return feeds
+
+
+def prepare(
+    source,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    opset: int = MIN_OPSET,
+) -> onnx.ModelProto:
+    """Load + normalize opset + fix input shapes + infer shapes: the start of every pipeline."""
+    model = load(source)
+    model = normalize_opset(model, opset)
+    model = fix_input_shapes(model, input_shapes)
+    return infer_shapes(model)
+
+
+__all__ = [
+    "MIN_OPSET",
+    "dims_of",
+    "dtype_of",
+    "fix_input_shapes",
+    "graph_inputs",
+    "infer_shapes",
+    "input_specs",
+    "is_static",
+    "load",
+    "normalize_opset",
+    "opset_of",
+    "parse_shape_option",
+    "prepare",
+    "random_inputs",
+    "save",
+    "sha256_of",
+]

@@ -1,0 +1,68 @@
+"""simplify: constant folding, shape-subgraph folding and onnxsim's graph clean-ups.
+
+onnxsim does the heavy lifting (it evaluates constant subgraphs with onnxruntime, folds the
+``Shape -> Gather -> Concat -> Reshape`` chains that exporters emit, and removes no-op nodes). TVM's
+Relax ONNX importer cannot handle many of those shape-computing subgraphs, so this pass runs before
+codegen at every level above ``-O0``.
+
+If onnxsim fails on a model (unsupported op in its reference runtime, protobuf limit, ...), the pass
+logs a warning and falls back to onnxscript's constant folder, which works on the in-memory IR.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+import onnx_ir as ir
+
+from mmopt.errors import summarize
+from mmopt.passes._fingerprint import fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+class SimplifyPass(ir.passes.FunctionalPass):
+    """Fold constants and shape computations with onnxsim (fallback: onnxscript's folder)."""
+
+    def __init__(self, *, skip_fuse_bn: bool = True):
+        super().__init__()
+        # BatchNormalization folding belongs to mmopt's fusion passes, which verify and report it.
+        self.skip_fuse_bn = skip_fuse_bn
+        self.used_fallback = False
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        before = fingerprint(model)
+        proto = ir.serde.serialize_model(model)
+        try:
+            simplified = _onnxsim(proto, self.skip_fuse_bn)
+            result = ir.serde.deserialize_model(simplified)
+            # onnxsim writes folded weights as Constant nodes; keep weights as initializers (small
+            # scalars stay Constant nodes, which is how exporters write them).
+            ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=False,
+                                                            size_limit=16)(result)
+            self.used_fallback = False
+        except Exception as exc:  # noqa: BLE001 - onnxsim raises anything from its C++ core
+            logger.warning("onnxsim failed (%s); falling back to onnxscript constant folding",
+                           summarize(exc))
+            self.used_fallback = True
+            result = ir.serde.deserialize_model(proto)
+            _fold_with_onnxscript(result)
+        return ir.passes.PassResult(result, modified=fingerprint(result) != before)
+
+
+def _onnxsim(proto: onnx.ModelProto, skip_fuse_bn: bool) -> onnx.ModelProto:
+    import onnxsim  # imported lazily: it loads onnxruntime
+
+    skipped = ["fuse_bn_into_conv"] if skip_fuse_bn else []
+    simplified, ok = onnxsim.simplify(proto, skipped_optimizers=skipped, check_n=0)
+    if not ok:
+        raise RuntimeError("onnxsim could not validate the simplified model")
+    return simplified
+
+
+def _fold_with_onnxscript(model: ir.Model) -> None:
+    from onnxscript import optimizer
+
+    optimizer.fold_constants(model)
+    ir.passes.common.RemoveUnusedNodesPass()(model)

@@ -1,0 +1,12 @@
+"""Load and run compiled artifacts (see :mod:`mmopt.runtime.artifact`)."""
+
+from mmopt.runtime.artifact import (
+    ArtifactMeta,
+    CompiledModel,
+    TensorSpec,
+    artifact_paths,
+    load,
+    read_meta,
+)
+
+__all__ = ["ArtifactMeta", "CompiledModel", "TensorSpec", "artifact_paths", "load", "read_meta"]

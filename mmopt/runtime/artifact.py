@@ -1,0 +1,171 @@
+"""Compiled artifacts: ``NAME.so`` (TVM Relax VM executable) + ``NAME.json`` (what it is and how to call it).
+
+The JSON is the contract between the compiler and everything that runs an artifact (``mmopt run``,
+``bench``, ``check``, a farm device): input/output names, shapes and dtypes in call order, the target,
+the versions that produced it, the passes applied and the sha256 of the source model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmopt.errors import MmoptError, summarize
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+@dataclass
+class ArtifactMeta:
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    target: dict
+    source_model: str
+    source_sha256: str
+    passes_applied: list[str]
+    opt_level: int | None
+    mmopt_version: str
+    tvm_version: str
+    created: str
+    verification: dict | None = None
+    extra: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ArtifactMeta:
+        data = dict(data)
+        data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+        data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+        return cls(**data)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def artifact_paths(path) -> tuple[Path, Path]:
+    """``(NAME.so, NAME.json)`` for an artifact given as ``NAME``, ``NAME.so`` or ``NAME.json``."""
+    path = Path(path)
+    if path.suffix in (".so", ".json"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".so"), path.with_name(path.name + ".json")
+
+
+def read_meta(path) -> ArtifactMeta:
+    so, meta_path = artifact_paths(path)
+    if not meta_path.exists():
+        raise MmoptError(f"{meta_path}: no such file; an mmopt artifact is NAME.so + NAME.json "
+                         "(written by `mmopt compile`)")
+    try:
+        return ArtifactMeta.from_dict(json.loads(meta_path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise MmoptError(f"{meta_path}: not an mmopt artifact description ({exc})") from exc
+
+
+class CompiledModel:
+    """A loaded artifact: call it with numpy arrays (by name or in order), get ``{name: array}``."""
+
+    def __init__(self, path, device_id: int = 0):
+        from mmopt import targets
+
+        self.so_path, self.meta_path = artifact_paths(path)
+        self.meta = read_meta(path)
+        target_name = self.meta.target.get("name", "?")
+        target = targets.registry().get(target_name)
+        if target is not None and not target.runs_here():
+            raise MmoptError(f"{self.so_path}: built for target {target_name}, which cannot run "
+                             f"here: {target.why_not_here()}")
+        if not self.so_path.exists():
+            raise MmoptError(f"{self.so_path}: no such file (the artifact's library is missing)")
+        import tvm
+        from tvm import relax
+
+        self.device = tvm.cuda(device_id) if self.meta.target.get("device") == "cuda" else tvm.cpu(0)
+        try:
+            lib = tvm.runtime.load_module(str(self.so_path))
+        except Exception as exc:  # noqa: BLE001
+            raise MmoptError(f"{self.so_path}: cannot load the library ({summarize(exc)})") from exc
+        self._vm = relax.VirtualMachine(lib, self.device)
+        self._main = self._vm["main"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.meta.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.meta.outputs]
+
+    def _arguments(self, args: tuple, kwargs: Mapping[str, np.ndarray]) -> list:
+        import tvm
+
+        if args and kwargs:
+            raise MmoptError("pass inputs either in order or by name, not both")
+        if args:
+            if len(args) != len(self.meta.inputs):
+                raise MmoptError(f"expected {len(self.meta.inputs)} input(s) "
+                                 f"({', '.join(self.input_names)}), got {len(args)}")
+            kwargs = dict(zip(self.input_names, args))
+        missing = [n for n in self.input_names if n not in kwargs]
+        extra = [n for n in kwargs if n not in self.input_names]
+        if missing or extra:
+            raise MmoptError(
+                "inputs do not match the artifact: "
+                + (f"missing {', '.join(missing)}; " if missing else "")
+                + (f"unknown {', '.join(extra)}; " if extra else "")
+                + f"expected {', '.join(self.input_names)}"
+            )
+        tensors = []
+        for spec in self.meta.inputs:
+            array = np.asarray(kwargs[spec.name])
+            if list(array.shape) != list(spec.shape):
+                raise MmoptError(f"input {spec.name}: shape {list(array.shape)} given, the artifact "
+                                 f"was compiled for {spec.shape}")
+            if array.dtype != np.dtype(spec.dtype):
+                if array.dtype.kind == np.dtype(spec.dtype).kind:
+                    array = array.astype(spec.dtype)
+                else:
+                    raise MmoptError(f"input {spec.name}: dtype {array.dtype} given, expected "
+                                     f"{spec.dtype}")
+            tensors.append(tvm.runtime.tensor(np.ascontiguousarray(array), device=self.device))
+        return tensors
+
+    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        result = self._main(*self._arguments(args, kwargs))
+        arrays = _flatten(result)
+        if len(arrays) != len(self.meta.outputs):
+            raise MmoptError(f"{self.so_path}: returned {len(arrays)} output(s), the description "
+                             f"lists {len(self.meta.outputs)}")
+        return dict(zip(self.output_names, arrays))
+
+
+def _flatten(value) -> list[np.ndarray]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    out: list[np.ndarray] = []
+    for item in value:
+        out.extend(_flatten(item))
+    return out
+
+
+
+def load(path, device_id: int = 0) -> CompiledModel:
+    """Load an artifact (``NAME``, ``NAME.so`` or ``NAME.json``) for local execution."""
+    return CompiledModel(path, device_id)

@@ -1,0 +1,97 @@
+"""Numeric verification: compiled artifact (or any candidate) against onnxruntime on the same inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
+
+
+def run_onnxruntime(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
+                    threads: int | None = None) -> dict[str, np.ndarray]:
+    """Run ``model`` on onnxruntime's CPU provider with all graph optimizations off (the reference)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(feeds))))
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    shape: list[int]
+    max_abs: float
+    #: largest |cand - ref| / max(|ref|, atol): relative error, floored so near-zero refs don't blow up
+    max_rel: float
+    #: largest |cand - ref| / (atol + rtol * |ref|); <= 1 means within tolerance everywhere
+    worst_ratio: float
+    passed: bool
+
+
+@dataclass
+class VerifyReport:
+    atol: float
+    rtol: float
+    outputs: list[OutputComparison] = field(default_factory=list)
+    seed: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "seed": self.seed,
+                "max_abs": self.max_abs, "max_rel": self.max_rel,
+                "outputs": [asdict(o) for o in self.outputs]}
+
+
+def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], *,
+            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> VerifyReport:
+    """Compare outputs by name: pass where ``|cand - ref| <= atol + rtol * |ref|`` everywhere."""
+    report = VerifyReport(atol=atol, rtol=rtol)
+    for name, ref in reference.items():
+        ref = np.asarray(ref)
+        cand = np.asarray(candidate[name]) if name in candidate else None
+        if cand is None or cand.shape != ref.shape:
+            report.outputs.append(OutputComparison(name, list(ref.shape), float("inf"),
+                                                   float("inf"), float("inf"), False))
+            continue
+        if ref.dtype.kind in "fc" or cand.dtype.kind in "fc":
+            r = ref.astype(np.float64)
+            c = cand.astype(np.float64)
+        else:
+            r = ref.astype(np.int64) if ref.dtype.kind != "b" else ref.astype(np.int8)
+            c = cand.astype(np.int64) if cand.dtype.kind != "b" else cand.astype(np.int8)
+        if r.size == 0:
+            report.outputs.append(OutputComparison(name, list(ref.shape), 0.0, 0.0, 0.0, True))
+            continue
+        same_nonfinite = (~np.isfinite(r) & (r == c)) if r.dtype.kind == "f" else np.zeros(r.shape, bool)
+        diff = np.where(same_nonfinite, 0.0, np.abs(c - r).astype(np.float64))
+        diff = np.nan_to_num(diff, nan=np.inf)
+        mag = np.abs(np.where(same_nonfinite, 0.0, r)).astype(np.float64)
+        max_abs = float(diff.max())
+        max_rel = float((diff / np.maximum(mag, atol)).max())
+        worst = float((diff / (atol + rtol * mag)).max())
+        report.outputs.append(OutputComparison(name, list(ref.shape), max_abs, max_rel, worst,
+                                               worst <= 1.0))
+    return report
