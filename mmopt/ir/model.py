@@ -53,9 +53,9 @@ def load(source, *, check: bool = True) -> onnx.ModelProto:
         if _uses_external_data(model):
             try:
                 onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, onnx.checker.ValidationError) as exc:
                 raise ModelLoadError(
-                    f"{path}: external tensor data missing or unreadable ({exc}); keep the data "
+                    f"{path}: external tensor data missing or unreadable ({summarize(exc)}); keep the data "
                     "file(s) next to the model"
                 ) from exc
     if check:
@@ -117,7 +117,7 @@ def save(model: onnx.ModelProto, path, *, external_data: bool | None = None) -> 
             save_as_external_data=True,
             all_tensors_to_one_file=True,
             location=path.name + ".data",
-            size_threshold=1024,
+            size_threshold=0,
         )
     else:
         onnx.save_model(model, str(path))

@@ -1,7 +1,7 @@
-"""simplify: constant folding, shape-subgraph folding and onnxsim's graph clean-ups.
+"""simplify: constant folding and shape-subgraph folding.
 
 onnxsim does the heavy lifting (it evaluates constant subgraphs with onnxruntime, folds the
-``Shape -> Gather -> Concat -> Reshape`` chains that exporters emit, and removes no-op nodes). TVM's
+``Shape -> Gather -> Concat -> Reshape`` chains that exporters emit). TVM's
 Relax ONNX importer cannot handle many of those shape-computing subgraphs, so this pass runs before
 codegen at every level above ``-O0``.
 
@@ -17,6 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from mmopt.errors import summarize
+from mmopt.ir.model import infer_shapes
 from mmopt.passes._fingerprint import fingerprint
 
 logger = logging.getLogger(__name__)
@@ -25,17 +26,15 @@ logger = logging.getLogger(__name__)
 class SimplifyPass(ir.passes.FunctionalPass):
     """Fold constants and shape computations with onnxsim (fallback: onnxscript's folder)."""
 
-    def __init__(self, *, skip_fuse_bn: bool = True):
+    def __init__(self):
         super().__init__()
-        # BatchNormalization folding belongs to mmopt's fusion passes, which verify and report it.
-        self.skip_fuse_bn = skip_fuse_bn
         self.used_fallback = False
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = fingerprint(model)
         proto = ir.serde.serialize_model(model)
         try:
-            simplified = _onnxsim(proto, self.skip_fuse_bn)
+            simplified = _onnxsim(proto)
             result = ir.serde.deserialize_model(simplified)
             # onnxsim writes folded weights as Constant nodes; keep weights as initializers (small
             # scalars stay Constant nodes, which is how exporters write them).
@@ -46,16 +45,19 @@ class SimplifyPass(ir.passes.FunctionalPass):
             logger.warning("onnxsim failed (%s); falling back to onnxscript constant folding",
                            summarize(exc))
             self.used_fallback = True
-            result = ir.serde.deserialize_model(proto)
+            # The folder needs shapes to fold Shape(...) chains.
+            result = ir.serde.deserialize_model(infer_shapes(proto))
             _fold_with_onnxscript(result)
         return ir.passes.PassResult(result, modified=fingerprint(result) != before)
 
 
-def _onnxsim(proto: onnx.ModelProto, skip_fuse_bn: bool) -> onnx.ModelProto:
+def _onnxsim(proto: onnx.ModelProto) -> onnx.ModelProto:
     import onnxsim  # imported lazily: it loads onnxruntime
 
-    skipped = ["fuse_bn_into_conv"] if skip_fuse_bn else []
-    simplified, ok = onnxsim.simplify(proto, skipped_optimizers=skipped, check_n=0)
+    # Folding only: onnxsim's optimizer would also fuse (BN into Conv, MatMul+Add into Gemm, even
+    # attention into com.microsoft::Attention, which TVM cannot import). Fusions are mmopt's own
+    # passes, which verify and report what they do.
+    simplified, ok = onnxsim.simplify(proto, check_n=0, perform_optimization=False)
     if not ok:
         raise RuntimeError("onnxsim could not validate the simplified model")
     return simplified

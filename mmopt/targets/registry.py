@@ -173,7 +173,9 @@ def _cuda(name: str, arch: str, description: str) -> Target:
         description=description,
         device="cuda",
         arch="x86_64" if _machine() == "x86_64" else _machine(),
-        tvm={"kind": "cuda", "arch": arch},
+        # Per-block limits common to sm_75..sm_90 (without them TVM warns on every kernel).
+        tvm={"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 49152,
+             "max_threads_per_block": 1024, "thread_warp_size": 32},
         host={"kind": "llvm", "mtriple": f"{_machine()}-linux-gnu"},
         preferred_layout="NCHW",
         rpc_key=f"cuda-{arch}",

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything mmopt needs on a fresh Debian/Ubuntu machine with Python 3.11:
+#   - Debian packages: the aarch64 cross compiler (for --target arm), when missing;
+#   - the mmopt package (editable) with its pinned dependencies and test tools;
+#   - test data: the OCR models that ship inside the rapidocr-onnxruntime wheel
+#     (installed without its dependencies: only the .onnx files are used).
+# Safe to run again: each step is skipped or is a no-op when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+
+if ! command -v aarch64-linux-gnu-g++ >/dev/null; then
+  echo "setup: installing the aarch64 cross compiler (g++-aarch64-linux-gnu)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq g++-aarch64-linux-gnu >/dev/null
+fi
+
+echo "setup: installing mmopt and its Python dependencies"
+$PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+$PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps "rapidocr-onnxruntime==1.4.4"
+echo "setup: done ($(mmopt --version))"
