@@ -13,17 +13,14 @@ from pathlib import Path
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from mmopt import __version__
 from mmopt._logging import configure as configure_logging
+from mmopt.cli.common import err, input_shape_option, model_path, out, shapes
 from mmopt.errors import MmoptError
 
 logger = logging.getLogger("mmopt")
-# Piped output (CI logs, files) would otherwise wrap at 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, highlight=False)
 
 
 class MmoptGroup(click.Group):
@@ -49,27 +46,6 @@ class MmoptGroup(click.Group):
             click.echo(f"mmopt: internal error: {type(exc).__name__}: "
                        f"{text[-1] if text else ''} (rerun with --debug for the traceback)", err=True)
             sys.exit(3)
-
-
-def _shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    from mmopt.ir import parse_shape_option
-
-    return dict(parse_shape_option(v) for v in values)
-
-
-def _model_path(path: str) -> str:
-    """Accept ``zoo:NAME`` for a built-in example model; otherwise a file path."""
-    if path.startswith("zoo:"):
-        from mmopt.zoo import zoo_model
-
-        return zoo_model(path[4:])
-    return path
-
-
-input_shape_option = click.option(
-    "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
-    help="Fix an input's shape (repeatable), e.g. --input-shape x:1,3,224,224. A symbolic leading "
-         "(batch) dim defaults to 1.")
 
 
 @click.group(cls=MmoptGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,10 +94,10 @@ def compile_cmd(model, target, output, input_shapes, opt_level, verify, atol, rt
     """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
     import mmopt
 
-    model = _model_path(model)
+    model = model_path(model)
     with err.status("compiling") as status:
         result = mmopt.compile(
-            model, target, output, input_shapes=_shapes(input_shapes), opt_level=opt_level,
+            model, target, output, input_shapes=shapes(input_shapes), opt_level=opt_level,
             verify=verify, atol=atol, rtol=rtol, save_onnx=save_onnx,
             progress=lambda msg: status.update(msg),
         )
@@ -234,7 +210,7 @@ def run_cmd(artifact, inputs, output, seed):
 
 
 # --------------------------------------------------------------------------------------------------
-# targets, inspect, optimize, zoo
+# targets, inspect, zoo
 
 
 @cli.command("targets")
@@ -266,9 +242,9 @@ def inspect_cmd(model, input_shapes, as_json):
     from mmopt import ir as mir
     from mmopt.ir.inspect import inspect_model, render
 
-    proto = mir.load(_model_path(model))
+    proto = mir.load(model_path(model))
     try:  # MACs need static shapes: fix what the user gave (and a symbolic batch to 1)
-        proto = mir.fix_input_shapes(proto, _shapes(input_shapes))
+        proto = mir.fix_input_shapes(proto, shapes(input_shapes))
     except MmoptError as exc:
         if input_shapes:
             raise
@@ -278,36 +254,6 @@ def inspect_cmd(model, input_shapes, as_json):
         out.print_json(json.dumps(report.to_dict()))
     else:
         render(report, out)
-
-
-@cli.command("optimize")
-@click.argument("model")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the optimized ONNX model.")
-@click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
-              help="Optimization level.")
-@input_shape_option
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
-              help="Also write the per-pass report as JSON.")
-def optimize_cmd(model, output, opt_level, input_shapes, report_path):
-    """Optimize MODEL at the graph level and write the result as ONNX."""
-    import mmopt
-
-    optimized, report = mmopt.optimize(_model_path(model), None, input_shapes=_shapes(input_shapes),
-                                       opt_level=opt_level)
-    from mmopt import ir as mir
-
-    mir.save(optimized, output)
-    if report_path:
-        Path(report_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    table = Table(box=None, padding=(0, 2))
-    for col in ("pass", "modified", "nodes", "seconds"):
-        table.add_column(col)
-    for p in report.passes:
-        table.add_row(p.name, "yes" if p.modified else "-", f"{p.nodes_before} -> {p.nodes_after}",
-                      f"{p.seconds:.3f}")
-    out.print(table)
-    out.print(f"nodes {report.nodes_before} -> {report.nodes_after}; wrote {output}")
 
 
 @cli.group("zoo")
@@ -341,6 +287,25 @@ def zoo_export(name, output):
     path = Path(output or f"{name}.onnx")
     mir.save(build(name), path)
     out.print(f"wrote {path}")
+
+
+def _register_command_modules() -> None:
+    """Add the commands defined in ``mmopt/cli/cmd_*.py`` (each module exposes ``command``).
+
+    One module per verb keeps this file small and lets each feature own its command.
+    """
+    import importlib
+    import pkgutil
+
+    import mmopt.cli as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name.startswith("cmd_"):
+            module = importlib.import_module(f"mmopt.cli.{info.name}")
+            cli.add_command(module.command)
+
+
+_register_command_modules()
 
 
 def main() -> None:
