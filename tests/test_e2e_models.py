@@ -1,0 +1,28 @@
+"""End to end on real models: every zoo model and third-party OCR CNNs (with dynamic input dims)
+compile for x86 and match onnxruntime to 1e-4."""
+
+from __future__ import annotations
+
+import pytest
+
+import mmopt
+from models_zoo import MODELS, build
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_zoo_model_compiles_and_verifies(tmp_path, name):
+    model = build(name)
+    result = mmopt.compile(model, "x86", tmp_path / name, input_shapes=MODELS[name].input_shapes)
+    v = result.verification
+    assert v is not None and v.passed, v.to_dict()
+    assert v.max_abs <= 1e-4, v.to_dict()
+
+
+def test_ocr_model_compiles_and_verifies(tmp_path, ocr_model):
+    path, shape = ocr_model
+    result = mmopt.compile(path, "x86", tmp_path / path.stem, input_shapes={"x": shape})
+    v = result.verification
+    assert v is not None and v.passed, v.to_dict()
+    assert v.max_abs <= 1e-4, v.to_dict()
+    assert result.meta.inputs[0].shape == list(shape)
+    assert result.passes.nodes_after < result.passes.nodes_before  # simplify folded something

@@ -1,0 +1,68 @@
+"""Targets: the registry is data; lookups, errors, toolchain checks and host detection."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmopt import targets
+from mmopt.errors import TargetError
+
+
+def test_registry_has_the_documented_presets():
+    names = targets.names()
+    for name in ("x86", "x86-avx2", "x86-avx512", "arm", "arm-a53", "arm-a72", "arm-a76", "cuda",
+                 "cuda-sm75", "cuda-sm80", "cuda-sm86", "cuda-sm89", "cuda-sm90"):
+        assert name in names
+
+
+@pytest.mark.parametrize("name", targets.names())
+def test_every_target_is_a_valid_tvm_target(name):
+    t = targets.get(name)
+    tvm_target = t.tvm_target()
+    assert tvm_target.kind.name == t.tvm["kind"]
+    assert t.to_dict()["name"] == name
+    if t.device == "cuda":
+        assert tvm_target.host is not None
+        assert t.tvm["arch"].startswith("sm_")
+
+
+def test_arm_targets_cross_compile_from_x86():
+    arm = targets.get("arm-a76")
+    assert arm.arch == "aarch64"
+    assert arm.tvm["mtriple"] == "aarch64-linux-gnu"
+    assert "+dotprod" in arm.tvm["mattr"]
+    assert arm.preferred_layout == "NHWC"
+    import platform
+
+    if platform.machine() == "x86_64":
+        assert arm.cross_compiler == "aarch64-linux-gnu-g++"
+        assert arm.cross_package == "g++-aarch64-linux-gnu"
+        assert not arm.runs_here()
+        assert "aarch64" in arm.why_not_here()
+
+
+def test_x86_host_target_runs_here():
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("x86 host required")
+    host = targets.get("x86")
+    assert host.runs_here()
+    assert host.tvm["mcpu"] not in ("", None)
+
+
+def test_unknown_target_lists_known_ones():
+    with pytest.raises(TargetError) as info:
+        targets.get("riscv")
+    message = info.value.message
+    assert "unknown target 'riscv'" in message
+    assert "x86" in message and "arm" in message and "cuda" in message
+
+
+def test_missing_cross_compiler_names_the_debian_package(monkeypatch):
+    import dataclasses
+
+    fake = dataclasses.replace(targets.get("arm"), cross_compiler="no-such-g++",
+                               cross_package="g++-no-such")
+    with pytest.raises(TargetError, match=r"apt-get install g\+\+-no-such"):
+        targets.require_toolchain(fake)
