@@ -12,12 +12,17 @@ from mmopt.targets import Target, require_toolchain
 logger = logging.getLogger(__name__)
 
 
-def build(mod, target: Target):
-    """Compile a Relax ``IRModule`` for ``target`` with mmopt's pipeline; returns a TVM Executable."""
+def build(mod, target: Target, database=None):
+    """Compile a Relax ``IRModule`` for ``target`` with mmopt's pipeline; returns a TVM Executable.
+
+    ``database``: optional MetaSchedule database of tuning records to apply (see
+    :func:`mmopt.codegen.pipeline.relax_pipeline`).
+    """
     import tvm
 
     try:
-        return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target))
+        return tvm.compile(mod, target=target.tvm_target(),
+                           relax_pipeline=relax_pipeline(target, database))
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types from C++
         raise MmoptError(f"code generation for target {target.name} failed: {summarize(exc)}") from exc
 

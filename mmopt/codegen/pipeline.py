@@ -4,9 +4,11 @@ The same four stages as TVM's own backends, with the schedule stage chosen by th
 
 1. library dispatch: sort/scan/sampling to library kernels;
 2. legalize: Relax ops -> TIR PrimFuncs, annotate, fold constants, fuse operators and fuse TIR;
-3. schedule: give every PrimFunc a schedule (GPU: dlight's default rules, which also bind threads
-   and are required for correctness; CPU: none yet -- untuned kernels run as generated);
-   must run after fusion (it schedules the fused functions) and before lowering;
+3. schedule: first apply a tuning database when one is given (MetaSchedule records for this
+   target), then give every PrimFunc still unscheduled a default schedule (GPU: dlight's rules,
+   which also bind threads and are required for correctness; CPU: mmopt's default schedules).
+   Must run after fusion (it schedules the fused functions, which are the tuning tasks) and before
+   lowering;
 4. lower + finalize: dataflow to VM instructions, memory planning, shape lowering.
 """
 
@@ -78,17 +80,42 @@ def _lower(device: str):
 #: device -> schedule stage. The one place where code generation differs by device.
 SCHEDULES: dict[str, Callable[[], list]] = {"cpu": _schedule_cpu, "cuda": _schedule_gpu}
 
-def relax_pipeline(target: Target):
-    """A ``tvm.transform`` module pass running the four stages for ``target``."""
+def _apply_database():
+    from tvm import relax
+
+    return [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
+
+
+def tuning_module(mod, target: Target):
+    """Stages 1-2 only: the fused TIR functions that are MetaSchedule's tuning tasks.
+
+    Tuning (``mmopt.tuning``) extracts tasks from this module, so records match the functions that
+    :func:`relax_pipeline` later looks up in the database.
+    """
+    import tvm
+
+    with target.tvm_target():
+        return tvm.transform.Sequential(_library_dispatch() + _legalize())(mod)
+
+
+def relax_pipeline(target: Target, database=None):
+    """A ``tvm.transform`` module pass running the four stages for ``target``.
+
+    ``database``: a MetaSchedule database (``tvm.s_tir.meta_schedule.Database``) whose records for
+    this target are applied before default schedules fill in the rest.
+    """
+    import contextlib
+
     import tvm
 
     tvm_target = target.tvm_target()
 
     @tvm.transform.module_pass(opt_level=0, name=f"mmopt_{target.device}_pipeline")
     def _pipeline(mod, _ctx):
-        with tvm_target:
-            passes = (_library_dispatch() + _legalize() + SCHEDULES[target.device]()
-                      + _lower(target.device))
+        with tvm_target, (database if database is not None else contextlib.nullcontext()):
+            passes = (_library_dispatch() + _legalize()
+                      + (_apply_database() if database is not None else [])
+                      + SCHEDULES[target.device]() + _lower(target.device))
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
