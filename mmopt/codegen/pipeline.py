@@ -25,6 +25,25 @@ def _library_dispatch():
     return [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()]
 
 
+def _layout(target: Target):
+    """Inference-only decompositions (BatchNorm -> scale/shift, so it fuses into the conv epilogue),
+    then the target's preferred data layout for convolutions (weights re-laid out at compile time
+    by FoldConstant)."""
+    import os
+
+    from tvm import relax
+
+    passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+    layout = os.environ.get("MMOPT_CONV_LAYOUT", target.preferred_layout)
+    if layout == "NHWC":
+        # conv2d_transpose stays NCHW: TVM 0.27 cannot legalize it in NHWC
+        passes.append(relax.transform.ConvertLayout({
+            "relax.nn.conv2d": ["NHWC", "HWIO"],
+            "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
+        }))
+    return passes
+
+
 def _legalize():
     from tvm import relax
 
@@ -52,7 +71,9 @@ def _schedule_gpu():
 
 
 def _schedule_cpu():
-    return []
+    from mmopt.codegen.cpu_schedules import default_cpu_schedule_pass
+
+    return [default_cpu_schedule_pass()]
 
 
 def _lower(device: str):
@@ -95,7 +116,7 @@ def tuning_module(mod, target: Target):
     import tvm
 
     with target.tvm_target():
-        return tvm.transform.Sequential(_library_dispatch() + _legalize())(mod)
+        return tvm.transform.Sequential(_library_dispatch() + _layout(target) + _legalize())(mod)
 
 
 def relax_pipeline(target: Target, database=None):
@@ -113,7 +134,7 @@ def relax_pipeline(target: Target, database=None):
     @tvm.transform.module_pass(opt_level=0, name=f"mmopt_{target.device}_pipeline")
     def _pipeline(mod, _ctx):
         with tvm_target, (database if database is not None else contextlib.nullcontext()):
-            passes = (_library_dispatch() + _legalize()
+            passes = (_library_dispatch() + _layout(target) + _legalize()
                       + (_apply_database() if database is not None else [])
                       + SCHEDULES[target.device]() + _lower(target.device))
             return tvm.transform.Sequential(passes)(mod)

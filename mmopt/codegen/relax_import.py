@@ -65,12 +65,15 @@ def to_relax(model: onnx.ModelProto, where: str = "model"):
     """Import a static-shaped ONNX model into a Relax ``IRModule`` with weights bound as constants."""
     from tvm.relax.frontend.onnx import from_onnx
 
+    from mmopt.codegen.import_legalize import importer_overrides
+
     check_supported(model, where)
     specs = mir.input_specs(model)
     shape_dict = {name: list(dims) for name, (dims, _) in specs.items()}
     dtype_dict = {name: str(dtype) for name, (_, dtype) in specs.items()}
     try:
-        return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict,
-                         opset=mir.opset_of(model), keep_params_in_input=False)
+        with importer_overrides():
+            return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict,
+                             opset=mir.opset_of(model), keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises anything from Python or C++
         raise UnsupportedModelError(f"{where}: TVM's ONNX importer failed: {summarize(exc)}") from exc

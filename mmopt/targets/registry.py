@@ -144,7 +144,9 @@ def _x86(name: str, mcpu: str, description: str, flags: tuple[str, ...]) -> Targ
         device="cpu",
         arch="x86_64",
         tvm={"kind": "llvm", "mtriple": _X86_TRIPLE, "mcpu": mcpu},
-        preferred_layout="NCHW",
+        # measured: NHWC conv (vectorized over channels) is 5-6x faster than NCHW with mmopt's
+        # default schedules on ResNet-50 (benchmarks/)
+        preferred_layout="NHWC",
         rpc_key=name,
         requires_cpu_flags=flags,
     )

@@ -1,0 +1,306 @@
+"""Default schedules for untuned CPU kernels (x86 and ARM).
+
+TVM's CPU pipeline leaves every kernel unscheduled: single-threaded scalar loops. This module gives
+each fused PrimFunc a reasonable schedule without any measurement, so ``mmopt compile`` is fast
+without tuning; tuning records (when given) are applied first and take precedence.
+
+Per PrimFunc, blocks are scheduled by kind:
+
+* **contraction** (conv2d of any layout, dense/matmul, batch matmul: a reduction block computing
+  ``C += A * B``). A register tile of ``rows x (nv * lanes)`` outputs is kept in a local
+  accumulator: ``lanes`` is the vector width in float32 lanes, taken along the output's innermost
+  (contiguous) axis; ``rows`` along the next one. Loop order::
+
+      parallel(v_o, other spatial) . r_o . reduction... . r_i(unrolled) . v_i(nv unrolled x lanes vector)
+
+  The output tile is written back once, with the element-wise epilogue (bias, BN, activation,
+  residual add) inlined into the write-back, so fused epilogues cost no extra pass over memory.
+  ``v_o`` is outermost so a block of weights stays in cache while all spatial positions stream by.
+* **reduction** (pooling, mean, softmax/layernorm statistics): spatial loops outside, reduction
+  loops inside, the contiguous output axis innermost and vectorized; outer loops parallel.
+* **injective** (element-wise, pad, transpose, concat, ...): outer loops fused and parallel,
+  innermost axis vectorized when it divides evenly.
+
+Tile sizes are chosen to divide the loop extents exactly, so no predicates end up in vector loops.
+A block whose schedule fails (an unusual access pattern) is left as generated: never wrong, only
+slower.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+#: accumulator registers a micro-kernel may use (x86-64 AVX-512 and AArch64 NEON have 32 vector
+#: registers, AVX2 has 16; keep headroom for the operands)
+_ACCUMULATORS = {"x86_64": 24, "aarch64": 24}
+_MIN_PARALLEL_ELEMENTS = 4096
+
+
+def _vector_bits(target) -> int:
+    try:
+        from tvm.target import codegen
+
+        bits = int(codegen.llvm_get_vector_width(target))
+        return bits if bits > 0 else 128
+    except Exception:  # noqa: BLE001
+        return 128
+
+
+def _extent(sch, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext.value) if hasattr(ext, "value") else None
+
+
+def _kind(expr) -> str:
+    """Node kind of a TIR expression ("Add", "Mul", "Var", ...); stable across TVM's module moves."""
+    return type(expr).__name__
+
+
+def _buffer(region):
+    """The buffer of a block read/write region (``TensorRegion.source`` in TVM 0.27)."""
+    return region.source if hasattr(region, "source") else region.buffer
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _pick_lanes(extent: int, lanes: int) -> int:
+    for cand in (lanes, lanes // 2, lanes // 4):
+        if cand >= 4 and extent % cand == 0:
+            return cand
+    return 1
+
+
+def _iter_kinds(block) -> list[str]:
+    from tvm import tirx
+
+    return ["R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in block.iter_vars]
+
+
+def _index_iter(block, region_index) -> int | None:
+    """Which block iter var indexes a buffer dimension directly (``buf[..., v, ...]``)."""
+    expr = region_index.min
+    if _kind(expr) == "Var":
+        for i, iv in enumerate(block.iter_vars):
+            if iv.var.same_as(expr):
+                return i
+    return None
+
+
+def _is_contraction(block) -> bool:
+    kinds = _iter_kinds(block)
+    if "R" not in kinds or "S" not in kinds or len(block.writes) != 1:
+        return False
+    out = _buffer(block.writes[0])
+    inputs = [r for r in block.reads if not _buffer(r).same_as(out)]
+    if len(inputs) < 2 or _kind(block.body) != "BufferStore":
+        return False
+    value = block.body.value
+    return _kind(value) == "Add" and "Mul" in (_kind(value.a), _kind(value.b))
+
+
+def _loops_match_iters(sch, block_rv) -> bool:
+    block = sch.get(block_rv)
+    return len(sch.get_loops(block_rv)) == len(block.iter_vars)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def schedule_contraction(sch, name: str, lanes: int, accumulators: int) -> None:
+    block_rv = sch.get_sblock(name)
+    block = sch.get(block_rv)
+    if not _loops_match_iters(sch, block_rv):
+        raise ValueError("loop nest does not match block iters")
+    loops = sch.get_loops(block_rv)
+    kinds = _iter_kinds(block)
+    region = block.writes[0].region
+    v_axis = _index_iter(block, region[-1]) if region else None
+    r_axis = _index_iter(block, region[-2]) if len(region) >= 2 else None
+    if v_axis is None or kinds[v_axis] != "S":
+        raise ValueError("innermost output dim is not a spatial iter")
+    if r_axis is not None and kinds[r_axis] != "S":
+        r_axis = None
+    extents = [_extent(sch, lp) for lp in loops]
+    if any(e is None for e in extents):
+        raise ValueError("dynamic extents")
+
+    v_ext = extents[v_axis]
+    vec = _pick_lanes(v_ext, lanes)
+    nv = 2 if vec > 1 and v_ext % (2 * vec) == 0 else 1
+    tile_v = vec * nv if vec > 1 else _largest_divisor(v_ext, 8)
+    r_ext = extents[r_axis] if r_axis is not None else 1
+    rows = _largest_divisor(r_ext, max(1, min(8, accumulators // max(nv, 1)))) if r_axis is not None else 1
+
+    v_o, v_i = sch.split(loops[v_axis], factors=[None, tile_v])
+    if r_axis is not None:
+        r_o, r_i = sch.split(loops[r_axis], factors=[None, rows])
+    others = [loops[i] for i, k in enumerate(kinds) if k == "S" and i not in (v_axis, r_axis)]
+    reductions = [loops[i] for i, k in enumerate(kinds) if k == "R"]
+    order = [v_o, *others] + ([r_o] if r_axis is not None else []) + reductions
+    order += ([r_i] if r_axis is not None else []) + [v_i]
+    sch.reorder(*order)
+
+    outer = [v_o, *others]
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    tile_loop = r_o if r_axis is not None else fused
+
+    writeback = sch.cache_write(block_rv, 0, "local")
+    sch.reverse_compute_at(writeback, tile_loop, preserve_unit_loops=True)
+    sch.parallel(fused)
+
+    # micro-kernel: rows unrolled, nv vectors unrolled, lanes vectorized
+    def vectorize_tail(blk, split: bool) -> None:
+        lps = sch.get_loops(blk)
+        inner = lps[-1]
+        if vec > 1 and split and nv > 1:
+            vo, inner = sch.split(inner, factors=[nv, vec])
+            sch.unroll(vo)
+        if vec > 1:
+            sch.vectorize(inner)
+        else:
+            sch.unroll(inner)
+        if r_axis is not None:
+            sch.unroll(lps[-2] if split else lps[-3 if nv > 1 and vec > 1 else -2])
+
+    # Annotate while the block still has its init (a complete reduction block); then split the
+    # init out: it inherits the split loops, so only annotate its vector tail.
+    vectorize_tail(block_rv, True)
+    init = sch.decompose_reduction(block_rv, reductions[0])
+    init_loops = sch.get_loops(init)
+    if vec > 1:
+        sch.vectorize(init_loops[-1])
+    for lp in init_loops[len(sch.get_loops(init)) - (3 if nv > 1 and vec > 1 else 2):-1]:
+        sch.unroll(lp)
+
+    # fuse the element-wise epilogue into the write-back
+    while True:
+        consumers = sch.get_consumers(writeback)
+        if len(consumers) != 1:
+            break
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except Exception:  # noqa: BLE001 - not element-wise: schedule it on its own later
+            break
+    try:
+        vectorize_tail(writeback, True)
+    except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
+        pass
+
+
+def schedule_reduction(sch, name: str, lanes: int) -> None:
+    block_rv = sch.get_sblock(name)
+    block = sch.get(block_rv)
+    if not _loops_match_iters(sch, block_rv):
+        raise ValueError("loop nest does not match block iters")
+    loops = sch.get_loops(block_rv)
+    kinds = _iter_kinds(block)
+    region = block.writes[0].region
+    v_axis = _index_iter(block, region[-1]) if region else None
+    spatial = [i for i, k in enumerate(kinds) if k == "S"]
+    reductions = [loops[i] for i, k in enumerate(kinds) if k == "R"]
+    vec_loop = None
+    if v_axis is not None and kinds[v_axis] == "S":
+        ext = _extent(sch, loops[v_axis])
+        if ext is not None and _pick_lanes(ext, lanes) > 1:
+            vec_loop = loops[v_axis]
+    outer = [loops[i] for i in spatial if vec_loop is None or not loops[i].same_as(vec_loop)]
+    sch.reorder(*outer, *reductions, *([vec_loop] if vec_loop is not None else []))
+    if vec_loop is not None:
+        sch.decompose_reduction(block_rv, reductions[0])
+        ext = _extent(sch, vec_loop)
+        vec = _pick_lanes(ext, lanes)
+        if ext == vec:
+            sch.vectorize(vec_loop)
+        else:
+            vo, vi = sch.split(vec_loop, factors=[None, vec])
+            sch.vectorize(vi)
+    if outer:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if (_extent(sch, fused) or 0) > 1:
+            sch.parallel(fused)
+
+
+def schedule_injective(sch, name: str, lanes: int) -> None:
+    block_rv = sch.get_sblock(name)
+    loops = sch.get_loops(block_rv)
+    if not loops:
+        return
+    extents = [_extent(sch, lp) for lp in loops]
+    if any(e is None for e in extents):
+        raise ValueError("dynamic extents")
+    total = 1
+    for e in extents:
+        total *= e
+    inner = loops[-1]
+    vec = _pick_lanes(extents[-1], lanes)
+    if vec > 1:
+        outer_part, vec_loop = sch.split(inner, factors=[None, vec])
+        sch.vectorize(vec_loop)
+        loops = loops[:-1] + [outer_part]
+    if total >= _MIN_PARALLEL_ELEMENTS:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        sch.parallel(fused)
+
+
+def _try(sch, fn, *args) -> object:
+    """Apply ``fn`` to a copy of the schedule; keep the copy only if it succeeded."""
+    trial = sch.copy()
+    try:
+        fn(trial, *args)
+    except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
+        logger.debug("schedule %s on %s failed: %s", fn.__name__, args[0], str(exc).splitlines()[-1:])
+        return sch
+    return trial
+
+
+def schedule_prim_func(func, target):
+    """A scheduled copy of ``func`` (an ``s_tir.Schedule``), or None if nothing applied."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    lanes = max(4, _vector_bits(target) // 32)
+    arch = "aarch64" if "aarch64" in str(target.attrs.get("mtriple", "")) else "x86_64"
+    accumulators = _ACCUMULATORS[arch]
+    try:
+        root = sch.get_sblock("root")
+    except Exception:  # noqa: BLE001
+        return None
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    contractions = [n for n in names if _is_contraction(sch.get(sch.get_sblock(n)))]
+    for name in contractions:
+        sch = _try(sch, schedule_contraction, name, lanes, accumulators)
+    # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
+    root = sch.get_sblock("root")
+    for block_rv in sch.get_child_blocks(root):
+        block = sch.get(block_rv)
+        name = block.name_hint
+        # skip the contractions and the init/write-back blocks their schedules created
+        if any(name == c or name.startswith(c + "_") for c in contractions):
+            continue
+        if "R" in _iter_kinds(block):
+            sch = _try(sch, schedule_reduction, name, lanes)
+        else:
+            sch = _try(sch, schedule_injective, name, lanes)
+    return sch
+
+
+def default_cpu_schedule_pass():
+    """A module pass giving every unscheduled PrimFunc a default CPU schedule."""
+    from tvm.s_tir import dlight as dl
+
+    class _Rule(dl.ScheduleRule):
+        def apply(self, func, target, tunable):  # noqa: ARG002 - dlight's signature
+            try:
+                return schedule_prim_func(func, target)
+            except Exception as exc:  # noqa: BLE001
+                logger.debug("default schedule failed: %s", exc)
+                return None
+
+    return dl.ApplyDefaultSchedule(_Rule())
