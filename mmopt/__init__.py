@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from mmopt.api import CompileResult, compile, inspect, load, optimize, run  # noqa: E402
 from mmopt.errors import MmoptError  # noqa: E402
 from mmopt import check  # noqa: E402  (the package is callable: mmopt.check(...))
+from mmopt.frontends import from_torch  # noqa: E402
 
-__all__ = ["CompileResult", "MmoptError", "__version__", "check", "compile", "inspect", "load",
-           "optimize", "run"]
+__all__ = ["CompileResult", "MmoptError", "__version__", "check", "compile", "from_torch", "inspect",
+           "load", "optimize", "run"]

@@ -42,6 +42,13 @@ class CompileResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _import(model, input_shapes=None) -> onnx.ModelProto:
+    """Any supported model (ONNX, PyTorch, Caffe, ...; path or ModelProto) as ONNX."""
+    from mmopt import frontends
+
+    return frontends.to_onnx(model, input_shapes=input_shapes)
+
+
 def _source_name(model) -> str:
     if isinstance(model, (str, os.PathLike)):
         return str(model)
@@ -117,7 +124,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
 
     t0 = time.perf_counter()
     step("loading model")
-    reference = mir.prepare(model, input_shapes)
+    reference = mir.prepare(_import(model, input_shapes), input_shapes)
     sha = mir.sha256_of(model if isinstance(model, onnx.ModelProto) else Path(model))
     step(f"optimizing (-O{opt_level})")
     optimized, report = _optimize(reference, opt_level)
@@ -196,10 +203,15 @@ def run(artifact, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def optimize(model, output=None, *, input_shapes=None, opt_level: int = DEFAULT_LEVEL,
-             passes: Sequence[str] | None = None, disable: Sequence[str] = ()):
-    """Optimize an ONNX model at the graph level; returns ``(ModelProto, PipelineReport)``."""
+             passes: Sequence[str] | None = None, disable: Sequence[str] = (),
+             layout: str | None = None):
+    """Optimize an ONNX model at the graph level; returns ``(ModelProto, PipelineReport)``.
+
+    ``layout="nhwc"`` (with ``opt_level=3``) makes the model's image inputs/outputs channels-last.
+    """
+    model = _import(model, input_shapes)
     prepared = mir.prepare(model, input_shapes) if input_shapes else mir.normalize_opset(mir.load(model))
-    optimized, report = _optimize(prepared, opt_level, passes=passes, disable=disable)
+    optimized, report = _optimize(prepared, opt_level, passes=passes, disable=disable, layout=layout)
     if output is not None:
         mir.save(optimized, output)
     return optimized, report

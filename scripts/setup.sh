@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything mmopt needs on a fresh Debian/Ubuntu machine with Python 3.11:
 #   - Debian packages: the aarch64 cross compiler (for --target arm), when missing;
-#   - the mmopt package (editable) with its pinned dependencies and test tools;
+#   - the mmopt package (editable) with its pinned dependencies, every frontend's framework
+#     (the [all] extra: PyTorch CPU build, OpenCV 4 headless) and the test tools;
 #   - test data: the OCR models that ship inside the rapidocr-onnxruntime wheel
 #     (installed without its dependencies: only the .onnx files are used).
 # Safe to run again: each step is skipped or is a no-op when already done.
@@ -19,6 +20,6 @@ if ! command -v aarch64-linux-gnu-g++ >/dev/null; then
 fi
 
 echo "setup: installing mmopt and its Python dependencies"
-$PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+$PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[all,test]"
 $PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps "rapidocr-onnxruntime==1.4.4"
 echo "setup: done ($(mmopt --version))"

@@ -157,7 +157,7 @@ class ArtifactRunner(Runner):
 #: (name, probe, factory); tried in order before the built-in rules
 _PLUGINS: list[tuple[str, Callable[[str], bool], Callable[[str], Runner]]] = []
 
-#: files of source frameworks that no registered frontend handles yet
+#: files of source frameworks that no frontend handles yet (frontends are tried first)
 _FRAMEWORK_SUFFIXES = {
     ".pt": "PyTorch", ".pth": "PyTorch", ".pt2": "PyTorch", ".ts": "TorchScript",
     ".pb": "TensorFlow", ".h5": "Keras", ".keras": "Keras", ".tflite": "TFLite",
@@ -211,6 +211,16 @@ def open_runner(source, role: str = "model") -> Runner:
 
         return ArtifactRunner(load(path), text)
     suffix = path.suffix.lower()
+    if path.is_file() and suffix != ".onnx":
+        # a source-framework model a frontend can import: run its ONNX import on onnxruntime
+        from mmopt import frontends
+
+        try:
+            framework = frontends.detect(path)
+        except MmoptError:
+            framework = None
+        if framework not in (None, "onnx"):
+            return OnnxRunner(frontends.to_onnx(path), f"{text} (imported from {framework})")
     if suffix in _FRAMEWORK_SUFFIXES:
         raise MmoptError(f"{role} {text}: {_FRAMEWORK_SUFFIXES[suffix]} models cannot be run by "
                          "`mmopt check` yet; export the model to ONNX and check that")
