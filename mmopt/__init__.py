@@ -10,6 +10,7 @@ from mmopt.api import CompileResult, compile, inspect, load, optimize, run  # no
 from mmopt.errors import MmoptError  # noqa: E402
 from mmopt import check  # noqa: E402  (the package is callable: mmopt.check(...))
 from mmopt.frontends import from_torch  # noqa: E402
+from mmopt import quantize  # noqa: E402  (mmopt.quantize.quantize(model, calib_data, ...))
 
 __all__ = ["CompileResult", "MmoptError", "__version__", "check", "compile", "from_torch", "inspect",
-           "load", "optimize", "run"]
+           "load", "optimize", "quantize", "run"]

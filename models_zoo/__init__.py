@@ -14,7 +14,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .digits import train_digits_cnn
 from .onnx_models import MODELS, ZooEntry, build, names
+
+# The one genuinely trained model: a small CNN trained deterministically on scikit-learn's bundled
+# digits (no download), cached after the first build (see models_zoo/digits.py).
+MODELS["digits_cnn"] = ZooEntry(
+    "digits_cnn", lambda **_kw: train_digits_cnn()[0],
+    "CNN trained on scikit-learn's 8x8 digits (99% held-out top-1); cached after first build",
+    {"input": (1, 1, 8, 8)})
 
 __all__ = ["MODELS", "ZooEntry", "build", "names", "count_params"]
 

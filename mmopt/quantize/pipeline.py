@@ -1,0 +1,237 @@
+"""``mmopt.quantize.quantize``: the quantization pipeline, read top to bottom.
+
+int8 (static QDQ), the default:
+
+1. prepare: opset >= 13 (normalized to mmopt's MIN_OPSET), BN folded into Conv, shapes, node names
+   (:mod:`mmopt.quantize.qdq`);
+2. calibrate: stream the calibration samples through the float model, one fixed-size summary per
+   activation (:mod:`mmopt.quantize.calibrate`), then ranges by ``method``;
+3. write QDQ: int8 symmetric per-channel weights, int8/uint8 activations, int32 bias;
+4. with ``eval_data``: score int8 against float; with ``max_drop`` too, and a drop over it, keep the
+   fewest layers in float until it fits (:mod:`mmopt.quantize.accuracy_aware`).
+
+``dtype="fp16"``: prepare, then fp16 with fp32 islands (:mod:`mmopt.quantize.fp16`); calibration
+data, when given, only guards against fp16 overflow. ``weight_only=True``: int8 MatMul/Gemm weights
+with float activations (:mod:`mmopt.quantize.weight_only`); no calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from mmopt import ir as mir
+from mmopt.errors import MmoptError
+from mmopt.quantize import accuracy_aware, calibrate as cal, data as qdata, qdq
+from mmopt.quantize.evaluate import Evaluator, Score
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METHOD = "percentile"
+#: uint8 asymmetric: one more bit for the (mostly non-negative) activations than int8 symmetric
+DEFAULT_ACTIVATIONS = "uint8"
+DTYPES = ("int8", "fp16")
+#: bytes of intermediate activations one calibration batch may hold (sets the batch size)
+BATCH_BYTES = 64 << 20
+MAX_BATCH = 32
+
+#: ``progress(stage, done, total or None)``; stages: calibrate, evaluate, sensitivity, fallback
+Progress = Callable[[str, int, "int | None"], None]
+
+
+@dataclass
+class QuantizeReport:
+    dtype: str
+    method: str | None = None
+    per_channel: bool | None = None
+    activations: str | None = None
+    weight_only: bool = False
+    samples: int = 0
+    batches: int = 0
+    tensors_calibrated: int = 0
+    #: bytes of all calibration summaries together (independent of the number of samples)
+    calibration_bytes: int = 0
+    excluded: list[str] = field(default_factory=list)
+    kept_float: list[str] = field(default_factory=list)
+    ops_before: dict[str, int] = field(default_factory=dict)
+    ops_after: dict[str, int] = field(default_factory=dict)
+    evaluation: Score | None = None
+    accuracy_aware: accuracy_aware.AccuracyAwareReport | None = None
+    details: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items()
+               if k not in ("evaluation", "accuracy_aware")}
+        out["evaluation"] = self.evaluation.to_dict() if self.evaluation else None
+        out["accuracy_aware"] = self.accuracy_aware.to_dict() if self.accuracy_aware else None
+        out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return out
+
+
+def _ops(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def _batch_size(model: onnx.ModelProto, tensors: Sequence[str],
+                inputs: Sequence[qdata.InputSpec]) -> int:
+    """As many samples as fit :data:`BATCH_BYTES` of calibrated activations (1 without a batch dim)."""
+    if not all(s.batchable for s in inputs):
+        return 1
+    wanted = set(tensors)
+    per_sample = 0
+    for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        if value.name in wanted:
+            dims = mir.dims_of(value)
+            per_sample += 4 * int(np.prod([d if isinstance(d, int) else 1 for d in dims]))
+            wanted.discard(value.name)
+    return int(max(1, min(MAX_BATCH, BATCH_BYTES // max(per_sample, 1))))
+
+
+def quantize(
+    model,
+    calib_data=None,
+    *,
+    method: str = DEFAULT_METHOD,
+    per_channel: bool = True,
+    activations: str = DEFAULT_ACTIVATIONS,
+    exclude: Iterable[str] = (),
+    samples: int | None = None,
+    percentile: float = cal.DEFAULT_PERCENTILE,
+    dtype: str = "int8",
+    weight_only: bool = False,
+    preprocess: qdata.Preprocess | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    eval_data=None,
+    eval_samples: int | None = None,
+    metric: str | None = None,
+    max_drop: float | None = None,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[onnx.ModelProto, QuantizeReport]:
+    """Quantize ``model`` (path or ModelProto); returns the new model and a report.
+
+    ``calib_data``: see :mod:`mmopt.quantize.data` (files, directories, arrays, iterables).
+    ``exclude``: node names or op types kept in float. ``samples``: use at most this many
+    calibration samples. ``eval_data`` + ``metric`` score the result against the float model;
+    ``max_drop`` (percent points, see :mod:`mmopt.quantize.evaluate`) turns on accuracy-aware mode.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if dtype not in DTYPES:
+        raise MmoptError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    if method not in cal.METHODS:
+        raise MmoptError(f"--method {method}: use one of {', '.join(cal.METHODS)}")
+    if activations not in qdq.ACTIVATION_TYPES:
+        raise MmoptError(f"--activations {activations}: use one of "
+                         f"{', '.join(qdq.ACTIVATION_TYPES)}")
+    if not 0 < percentile <= 100:
+        raise MmoptError(f"--percentile {percentile}: must be in (0, 100]")
+    if max_drop is not None and eval_data is None:
+        raise MmoptError("--max-drop needs --eval DATA (the samples to measure the drop on)")
+    if max_drop is not None and (dtype != "int8" or weight_only):
+        raise MmoptError("--max-drop applies to static int8 quantization only")
+    if samples is not None and samples <= 0:
+        raise MmoptError(f"--samples {samples}: must be positive")
+
+    source = mir.load(model)
+    prepared = qdq.prepare(source, input_shapes)
+    inputs = qdata.input_specs(prepared)
+    excluded = qdq.resolve_exclude(prepared, exclude)
+    report = QuantizeReport(dtype=dtype, excluded=excluded, ops_before=_ops(source),
+                            weight_only=weight_only)
+    timings["prepare"] = time.perf_counter() - t0
+
+    def stage(name):
+        return (lambda done, total: progress(name, done, total)) if progress else None
+
+    if dtype == "fp16":
+        from mmopt.quantize.fp16 import convert_fp16
+
+        magnitudes = None
+        if calib_data is not None:
+            t0 = time.perf_counter()
+            inits = {t.name for t in prepared.graph.initializer}
+            floats = sorted(qdq.float_tensors(prepared) - inits)
+            src = qdata.open_data(calib_data, inputs, preprocess=preprocess)
+            result = cal.calibrate(prepared, floats, qdata.batches(
+                src, inputs, batch_size or _batch_size(prepared, floats, inputs), limit=samples),
+                histogram=False, total=src.count(samples), progress=stage("calibrate"))
+            magnitudes = {k: max(abs(h.min), abs(h.max)) for k, h in result.stats.items()
+                          if h.count}
+            report.samples, report.batches = result.samples, result.batches
+            timings["calibrate"] = time.perf_counter() - t0
+        out, fp16_report = convert_fp16(prepared, keep_nodes=excluded, magnitudes=magnitudes)
+        report.kept_float = fp16_report.kept_fp32
+        report.details["fp16"] = fp16_report.to_dict()
+    elif weight_only:
+        from mmopt.quantize.weight_only import quantize_weights
+
+        out, wo = quantize_weights(prepared, exclude=excluded)
+        report.details["weight_only"] = wo.to_dict()
+        report.per_channel = True
+    else:
+        if calib_data is None:
+            raise MmoptError("static int8 quantization needs calibration data (--calib DATA); "
+                             "--weight-only or --dtype fp16 need none")
+        report.method, report.per_channel, report.activations = method, per_channel, activations
+        t0 = time.perf_counter()
+        tensors = qdq.calibration_tensors(prepared, excluded)
+        src = qdata.open_data(calib_data, inputs, preprocess=preprocess)
+        size = batch_size or _batch_size(prepared, tensors, inputs)
+        result = cal.calibrate(prepared, tensors, qdata.batches(src, inputs, size, limit=samples),
+                               histogram=method != "minmax", total=src.count(samples),
+                               progress=stage("calibrate"))
+        ranges = result.ranges(method, unsigned=activations == "uint8", percentile=percentile)
+        report.samples, report.batches = result.samples, result.batches
+        report.tensors_calibrated = len(tensors)
+        report.calibration_bytes = result.summary_bytes
+        timings["calibrate"] = time.perf_counter() - t0
+
+        def build(kept: Sequence[str]) -> onnx.ModelProto:
+            return qdq.write_qdq(prepared, ranges, per_channel=per_channel,
+                                 activations=activations, exclude=[*excluded, *kept])
+
+        t0 = time.perf_counter()
+        out = build([])
+        timings["write_qdq"] = time.perf_counter() - t0
+        if eval_data is not None:
+            t0 = time.perf_counter()
+            evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric)
+            score = evaluator.score(out)
+            report.evaluation = score
+            timings["evaluate"] = time.perf_counter() - t0
+            if max_drop is not None and score.drop > max_drop:
+                t0 = time.perf_counter()
+                candidates = qdq.quantized_nodes(prepared, excluded)
+                out, aa = accuracy_aware.recover(build, evaluator, candidates, max_drop,
+                                                 initial=(out, score), progress=progress)
+                report.accuracy_aware = aa
+                report.kept_float = aa.kept_float
+                report.evaluation = aa.final
+                timings["accuracy_aware"] = time.perf_counter() - t0
+            elif max_drop is not None:
+                report.accuracy_aware = accuracy_aware.AccuracyAwareReport(
+                    evaluator.metric, max_drop, met=True, final=score,
+                    steps=[accuracy_aware.Step("all int8", [], score, True)])
+    if eval_data is not None and report.evaluation is None:
+        evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric)
+        report.evaluation = evaluator.score(out)
+    report.ops_after = _ops(out)
+    report.timings = timings
+    return out, report
+
+
+def _evaluator(prepared, eval_data, inputs, preprocess, limit, metric) -> Evaluator:
+    src = qdata.open_data(eval_data, inputs, preprocess=preprocess, what="--eval")
+    feeds, labels = qdata.materialize(src, limit)
+    if metric == "top1" and labels is None:
+        logger.info("--eval data has no labels: top1 is measured as agreement with the float model")
+    return Evaluator(prepared, feeds, labels, metric,
+                     batchable=all(s.batchable for s in inputs))
