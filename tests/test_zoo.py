@@ -68,6 +68,7 @@ def test_registry_api():
         "resnet50_style",
         "resnet18_style",
         "mlp_gelu",
+        "digits_cnn",
         "transformer_block",
     }
     for name, entry in MODELS.items():
