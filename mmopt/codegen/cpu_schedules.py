@@ -133,10 +133,18 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int) -> None:
 
     v_ext = extents[v_axis]
     vec = _pick_lanes(v_ext, lanes)
-    nv = 2 if vec > 1 and v_ext % (2 * vec) == 0 else 1
-    tile_v = vec * nv if vec > 1 else _largest_divisor(v_ext, 8)
     r_ext = extents[r_axis] if r_axis is not None else 1
-    rows = _largest_divisor(r_ext, max(1, min(8, accumulators // max(nv, 1)))) if r_axis is not None else 1
+    if vec == 1:
+        nv, tile_v = 1, _largest_divisor(v_ext, 8)
+    elif r_ext == 1:
+        # GEMV-like (one output row): spend the accumulators on a wide row of vectors so that every
+        # cache line of the weight stream is used whole
+        nv = _largest_divisor(v_ext // vec, min(8, accumulators))
+        tile_v = nv * vec
+    else:
+        nv = 2 if v_ext % (2 * vec) == 0 else 1
+        tile_v = nv * vec
+    rows = _largest_divisor(r_ext, max(1, min(8, accumulators // nv))) if r_axis is not None else 1
 
     v_o, v_i = sch.split(loops[v_axis], factors=[None, tile_v])
     if r_axis is not None:
@@ -151,6 +159,7 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int) -> None:
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = r_o if r_axis is not None else fused
 
+    _inline_plain_copies(sch, block_rv)
     writeback = sch.cache_write(block_rv, 0, "local")
     sch.reverse_compute_at(writeback, tile_loop, preserve_unit_loops=True)
     sch.parallel(fused)
@@ -192,6 +201,23 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int) -> None:
         vectorize_tail(writeback, True)
     except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
         pass
+
+
+def _inline_plain_copies(sch, block_rv) -> None:
+    """Inline producers that only copy (the ``pad_temp`` of an unpadded conv): the contraction then
+    reads its input directly instead of through a full extra copy. Real padding (an if-then-else)
+    stays materialized: inlined, it would put a branch in the innermost loop."""
+    from tvm import get_global_func
+
+    has_branch = get_global_func("s_tir.schedule.HasIfThenElse")
+    for producer in sch.get_producers(block_rv):
+        block = sch.get(producer)
+        if "R" in _iter_kinds(block) or len(block.reads) != 1 or has_branch(block):
+            continue
+        try:
+            sch.compute_inline(producer)
+        except Exception:  # noqa: BLE001 - not inlinable (e.g. several consumers): keep it
+            pass
 
 
 def schedule_reduction(sch, name: str, lanes: int) -> None:

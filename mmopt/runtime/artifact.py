@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,13 @@ from mmopt.errors import MmoptError, summarize
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+
+# TVM pins its worker threads to cores by default. On a machine where other processes also run
+# (CI runners, shared servers), a pinned worker cannot move off a busy core and every parallel
+# kernel waits for it: measured 2-3x slower end-to-end on a loaded 2-core machine. Unpinned
+# threads are what onnxruntime uses too. Set TVM_BIND_THREADS=1 to pin anyway. This must happen
+# before TVM's thread pool starts (the first parallel kernel), hence at import.
+os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 
 @dataclass

@@ -1,0 +1,92 @@
+"""``mmopt bench``: latency of a compiled model next to onnxruntime, same inputs and thread count."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from mmopt.cli.common import err, input_shape_option, model_path, out, shapes
+
+logger = logging.getLogger("mmopt")
+
+
+def _is_artifact(path: str) -> bool:
+    from mmopt.runtime import artifact_paths
+
+    so, meta = artifact_paths(path)
+    return so.exists() and meta.exists() and not path.endswith(".onnx")
+
+
+@click.command("bench")
+@click.argument("model")
+@click.option("-t", "--target", default="x86", show_default=True,
+              help="Target to compile MODEL for (ignored for an artifact).")
+@input_shape_option
+@click.option("--vs", "versus", type=click.Choice(["onnxruntime", "none"]), default="onnxruntime",
+              show_default=True, help="Reference engine timed in the same run.")
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Threads for both engines.")
+@click.option("--warmup", type=click.IntRange(0, 10_000), default=5, show_default=True)
+@click.option("--repeat", type=click.IntRange(1, 100_000), default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_json):
+    """Benchmark MODEL (compiled here, untuned) or a compiled ARTIFACT against onnxruntime.
+
+    Reports latency min / median / p90, throughput and each engine's peak memory (max RSS of its
+    own process); the ratio is mmopt / onnxruntime median latency (below 1: mmopt is faster).
+    """
+    import mmopt
+    from mmopt import ir as mir
+    from mmopt.runtime.bench import bench
+
+    with tempfile.TemporaryDirectory(prefix="mmopt-bench-") as tmp:
+        reference = None
+        if _is_artifact(model):
+            artifact = model
+            meta = mmopt.runtime.read_meta(model)
+            source = Path(meta.source_model)
+            if versus == "onnxruntime":
+                if source.exists() and mir.sha256_of(source) == meta.source_sha256:
+                    fixed = mir.prepare(mmopt.frontends.to_onnx(source),
+                                        {s.name: s.shape for s in meta.inputs})
+                    reference = Path(tmp) / "reference.onnx"
+                    mir.save(fixed, reference)
+                else:
+                    logger.warning("source model %s of the artifact is not available (or changed); "
+                                   "timing mmopt only", source)
+        else:
+            with err.status("compiling") as status:
+                result = mmopt.compile(model_path(model), target, Path(tmp) / "model",
+                                       input_shapes=shapes(input_shapes), verify=False,
+                                       progress=lambda msg: status.update(msg))
+            artifact = str(result.library)
+            if versus == "onnxruntime":
+                fixed = mir.prepare(mmopt.frontends.to_onnx(model_path(model),
+                                                            input_shapes=shapes(input_shapes)),
+                                    {s.name: s.shape for s in result.meta.inputs})
+                reference = Path(tmp) / "reference.onnx"
+                mir.save(fixed, reference)
+        with err.status(f"timing ({repeat} runs, {threads} threads)"):
+            res = bench(artifact, reference, threads=threads, warmup=warmup, repeat=repeat)
+    if as_json:
+        out.print_json(json.dumps(res.to_dict()))
+        return
+    table = Table(box=None, padding=(0, 2))
+    for col in ("engine", "threads", "min ms", "median ms", "p90 ms", "inf/s", "peak RSS MB"):
+        table.add_column(col, justify="right" if col != "engine" else "left")
+    for t in (res.mmopt, res.onnxruntime):
+        if t is not None:
+            table.add_row(t.engine, str(t.threads), f"{t.min_ms:.3f}", f"{t.median_ms:.3f}",
+                          f"{t.p90_ms:.3f}", f"{t.throughput:.1f}", f"{t.peak_rss_mb:.0f}")
+    out.print(table)
+    if res.ratio is not None:
+        verdict = "faster" if res.ratio < 1 else "slower"
+        out.print(f"ratio mmopt/onnxruntime = {res.ratio:.2f} (mmopt is {verdict})")
+
+
+command = bench_cmd
