@@ -50,13 +50,20 @@ def _assert_equivalent(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
     assert unsupported_nodes(after) == []
 
 
+#: zoo models with nothing to fuse (the trained digits CNN is exported as Conv/Relu/MaxPool/Gemm)
+ALREADY_OPTIMAL = {"digits_cnn"}
+
+
 @pytest.mark.parametrize("name", names())
 def test_zoo_model_optimized(name):
     model = _zoo(name)
     optimized, report = _optimized(name)
     _assert_equivalent(model, optimized)
-    assert report.nodes_after < report.nodes_before, report.to_dict()
-    assert report.rules_fired
+    if name in ALREADY_OPTIMAL:
+        assert report.nodes_after == report.nodes_before
+    else:
+        assert report.nodes_after < report.nodes_before, report.to_dict()
+        assert report.rules_fired
     _, again = optimize(optimized, 2)
     assert again.applied == [], [(p.name, p.rules) for p in again.passes if p.modified]
 
