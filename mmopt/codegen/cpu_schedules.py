@@ -142,7 +142,10 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int) -> None:
         nv = _largest_divisor(v_ext // vec, min(8, accumulators))
         tile_v = nv * vec
     else:
-        nv = 2 if v_ext % (2 * vec) == 0 else 1
+        # 2 vectors across when they divide the extent, else 3 (24 channels = 3 x 8 lanes), else 1;
+        # that leaves room for 8 rows of accumulators
+        blocks = v_ext // vec
+        nv = 2 if blocks % 2 == 0 else 3 if blocks % 3 == 0 else 1
         tile_v = nv * vec
     rows = _largest_divisor(r_ext, max(1, min(8, accumulators // nv))) if r_axis is not None else 1
 
@@ -238,19 +241,20 @@ def schedule_reduction(sch, name: str, lanes: int) -> None:
             vec_loop = loops[v_axis]
     outer = [loops[i] for i in spatial if vec_loop is None or not loops[i].same_as(vec_loop)]
     sch.reorder(*outer, *reductions, *([vec_loop] if vec_loop is not None else []))
-    if vec_loop is not None:
-        sch.decompose_reduction(block_rv, reductions[0])
-        ext = _extent(sch, vec_loop)
-        vec = _pick_lanes(ext, lanes)
-        if ext == vec:
-            sch.vectorize(vec_loop)
-        else:
-            vo, vi = sch.split(vec_loop, factors=[None, vec])
-            sch.vectorize(vi)
+    # parallel/vectorize while the block still has its init (a complete reduction block), then
+    # split the init out and vectorize it too
     if outer:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         if (_extent(sch, fused) or 0) > 1:
             sch.parallel(fused)
+    if vec_loop is not None:
+        ext = _extent(sch, vec_loop)
+        vec = _pick_lanes(ext, lanes)
+        if ext != vec:
+            _, vec_loop = sch.split(vec_loop, factors=[None, vec])
+        sch.vectorize(vec_loop)
+        init = sch.decompose_reduction(block_rv, reductions[0])
+        sch.vectorize(sch.get_loops(init)[-1])
 
 
 def schedule_injective(sch, name: str, lanes: int) -> None:

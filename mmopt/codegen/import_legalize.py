@@ -9,6 +9,19 @@
   handling.
 
 The override is installed only for the duration of one import (:func:`importer_overrides`).
+
+Two ONNX-level rewrites run on a copy of the model just before import (:func:`legalize_for_import`);
+both are exact and keep the model runnable on onnxruntime:
+
+* ``ConvTranspose`` whose kernel equals its stride (no padding, dilation or groups; the 2x
+  up-sampling of FPN/DBNet heads) -> a 1x1 ``Conv`` to ``C_out * k * k`` channels followed by
+  ``DepthToSpace(k, "CRD")``: ``y[co, h*k+i, w*k+j] = sum_ci x[ci, h, w] * W[ci, co, i, j] + b[co]``,
+  so ``W'[co*k*k + i*k + j, ci] = W[ci, co, i, j]`` and ``b'`` repeats ``b`` ``k*k`` times. TVM
+  computes a transposed conv over a zero-dilated input (k*k times the work, and no NHWC form).
+* Constant operands of Add/Sub/Mul/Div with a lower rank than the other operand are reshaped to
+  the full rank (leading 1s; ONNX broadcasting aligns right, so this changes nothing). Relax's
+  ConvertLayout only lays out same-rank operands: a ``[C,1,1]`` scale would otherwise pin its
+  element-wise op to NCHW between two transposes.
 """
 
 from __future__ import annotations
@@ -73,3 +86,111 @@ def importer_overrides():
         yield
     finally:
         onnx_frontend._get_convert_map = original  # noqa: SLF001
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX-level rewrites
+
+
+def _const_array(value):
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return producer.attributes["value"].value.numpy()
+    return None
+
+
+def _initializer(graph, name: str, array: np.ndarray):
+    import onnx_ir as ir
+
+    value = ir.Value(name=name, const_value=ir.tensor(array))
+    value.shape = ir.Shape(array.shape)
+    value.dtype = value.const_value.dtype
+    graph.register_initializer(value)
+    return value
+
+
+def conv_transpose_to_conv_depth_to_space(model) -> int:
+    import onnx_ir as ir
+
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "ConvTranspose" or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {k: a.value for k, a in node.attributes.items()}
+        weight = _const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if weight is None or weight.ndim != 4:
+            continue
+        c_in, c_out, kh, kw = weight.shape
+        kernel = list(attrs.get("kernel_shape", [kh, kw]))
+        if (kh != kw or kernel != [kh, kw] or list(attrs.get("strides", [1, 1])) != [kh, kw]
+                or any(attrs.get("pads", [0, 0, 0, 0])) or list(attrs.get("dilations", [1, 1])) != [1, 1]
+                or attrs.get("group", 1) != 1 or any(attrs.get("output_padding", [0, 0]))
+                or "output_shape" in attrs or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+            continue
+        bias = _const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if len(node.inputs) > 2 and node.inputs[2] is not None and bias is None:
+            continue
+        k = kh
+        w2 = np.ascontiguousarray(weight.transpose(1, 2, 3, 0).reshape(c_out * k * k, c_in, 1, 1))
+        inputs = [node.inputs[0], _initializer(graph, f"{node.name}.as_conv.weight", w2)]
+        if bias is not None:
+            inputs.append(_initializer(graph, f"{node.name}.as_conv.bias", np.repeat(bias, k * k)))
+        conv = ir.node("Conv", inputs, attributes={"kernel_shape": [1, 1]}, name=f"{node.name}.as_conv")
+        d2s = ir.node("DepthToSpace", [conv.outputs[0]], attributes={"blocksize": k, "mode": "CRD"},
+                      name=f"{node.name}.depth_to_space")
+        conv.outputs[0].dtype = node.outputs[0].dtype
+        graph.insert_before(node, [conv, d2s])
+        _replace_output(graph, node, d2s.outputs[0])
+        count += 1
+    return count
+
+
+def broadcast_constants_full_rank(model) -> int:
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type not in ("Add", "Sub", "Mul", "Div") or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.inputs) != 2 or any(v is None or v.shape is None for v in node.inputs):
+            continue
+        ranks = [len(v.shape) for v in node.inputs]
+        for i, value in enumerate(node.inputs):
+            other = ranks[1 - i]
+            array = _const_array(value)
+            if array is None or array.ndim >= other or array.ndim == 0 or array.size == 1 and other < 2:
+                continue
+            full = array.reshape((1,) * (other - array.ndim) + array.shape)
+            node.replace_input_with(i, _initializer(graph, f"{node.name}.in{i}.full_rank", full))
+            count += 1
+    return count
+
+
+def _replace_output(graph, node, new_value) -> None:
+    import onnx_ir as ir
+
+    old = node.outputs[0]
+    new_value.dtype = old.dtype
+    new_value.shape = old.shape
+    ir.convenience.replace_all_uses_with(old, new_value, replace_graph_outputs=True)
+    name = old.name
+    old.name = f"{name}.replaced"
+    new_value.name = name  # graph outputs keep their names
+    graph.remove(node, safe=True)
+
+
+def legalize_for_import(model):
+    """The ONNX-level rewrites above, on a copy of ``model`` (returned unchanged if none applies)."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common
+
+    work = ir.serde.deserialize_model(model)
+    changed = conv_transpose_to_conv_depth_to_space(work) + broadcast_constants_full_rank(work)
+    if not changed:
+        return model
+    ir.passes.common.RemoveUnusedNodesPass()(work)
+    return ir.serde.serialize_model(work)

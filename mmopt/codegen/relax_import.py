@@ -65,9 +65,10 @@ def to_relax(model: onnx.ModelProto, where: str = "model"):
     """Import a static-shaped ONNX model into a Relax ``IRModule`` with weights bound as constants."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    from mmopt.codegen.import_legalize import importer_overrides
+    from mmopt.codegen.import_legalize import importer_overrides, legalize_for_import
 
     check_supported(model, where)
+    model = legalize_for_import(model)
     specs = mir.input_specs(model)
     shape_dict = {name: list(dims) for name, (dims, _) in specs.items()}
     dtype_dict = {name: str(dtype) for name, (_, dtype) in specs.items()}

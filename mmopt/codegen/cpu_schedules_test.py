@@ -1,0 +1,84 @@
+"""Default CPU schedules: they parallelize and vectorize, and the numbers stay exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def target():
+    from mmopt import targets
+
+    return targets.get("x86-avx2").tvm_target()
+
+
+def _build_and_run(func, target, arrays):
+    import tvm
+
+    from mmopt.codegen.cpu_schedules import schedule_prim_func
+
+    sch = schedule_prim_func(func, target)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    lib = tvm.compile(sch.mod, target=target)
+    tensors = [tvm.runtime.tensor(a) for a in arrays]
+    lib["main"](*tensors)
+    return script, tensors[-1].numpy()
+
+
+def test_matmul_with_bias_epilogue(target):
+    from tvm import te
+
+    m, n, k = 6, 64, 40
+    a = te.placeholder((m, k), name="A")
+    b = te.placeholder((k, n), name="B")
+    bias = te.placeholder((n,), name="bias")
+    r = te.reduce_axis((0, k), name="k")
+    mm = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="matmul")
+    out = te.compute((m, n), lambda i, j: te.max(mm[i, j] + bias[j], 0.0), name="relu")
+    func = te.create_prim_func([a, b, bias, out])
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((m, k)).astype("float32"), rng.standard_normal((k, n)).astype("float32"),
+              rng.standard_normal(n).astype("float32"), np.zeros((m, n), "float32")]
+    script, got = _build_and_run(func, target, arrays)
+    assert "T.parallel" in script and "T.vectorized" in script
+    assert 'sblock("relu")' not in script  # the epilogue was inlined into the tile write-back
+    expected = np.maximum(arrays[0] @ arrays[1] + arrays[2], 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_nhwc_conv_with_odd_channels(target):
+    from tvm import te
+
+    n, h, w, ci, co, kh = 1, 9, 7, 5, 24, 3
+    x = te.placeholder((n, h + 2, w + 2, ci), name="x")
+    wt = te.placeholder((kh, kh, ci, co), name="w")
+    ry, rx, rc = (te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kh), "rx"),
+                  te.reduce_axis((0, ci), "rc"))
+    out = te.compute((n, h, w, co), lambda b, yy, xx, ff: te.sum(
+        x[b, yy + ry, xx + rx, rc] * wt[ry, rx, rc, ff], axis=[ry, rx, rc]), name="conv")
+    func = te.create_prim_func([x, wt, out])
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((n, h + 2, w + 2, ci)).astype("float32")
+    ws = rng.standard_normal((kh, kh, ci, co)).astype("float32")
+    script, got = _build_and_run(func, target, [xs, ws, np.zeros((n, h, w, co), "float32")])
+    assert "T.parallel" in script and "T.vectorized" in script
+    expected = np.zeros((n, h, w, co), np.float32)
+    for i in range(kh):
+        for j in range(kh):
+            expected += np.einsum("bhwc,co->bhwo", xs[:, i:i + h, j:j + w, :], ws[i, j])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_reduction_and_injective(target):
+    from tvm import te
+
+    x = te.placeholder((2, 6, 6, 32), name="x")
+    r1, r2 = te.reduce_axis((0, 6), "r1"), te.reduce_axis((0, 6), "r2")
+    pooled = te.compute((2, 32), lambda b, c: te.max(x[b, r1, r2, c], axis=[r1, r2]), name="pool")
+    func = te.create_prim_func([x, pooled])
+    xs = np.random.default_rng(2).standard_normal((2, 6, 6, 32)).astype("float32")
+    script, got = _build_and_run(func, target, [xs, np.zeros((2, 32), "float32")])
+    assert "T.vectorized" in script
+    np.testing.assert_array_equal(got, xs.max(axis=(1, 2)))
