@@ -1,0 +1,32 @@
+"""A quantized (QDQ) model compiles, and the artifact agrees with onnxruntime's execution of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mmopt
+from mmopt import ir as mir
+
+
+def test_int8_digits_artifact_agrees_with_onnxruntime(tmp_path):
+    pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
+    import onnxruntime as ort
+
+    from mmopt.quantize import quantize
+    from models_zoo.digits import train_digits_cnn
+
+    model, splits = train_digits_cnn()
+    fixed = mir.fix_input_shapes(model, {"input": (1, 1, 8, 8)})
+    calib = [{"input": x[None].astype(np.float32)} for x in splits.calib_x]
+    qdq, _ = quantize(fixed, calib, method="entropy")
+    result = mmopt.compile(qdq, "x86", tmp_path / "digits_int8")
+    assert result.verification.passed
+    compiled = mmopt.load(result.library)
+    session = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    xs, ys = splits.test_x.astype(np.float32), splits.test_y
+    ours = np.array([np.argmax(next(iter(compiled(input=x[None]).values()))) for x in xs])
+    theirs = np.array([np.argmax(session.run(None, {"input": x[None]})[0]) for x in xs])
+    agreement = float((ours == theirs).mean())
+    assert agreement >= 0.99, agreement
+    assert float((ours == ys).mean()) >= 0.97
