@@ -211,7 +211,7 @@ def open_runner(source, role: str = "model") -> Runner:
 
         return ArtifactRunner(load(path), text)
     suffix = path.suffix.lower()
-    if path.is_file() and suffix != ".onnx":
+    if (path.is_file() and suffix != ".onnx") or path.is_dir():
         # a source-framework model a frontend can import: run its ONNX import on onnxruntime
         from mmopt import frontends
 

@@ -2,6 +2,7 @@
 
     from mmopt import frontends
     frontends.detect("deploy.prototxt")                  # "caffe"
+    frontends.detect("saved_model_dir/")                 # "tensorflow"
     model = frontends.to_onnx("resnet18.pt2")            # onnx.ModelProto
     model = frontends.from_torch(module, (x,))           # from a live nn.Module
 
@@ -48,6 +49,8 @@ class Frontend:
     #: when True the suffix alone is not enough: the sniffer must agree (e.g. ``.pt`` may be a pickle)
     suffix_needs_sniff: bool = False
     description: str = ""
+    #: ``(directory) -> bool``: whether a directory is a model of this framework (a SavedModel)
+    sniff_dir: Callable[[Path], bool] | None = None
 
     def load(self):
         missing = [r for r in self.requires if importlib.util.find_spec(r) is None]
@@ -70,6 +73,24 @@ def _sniff_torch(path: Path, head: bytes) -> bool:
     return sniff(path, head) is not None
 
 
+def _sniff_tensorflow(path: Path, head: bytes) -> bool:
+    from mmopt.frontends.tensorflow import sniff  # does not import tensorflow
+
+    return sniff(path, head) is not None
+
+
+def _sniff_saved_model(path: Path) -> bool:
+    from mmopt.frontends.tensorflow import is_saved_model
+
+    return is_saved_model(path)
+
+
+def _sniff_tflite(path: Path, head: bytes) -> bool:
+    from mmopt.frontends.tflite import sniff
+
+    return sniff(head)
+
+
 def _sniff_onnx(path: Path, head: bytes) -> bool:
     # ModelProto starts with ir_version (field 1, varint: 0x08) in files written by onnx/exporters
     return head[:1] == b"\x08" and len(head) > 2 and 3 <= head[1] <= 20
@@ -83,6 +104,13 @@ FRONTENDS: tuple[Frontend, ...] = (
     Frontend("torch", (".pt2", ".pt", ".pth", ".torchscript", ".ptl", ".jit"), "mmopt.frontends.torch",
              _sniff_torch, requires=("torch",), extra="torch", suffix_needs_sniff=True,
              description="PyTorch .pt2 (torch.export.save) or TorchScript archive (torch.jit.save)"),
+    Frontend("tensorflow", (".keras", ".h5", ".hdf5", ".pb"), "mmopt.frontends.tensorflow",
+             _sniff_tensorflow, requires=("tensorflow", "tf2onnx"), extra="tf",
+             suffix_needs_sniff=True, sniff_dir=_sniff_saved_model,
+             description="TensorFlow SavedModel directory, Keras .keras/.h5, frozen GraphDef .pb"),
+    Frontend("tflite", (".tflite",), "mmopt.frontends.tflite", _sniff_tflite,
+             requires=("tensorflow", "tf2onnx"), extra="tf",
+             description="TensorFlow Lite flatbuffer (.tflite)"),
 )
 
 
@@ -102,7 +130,8 @@ def _head(path: Path, size: int = 4096) -> bytes:
 
 
 def detect(path) -> str:
-    """The framework of the model file ``path`` (``"onnx"``, ``"caffe"``, ``"torch"``, ...).
+    """The framework of the model file ``path`` (``"onnx"``, ``"caffe"``, ``"torch"``, ...), or of a
+    model directory (a TensorFlow SavedModel: ``"tensorflow"``).
 
     The suffix decides when it is unambiguous; otherwise (or to confirm an ambiguous suffix such as
     ``.pt``) the file's content does. Raises :class:`ModelLoadError` for a missing file or one no
@@ -112,7 +141,12 @@ def detect(path) -> str:
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory; expected a model file")
+        for f in FRONTENDS:
+            if f.sniff_dir is not None and f.sniff_dir(path):
+                return f.name
+        readers = ", ".join(f.name for f in FRONTENDS if f.sniff_dir is not None)
+        raise ModelLoadError(f"{path}: is a directory, and not a model directory ({readers}: a "
+                             "SavedModel holds saved_model.pb); expected a model file")
     suffix = path.suffix.lower()
     head = _head(path)
     for f in FRONTENDS:
@@ -132,7 +166,8 @@ def to_onnx(path, *, framework: str | None = None, **options) -> onnx.ModelProto
 
     ``framework`` skips detection. ``options`` go to the frontend: ``input_shapes`` (any; ignored by
     frontends that take the shapes from the file), ``weights``/``seed``/``random_weights`` (Caffe),
-    ``dynamic_batch``/``opset`` (PyTorch). An ONNX path is loaded and checked as it is.
+    ``dynamic_batch``/``opset`` (PyTorch), ``inputs``/``outputs`` (frozen TensorFlow GraphDef),
+    ``signature`` (SavedModel). An ONNX path is loaded and checked as it is.
     """
     if isinstance(path, onnx.ModelProto):
         return path

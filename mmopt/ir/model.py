@@ -132,16 +132,23 @@ def _fits(model: onnx.ModelProto) -> bool:
 
 
 def sha256_of(source) -> str:
-    """sha256 of a model file (streamed) or of a ModelProto's serialization."""
+    """sha256 of a model file or directory (streamed) or of a ModelProto's serialization."""
     h = hashlib.sha256()
     if isinstance(source, onnx.ModelProto):
         h.update(source.SerializeToString())
     elif isinstance(source, (bytes, bytearray)):
         h.update(source)
     else:
-        with open(source, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        # a file, or a directory model (TensorFlow SavedModel): its files' relative paths and bytes
+        source = Path(source)
+        is_dir = source.is_dir()
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if is_dir else [source]
+        for file in files:
+            if is_dir:
+                h.update(file.relative_to(source).as_posix().encode() + b"\0")
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
     return h.hexdigest()
 
 

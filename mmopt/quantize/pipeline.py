@@ -140,7 +140,10 @@ def quantize(
     if samples is not None and samples <= 0:
         raise MmoptError(f"--samples {samples}: must be positive")
 
-    source = mir.load(model)
+    from mmopt import frontends
+
+    # any supported framework (ONNX, PyTorch, TensorFlow/Keras/TFLite, Caffe)
+    source = mir.load(frontends.to_onnx(model, input_shapes=input_shapes))
     prepared = qdq.prepare(source, input_shapes)
     inputs = qdata.input_specs(prepared)
     excluded = qdq.resolve_exclude(prepared, exclude)
