@@ -95,12 +95,15 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     rtol: float = DEFAULT_RTOL,
     seed: int = 0,
     save_onnx: bool = False,
+    db=None,
     progress: Progress | None = None,
 ) -> CompileResult:
     """Compile an ONNX model (path or ModelProto) into ``OUTPUT.so`` + ``OUTPUT.json`` for ``target``.
 
     ``verify=None`` verifies when the target can run on this machine. The reference for verification
     is the *source* model on onnxruntime, so it covers both the graph passes and code generation.
+    ``db``: a tuning database directory (``mmopt tune``); its records for this target are applied
+    and the remaining kernels get default schedules. The report says how many were tuned.
     Raises :class:`MmoptError` for bad input; a failed verification is reported in the result (and
     the CLI exits 1), not raised.
     """
@@ -134,9 +137,19 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     t0 = time.perf_counter()
     step("importing into TVM Relax")
     mod = to_relax(optimized, where=source)
+    database = None
+    if db is not None:
+        from mmopt.tuning.database import open_database
+
+        database = open_database(db, tgt)
     step(f"generating code for {tgt.name}")
-    executable = _build.build(mod, tgt)
+    executable = _build.build(mod, tgt, database)
     timings["codegen"] = time.perf_counter() - t0
+    tuning = None
+    if database is not None:
+        tuning = {"database": str(db), "kernels_tuned": len(set(database.applied)),
+                  "kernels_looked_up": len(set(database.queried)),
+                  "tuned": sorted(set(database.applied))}
 
     meta = ArtifactMeta(
         name=prefix.name,
@@ -152,6 +165,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         mmopt_version=__version__,
         tvm_version=str(tvm.__version__),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        extra={"tuning": tuning} if tuning else {},
     )
 
     with _atomic_outputs(prefix) as tmp:

@@ -43,20 +43,18 @@ def _bad_inputs(tmp_path, model_file):
     text.write_text("this is not a model\n")
     truncated = tmp_path / "cut.onnx"
     truncated.write_bytes(model_file.read_bytes()[:300])
-    lstm = tmp_path / "lstm.onnx"
+    custom = tmp_path / "custom.onnx"
     model = onnx.parser.parse_model("""
-    <ir_version: 8, opset_import: ["" : 17]>
-    g (float[1,2,4] x, float[1,32,4] w, float[1,32,8] r) => (float[1,1,1,8] y) {
-      y, yh = LSTM <hidden_size=8> (x, w, r)
-    }""")
-    model.graph.node[0].name = "rnn0"
-    onnx.save(model, lstm)
+    <ir_version: 8, opset_import: ["" : 17, "vendor.ops" : 1]>
+    g (float[1,2,4] x) => (float[1,2,4] y) { y = vendor.ops.FancyNorm(x) }""")
+    model.graph.node[0].name = "norm0"
+    onnx.save(model, custom)
     return {
         "missing file": (["compile", tmp_path / "nope.onnx"], ["nope.onnx", "no such file"]),
         "not onnx": (["compile", text], ["notes.onnx", "not a valid ONNX file"]),
         "truncated": (["compile", truncated], ["cut.onnx", "truncated"]),
         "unknown target": (["compile", model_file, "--target", "vax"], ["unknown target 'vax'", "x86"]),
-        "unsupported op": (["compile", lstm], ["rnn0 (LSTM)"]),
+        "unsupported op": (["compile", custom], ["norm0 (vendor.ops::FancyNorm"]),
         "bad shape option": (["compile", model_file, "--input-shape", "x:1,a"], ["--input-shape"]),
         "unknown input": (["compile", model_file, "--input-shape", "q:1,3,8,8"], ["unknown input", "q"]),
     }

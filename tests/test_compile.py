@@ -86,22 +86,24 @@ def test_verify_on_unrunnable_target_is_a_usage_error(tmp_path, model_file):
 
 
 def test_unsupported_ops_are_all_listed_at_once(tmp_path):
+    # operators no converter or decomposition handles: every one is listed, with its node name
     model = onnx.parser.parse_model("""
-    <ir_version: 8, opset_import: ["" : 17]>
-    g (float[1,2,4] x, float[1,32,4] w, float[1,32,8] r, float[1,24,4] gw, float[1,24,8] gr)
-      => (float[1,1,1,8] y, float[1,1,1,8] z) {
-      y, yh = LSTM <hidden_size=8> (x, w, r)
-      z, zh = GRU <hidden_size=8> (x, gw, gr)
+    <ir_version: 8, opset_import: ["" : 17, "vendor.ops" : 1]>
+    g (float[1,2,4] x) => (float[1,2,4] y, float[1,2,4] z) {
+      y = vendor.ops.FancyNorm(x)
+      z = vendor.ops.Warp(x)
     }""")
-    model.graph.node[0].name = "encoder.lstm"
-    model.graph.node[1].name = "encoder.gru"
-    assert unsupported_nodes(model) == [("encoder.lstm", "LSTM"), ("encoder.gru", "GRU")]
-    path = tmp_path / "rnn.onnx"
+    model.graph.node[0].name = "encoder.norm"
+    model.graph.node[1].name = "encoder.warp"
+    assert unsupported_nodes(model) == [("encoder.norm", "vendor.ops::FancyNorm"),
+                                        ("encoder.warp", "vendor.ops::Warp")]
+    path = tmp_path / "custom.onnx"
     onnx.save(model, path)
     with pytest.raises(UnsupportedModelError) as info:
-        mmopt.compile(path, "x86", tmp_path / "out" / "rnn")
+        mmopt.compile(path, "x86", tmp_path / "out" / "custom")
     message = info.value.message
-    assert "encoder.lstm (LSTM)" in message and "encoder.gru (GRU)" in message
+    assert "encoder.norm (vendor.ops::FancyNorm" in message
+    assert "encoder.warp (vendor.ops::Warp" in message
     assert str(path) in message
     assert not (tmp_path / "out").exists()  # no partial output, not even the directory
 

@@ -88,8 +88,11 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Verification abs tolerance.")
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Verification rel tolerance.")
 @click.option("--save-onnx", is_flag=True, help="Also write the optimized model as OUTPUT.onnx.")
+@click.option("--db", type=click.Path(file_okay=False), default=None,
+              help="Tuning database (from `mmopt tune`): apply its records for this target; "
+                   "other kernels get default schedules.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def compile_cmd(model, target, output, input_shapes, opt_level, verify, atol, rtol, save_onnx,
+def compile_cmd(model, target, output, input_shapes, opt_level, verify, atol, rtol, save_onnx, db,
                 as_json):
     """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
     import mmopt
@@ -98,7 +101,7 @@ def compile_cmd(model, target, output, input_shapes, opt_level, verify, atol, rt
     with err.status("compiling") as status:
         result = mmopt.compile(
             model, target, output, input_shapes=shapes(input_shapes), opt_level=opt_level,
-            verify=verify, atol=atol, rtol=rtol, save_onnx=save_onnx,
+            verify=verify, atol=atol, rtol=rtol, save_onnx=save_onnx, db=db,
             progress=lambda msg: status.update(msg),
         )
     if as_json:
@@ -120,6 +123,10 @@ def _print_compile_report(result) -> None:
     rep = result.passes
     out.print(f"  passes    -O{meta.opt_level}: nodes {rep.nodes_before} -> {rep.nodes_after}"
               + (f" ({', '.join(rep.applied)})" if rep.applied else ""))
+    tuning = meta.extra.get("tuning")
+    if tuning:
+        out.print(f"  tuning    {tuning['kernels_tuned']} of {tuning['kernels_looked_up']} kernels "
+                  f"from {tuning['database']}; the rest use default schedules")
     out.print("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.onnx_path:
         out.print(f"  onnx      {result.onnx_path}")
