@@ -24,6 +24,7 @@ _LAZY = {
     "run": ("mmopt.api", "run"),
     "MmoptError": ("mmopt.errors", "MmoptError"),
     "from_torch": ("mmopt.frontends", "from_torch"),
+    "tune": ("mmopt.tuning.tune", "tune"),
     # packages: mmopt.check is callable (mmopt.check(...)); quantize via mmopt.quantize.quantize
     "check": ("mmopt.check", None),
     "quantize": ("mmopt.quantize", None),

@@ -127,11 +127,8 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
 
     t0 = time.perf_counter()
     step("loading model")
-    reference = mir.prepare(_import(model, input_shapes), input_shapes)
     sha = mir.sha256_of(model if isinstance(model, onnx.ModelProto) else Path(model))
-    step(f"optimizing (-O{opt_level})")
-    optimized, report = _optimize(reference, opt_level)
-    optimized = mir.infer_shapes(optimized)
+    reference, optimized, report = front_end(model, input_shapes, opt_level, progress=step)
     timings["passes"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -193,6 +190,21 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
             if onnx_path and path.name == onnx_path.name and (tmp / (path.name + ".data")).exists():
                 os.replace(tmp / (path.name + ".data"), prefix.parent / (path.name + ".data"))
     return CompileResult(library, meta_path, meta, report, verification, onnx_path, timings)
+
+
+def front_end(model, input_shapes=None, opt_level: int = DEFAULT_LEVEL, *,
+              progress: Progress | None = None):
+    """``(reference, optimized, pass report)``: the graph half of :func:`compile`.
+
+    ``reference`` is the imported model with fixed shapes (what verification runs on onnxruntime);
+    ``optimized`` is what goes to TVM. Tuning (``mmopt.tuning``) uses this too: records only apply
+    when tuning and compiling see exactly the same graph.
+    """
+    reference = mir.prepare(_import(model, input_shapes), input_shapes)
+    if progress is not None:
+        progress(f"optimizing (-O{opt_level})")
+    optimized, report = _optimize(reference, opt_level)
+    return reference, mir.infer_shapes(optimized), report
 
 
 def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAULT_ATOL,

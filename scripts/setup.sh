@@ -22,4 +22,7 @@ fi
 echo "setup: installing mmopt and its Python dependencies"
 $PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[all,test]"
 $PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps "rapidocr-onnxruntime==1.4.4"
+# The emulated arm64 farm device (qemu-user + an aarch64 Python with TVM's runtime, cached).
+# Not fatal: without it the emulated-ARM tests skip with a reason.
+bash scripts/setup-arm-emulation.sh || echo "setup: WARNING: emulated arm64 device not prepared"
 echo "setup: done ($(mmopt --version))"

@@ -186,19 +186,31 @@ def _load_array(name: str, path: Path) -> dict[str, np.ndarray]:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write outputs to this .npz file (arrays by output name).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
-def run_cmd(artifact, inputs, output, seed):
-    """Run a compiled ARTIFACT (NAME, NAME.so or NAME.json) on this machine."""
-    from mmopt.runtime import load
+@click.option("--device", "device_key", metavar="KEY",
+              help="Run on a farm device with this RPC key (e.g. arm64-qemu) instead of locally.")
+@click.option("--farm", metavar="HOST:PORT", envvar="MMOPT_FARM", default="127.0.0.1:9190",
+              show_default=True, help="The device farm's tracker (with --device).")
+def run_cmd(artifact, inputs, output, seed, device_key, farm):
+    """Run a compiled ARTIFACT (NAME, NAME.so or NAME.json) here, or on a farm device."""
+    from mmopt.runtime import read_meta
 
-    model = load(artifact)
+    meta = read_meta(artifact)
     feeds = _parse_inputs(inputs)
     if not feeds:
         rng = np.random.default_rng(seed)
         feeds = {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
                  if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
-                 for s in model.meta.inputs}
+                 for s in meta.inputs}
         logger.warning("no --input given: running on seeded random inputs (seed %d)", seed)
-    outputs = model(**feeds)
+    if device_key:
+        from mmopt.tuning.remote import run_remote
+
+        with err.status(f"running on device {device_key} via {farm}"):
+            outputs = run_remote(artifact, feeds, device_key, farm)
+    else:
+        from mmopt.runtime import load
+
+        outputs = load(artifact)(**feeds)
     if output:
         tmp = Path(output).with_name(Path(output).name + ".partial.npz")
         np.savez(tmp, **outputs)

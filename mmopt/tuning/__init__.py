@@ -1,0 +1,1 @@
+"""Tuning: MetaSchedule on local or farm devices, target-aware tuning databases, the device farm."""

@@ -1,0 +1,144 @@
+"""The model side of tuning: the Relax module that compile sees, and end-to-end latency of a model
+compiled with and without a tuning database (locally, or on a farm device)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmopt import ir as mir
+from mmopt import targets as _targets
+from mmopt.errors import MmoptError
+from mmopt.passes import DEFAULT_LEVEL
+
+logger = logging.getLogger(__name__)
+
+
+def model_name(model) -> str:
+    return Path(model).name if isinstance(model, (str, Path)) else "<ModelProto>"
+
+
+def relax_module(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 opt_level: int = DEFAULT_LEVEL):
+    """``(Relax IRModule, prepared reference ONNX)`` exactly as ``mmopt.compile`` builds them.
+
+    Tuning must see the same graph as compile (same passes, same opt level): tasks are keyed by the
+    structural hash of their TIR, so any difference in the graph means records that never apply.
+    """
+    from mmopt.api import front_end
+    from mmopt.codegen.relax_import import to_relax
+
+    reference, optimized, _report = front_end(model, input_shapes, opt_level)
+    return to_relax(optimized, where=model_name(model)), reference
+
+
+@dataclass
+class LatencyComparison:
+    """End-to-end latency of the model with default schedules and with the tuning records."""
+
+    default_s: float
+    tuned_s: float
+    tasks_tuned: int
+    tasks_total: int
+    where: str
+
+    @property
+    def speedup(self) -> float:
+        return self.default_s / self.tuned_s if self.tuned_s else float("inf")
+
+    def to_dict(self) -> dict:
+        return {"default_ms": self.default_s * 1e3, "tuned_ms": self.tuned_s * 1e3,
+                "speedup": self.speedup, "tasks_tuned": self.tasks_tuned,
+                "tasks_total": self.tasks_total, "where": self.where}
+
+
+def compare_latency(model, target, database, *, input_shapes=None, opt_level: int = DEFAULT_LEVEL,
+                    farm=None, key: str | None = None, number: int = 10, repeat: int = 5,
+                    min_repeat_ms: int = 100) -> LatencyComparison:
+    """Compile ``model`` for ``target`` twice (default schedules; records of ``database`` applied)
+    and time both, on this machine or on a device of ``key`` at ``farm``: the median of
+    ``repeat`` samples, each the mean of at least ``number`` calls lasting ``min_repeat_ms``."""
+    from mmopt.codegen.build import build
+    from mmopt.tuning.database import open_database
+
+    tgt = _targets.get(target)
+    mod, reference = relax_module(model, input_shapes, opt_level)
+    feeds = mir.random_inputs(reference, 0)
+    db = open_database(database, tgt)
+    with tempfile.TemporaryDirectory(prefix="mmopt-latency-") as tmp:
+        paths = {}
+        for label, database_ in (("default", None), ("tuned", db)):
+            paths[label] = _export(build(mod, tgt, database=database_), tgt, reference,
+                                   Path(tmp) / label)
+        times = _time_side_by_side(paths, feeds, tgt, farm, key, number, repeat, min_repeat_ms)
+    where = f"device {key or tgt.rpc_key} at {farm}" if farm else "this machine"
+    return LatencyComparison(times["default"], times["tuned"], len(set(db.applied)),
+                             len(set(db.queried)), where)
+
+
+def _time_side_by_side(paths: dict[str, Path], feeds, tgt, farm, key, number: int, repeat: int,
+                       min_repeat_ms: int) -> dict[str, float]:
+    """Median latency of each artifact, all loaded at once on the same device and timed in
+    alternation (``repeat`` rounds), so that drift in the machine's load affects all alike."""
+    timers = {}
+    if farm:
+        from mmopt.tuning.farm import parse_address, request_session
+        from mmopt.tuning.remote import RemoteModel
+
+        address = parse_address(farm) if isinstance(farm, str) else tuple(farm)
+        session = request_session(address, key or tgt.rpc_key, session_timeout=600)
+        for label, path in paths.items():
+            model = RemoteModel(path, key or tgt.rpc_key, address, session=session)
+            timers[label] = (lambda m=model: m.benchmark(feeds, number=number, repeat=1,
+                                                         min_repeat_ms=min_repeat_ms).mean)
+    else:
+        if not tgt.runs_here():
+            raise MmoptError(f"target {tgt.name} cannot run here ({tgt.why_not_here()}); time it "
+                             "on a farm device (--farm HOST:PORT --key KEY)")
+        import tvm
+        from tvm import relax
+
+        from mmopt.runtime.artifact import artifact_paths, read_meta
+
+        device = tvm.cpu(0)
+        for label, path in paths.items():
+            so, _ = artifact_paths(path)
+            meta = read_meta(path)
+            vm = relax.VirtualMachine(tvm.runtime.load_module(str(so)), device)
+            vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]),
+                                                      device=device) for s in meta.inputs])
+            timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=1,
+                                      min_repeat_ms=min_repeat_ms)
+            timers[label] = (lambda t=timer: float(t("main").mean))
+    samples: dict[str, list[float]] = {label: [] for label in timers}
+    for _ in range(max(repeat, 1)):
+        for label, timer in timers.items():
+            samples[label].append(timer())
+    return {label: float(np.median(values)) for label, values in samples.items()}
+
+
+def _export(executable, tgt, reference, prefix: Path) -> Path:
+    """Write ``prefix.so`` + ``prefix.json`` (enough of an artifact for the runtime and farm)."""
+    import tvm
+
+    from mmopt import __version__
+    from mmopt.codegen.build import export
+    from mmopt.runtime.artifact import ArtifactMeta, TensorSpec, artifact_paths
+
+    so, meta_path = artifact_paths(prefix)
+    export(executable, tgt, so)
+    ArtifactMeta(
+        name=prefix.name,
+        inputs=[TensorSpec(v.name, [int(d) for d in mir.dims_of(v)], str(mir.dtype_of(v)))
+                for v in mir.graph_inputs(reference)],
+        outputs=[TensorSpec(v.name, [d if isinstance(d, int) else -1 for d in mir.dims_of(v)],
+                            str(mir.dtype_of(v))) for v in reference.graph.output],
+        target=tgt.to_dict(), source_model="", source_sha256="", passes_applied=[],
+        opt_level=None, mmopt_version=__version__, tvm_version=str(tvm.__version__), created="",
+    ).write(meta_path)
+    return prefix
