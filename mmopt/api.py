@@ -127,8 +127,9 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
 
     t0 = time.perf_counter()
     step("loading model")
-    sha = mir.sha256_of(model if isinstance(model, onnx.ModelProto) else Path(model))
     reference, optimized, report = front_end(model, input_shapes, opt_level, progress=step)
+    # hashed after loading, so a missing or unreadable file gets the loader's one-line error
+    sha = mir.sha256_of(model if isinstance(model, onnx.ModelProto) else Path(model))
     timings["passes"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

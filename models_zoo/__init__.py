@@ -16,6 +16,14 @@ from onnx import numpy_helper
 
 from .digits import train_digits_cnn
 from .onnx_models import MODELS, ZooEntry, build, names
+from .rnn_models import build_gru_tagger, build_lstm_classifier
+
+MODELS["lstm_classifier"] = ZooEntry(
+    "lstm_classifier", build_lstm_classifier,
+    "2-layer LSTM sequence classifier, batch-first [N,16,32] -> 10 logits", {"input": (1, 16, 32)})
+MODELS["gru_tagger"] = ZooEntry(
+    "gru_tagger", build_gru_tagger,
+    "bidirectional GRU tagger, batch-first [N,16,24] -> [N,16,12] tag scores", {"input": (1, 16, 24)})
 
 # The one genuinely trained model: a small CNN trained deterministically on scikit-learn's bundled
 # digits (no download), cached after the first build (see models_zoo/digits.py).

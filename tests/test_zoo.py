@@ -69,6 +69,8 @@ def test_registry_api():
         "resnet18_style",
         "mlp_gelu",
         "digits_cnn",
+        "lstm_classifier",
+        "gru_tagger",
         "transformer_block",
     }
     for name, entry in MODELS.items():

@@ -255,19 +255,55 @@ def targets_cmd(as_json):
 @cli.command("inspect")
 @click.argument("model")
 @input_shape_option
+@click.option("--support", is_flag=True,
+              help="List each op of MODEL and whether it compiles for --target (natively, through "
+                   "a decomposition, or not, with the reason); exits 1 if something does not.")
+@click.option("-t", "--target", default="x86", show_default=True,
+              help="Target for --support (see `mmopt targets`).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def inspect_cmd(model, input_shapes, as_json):
-    """Show MODEL's inputs/outputs, op histogram, parameter count and MACs/FLOPs."""
+def inspect_cmd(model, input_shapes, support, target, as_json):
+    """Show MODEL's inputs/outputs, op histogram, parameter count and MACs/FLOPs (with --support:
+    which of its ops compile for TARGET)."""
     from mmopt import ir as mir
     from mmopt.ir.inspect import inspect_model, render
 
     proto = mir.load(model_path(model))
+    if support:
+        proto = mir.normalize_opset(proto)  # as compile sees it
     try:  # MACs need static shapes: fix what the user gave (and a symbolic batch to 1)
         proto = mir.fix_input_shapes(proto, shapes(input_shapes))
     except MmoptError as exc:
         if input_shapes:
             raise
         logger.info("shapes stay symbolic (%s)", exc.message)
+    if support:
+        from rich.text import Text
+
+        from mmopt.codegen.relax_import import support_report
+
+        with err.status("checking operator support"):
+            result = support_report(mir.infer_shapes(proto), target)
+        if as_json:
+            out.print_json(json.dumps(result.to_dict()))
+        else:
+            colors = {"native": "green", "decomposed": "cyan", "folded": "cyan",
+                      "partly": "yellow", "unsupported": "red"}
+            table = Table(title=f"Operator support for target {result.target}", box=None,
+                          padding=(0, 2))
+            for col in ("op", "count", "status", "how / why not"):
+                table.add_column(col)
+            for o in result.ops:
+                table.add_row(Text(o.op), str(o.count),
+                              Text(o.status, style=colors.get(o.status, "")), Text(o.detail))
+            out.print(table)
+            if result.import_error:
+                out.print(Text(f"TVM's import fails: {result.import_error}", style="red"))
+            verdict = ("[green]every op is supported[/]" if result.supported
+                       else "[red]not everything is supported[/]")
+            out.print(verdict)
+        if not result.supported:
+            sys.exit(1)
+        return
     report = inspect_model(proto)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))

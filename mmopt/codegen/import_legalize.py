@@ -74,11 +74,14 @@ def importer_overrides():
     """Install mmopt's converter overrides into TVM's ONNX importer for one import."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
+    from mmopt.codegen.decompose import converters as decompose_converters
+
     original = onnx_frontend._get_convert_map  # noqa: SLF001 - no public registration hook
 
     def patched():
         table = dict(original())
         table["Clip"] = _clip_converter(table["Clip"])
+        decompose_converters.install(table)  # see mmopt/codegen/decompose/converters.py
         return table
 
     onnx_frontend._get_convert_map = patched  # noqa: SLF001

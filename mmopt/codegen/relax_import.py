@@ -1,13 +1,18 @@
 """ONNX -> TVM Relax import, with an up-front support check.
 
-TVM's importer stops at the first operator it cannot convert. mmopt checks the whole graph first so
-the user sees every unsupported node at once, each with its name.
+TVM's importer stops at the first operator it cannot convert. mmopt first rewrites what it can into
+operators TVM converts (:mod:`mmopt.codegen.decompose`: constant folding, ONNX function bodies,
+unrolled recurrences and loops, exact integer arithmetic), then checks the whole graph so the user
+sees every node still unsupported at once, each with its name and the reason no decomposition
+applied.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 
 import onnx
 
@@ -22,7 +27,12 @@ def supported_ops() -> frozenset[str]:
     """Op types (default ONNX domain and Microsoft contrib ops TVM knows) the Relax importer converts."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    return frozenset(onnx_frontend._get_convert_map())  # noqa: SLF001 - no public accessor exists
+    from mmopt.codegen.decompose.converters import ADDED_OPS
+
+    # "If" is converted by the importer itself (to relax.If), not through the converter table;
+    # ADDED_OPS are converters mmopt installs for the import (decompose/converters.py)
+    table = onnx_frontend._get_convert_map()  # noqa: SLF001 - no public accessor
+    return frozenset(table) | {"If"} | ADDED_OPS
 
 
 _KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft")
@@ -49,10 +59,27 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
     return bad
 
 
-def check_supported(model: onnx.ModelProto, where: str = "model") -> None:
+def check_supported(model: onnx.ModelProto, where: str = "model", reasons=()) -> None:
+    """Raise :class:`UnsupportedModelError` naming every node TVM cannot import.
+
+    ``reasons``: :class:`mmopt.codegen.decompose.Rejection` records; a node listed there is shown with
+    why its decomposition did not apply (e.g. a Loop whose trip count is not a constant).
+    """
     bad = unsupported_nodes(model)
     if bad:
-        listed = ", ".join(f"{name} ({op})" for name, op in bad[:20])
+        why: dict[str, str] = {}
+        for r in reasons:
+            why.setdefault(r.node, r.reason)
+            if r.output:
+                why.setdefault(f"output:{r.output}", r.reason)
+
+        def describe(name: str, op: str) -> str:
+            # unnamed nodes are listed as "#i (first output)"
+            key = name if not name.startswith("#") else f"output:{name.partition('(')[2][:-1]}"
+            reason = why.get(key) or why.get(name)
+            return f"{name} ({op}: {reason})" if reason else f"{name} ({op})"
+
+        listed = ", ".join(describe(name, op) for name, op in bad[:20])
         more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
         kinds = sorted({op for _, op in bad})
         raise UnsupportedModelError(
@@ -61,13 +88,37 @@ def check_supported(model: onnx.ModelProto, where: str = "model") -> None:
         )
 
 
+def decompose_for_import(model: onnx.ModelProto):
+    """The model as the importer will see it: :func:`mmopt.codegen.decompose.decompose` applied.
+
+    Returns ``(model, DecomposeReport)``.
+    """
+    from mmopt.codegen.decompose import decompose
+
+    try:
+        return decompose(model, supported_ops())
+    except Exception as exc:  # noqa: BLE001 - a rewrite bug must not hide the model's real problem
+        logger.warning("import-time decomposition failed (%s); importing the model as it is",
+                       summarize(exc))
+        logger.debug("decomposition failure", exc_info=True)
+        from mmopt.codegen.decompose import DecomposeReport
+
+        return model, DecomposeReport()
+
+
 def to_relax(model: onnx.ModelProto, where: str = "model"):
-    """Import a static-shaped ONNX model into a Relax ``IRModule`` with weights bound as constants."""
+    """Import a static-shaped ONNX model into a Relax ``IRModule`` with weights bound as constants.
+
+    The model is first decomposed (:func:`decompose_for_import`) into operators TVM converts.
+    """
     from tvm.relax.frontend.onnx import from_onnx
 
     from mmopt.codegen.import_legalize import importer_overrides, legalize_for_import
 
-    check_supported(model, where)
+    model, report = decompose_for_import(model)
+    if report.counts:
+        logger.info("import-time decompositions: %s", report.counts)
+    check_supported(model, where, report.rejections)
     model = legalize_for_import(model)
     specs = mir.input_specs(model)
     shape_dict = {name: list(dims) for name, (dims, _) in specs.items()}
@@ -78,3 +129,107 @@ def to_relax(model: onnx.ModelProto, where: str = "model"):
                              opset=mir.opset_of(model), keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises anything from Python or C++
         raise UnsupportedModelError(f"{where}: TVM's ONNX importer failed: {summarize(exc)}") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# what a model needs: ``mmopt inspect --support``
+
+
+@dataclass
+class OpSupport:
+    """How one op type of a model gets compiled."""
+
+    op: str
+    count: int
+    #: "native" (TVM converts it), "decomposed" (rewritten into native ops), "folded" (evaluated at
+    #: compile time), "unsupported", or "partly" (some nodes decomposed or native, others not)
+    status: str
+    #: the rules that rewrote it, or why nodes stay unsupported (with their names)
+    detail: str = ""
+
+
+@dataclass
+class SupportReport:
+    target: str
+    ops: list[OpSupport] = field(default_factory=list)
+    #: when every op is supported but TVM's importer still fails on the model, its message
+    import_error: str | None = None
+
+    @property
+    def supported(self) -> bool:
+        return self.import_error is None and all(o.status in ("native", "decomposed", "folded")
+                                                 for o in self.ops)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "supported": self.supported,
+                "import_error": self.import_error, "ops": [asdict(o) for o in self.ops]}
+
+
+def _op_counts(model: onnx.ModelProto) -> Counter:
+    counts: Counter = Counter()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            counts[node.op_type if node.domain in ("", "ai.onnx")
+                   else f"{node.domain}::{node.op_type}"] += 1
+            for attr in node.attribute:
+                for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                          attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
+                    walk(g)
+
+    walk(model.graph)
+    return counts
+
+
+def support_report(model: onnx.ModelProto, target: str = "x86", *, try_import: bool = True
+                   ) -> SupportReport:
+    """Each op type of ``model`` and whether (and how) it compiles for ``target``.
+
+    The model should have static input shapes (decompositions such as unrolling an LSTM need its
+    sequence length). Runs the import-time decompositions and, when every op is supported,
+    TVM's import (``try_import``), which catches converter failures on particular attributes or
+    non-constant operands. Code generation is not run (``mmopt compile`` does that); the Relax
+    import is the same for every target, so ``target`` is validated and recorded.
+    """
+    from mmopt import targets
+
+    tgt = targets.get(target)
+    before = _op_counts(model)
+    decomposed, report = decompose_for_import(model)
+    after = _op_counts(decomposed)
+    remaining: dict[str, list[str]] = {}
+    for name, op in unsupported_nodes(decomposed):
+        remaining.setdefault(op, []).append(name)
+    reasons: dict[str, str] = {}
+    for r in report.rejections:
+        reasons.setdefault(r.node, r.reason)
+        if r.output:
+            reasons.setdefault(f"#output:{r.output}", r.reason)
+
+    def why(name: str) -> str:
+        key = name if not name.startswith("#") else f"#output:{name.partition('(')[2][:-1]}"
+        return f"{name}: {reasons[key]}" if key in reasons else name
+
+    result = SupportReport(tgt.name)
+    for op, count in sorted(before.items(), key=lambda kv: (-kv[1], kv[0])):
+        rules = report.rewritten.get(op, [])
+        left = remaining.get(op, [])
+        if left:
+            status = "partly" if rules or len(left) < count else "unsupported"
+            detail = "; ".join(why(n) for n in left[:5]) + (f"; {len(left) - 5} more"
+                                                             if len(left) > 5 else "")
+            if rules:
+                detail = f"{', '.join(rules)} for the others; unsupported: {detail}"
+        elif rules:
+            status, detail = "decomposed", ", ".join(rules)
+        elif after.get(op, 0) == 0:
+            status, detail = "folded", "computed at compile time (static shapes)"
+        else:
+            status, detail = "native", ""
+        result.ops.append(OpSupport(op, count, status, detail))
+    if try_import and not remaining:
+        try:
+            to_relax(model)
+        except UnsupportedModelError as exc:
+            result.import_error = exc.message
+    return result
