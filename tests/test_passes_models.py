@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from models_zoo import MODELS, build, names
 from mmopt import ir as mir
 from mmopt.codegen.relax_import import unsupported_nodes
+from mmopt.codegen.relax_import import decompose_for_import
 from mmopt.passes.pipeline import optimize
 from mmopt.runtime.verify import run_onnxruntime
 
@@ -47,11 +48,13 @@ def _assert_equivalent(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
     for name, ref in expected.items():
         assert got[name].shape == ref.shape
         np.testing.assert_allclose(got[name], ref, atol=ATOL, rtol=RTOL, err_msg=name)
-    assert unsupported_nodes(after) == []
+    # what the compiler sees: after the import-time decompositions (RNNs are unrolled there)
+    assert unsupported_nodes(decompose_for_import(after)[0]) == []
 
 
-#: zoo models with nothing to fuse (the trained digits CNN is exported as Conv/Relu/MaxPool/Gemm)
-ALREADY_OPTIMAL = {"digits_cnn"}
+#: zoo models with nothing to fuse (the trained digits CNN is exported as Conv/Relu/MaxPool/Gemm;
+#: the recurrent models are single RNN ops, unrolled only at import)
+ALREADY_OPTIMAL = {"digits_cnn", "gru_tagger", "lstm_classifier"}
 
 
 @pytest.mark.parametrize("name", names())
