@@ -152,7 +152,8 @@ class CompiledModel:
                 else:
                     raise MmoptError(f"input {spec.name}: dtype {array.dtype} given, expected "
                                      f"{spec.dtype}")
-            tensors.append(tvm.runtime.tensor(np.ascontiguousarray(array), device=self.device))
+            # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d)
+            tensors.append(tvm.runtime.tensor(np.require(array, requirements="C"), device=self.device))
         return tensors
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
