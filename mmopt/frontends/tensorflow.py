@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mmopt.frontends._native import native_output_silenced
 from mmopt.errors import MmoptError, ModelLoadError, UnsupportedModelError, summarize
 
 logger = logging.getLogger(__name__)
@@ -106,31 +107,6 @@ def sniff(path, head: bytes | None = None) -> str | None:
 
 # --------------------------------------------------------------------------------------------------
 # environment: imports, quiet conversion
-
-
-@contextlib.contextmanager
-def native_output_silenced() -> Iterator[None]:
-    """Silence file descriptors 1 and 2: TensorFlow and TFLite log from C++ past ``sys.stderr``."""
-    saved: dict[int, int] = {}
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        for fd in (1, 2):
-            saved[fd] = os.dup(fd)
-    except (OSError, ValueError, AttributeError):
-        for dup in saved.values():
-            os.close(dup)
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            for fd in saved:
-                os.dup2(devnull.fileno(), fd)
-            yield
-    finally:
-        for fd, dup in saved.items():
-            os.dup2(dup, fd)
-            os.close(dup)
 
 
 def tf_modules():

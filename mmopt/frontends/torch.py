@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mmopt.frontends._native import native_output_silenced as _native_output_silenced
 from mmopt.errors import ModelLoadError, MmoptError, UnsupportedModelError, summarize
 
 logger = logging.getLogger(__name__)
@@ -108,34 +109,6 @@ def _quiet() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-@contextlib.contextmanager
-def _native_output_silenced() -> Iterator[None]:
-    """Silence file descriptors 1 and 2: on failure the TorchScript exporter dumps whole graphs from
-    C++ (``Torch IR graph at exception: ...``), past Python's ``sys.stdout``/``sys.stderr``."""
-    import sys
-
-    saved: dict[int, int] = {}
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        for fd in (1, 2):
-            saved[fd] = os.dup(fd)
-    except (OSError, ValueError, AttributeError):
-        for dup in saved.values():
-            os.close(dup)
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            for fd in saved:
-                os.dup2(devnull.fileno(), fd)
-            yield
-    finally:
-        for fd, dup in saved.items():
-            os.dup2(dup, fd)
-            os.close(dup)
 
 
 @contextlib.contextmanager
