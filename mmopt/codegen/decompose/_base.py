@@ -159,6 +159,11 @@ def used(value: ir.Value | None) -> bool:
     return value is not None and (bool(value.uses()) or value.is_graph_output())
 
 
+def op(tape: ir.tape.Tape, op_type: str, *inputs, **attributes) -> ir.Value:
+    """One node on ``tape`` with positional inputs and keyword attributes; returns its output."""
+    return tape.op(op_type, list(inputs), attributes or None)
+
+
 def constant(tape: ir.tape.Tape, array, dtype=None) -> ir.Value:
     """A Constant node with ``array`` (numpy-converted, cast to ``dtype`` when given)."""
     array = np.asarray(array, dtype=dtype)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mmopt.codegen.decompose._base import (
+    op as _op,
     Context,
     Decomposition,
     attr,
@@ -24,10 +25,6 @@ from mmopt.codegen.decompose._base import (
     present,
     static_shape,
 )
-
-
-def _op(tape, op_type, *inputs, **attributes):
-    return tape.op(op_type, list(inputs), attributes or None)
 
 
 class DecomposeDeformConv(Decomposition):

@@ -23,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mmopt.codegen.decompose._base import (
+    op as _op,
     Context,
     Decomposition,
     dtype_of,
@@ -33,10 +34,6 @@ from mmopt.codegen.decompose._base import (
 
 _CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 _RANGES = {ir.DataType.UINT8: (0, 255), ir.DataType.INT8: (-128, 127)}
-
-
-def _op(tape, op_type, *inputs, **attributes):
-    return tape.op(op_type, list(inputs), attributes or None)
 
 
 def _int32(tape, x):

@@ -38,6 +38,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mmopt.codegen.decompose._base import (
+    op as _op,
     Context,
     Decomposition,
     attr,
@@ -49,10 +50,6 @@ from mmopt.codegen.decompose._base import (
     reduce,
     static_shape,
 )
-
-
-def _op(tape, op_type, *inputs, **attributes):
-    return tape.op(op_type, list(inputs), attributes or None)
 
 
 class SqueezeToReshape(Decomposition):

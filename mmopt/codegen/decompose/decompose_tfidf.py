@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mmopt.codegen.decompose._base import (
+    op as _op,
     Context,
     Decomposition,
     attr,
@@ -31,10 +32,6 @@ from mmopt.codegen.decompose._base import (
 )
 
 _INTEGER_TOKENS = {ir.DataType.INT32, ir.DataType.INT64}
-
-
-def _op(tape, op_type, *inputs, **attributes):
-    return tape.op(op_type, list(inputs), attributes or None)
 
 
 def _pool(node: ir.Node) -> list[tuple[int, np.ndarray, np.ndarray]]:

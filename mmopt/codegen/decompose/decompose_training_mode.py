@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmopt.codegen.decompose._base import (
+    op as _op,
     Decomposition,
     attr,
     const,
@@ -25,10 +26,6 @@ from mmopt.codegen.decompose._base import (
     reduce,
     static_shape,
 )
-
-
-def _op(tape, op_type, *inputs, **attributes):
-    return tape.op(op_type, list(inputs), attributes or None)
 
 
 class DecomposeBatchNormTraining(Decomposition):

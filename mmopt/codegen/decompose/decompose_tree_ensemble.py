@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mmopt.codegen.decompose._base import (
+    op as _op,
     Context,
     Decomposition,
     attr,
@@ -28,10 +29,6 @@ from mmopt.codegen.decompose._base import (
 )
 
 _SUM, _AVERAGE = 1, 0
-
-
-def _op(tape, op_type, *inputs, **attributes):
-    return tape.op(op_type, list(inputs), attributes or None)
 
 
 def _array(node: ir.Node, name: str):
