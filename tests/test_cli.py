@@ -145,3 +145,12 @@ def test_help_lists_the_verbs():
     for verb in ("compile", "run", "targets", "inspect", "optimize", "zoo"):
         assert verb in proc.stdout
     assert "--target" in mmopt_cli("compile", "--help").stdout
+
+
+def test_bench_an_artifact_against_onnxruntime(tmp_path, model_file):
+    assert mmopt_cli("compile", model_file, "-o", tmp_path / "net", "--no-verify").returncode == 0
+    proc = mmopt_cli("bench", tmp_path / "net", "--repeat", "3", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["mmopt"]["runs"] == 3 and result["onnxruntime"]["runs"] == 3
+    assert result["ratio"] > 0

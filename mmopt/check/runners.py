@@ -176,14 +176,6 @@ def register_runner(name: str, probe: Callable[[str], bool],
     _PLUGINS.append((name, probe, factory))
 
 
-def is_artifact(path) -> bool:
-    """Whether ``path`` names a compiled artifact: ``NAME.so``/``NAME.json``/``NAME`` with both files."""
-    from mmopt.runtime import artifact_paths
-
-    so, meta = artifact_paths(path)
-    return so.exists() and meta.exists()
-
-
 def open_runner(source, role: str = "model") -> Runner:
     """A :class:`Runner` for ``source``; ``role`` ("reference", "candidate") names it in errors."""
     if isinstance(source, Runner):
@@ -206,6 +198,8 @@ def open_runner(source, role: str = "model") -> Runner:
 
         return _onnx_runner(zoo_model(text[4:]), text)
     path = Path(text)
+    from mmopt.runtime import is_artifact
+
     if is_artifact(path):
         from mmopt.runtime import load
 

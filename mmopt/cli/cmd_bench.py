@@ -15,13 +15,6 @@ from mmopt.cli.common import err, input_shape_option, model_path, out, shapes
 logger = logging.getLogger("mmopt")
 
 
-def _is_artifact(path: str) -> bool:
-    from mmopt.runtime import artifact_paths
-
-    so, meta = artifact_paths(path)
-    return so.exists() and meta.exists() and not path.endswith(".onnx")
-
-
 @click.command("bench")
 @click.argument("model")
 @click.option("-t", "--target", default="x86", show_default=True,
@@ -42,17 +35,22 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
     """
     import mmopt
     from mmopt import ir as mir
+    from mmopt import frontends
+    from mmopt.runtime import is_artifact, read_meta
     from mmopt.runtime.bench import bench
+
+    def model_is_artifact(path: str) -> bool:
+        return not path.endswith(".onnx") and is_artifact(path)
 
     with tempfile.TemporaryDirectory(prefix="mmopt-bench-") as tmp:
         reference = None
-        if _is_artifact(model):
+        if model_is_artifact(model):
             artifact = model
-            meta = mmopt.runtime.read_meta(model)
+            meta = read_meta(model)
             source = Path(meta.source_model)
             if versus == "onnxruntime":
                 if source.exists() and mir.sha256_of(source) == meta.source_sha256:
-                    fixed = mir.prepare(mmopt.frontends.to_onnx(source),
+                    fixed = mir.prepare(frontends.to_onnx(source),
                                         {s.name: s.shape for s in meta.inputs})
                     reference = Path(tmp) / "reference.onnx"
                     mir.save(fixed, reference)
@@ -66,7 +64,7 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
                                        progress=lambda msg: status.update(msg))
             artifact = str(result.library)
             if versus == "onnxruntime":
-                fixed = mir.prepare(mmopt.frontends.to_onnx(model_path(model),
+                fixed = mir.prepare(frontends.to_onnx(model_path(model),
                                                             input_shapes=shapes(input_shapes)),
                                     {s.name: s.shape for s in result.meta.inputs})
                 reference = Path(tmp) / "reference.onnx"

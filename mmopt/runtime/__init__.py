@@ -5,8 +5,10 @@ from mmopt.runtime.artifact import (
     CompiledModel,
     TensorSpec,
     artifact_paths,
+    is_artifact,
     load,
     read_meta,
 )
 
-__all__ = ["ArtifactMeta", "CompiledModel", "TensorSpec", "artifact_paths", "load", "read_meta"]
+__all__ = ["ArtifactMeta", "CompiledModel", "TensorSpec", "artifact_paths", "is_artifact", "load",
+           "read_meta"]

@@ -76,6 +76,12 @@ def artifact_paths(path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".so"), path.with_name(path.name + ".json")
 
 
+def is_artifact(path) -> bool:
+    """Whether ``path`` names a compiled artifact: ``NAME``/``NAME.so``/``NAME.json`` with both files."""
+    so, meta = artifact_paths(path)
+    return so.exists() and meta.exists()
+
+
 def read_meta(path) -> ArtifactMeta:
     so, meta_path = artifact_paths(path)
     if not meta_path.exists():
