@@ -142,7 +142,7 @@ def _print_compile_report(result) -> None:
                           "[green]ok[/]" if o.passed else "[red]MISMATCH[/]")
         verdict = "[green]PASS[/]" if v.passed else "[red]FAIL[/]"
         out.print(f"  verify    {verdict} vs onnxruntime (atol {v.atol:g}, rtol {v.rtol:g}, "
-                  f"seed {v.seed})")
+                  f"seed {v.seed})" + (f"; {v.note}" if v.note else ""))
         out.print(table)
 
 

@@ -69,8 +69,13 @@ def _layout(target: Target):
 
     from tvm import relax
 
-    passes = [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
-              relax.transform.CanonicalizeBindings()]
+    from mmopt.codegen.quantized import fold_pad_transposes, lower_qdq, pack_vnni_convs
+
+    # QDQ -> integer convolutions and element-wise (de)quantization (CPU: the GPU schedules are
+    # not verified on integer convolutions)
+    passes = [lower_qdq()] if target.device == "cpu" else []
+    passes += [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
+               relax.transform.CanonicalizeBindings()]
     layout = os.environ.get("MMOPT_CONV_LAYOUT", target.preferred_layout)
     if layout == "NHWC":
         # conv2d_transpose stays NCHW: TVM 0.27 cannot legalize it in NHWC
@@ -78,6 +83,7 @@ def _layout(target: Target):
             "relax.nn.conv2d": ["NHWC", "HWIO"],
             "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
         }))
+        passes += [fold_pad_transposes(), pack_vnni_convs()]
     return passes
 
 
@@ -109,8 +115,9 @@ def _schedule_gpu():
 
 def _schedule_cpu():
     from mmopt.codegen.cpu_schedules import default_cpu_schedule_pass
+    from mmopt.codegen.quantized import vnni_schedule_pass
 
-    return [default_cpu_schedule_pass()]
+    return [vnni_schedule_pass(), default_cpu_schedule_pass()]
 
 
 def _lower(device: str):

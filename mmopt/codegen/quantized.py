@@ -1,0 +1,479 @@
+"""Integer code generation for quantized (QDQ) models.
+
+TVM's importer turns an ONNX QDQ model into ``R.quantize`` / ``R.dequantize`` around float
+operators: correct, but every convolution then runs in float on dequantized tensors, and since
+neither op has layout inference, ConvertLayout wraps each of them in NHWC<->NCHW transposes.
+:func:`lower_qdq` (runs on the imported NCHW graph, before ConvertLayout) rewrites them:
+
+* ``conv2d(dequantize(xq, sx, zx), dequantize(Wq, sw, 0))`` with a per-tensor activation
+  quantization and constant per-channel int8 weights becomes an **integer convolution**::
+
+      acc = conv2d(pad(xu8, value=zx), Wq, out_dtype=int32)     # u8 x i8 -> i32, exact
+      y   = float32(acc - zx * sum(Wq[oc])) * (sx * sw[oc])     # per-channel, fuses as epilogue
+
+  Padding uses the zero point (the quantized zero), so the correction term is the same for every
+  output position. int8 activations are moved to uint8 (``x + 128``, zero point + 128), the
+  operand order of the x86 VNNI and AArch64 dot-product instructions (u8 x s8 -> s32).
+* activation ``quantize``/``dequantize`` (per-tensor) become element-wise arithmetic
+  (``saturate(round(x / s) + z)``, ``(x - z) * s``), which propagates any layout and fuses into the
+  neighbouring kernels: a convolution's output is quantized in its write-back, and uint8 tensors
+  travel between layers.
+
+:func:`fold_pad_transposes` (after ConvertLayout) moves the zero-point ``pad`` (which has no layout
+inference) into NHWC: ``permute(pad(permute(x)))`` -> ``pad(x)``.
+
+Numerics: the integer accumulation is exact, so the only rounding is the final float scale and the
+requantization — the same as onnxruntime's reference execution of the QDQ graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_UNSIGNED_SHIFT = 128
+
+
+def _const_array(expr):
+    """The numpy value of a constant (``None`` for anything else)."""
+    value = getattr(expr, "value", None)
+    if value is None or not hasattr(value, "numpy"):
+        return None
+    try:
+        return np.asarray(value.numpy())
+    except Exception:  # noqa: BLE001 - not a tensor constant
+        return None
+
+
+def _op_name(expr) -> str | None:
+    op = getattr(expr, "op", None)
+    return getattr(op, "name", None) if op is not None else None
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _scalar(arr) -> float | None:
+    if arr is None or arr.size != 1:
+        return None
+    return arr.reshape(()).item()
+
+
+def lower_qdq():
+    """The Relax module pass described in the module docstring."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Lower(PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.mod_ = mod
+            self.rewritten = 0
+
+        def _bound(self, expr):
+            """What an original (pre-rewrite) variable is bound to."""
+            while isinstance(expr, relax.Var) and expr in self.original:
+                expr = self.original[expr]
+            return expr
+
+        # -- activations: quantize / dequantize -> element-wise arithmetic ---------------------
+        def _activation_qdq(self, call):
+            name = _op_name(call)
+            data, scale, zero = call.args
+            s, z = _scalar(_const_array(scale)), _scalar(_const_array(zero))
+            if s is None or z is None or _const_array(data) is not None:
+                return None  # per-channel, symbolic, or a constant (weights: folded later)
+            if name == "relax.dequantize":
+                out = str(call.attrs.out_dtype)
+                x = self.builder_.emit(relax.op.astype(data, out))
+                if z != 0:
+                    x = self.builder_.emit(relax.op.subtract(x, relax.const(float(z), out)))
+                return relax.op.multiply(x, relax.const(float(s), out))
+            dtype = str(call.attrs.out_dtype)
+            if dtype not in ("uint8", "int8") or _dtype(data) != "float32":
+                return None
+            lo, hi = (0.0, 255.0) if dtype == "uint8" else (-128.0, 127.0)
+            q = self.builder_.emit(relax.op.round(relax.op.divide(data, relax.const(s, "float32"))))
+            if z != 0:
+                q = self.builder_.emit(relax.op.add(q, relax.const(float(z), "float32")))
+            q = self.builder_.emit(relax.op.minimum(relax.op.maximum(q, relax.const(lo, "float32")),
+                                                    relax.const(hi, "float32")))
+            return relax.op.astype(q, dtype)
+
+        # -- conv2d over dequantized operands -> integer conv2d ----------------------------------
+        def _integer_conv(self, call):
+            attrs = call.attrs
+            if (str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
+                    or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
+                return None
+            x_deq, w_deq = self._bound(call.args[0]), self._bound(call.args[1])
+            if _op_name(x_deq) != "relax.dequantize" or _op_name(w_deq) != "relax.dequantize":
+                return None
+            xq, sx, zx = x_deq.args
+            wq, sw, zw = w_deq.args
+            sx, zx = _scalar(_const_array(sx)), _scalar(_const_array(zx))
+            w, sw, zw = _const_array(wq), _const_array(sw), _const_array(zw)
+            if sx is None or zx is None or w is None or sw is None or zw is None:
+                return None
+            if _dtype(xq) not in ("uint8", "int8") or w.dtype != np.int8 or np.any(zw != 0):
+                return None
+            oc = w.shape[0]
+            if sw.size not in (1, oc):
+                return None
+            x = xq = self.visit_expr(xq)
+            if _dtype(xq) == "int8":  # to uint8: x + 128, zero point + 128
+                x = self.builder_.emit(relax.op.astype(
+                    relax.op.add(relax.op.astype(xq, "int16"), relax.const(_UNSIGNED_SHIFT, "int16")),
+                    "uint8"))
+                zx = int(zx) + _UNSIGNED_SHIFT
+            zx = int(zx)
+            pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
+            if any(pad):
+                x = self.builder_.emit(relax.op.nn.pad(
+                    x, [0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]], "constant", float(zx)))
+            acc = self.builder_.emit(relax.op.nn.conv2d(
+                x, relax.const(w), strides=[int(v) for v in attrs.strides], padding=[0, 0, 0, 0],
+                dilation=[int(v) for v in attrs.dilation], groups=int(attrs.groups),
+                out_dtype="int32"))
+            if zx:
+                correction = zx * w.reshape(oc, -1).astype(np.int64).sum(axis=1)
+                acc = self.builder_.emit(relax.op.subtract(
+                    acc, relax.const(correction.astype(np.int32).reshape(1, oc, 1, 1))))
+            scale = (np.float64(sx) * np.broadcast_to(sw.astype(np.float64).reshape(-1), (oc,)))
+            y = self.builder_.emit(relax.op.astype(acc, "float32"))
+            self.rewritten += 1
+            return relax.op.multiply(y, relax.const(scale.astype(np.float32).reshape(1, oc, 1, 1)))
+
+        def visit_call_(self, call):
+            # the integer conv looks at the original operands (their dequantize calls), before
+            # those are rewritten to arithmetic
+            if _op_name(call) == "relax.nn.conv2d":
+                new = self._integer_conv(call)
+                if new is not None:
+                    return new
+            call = self.visit_expr_post_order(call)
+            if _op_name(call) in ("relax.quantize", "relax.dequantize"):
+                new = self._activation_qdq(call)
+                if new is not None:
+                    return new
+            return call
+
+        def transform(self):
+            for gvar, func in self.mod_.functions.items():
+                if isinstance(func, relax.Function):
+                    self.original = _bindings(func)
+                    self.builder_.update_func(gvar, self.visit_expr(func))
+            return self.builder_.get()
+
+    @tvm.transform.module_pass(opt_level=0, name="mmopt_lower_qdq")
+    def _pass(mod, _ctx):
+        if not _has_qdq(mod):
+            return mod
+        return relax.transform.DeadCodeElimination()(_Lower(mod).transform())
+
+    return _pass
+
+
+def _bindings(func) -> dict:
+    """Every ``var -> value`` binding of a Relax function (all blocks)."""
+    from tvm import relax
+
+    table = {}
+    body = func.body
+    if isinstance(body, relax.SeqExpr):
+        for block in body.blocks:
+            for binding in block.bindings:
+                if isinstance(binding, relax.VarBinding):
+                    table[binding.var] = binding.value
+    return table
+
+
+def _has_qdq(mod) -> bool:
+    text = mod.script(show_meta=False)
+    return "R.dequantize(" in text or "R.quantize(" in text
+
+
+def fold_pad_transposes():
+    """``permute_dims(pad(permute_dims(x, to NCHW), w), to NHWC)`` -> ``pad(x, w in NHWC)``."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    inner = is_op("relax.permute_dims")(wildcard())
+    padded = is_op("relax.nn.pad")(inner)
+    pattern = is_op("relax.permute_dims")(padded)
+
+    def rewrite(expr, matches):
+        pad_call = matches[padded]
+        src = matches[inner]
+        to_nchw = [int(a) for a in src.attrs.axes]
+        to_nhwc = [int(a) for a in expr.attrs.axes]
+        if to_nchw != [0, 3, 1, 2] or to_nhwc != [0, 2, 3, 1]:
+            return expr
+        width = [int(v) for v in pad_call.attrs.pad_width]  # (before, after) per NCHW axis
+        pairs = [width[2 * i:2 * i + 2] for i in range(4)]
+        nhwc = [v for axis in to_nhwc for v in pairs[axis]]
+        return relax.op.nn.pad(src.args[0], nhwc, str(pad_call.attrs.pad_mode),
+                               float(pad_call.attrs.pad_value))
+
+    @tvm.transform.module_pass(opt_level=0, name="mmopt_fold_pad_transposes")
+    def _pass(mod, _ctx):
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gvar] = rewrite_call(pattern, rewrite, func)
+        return mod
+
+    return _pass
+
+
+# --------------------------------------------------------------------------------------------------
+# x86 AVX-512 VNNI: integer convolutions on pre-packed weights, tensorized to vpdpbusd
+
+#: block name of the packed integer convolution (the schedule rule looks for it)
+VNNI_BLOCK = "mmopt_qconv_vnni"
+_OC_BLOCK, _IC_BLOCK = 16, 4  # vpdpbusd: 16 int32 lanes, each the dot product of 4 u8 x s8 pairs
+
+
+def has_vnni(tvm_target) -> bool:
+    from tvm.target import codegen
+
+    if "x86_64" not in str(tvm_target.attrs.get("mtriple", "")):
+        return False
+    try:
+        return bool(codegen.target_has_features(["avx512vnni"], tvm_target))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _vnni_conv_te(data, packed, strides, dilation, out_channels):
+    """NHWC uint8 data x packed int8 weights ``[OC/16, KH, KW, IC/4, 16, 4]`` -> NHWC int32."""
+    from tvm import te
+
+    n, h, w, _ = (int(d) for d in data.shape)
+    _, kh, kw, ic4, _, _ = (int(d) for d in packed.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+    rc = te.reduce_axis((0, ic4), "rc")
+    ri = te.reduce_axis((0, _IC_BLOCK), "ri")
+    return te.compute(
+        (n, oh, ow, out_channels),
+        lambda b, y, x, c: te.sum(
+            data[b, y * sh + rh * dh, x * sw + rw * dw, rc * _IC_BLOCK + ri].astype("int32")
+            * packed[c // _OC_BLOCK, rh, rw, rc, c % _OC_BLOCK, ri].astype("int32"),
+            axis=[rh, rw, rc, ri]),
+        name=VNNI_BLOCK)
+
+
+def _hwio_weight(expr, lookup):
+    """The int8 HWIO weight of an NHWC conv as numpy (a constant, maybe behind permute_dims)."""
+    from tvm import relax
+
+    while isinstance(expr, relax.Var):
+        value = lookup(expr)
+        if value is None:
+            return None
+        expr = value
+    arr = _const_array(expr)
+    if arr is not None:
+        return arr
+    if _op_name(expr) == "relax.permute_dims":
+        inner = _hwio_weight(expr.args[0], lookup)
+        if inner is not None:
+            return np.transpose(inner, [int(a) for a in expr.attrs.axes])
+    return None
+
+
+def pack_vnni_convs():
+    """Integer NHWC conv2d (u8 data, constant s8 HWIO weights, int32 out, groups 1, IC % 4 == 0,
+    OC % 16 == 0) -> a packed-weight convolution that :func:`schedule_vnni_conv` tensorizes.
+
+    Weights are re-laid out here, at compile time, to ``[OC/16, KH, KW, IC/4, 16, 4]``: the 64 bytes
+    one ``vpdpbusd`` multiplies are contiguous."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Pack(PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.mod_ = mod
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if _op_name(call) != "relax.nn.conv2d":
+                return call
+            attrs = call.attrs
+            data = call.args[0]
+            if (str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO"
+                    or str(attrs.out_dtype) != "int32" or int(attrs.groups) != 1
+                    or _dtype(data) != "uint8" or any(int(p) for p in attrs.padding)):
+                return call
+            w = _hwio_weight(call.args[1], self.lookup_binding)
+            if w is None or w.dtype != np.int8:
+                return call
+            kh, kw, ic, oc = w.shape
+            if ic % _IC_BLOCK or oc % _OC_BLOCK:
+                return call
+            packed = (w.reshape(kh, kw, ic // _IC_BLOCK, _IC_BLOCK, oc // _OC_BLOCK, _OC_BLOCK)
+                      .transpose(4, 0, 1, 2, 5, 3).copy())
+            strides = [int(v) for v in attrs.strides]
+            dilation = [int(v) for v in attrs.dilation]
+            return self.builder_.call_te(_vnni_conv_te, data, relax.const(packed), strides,
+                                         dilation, oc, primfunc_name_hint="mmopt_qconv_vnni")
+
+        def transform(self):
+            for gvar, func in self.mod_.functions.items():
+                if isinstance(func, relax.Function):
+                    self.builder_.update_func(gvar, self.visit_expr(func))
+            return self.builder_.get()
+
+    @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_vnni_convs")
+    def _pass(mod, _ctx):
+        target = tvm.target.Target.current(allow_none=True)
+        if target is None or not has_vnni(target):
+            return mod
+        text = mod.script(show_meta=False)
+        if 'out_dtype="int32"' not in text:
+            return mod
+        return relax.transform.DeadCodeElimination()(_Pack(mod).transform())
+
+    return _pass
+
+
+#: tensor intrinsic: ``acc[16] (int32, registers) += a[4] (u8) . b[16, 4] (s8)``
+VNNI_INTRIN = "mmopt_vnni_u8s8s32_16x4_local"
+
+
+def _register_vnni_intrin() -> str:
+    """Register :data:`VNNI_INTRIN` once. TVM ships the same dot product with a global-scope
+    accumulator; the accumulators here live in a ``local`` (register) tile."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    from tvm.target import codegen
+
+    try:
+        TensorIntrin.get(VNNI_INTRIN)
+        return VNNI_INTRIN
+    except Exception:  # noqa: BLE001 - not registered yet
+        pass
+    byte_type = "int8x64" if int(codegen.llvm_version_major()) >= 20 else "int32x16"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1),
+             b: T.Buffer((16, 4), "int8", offset_factor=1),
+             acc: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(acc[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(acc[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        acc[vi] = acc[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "uint8", offset_factor=1),
+             b: T.Buffer((16, 4), "int8", offset_factor=1),
+             acc: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(acc[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(acc[0:16])
+            # the 4 activation bytes as one int32, broadcast to all 16 lanes (LLVM >= 20 takes
+            # the byte operands as <64 x i8>, older versions as <16 x i32>)
+            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            acc[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                acc.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(quad, 16), dtype=byte_type),
+                T.reinterpret(b.vload([0, 0], dtype="int8x64"), dtype=byte_type),
+                dtype="int32x16")
+
+    TensorIntrin.register(VNNI_INTRIN, desc, impl)
+    return VNNI_INTRIN
+
+
+def schedule_vnni_conv(sch, block_rv, rows_limit: int = 8) -> None:
+    """Register-tiled, tensorized schedule of a :data:`VNNI_BLOCK` block (inside a fused PrimFunc).
+
+    Tile: ``rows`` output pixels along the width x 16 output channels, accumulated in registers;
+    loop order ``parallel(oc block, n, h) . w_o . kh . kw . ic/4 . w_i . [16 x 4 vpdpbusd]``, so a
+    block of weights stays in cache while the image streams by. The element-wise epilogue
+    (zero-point correction, scale, bias, requantization) is inlined into the write-back.
+    """
+    from mmopt.codegen.cpu_schedules import _extent, _inline_plain_copies, _largest_divisor
+
+    n, h, w, c, rh, rw, rc, ri = sch.get_loops(block_rv)
+    co, ci = sch.split(c, factors=[None, _OC_BLOCK])
+    ow = _extent(sch, w)
+    rows = _largest_divisor(ow, rows_limit)
+    wo, wi = sch.split(w, factors=[None, rows])
+    sch.reorder(co, n, h, wo, rh, rw, rc, wi, ci, ri)
+    outer = sch.fuse(co, n, h)
+    _inline_plain_copies(sch, block_rv)
+    writeback = sch.cache_write(block_rv, 0, "local")
+    sch.reverse_compute_at(writeback, wo, preserve_unit_loops=True)
+    sch.parallel(outer)
+    sch.unroll(wi)
+    init = sch.decompose_reduction(block_rv, rh)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    sch.unroll(init_loops[-2])
+    sch.tensorize(ci, _register_vnni_intrin())
+    while True:
+        consumers = sch.get_consumers(writeback)
+        if len(consumers) != 1:
+            break
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except Exception:  # noqa: BLE001 - not element-wise: leave it to the generic rules
+            break
+    wb_loops = sch.get_loops(writeback)
+    try:
+        vo, vi = sch.split(wb_loops[-1], factors=[None, _OC_BLOCK])
+        sch.vectorize(vi)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def vnni_schedule_pass():
+    """Schedules the fused PrimFuncs that contain a :data:`VNNI_BLOCK` (others are left to the
+    default CPU schedules, which run after this pass)."""
+    from tvm.s_tir import dlight as dl
+
+    from mmopt.codegen import cpu_schedules as cs
+
+    class _Rule(dl.ScheduleRule):
+        def apply(self, func, target, tunable):  # noqa: ARG002 - dlight's signature
+            from tvm import s_tir
+
+            if VNNI_BLOCK not in func.script(show_meta=False):
+                return None
+            sch = s_tir.Schedule(func)
+            try:
+                root = sch.get_sblock("root")
+                blocks = [b for b in sch.get_child_blocks(root)
+                          if sch.get(b).name_hint.startswith(VNNI_BLOCK)]
+                if len(blocks) != 1:
+                    return None
+                name = sch.get(blocks[0]).name_hint
+                schedule_vnni_conv(sch, blocks[0])
+            except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
+                cs.logger.debug("vnni schedule failed: %s", exc)
+                return None
+            lanes = max(4, cs._vector_bits(target) // 32)  # noqa: SLF001
+            for block_rv in sch.get_child_blocks(sch.get_sblock("root")):
+                block = sch.get(block_rv)
+                if block.name_hint == name or block.name_hint.startswith(name + "_"):
+                    continue
+                kind = cs.schedule_reduction if "R" in cs._iter_kinds(block) else cs.schedule_injective  # noqa: SLF001
+                sch = cs._try(sch, kind, block.name_hint, lanes)  # noqa: SLF001
+            return sch
+
+    return dl.ApplyDefaultSchedule(_Rule())
