@@ -69,11 +69,12 @@ def _layout(target: Target):
 
     from tvm import relax
 
-    from mmopt.codegen.quantized import fold_pad_transposes, lower_qdq, pack_vnni_convs
+    from mmopt.codegen.quantized import dot_product_for, fold_pad_transposes, lower_qdq, pack_dot_convs
 
     # QDQ -> integer convolutions and element-wise (de)quantization (CPU: the GPU schedules are
     # not verified on integer convolutions)
-    passes = [lower_qdq()] if target.device == "cpu" else []
+    dot = dot_product_for(target.tvm_target())
+    passes = [lower_qdq(dot.data_dtype if dot else "uint8")] if target.device == "cpu" else []
     passes += [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
                relax.transform.CanonicalizeBindings()]
     layout = os.environ.get("MMOPT_CONV_LAYOUT", target.preferred_layout)
@@ -83,7 +84,7 @@ def _layout(target: Target):
             "relax.nn.conv2d": ["NHWC", "HWIO"],
             "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
         }))
-        passes += [fold_pad_transposes(), pack_vnni_convs()]
+        passes += [fold_pad_transposes(), pack_dot_convs()]
     return passes
 
 
@@ -115,9 +116,9 @@ def _schedule_gpu():
 
 def _schedule_cpu():
     from mmopt.codegen.cpu_schedules import default_cpu_schedule_pass
-    from mmopt.codegen.quantized import vnni_schedule_pass
+    from mmopt.codegen.quantized import dot_schedule_pass
 
-    return [vnni_schedule_pass(), default_cpu_schedule_pass()]
+    return [dot_schedule_pass(), default_cpu_schedule_pass()]
 
 
 def _lower(device: str):

@@ -28,6 +28,8 @@ requantization — the same as onnxruntime's reference execution of the QDQ grap
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 _UNSIGNED_SHIFT = 128
@@ -59,8 +61,9 @@ def _scalar(arr) -> float | None:
     return arr.reshape(()).item()
 
 
-def lower_qdq():
-    """The Relax module pass described in the module docstring."""
+def lower_qdq(data_dtype: str = "uint8"):
+    """The Relax module pass described in the module docstring. ``data_dtype``: the activation type
+    integer convolutions read (``uint8`` for x86 VNNI, ``int8`` for AArch64 ``sdot``)."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -123,12 +126,13 @@ def lower_qdq():
             if sw.size not in (1, oc):
                 return None
             x = xq = self.visit_expr(xq)
-            if _dtype(xq) == "int8":  # to uint8: x + 128, zero point + 128
-                x = self.builder_.emit(relax.op.astype(
-                    relax.op.add(relax.op.astype(xq, "int16"), relax.const(_UNSIGNED_SHIFT, "int16")),
-                    "uint8"))
-                zx = int(zx) + _UNSIGNED_SHIFT
             zx = int(zx)
+            if _dtype(xq) != data_dtype:  # move by 128 (and the zero point with it): exact
+                shift = _UNSIGNED_SHIFT if data_dtype == "uint8" else -_UNSIGNED_SHIFT
+                x = self.builder_.emit(relax.op.astype(
+                    relax.op.add(relax.op.astype(xq, "int16"), relax.const(shift, "int16")),
+                    data_dtype))
+                zx += shift
             pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
             if any(pad):
                 x = self.builder_.emit(relax.op.nn.pad(
@@ -229,26 +233,53 @@ def fold_pad_transposes():
 
 
 # --------------------------------------------------------------------------------------------------
-# x86 AVX-512 VNNI: integer convolutions on pre-packed weights, tensorized to vpdpbusd
+# integer dot-product instructions: convolutions on pre-packed weights, tensorized
+
+
+@dataclass(frozen=True)
+class DotProduct:
+    """One integer dot-product instruction: ``acc[lanes] (s32) += sum_k a[k] * b[lane, k]`` for
+    ``k < 4``, with the 4 activation bytes broadcast to every lane."""
+
+    name: str
+    lanes: int  #: int32 lanes = output channels per instruction
+    data_dtype: str  #: activation type the instruction reads (weights are always int8)
+    llvm_intrinsic: str
+    accumulators: int  #: vector registers the register tile may use
+
+    @property
+    def intrinsic(self) -> str:
+        return f"mmopt_{self.name}_{self.lanes}x4_local"
+
+
+#: x86 AVX-512 VNNI: vpdpbusd, u8 x s8, 16 lanes
+VNNI = DotProduct("vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512", 16)
+#: AArch64 dot product (ARMv8.2 +dotprod): sdot, s8 x s8, 4 lanes
+SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", 24)
 
 #: block name of the packed integer convolution (the schedule rule looks for it)
-VNNI_BLOCK = "mmopt_qconv_vnni"
-_OC_BLOCK, _IC_BLOCK = 16, 4  # vpdpbusd: 16 int32 lanes, each the dot product of 4 u8 x s8 pairs
+DOT_BLOCK = "mmopt_qconv_dot"
+_IC_BLOCK = 4
 
 
-def has_vnni(tvm_target) -> bool:
+def dot_product_for(tvm_target) -> DotProduct | None:
+    """The integer dot-product instruction ``tvm_target`` has, if any."""
     from tvm.target import codegen
 
-    if "x86_64" not in str(tvm_target.attrs.get("mtriple", "")):
-        return False
+    triple = str(tvm_target.attrs.get("mtriple", ""))
     try:
-        return bool(codegen.target_has_features(["avx512vnni"], tvm_target))
-    except Exception:  # noqa: BLE001
-        return False
+        if "x86_64" in triple and codegen.target_has_features(["avx512vnni"], tvm_target):
+            return VNNI
+        if "aarch64" in triple and codegen.target_has_features(["dotprod"], tvm_target):
+            return SDOT
+    except Exception:  # noqa: BLE001 - LLVM without that backend: no instruction
+        return None
+    return None
 
 
-def _vnni_conv_te(data, packed, strides, dilation, out_channels):
-    """NHWC uint8 data x packed int8 weights ``[OC/16, KH, KW, IC/4, 16, 4]`` -> NHWC int32."""
+def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes):
+    """NHWC int8/uint8 data x packed int8 weights ``[OC/lanes, KH, KW, IC/4, lanes, 4]`` -> NHWC
+    int32."""
     from tvm import te
 
     n, h, w, _ = (int(d) for d in data.shape)
@@ -264,9 +295,9 @@ def _vnni_conv_te(data, packed, strides, dilation, out_channels):
         (n, oh, ow, out_channels),
         lambda b, y, x, c: te.sum(
             data[b, y * sh + rh * dh, x * sw + rw * dw, rc * _IC_BLOCK + ri].astype("int32")
-            * packed[c // _OC_BLOCK, rh, rw, rc, c % _OC_BLOCK, ri].astype("int32"),
+            * packed[c // lanes, rh, rw, rc, c % lanes, ri].astype("int32"),
             axis=[rh, rw, rc, ri]),
-        name=VNNI_BLOCK)
+        name=DOT_BLOCK)
 
 
 def _hwio_weight(expr, lookup):
@@ -288,21 +319,23 @@ def _hwio_weight(expr, lookup):
     return None
 
 
-def pack_vnni_convs():
-    """Integer NHWC conv2d (u8 data, constant s8 HWIO weights, int32 out, groups 1, IC % 4 == 0,
-    OC % 16 == 0) -> a packed-weight convolution that :func:`schedule_vnni_conv` tensorizes.
+def pack_dot_convs():
+    """Integer NHWC conv2d (data of the instruction's type, constant s8 HWIO weights, int32 out,
+    groups 1, IC % 4 == 0, OC % lanes == 0) -> a packed-weight convolution that
+    :func:`schedule_dot_conv` tensorizes. Runs only for targets with a :class:`DotProduct`.
 
-    Weights are re-laid out here, at compile time, to ``[OC/16, KH, KW, IC/4, 16, 4]``: the 64 bytes
-    one ``vpdpbusd`` multiplies are contiguous."""
+    Weights are re-laid out here, at compile time, to ``[OC/lanes, KH, KW, IC/4, lanes, 4]``: the
+    bytes one instruction multiplies are contiguous."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
     class _Pack(PyExprMutator):
-        def __init__(self, mod):
+        def __init__(self, mod, dot: DotProduct):
             super().__init__(mod)
             self.mod_ = mod
+            self.dot = dot
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
@@ -312,20 +345,21 @@ def pack_vnni_convs():
             data = call.args[0]
             if (str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO"
                     or str(attrs.out_dtype) != "int32" or int(attrs.groups) != 1
-                    or _dtype(data) != "uint8" or any(int(p) for p in attrs.padding)):
+                    or _dtype(data) != self.dot.data_dtype or any(int(p) for p in attrs.padding)):
                 return call
             w = _hwio_weight(call.args[1], self.lookup_binding)
             if w is None or w.dtype != np.int8:
                 return call
             kh, kw, ic, oc = w.shape
-            if ic % _IC_BLOCK or oc % _OC_BLOCK:
+            lanes = self.dot.lanes
+            if ic % _IC_BLOCK or oc % lanes:
                 return call
-            packed = (w.reshape(kh, kw, ic // _IC_BLOCK, _IC_BLOCK, oc // _OC_BLOCK, _OC_BLOCK)
+            packed = (w.reshape(kh, kw, ic // _IC_BLOCK, _IC_BLOCK, oc // lanes, lanes)
                       .transpose(4, 0, 1, 2, 5, 3).copy())
             strides = [int(v) for v in attrs.strides]
             dilation = [int(v) for v in attrs.dilation]
-            return self.builder_.call_te(_vnni_conv_te, data, relax.const(packed), strides,
-                                         dilation, oc, primfunc_name_hint="mmopt_qconv_vnni")
+            return self.builder_.call_te(_dot_conv_te, data, relax.const(packed), strides,
+                                         dilation, oc, lanes, primfunc_name_hint=DOT_BLOCK)
 
         def transform(self):
             for gvar, func in self.mod_.functions.items():
@@ -333,99 +367,101 @@ def pack_vnni_convs():
                     self.builder_.update_func(gvar, self.visit_expr(func))
             return self.builder_.get()
 
-    @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_vnni_convs")
+    @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_dot_convs")
     def _pass(mod, _ctx):
         target = tvm.target.Target.current(allow_none=True)
-        if target is None or not has_vnni(target):
+        dot = dot_product_for(target) if target is not None else None
+        if dot is None or 'out_dtype="int32"' not in mod.script(show_meta=False):
             return mod
-        text = mod.script(show_meta=False)
-        if 'out_dtype="int32"' not in text:
-            return mod
-        return relax.transform.DeadCodeElimination()(_Pack(mod).transform())
+        return relax.transform.DeadCodeElimination()(_Pack(mod, dot).transform())
 
     return _pass
 
 
-#: tensor intrinsic: ``acc[16] (int32, registers) += a[4] (u8) . b[16, 4] (s8)``
-VNNI_INTRIN = "mmopt_vnni_u8s8s32_16x4_local"
-
-
-def _register_vnni_intrin() -> str:
-    """Register :data:`VNNI_INTRIN` once. TVM ships the same dot product with a global-scope
-    accumulator; the accumulators here live in a ``local`` (register) tile."""
+def _register_intrinsic(dot: DotProduct) -> str:
+    """Register ``dot.intrinsic`` once. (TVM ships VNNI's dot product with a global-scope
+    accumulator; the accumulators here live in a ``local`` register tile.)"""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
-
     from tvm.target import codegen
 
     try:
-        TensorIntrin.get(VNNI_INTRIN)
-        return VNNI_INTRIN
+        TensorIntrin.get(dot.intrinsic)
+        return dot.intrinsic
     except Exception:  # noqa: BLE001 - not registered yet
         pass
-    byte_type = "int8x64" if int(codegen.llvm_version_major()) >= 20 else "int32x16"
+    lanes, data_dtype = dot.lanes, dot.data_dtype
+    nbytes = 4 * lanes
+    # LLVM 22 (TVM 0.27's) types the byte operands as <N x i8>; x86 VNNI took <16 x i32> in
+    # LLVM releases before 20
+    byte_type = (f"int8x{nbytes}" if dot is not VNNI or int(codegen.llvm_version_major()) >= 20
+                 else f"int32x{lanes}")
+    acc_type = f"int32x{lanes}"
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "uint8", offset_factor=1),
-             b: T.Buffer((16, 4), "int8", offset_factor=1),
-             acc: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def desc(a: T.Buffer((4,), data_dtype, offset_factor=1),
+             b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             acc: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(acc[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(acc[0:16])
-            for i in T.serial(0, 16):
+            T.reads(acc[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(acc[0:lanes])
+            for i in T.serial(0, lanes):
                 for k in T.serial(0, 4):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         acc[vi] = acc[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((4,), "uint8", offset_factor=1),
-             b: T.Buffer((16, 4), "int8", offset_factor=1),
-             acc: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def impl(a: T.Buffer((4,), data_dtype, offset_factor=1),
+             b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             acc: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(acc[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(acc[0:16])
-            # the 4 activation bytes as one int32, broadcast to all 16 lanes (LLVM >= 20 takes
-            # the byte operands as <64 x i8>, older versions as <16 x i32>)
-            quad = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            acc[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                acc.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(quad, 16), dtype=byte_type),
-                T.reinterpret(b.vload([0, 0], dtype="int8x64"), dtype=byte_type),
-                dtype="int32x16")
+            T.reads(acc[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(acc[0:lanes])
+            # the 4 activation bytes as one int32, broadcast to every lane
+            quad = T.reinterpret(a.vload([0], f"{data_dtype}x4"), dtype="int32")
+            acc[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
+                acc.vload([0], dtype=acc_type),
+                T.reinterpret(T.broadcast(quad, lanes), dtype=byte_type),
+                T.reinterpret(b.vload([0, 0], dtype=f"int8x{nbytes}"), dtype=byte_type),
+                dtype=acc_type)
 
-    TensorIntrin.register(VNNI_INTRIN, desc, impl)
-    return VNNI_INTRIN
+    TensorIntrin.register(dot.intrinsic, desc, impl)
+    return dot.intrinsic
 
 
-def schedule_vnni_conv(sch, block_rv, rows_limit: int = 8) -> None:
-    """Register-tiled, tensorized schedule of a :data:`VNNI_BLOCK` block (inside a fused PrimFunc).
+def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8) -> None:
+    """Register-tiled, tensorized schedule of a :data:`DOT_BLOCK` block (inside a fused PrimFunc).
 
-    Tile: ``rows`` output pixels along the width x 16 output channels, accumulated in registers;
-    loop order ``parallel(oc block, n, h) . w_o . kh . kw . ic/4 . w_i . [16 x 4 vpdpbusd]``, so a
+    Tile: ``rows`` output pixels along the width x ``nv`` blocks of ``lanes`` output channels,
+    accumulated in registers; loop order
+    ``parallel(oc block, n, h) . w_o . kh . kw . ic/4 . w_i . oc_v . [lanes x 4 instruction]``, so a
     block of weights stays in cache while the image streams by. The element-wise epilogue
     (zero-point correction, scale, bias, requantization) is inlined into the write-back.
     """
     from mmopt.codegen.cpu_schedules import _extent, _inline_plain_copies, _largest_divisor
 
     n, h, w, c, rh, rw, rc, ri = sch.get_loops(block_rv)
-    co, ci = sch.split(c, factors=[None, _OC_BLOCK])
-    ow = _extent(sch, w)
-    rows = _largest_divisor(ow, rows_limit)
+    blocks = _extent(sch, c) // dot.lanes
+    nv = _largest_divisor(blocks, max(1, dot.accumulators // rows_limit))
+    rows = _largest_divisor(_extent(sch, w), max(1, min(rows_limit, dot.accumulators // nv)))
+    co, cv, ci = sch.split(c, factors=[None, nv, dot.lanes])
     wo, wi = sch.split(w, factors=[None, rows])
-    sch.reorder(co, n, h, wo, rh, rw, rc, wi, ci, ri)
+    sch.reorder(co, n, h, wo, rh, rw, rc, wi, cv, ci, ri)
     outer = sch.fuse(co, n, h)
     _inline_plain_copies(sch, block_rv)
     writeback = sch.cache_write(block_rv, 0, "local")
     sch.reverse_compute_at(writeback, wo, preserve_unit_loops=True)
     sch.parallel(outer)
     sch.unroll(wi)
+    sch.unroll(cv)
     init = sch.decompose_reduction(block_rv, rh)
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
-    sch.unroll(init_loops[-2])
-    sch.tensorize(ci, _register_vnni_intrin())
+    for loop in init_loops[-3:-1]:
+        sch.unroll(loop)
+    sch.tensorize(ci, _register_intrinsic(dot))
     while True:
         consumers = sch.get_consumers(writeback)
         if len(consumers) != 1:
@@ -434,16 +470,15 @@ def schedule_vnni_conv(sch, block_rv, rows_limit: int = 8) -> None:
             sch.reverse_compute_inline(consumers[0])
         except Exception:  # noqa: BLE001 - not element-wise: leave it to the generic rules
             break
-    wb_loops = sch.get_loops(writeback)
     try:
-        vo, vi = sch.split(wb_loops[-1], factors=[None, _OC_BLOCK])
-        sch.vectorize(vi)
-    except Exception:  # noqa: BLE001
+        _, vec = sch.split(sch.get_loops(writeback)[-1], factors=[None, dot.lanes])
+        sch.vectorize(vec)
+    except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
         pass
 
 
-def vnni_schedule_pass():
-    """Schedules the fused PrimFuncs that contain a :data:`VNNI_BLOCK` (others are left to the
+def dot_schedule_pass():
+    """Schedules the fused PrimFuncs that contain a :data:`DOT_BLOCK` (others are left to the
     default CPU schedules, which run after this pass)."""
     from tvm.s_tir import dlight as dl
 
@@ -453,26 +488,28 @@ def vnni_schedule_pass():
         def apply(self, func, target, tunable):  # noqa: ARG002 - dlight's signature
             from tvm import s_tir
 
-            if VNNI_BLOCK not in func.script(show_meta=False):
+            dot = dot_product_for(target)
+            if dot is None or DOT_BLOCK not in func.script(show_meta=False):
                 return None
             sch = s_tir.Schedule(func)
             try:
                 root = sch.get_sblock("root")
                 blocks = [b for b in sch.get_child_blocks(root)
-                          if sch.get(b).name_hint.startswith(VNNI_BLOCK)]
+                          if sch.get(b).name_hint.startswith(DOT_BLOCK)]
                 if len(blocks) != 1:
                     return None
                 name = sch.get(blocks[0]).name_hint
-                schedule_vnni_conv(sch, blocks[0])
+                schedule_dot_conv(sch, blocks[0], dot)
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
-                cs.logger.debug("vnni schedule failed: %s", exc)
+                cs.logger.debug("dot-product schedule failed: %s", exc)
                 return None
             lanes = max(4, cs._vector_bits(target) // 32)  # noqa: SLF001
             for block_rv in sch.get_child_blocks(sch.get_sblock("root")):
                 block = sch.get(block_rv)
                 if block.name_hint == name or block.name_hint.startswith(name + "_"):
                     continue
-                kind = cs.schedule_reduction if "R" in cs._iter_kinds(block) else cs.schedule_injective  # noqa: SLF001
+                kind = (cs.schedule_reduction if "R" in cs._iter_kinds(block)  # noqa: SLF001
+                        else cs.schedule_injective)
                 sch = cs._try(sch, kind, block.name_hint, lanes)  # noqa: SLF001
             return sch
 

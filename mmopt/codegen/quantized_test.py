@@ -89,7 +89,7 @@ def test_integer_conv_matches_onnxruntime(case, tmp_path):
     qdq = _quantized(_float_model(ic, oc, groups=groups, stride=stride), activations)
     text = _lowered(qdq).script(show_meta=False)
     # every conv became an integer conv; no quantize/dequantize op is left for the activations
-    packed = text.count("R.call_tir(cls.mmopt_qconv_vnni")
+    packed = text.count("R.call_tir(cls.mmopt_qconv_dot")
     assert text.count('out_dtype="int32"') + packed == 2, text
     assert "R.quantize(" not in text
     vnni = _host_has_vnni()
@@ -109,10 +109,10 @@ def test_integer_conv_matches_onnxruntime(case, tmp_path):
 
 
 def _host_has_vnni() -> bool:
-    from mmopt.codegen.quantized import has_vnni
+    from mmopt.codegen.quantized import VNNI, dot_product_for
     from mmopt.targets import get
 
-    return has_vnni(get("x86").tvm_target())
+    return dot_product_for(get("x86").tvm_target()) is VNNI
 
 
 def test_vnni_kernel_is_tensorized_and_exact(tmp_path):
@@ -154,10 +154,47 @@ def test_vnni_kernel_is_tensorized_and_exact(tmp_path):
             want += np.einsum("nhwc,co->nhwo", patch, weight[dy, dx].astype(np.int64))
     np.testing.assert_array_equal(got, want.astype(np.int32))
     with target.tvm_target():
-        lowered = tvm.transform.Sequential([q.pack_vnni_convs()])(bb.get())
-    assert q.VNNI_BLOCK in lowered.script(show_meta=False)
+        lowered = tvm.transform.Sequential([q.pack_dot_convs()])(bb.get())
+    assert q.DOT_BLOCK in lowered.script(show_meta=False)
     objdump = shutil.which("objdump")
     if objdump:
         disassembly = subprocess.run([objdump, "-d", str(lib_path)], capture_output=True,
                                      text=True, check=True).stdout
         assert "vpdpbusd" in disassembly
+
+
+_ARM_RUNNER = """
+import sys, numpy as np, tvm
+lib = tvm.runtime.load_module(sys.argv[1])
+vm = lib["vm_load_executable"]()
+vm["vm_initialization"](1, 0, 2, 1, 0, 2)  # cpu 0, pooled allocator; host cpu 0, pooled
+np.save(sys.argv[3], vm["main"](tvm.runtime.tensor(np.load(sys.argv[2]))).numpy())
+"""
+
+
+def test_arm_dotprod_artifact_runs_under_emulation(tmp_path):
+    """arm-a76 (+dotprod): integer convs become sdot kernels; run on the emulated arm64 device."""
+    from mmopt.tuning.emulate import Arm64Root, cache_root
+
+    root = Arm64Root(cache_root())
+    if not shutil.which("aarch64-linux-gnu-g++") or not shutil.which("qemu-aarch64") \
+            or not root.is_ready():
+        pytest.skip("no aarch64 cross compiler / emulated arm64 device (scripts/setup-arm-emulation.sh)")
+    import mmopt
+
+    qdq = _quantized(_float_model(16, 32, stride=2), "uint8")
+    assert "mmopt_qconv_dot" in _lowered(qdq, "arm-a76").script(show_meta=False)
+    result = mmopt.compile(qdq, "arm-a76", tmp_path / "arm")
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump:
+        text = subprocess.run([objdump, "-d", str(result.library)], capture_output=True, text=True,
+                              check=True).stdout
+        assert "sdot" in text
+    runner = tmp_path / "run.py"
+    runner.write_text(_ARM_RUNNER)
+    x = np.random.default_rng(3).standard_normal((1, 16, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    subprocess.run(root.command([str(runner), str(result.library), str(tmp_path / "x.npy"),
+                                 str(tmp_path / "y.npy")]), check=True, timeout=300)
+    got = np.load(tmp_path / "y.npy")
+    assert np.abs(got - _plain_ort(qdq, {"x": x})).max() <= 2 * _output_step(qdq) + 1e-6
