@@ -12,15 +12,19 @@ neither op has layout inference, ConvertLayout wraps each of them in NHWC<->NCHW
       y   = float32(acc - zx * sum(Wq[oc])) * (sx * sw[oc])     # per-channel, fuses as epilogue
 
   Padding uses the zero point (the quantized zero), so the correction term is the same for every
-  output position. int8 activations are moved to uint8 (``x + 128``, zero point + 128), the
-  operand order of the x86 VNNI and AArch64 dot-product instructions (u8 x s8 -> s32).
+  output position. Activations are moved (by 128, zero point with them) to the type the target's
+  dot-product instruction reads: uint8 for x86 VNNI (u8 x s8), int8 for AArch64 ``sdot`` (s8 x s8).
+  ``matmul`` (ONNX MatMul/Gemm with constant weights) becomes a 1x1 NHWC integer convolution over
+  the rows of ``x``, so it shares the convolution kernels.
 * activation ``quantize``/``dequantize`` (per-tensor) become element-wise arithmetic
   (``saturate(round(x / s) + z)``, ``(x - z) * s``), which propagates any layout and fuses into the
   neighbouring kernels: a convolution's output is quantized in its write-back, and uint8 tensors
   travel between layers.
 
 :func:`fold_pad_transposes` (after ConvertLayout) moves the zero-point ``pad`` (which has no layout
-inference) into NHWC: ``permute(pad(permute(x)))`` -> ``pad(x)``.
+inference) into NHWC: ``permute(pad(permute(x)))`` -> ``pad(x)``. :func:`pack_dot_convs` then gives
+the integer convolutions pre-packed weights that :func:`schedule_dot_conv` tensorizes to the
+target's dot-product instruction (x86 ``vpdpbusd``, AArch64 ``sdot``).
 
 Numerics: the integer accumulation is exact, so the only rounding is the final float scale and the
 requantization — the same as onnxruntime's reference execution of the QDQ graph.
@@ -105,34 +109,64 @@ def lower_qdq(data_dtype: str = "uint8"):
                                                     relax.const(hi, "float32")))
             return relax.op.astype(q, dtype)
 
-        # -- conv2d over dequantized operands -> integer conv2d ----------------------------------
-        def _integer_conv(self, call):
-            attrs = call.attrs
-            if (str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
-                    or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
+        # -- conv2d / matmul over dequantized operands -> integer kernels ------------------------
+        def _activation(self, expr):
+            """``(xq, sx, zx)`` of a per-tensor dequantized activation, else None."""
+            deq = self._bound(expr)
+            if _op_name(deq) != "relax.dequantize":
                 return None
-            x_deq, w_deq = self._bound(call.args[0]), self._bound(call.args[1])
-            if _op_name(x_deq) != "relax.dequantize" or _op_name(w_deq) != "relax.dequantize":
-                return None
-            xq, sx, zx = x_deq.args
-            wq, sw, zw = w_deq.args
+            xq, sx, zx = deq.args
             sx, zx = _scalar(_const_array(sx)), _scalar(_const_array(zx))
-            w, sw, zw = _const_array(wq), _const_array(sw), _const_array(zw)
-            if sx is None or zx is None or w is None or sw is None or zw is None:
+            if sx is None or zx is None or _dtype(xq) not in ("uint8", "int8"):
                 return None
-            if _dtype(xq) not in ("uint8", "int8") or w.dtype != np.int8 or np.any(zw != 0):
+            return xq, sx, int(zx)
+
+        def _weights(self, expr, axis: int):
+            """``(w int8, per-channel scale)`` of a dequantized constant, quantized along ``axis``
+            (symmetric), else None."""
+            deq = self._bound(expr)
+            if _op_name(deq) != "relax.dequantize":
                 return None
-            oc = w.shape[0]
-            if sw.size not in (1, oc):
+            w, sw, zw = (_const_array(a) for a in deq.args)
+            if w is None or sw is None or zw is None or w.dtype != np.int8 or np.any(zw != 0):
                 return None
+            if sw.size != 1 and (int(deq.attrs.axis) % w.ndim != axis % w.ndim
+                                 or sw.size != w.shape[axis]):
+                return None
+            return w, np.broadcast_to(sw.astype(np.float64).reshape(-1), (w.shape[axis],))
+
+        def _data(self, xq, zx):
+            """The activation in the type the integer kernels read, and its zero point."""
             x = xq = self.visit_expr(xq)
-            zx = int(zx)
             if _dtype(xq) != data_dtype:  # move by 128 (and the zero point with it): exact
                 shift = _UNSIGNED_SHIFT if data_dtype == "uint8" else -_UNSIGNED_SHIFT
                 x = self.builder_.emit(relax.op.astype(
                     relax.op.add(relax.op.astype(xq, "int16"), relax.const(shift, "int16")),
                     data_dtype))
                 zx += shift
+            return x, zx
+
+        def _rescale(self, acc, correction, scale, shape):
+            """``float32(acc - correction) * scale``, both per output channel, broadcast as
+            ``shape``."""
+            if np.any(correction):
+                acc = self.builder_.emit(relax.op.subtract(
+                    acc, relax.const(correction.astype(np.int32).reshape(shape))))
+            y = self.builder_.emit(relax.op.astype(acc, "float32"))
+            self.rewritten += 1
+            return relax.op.multiply(y, relax.const(scale.astype(np.float32).reshape(shape)))
+
+        def _integer_conv(self, call):
+            attrs = call.attrs
+            if (str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
+                    or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
+                return None
+            act, weights = self._activation(call.args[0]), self._weights(call.args[1], 0)
+            if act is None or weights is None:
+                return None
+            (xq, sx, zx), (w, sw) = act, weights
+            oc = w.shape[0]
+            x, zx = self._data(xq, zx)
             pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
             if any(pad):
                 x = self.builder_.emit(relax.op.nn.pad(
@@ -141,20 +175,45 @@ def lower_qdq(data_dtype: str = "uint8"):
                 x, relax.const(w), strides=[int(v) for v in attrs.strides], padding=[0, 0, 0, 0],
                 dilation=[int(v) for v in attrs.dilation], groups=int(attrs.groups),
                 out_dtype="int32"))
-            if zx:
-                correction = zx * w.reshape(oc, -1).astype(np.int64).sum(axis=1)
-                acc = self.builder_.emit(relax.op.subtract(
-                    acc, relax.const(correction.astype(np.int32).reshape(1, oc, 1, 1))))
-            scale = (np.float64(sx) * np.broadcast_to(sw.astype(np.float64).reshape(-1), (oc,)))
-            y = self.builder_.emit(relax.op.astype(acc, "float32"))
-            self.rewritten += 1
-            return relax.op.multiply(y, relax.const(scale.astype(np.float32).reshape(1, oc, 1, 1)))
+            correction = zx * w.reshape(oc, -1).astype(np.int64).sum(axis=1)
+            return self._rescale(acc, correction, sx * sw, (1, oc, 1, 1))
+
+        def _integer_matmul(self, call):
+            """``x @ W`` (MatMul: W [K, N] quantized along N; Gemm: ``permute_dims`` of W [N, K]
+            quantized along N) -> a 1x1 NHWC integer convolution over the rows of ``x``."""
+            if call.attrs.out_dtype is not None and str(call.attrs.out_dtype) not in ("", "float32"):
+                return None
+            act = self._activation(call.args[0])
+            rhs = self._bound(call.args[1])
+            if _op_name(rhs) == "relax.permute_dims" and [int(a) for a in rhs.attrs.axes] == [1, 0]:
+                weights = self._weights(rhs.args[0], 0)
+                weights = None if weights is None else (weights[0].T, weights[1])
+            else:
+                weights = self._weights(call.args[1], 1)
+            if act is None or weights is None or weights[0].ndim != 2:
+                return None
+            (xq, sx, zx), (w, sw) = act, weights
+            shape = [int(d) for d in xq.ty.shape]
+            k, n = w.shape
+            if len(shape) < 2 or shape[-1] != k:
+                return None
+            rows = int(np.prod(shape[:-1]))
+            x, zx = self._data(xq, zx)
+            x = self.builder_.emit(relax.op.reshape(x, (1, 1, rows, k)))
+            acc = self.builder_.emit(relax.op.nn.conv2d(
+                x, relax.const(np.ascontiguousarray(w).reshape(1, 1, k, n)), data_layout="NHWC",
+                kernel_layout="HWIO", out_dtype="int32"))
+            acc = self.builder_.emit(relax.op.reshape(acc, (*shape[:-1], n)))
+            correction = zx * w.astype(np.int64).sum(axis=0)
+            return self._rescale(acc, correction, sx * sw, (n,))
 
         def visit_call_(self, call):
             # the integer conv looks at the original operands (their dequantize calls), before
             # those are rewritten to arithmetic
-            if _op_name(call) == "relax.nn.conv2d":
-                new = self._integer_conv(call)
+            if _op_name(call) in ("relax.nn.conv2d", "relax.matmul"):
+                rewrite = (self._integer_conv if _op_name(call) == "relax.nn.conv2d"
+                           else self._integer_matmul)
+                new = rewrite(call)
                 if new is not None:
                     return new
             call = self.visit_expr_post_order(call)

@@ -198,3 +198,36 @@ def test_arm_dotprod_artifact_runs_under_emulation(tmp_path):
                                  str(tmp_path / "y.npy")]), check=True, timeout=300)
     got = np.load(tmp_path / "y.npy")
     assert np.abs(got - _plain_ort(qdq, {"x": x})).max() <= 2 * _output_step(qdq) + 1e-6
+
+
+def test_integer_matmul_and_gemm_match_onnxruntime(tmp_path):
+    """MatMul (3-D activations) and Gemm (transB) become integer 1x1 convolutions over rows."""
+    import mmopt
+    from mmopt.quantize import quantize
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((32, 48)) * 0.2).astype(np.float32)  # MatMul [K, N]
+    w2 = (rng.standard_normal((20, 48)) * 0.2).astype(np.float32)  # Gemm transB [N, K]
+    b2 = rng.standard_normal(20).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Reshape", ["r", "flat"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], name="gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "qmm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [10, 20])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+         numpy_helper.from_array(b2, "b2"),
+         numpy_helper.from_array(np.array([10, 48], np.int64), "flat")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.standard_normal((2, 5, 32)).astype(np.float32)} for _ in range(8)]
+    qdq, _ = quantize(model, calib, method="minmax")
+    text = _lowered(qdq).script(show_meta=False)
+    assert "R.matmul(" not in text
+    result = mmopt.compile(qdq, "x86", tmp_path / "mm")
+    assert result.verification.passed
+    x = rng.standard_normal((2, 5, 32)).astype(np.float32)
+    got = mmopt.load(result.library)(x=x)["y"]
+    assert np.abs(got - _plain_ort(qdq, {"x": x})).max() <= 2 * _output_step(qdq) + 1e-6
