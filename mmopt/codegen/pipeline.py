@@ -61,6 +61,20 @@ def _clip_to_min_max():
     return _pass
 
 
+def _when_module_uses(ops: tuple[str, ...], inner):
+    """Run ``inner`` only on modules that call one of ``ops``. (ConvertLayout on a model without
+    convolutions only adds risk: it aborts on data-dependent shapes such as Unique's.)"""
+    import tvm
+
+    from mmopt.codegen.quantized import module_uses
+
+    @tvm.transform.module_pass(opt_level=0, name=f"mmopt_when_{'_'.join(ops)}")
+    def _pass(mod, _ctx):
+        return inner(mod) if module_uses(mod, ops) else mod
+
+    return _pass
+
+
 def _layout(target: Target):
     """Inference-only decompositions (BatchNorm -> scale/shift, so it fuses into the conv epilogue),
     then the target's preferred data layout for convolutions (weights re-laid out at compile time
@@ -80,10 +94,10 @@ def _layout(target: Target):
     layout = os.environ.get("MMOPT_CONV_LAYOUT", target.preferred_layout)
     if layout == "NHWC":
         # conv2d_transpose stays NCHW: TVM 0.27 cannot legalize it in NHWC
-        passes.append(relax.transform.ConvertLayout({
+        passes.append(_when_module_uses(("relax.nn.conv2d",), relax.transform.ConvertLayout({
             "relax.nn.conv2d": ["NHWC", "HWIO"],
             "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
-        }))
+        })))
         passes += [fold_pad_transposes(), pack_dot_convs()]
     return passes
 

@@ -232,7 +232,7 @@ def lower_qdq(data_dtype: str = "uint8"):
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_lower_qdq")
     def _pass(mod, _ctx):
-        if not _has_qdq(mod):
+        if not module_uses(mod, ("relax.quantize", "relax.dequantize")):
             return mod
         return relax.transform.DeadCodeElimination()(_Lower(mod).transform())
 
@@ -253,9 +253,17 @@ def _bindings(func) -> dict:
     return table
 
 
-def _has_qdq(mod) -> bool:
-    text = mod.script(show_meta=False)
-    return "R.dequantize(" in text or "R.quantize(" in text
+def module_uses(mod, ops) -> bool:
+    """Whether any Relax function of ``mod`` calls one of the operators named in ``ops``."""
+    from tvm import relax
+
+    wanted = set(ops)
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            for value in _bindings(func).values():
+                if _op_name(value) in wanted:
+                    return True
+    return False
 
 
 def fold_pad_transposes():
@@ -430,7 +438,7 @@ def pack_dot_convs():
     def _pass(mod, _ctx):
         target = tvm.target.Target.current(allow_none=True)
         dot = dot_product_for(target) if target is not None else None
-        if dot is None or 'out_dtype="int32"' not in mod.script(show_meta=False):
+        if dot is None or not module_uses(mod, ("relax.nn.conv2d",)):
             return mod
         return relax.transform.DeadCodeElimination()(_Pack(mod, dot).transform())
 
@@ -536,6 +544,14 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8) -> No
         pass
 
 
+def _has_dot_block(func) -> bool:
+    # cheap filter first (a 6-D int8 parameter: the packed weights), then the block names
+    params = [p for p in func.params if hasattr(p, "shape")]  # TVM 0.27: parameters are buffers
+    if not any(len(p.shape) == 6 and str(p.dtype) == "int8" for p in params):
+        return False
+    return DOT_BLOCK in func.script(show_meta=False)
+
+
 def dot_schedule_pass():
     """Schedules the fused PrimFuncs that contain a :data:`DOT_BLOCK` (others are left to the
     default CPU schedules, which run after this pass)."""
@@ -548,7 +564,7 @@ def dot_schedule_pass():
             from tvm import s_tir
 
             dot = dot_product_for(target)
-            if dot is None or DOT_BLOCK not in func.script(show_meta=False):
+            if dot is None or not _has_dot_block(func):
                 return None
             sch = s_tir.Schedule(func)
             try:
