@@ -88,7 +88,8 @@ def _layout(target: Target):
     # QDQ -> integer convolutions and element-wise (de)quantization (CPU: the GPU schedules are
     # not verified on integer convolutions)
     dot = dot_product_for(target.tvm_target())
-    passes = [lower_qdq(dot.data_dtype if dot else "uint8")] if target.device == "cpu" else []
+    passes = ([lower_qdq(dot.data_dtype, 4) if dot else lower_qdq()] if target.device == "cpu"
+              else [])
     passes += [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
                relax.transform.CanonicalizeBindings()]
     layout = os.environ.get("MMOPT_CONV_LAYOUT", target.preferred_layout)

@@ -65,9 +65,11 @@ def _scalar(arr) -> float | None:
     return arr.reshape(()).item()
 
 
-def lower_qdq(data_dtype: str = "uint8"):
+def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
     """The Relax module pass described in the module docstring. ``data_dtype``: the activation type
-    integer convolutions read (``uint8`` for x86 VNNI, ``int8`` for AArch64 ``sdot``)."""
+    integer convolutions read (``uint8`` for x86 VNNI, ``int8`` for AArch64 ``sdot``);
+    ``channel_multiple``: pad the input channels of dense convolutions to a multiple of this (with
+    the zero point, and zero weights), so that the dot-product kernels apply to them too."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -168,9 +170,13 @@ def lower_qdq(data_dtype: str = "uint8"):
             oc = w.shape[0]
             x, zx = self._data(xq, zx)
             pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
-            if any(pad):
+            extra = 0  # input channels added so the dot-product kernels apply (the first conv's 3)
+            if channel_multiple and int(attrs.groups) == 1 and w.shape[1] % channel_multiple:
+                extra = channel_multiple - w.shape[1] % channel_multiple
+                w = np.pad(w, [(0, 0), (0, extra), (0, 0), (0, 0)])  # zero weights: same result
+            if any(pad) or extra:
                 x = self.builder_.emit(relax.op.nn.pad(
-                    x, [0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]], "constant", float(zx)))
+                    x, [0, 0, 0, extra, pad[0], pad[2], pad[1], pad[3]], "constant", float(zx)))
             acc = self.builder_.emit(relax.op.nn.conv2d(
                 x, relax.const(w), strides=[int(v) for v in attrs.strides], padding=[0, 0, 0, 0],
                 dilation=[int(v) for v in attrs.dilation], groups=int(attrs.groups),
@@ -321,6 +327,8 @@ class DotProduct:
 
 #: x86 AVX-512 VNNI: vpdpbusd, u8 x s8, 16 lanes
 VNNI = DotProduct("vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512", 16)
+#: the same on 256-bit registers (AVX-512VL), for output channel counts such as 24 or 40
+VNNI_256 = DotProduct("vnni256", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256", 16)
 #: AArch64 dot product (ARMv8.2 +dotprod): sdot, s8 x s8, 4 lanes
 SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", 24)
 
@@ -329,19 +337,27 @@ DOT_BLOCK = "mmopt_qconv_dot"
 _IC_BLOCK = 4
 
 
-def dot_product_for(tvm_target) -> DotProduct | None:
-    """The integer dot-product instruction ``tvm_target`` has, if any."""
+def dot_products_for(tvm_target) -> list[DotProduct]:
+    """The integer dot-product instructions ``tvm_target`` has, widest first (all read the same
+    activation type)."""
     from tvm.target import codegen
 
     triple = str(tvm_target.attrs.get("mtriple", ""))
     try:
         if "x86_64" in triple and codegen.target_has_features(["avx512vnni"], tvm_target):
-            return VNNI
+            narrow = codegen.target_has_features(["avx512vl"], tvm_target)
+            return [VNNI, VNNI_256] if narrow else [VNNI]
         if "aarch64" in triple and codegen.target_has_features(["dotprod"], tvm_target):
-            return SDOT
+            return [SDOT]
     except Exception:  # noqa: BLE001 - LLVM without that backend: no instruction
-        return None
-    return None
+        return []
+    return []
+
+
+def dot_product_for(tvm_target) -> DotProduct | None:
+    """The widest integer dot-product instruction ``tvm_target`` has, if any."""
+    found = dot_products_for(tvm_target)
+    return found[0] if found else None
 
 
 def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes):
@@ -399,10 +415,10 @@ def pack_dot_convs():
 
     @mutator
     class _Pack(PyExprMutator):
-        def __init__(self, mod, dot: DotProduct):
+        def __init__(self, mod, dots: list[DotProduct]):
             super().__init__(mod)
             self.mod_ = mod
-            self.dot = dot
+            self.dots = dots
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
@@ -412,15 +428,17 @@ def pack_dot_convs():
             data = call.args[0]
             if (str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO"
                     or str(attrs.out_dtype) != "int32" or int(attrs.groups) != 1
-                    or _dtype(data) != self.dot.data_dtype or any(int(p) for p in attrs.padding)):
+                    or _dtype(data) != self.dots[0].data_dtype
+                    or any(int(p) for p in attrs.padding)):
                 return call
             w = _hwio_weight(call.args[1], self.lookup_binding)
             if w is None or w.dtype != np.int8:
                 return call
             kh, kw, ic, oc = w.shape
-            lanes = self.dot.lanes
-            if ic % _IC_BLOCK or oc % lanes:
+            fitting = [d for d in self.dots if oc % d.lanes == 0]
+            if ic % _IC_BLOCK or not fitting:
                 return call
+            lanes = fitting[0].lanes
             packed = (w.reshape(kh, kw, ic // _IC_BLOCK, _IC_BLOCK, oc // lanes, lanes)
                       .transpose(4, 0, 1, 2, 5, 3).copy())
             strides = [int(v) for v in attrs.strides]
@@ -437,10 +455,10 @@ def pack_dot_convs():
     @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_dot_convs")
     def _pass(mod, _ctx):
         target = tvm.target.Target.current(allow_none=True)
-        dot = dot_product_for(target) if target is not None else None
-        if dot is None or not module_uses(mod, ("relax.nn.conv2d",)):
+        dots = dot_products_for(target) if target is not None else []
+        if not dots or not module_uses(mod, ("relax.nn.conv2d",)):
             return mod
-        return relax.transform.DeadCodeElimination()(_Pack(mod, dot).transform())
+        return relax.transform.DeadCodeElimination()(_Pack(mod, dots).transform())
 
     return _pass
 
@@ -544,6 +562,17 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8) -> No
         pass
 
 
+def _packed_lanes(block) -> int | None:
+    """Output channels per instruction of a packed convolution block (its weights' 5th dim)."""
+    from mmopt.codegen.cpu_schedules import _buffer
+
+    for region in block.reads:
+        buf = _buffer(region)
+        if len(buf.shape) == 6:
+            return int(buf.shape[4])
+    return None
+
+
 def _has_dot_block(func) -> bool:
     # cheap filter first (a 6-D int8 parameter: the packed weights), then the block names
     params = [p for p in func.params if hasattr(p, "shape")]  # TVM 0.27: parameters are buffers
@@ -563,8 +592,8 @@ def dot_schedule_pass():
         def apply(self, func, target, tunable):  # noqa: ARG002 - dlight's signature
             from tvm import s_tir
 
-            dot = dot_product_for(target)
-            if dot is None or not _has_dot_block(func):
+            dots = dot_products_for(target)
+            if not dots or not _has_dot_block(func):
                 return None
             sch = s_tir.Schedule(func)
             try:
@@ -574,6 +603,8 @@ def dot_schedule_pass():
                 if len(blocks) != 1:
                     return None
                 name = sch.get(blocks[0]).name_hint
+                lanes = _packed_lanes(sch.get(blocks[0]))
+                dot = next(d for d in dots if d.lanes == lanes)
                 schedule_dot_conv(sch, blocks[0], dot)
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
                 cs.logger.debug("dot-product schedule failed: %s", exc)
