@@ -32,9 +32,10 @@ def _clip_to_min_max():
     ConvertLayout would wrap every such activation in NHWC<->NCHW transposes (measured: 15% of a
     PP-OCR detector's time). ``maximum``/``minimum`` propagate the layout and fuse into the conv.
     """
-    import tvm
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, wildcard
+
+    from mmopt.codegen.quantized import pattern_pass
 
     pattern = is_op("relax.clip")(wildcard(), wildcard(), wildcard())
 
@@ -51,14 +52,7 @@ def _clip_to_min_max():
         dtype = expr.ty.dtype
         return relax.op.minimum(relax.op.maximum(x, relax.const(lo, dtype)), relax.const(hi, dtype))
 
-    @tvm.transform.module_pass(opt_level=0, name="mmopt_clip_to_min_max")
-    def _pass(mod, _ctx):
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gvar] = rewrite_call(pattern, rewrite, func)
-        return mod
-
-    return _pass
+    return pattern_pass("mmopt_clip_to_min_max", pattern, rewrite)
 
 
 def _when_module_uses(ops: tuple[str, ...], inner):

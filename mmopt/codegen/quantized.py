@@ -274,9 +274,8 @@ def module_uses(mod, ops) -> bool:
 
 def fold_pad_transposes():
     """``permute_dims(pad(permute_dims(x, to NCHW), w), to NHWC)`` -> ``pad(x, w in NHWC)``."""
-    import tvm
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, wildcard
 
     inner = is_op("relax.permute_dims")(wildcard())
     padded = is_op("relax.nn.pad")(inner)
@@ -295,7 +294,16 @@ def fold_pad_transposes():
         return relax.op.nn.pad(src.args[0], nhwc, str(pad_call.attrs.pad_mode),
                                float(pad_call.attrs.pad_value))
 
-    @tvm.transform.module_pass(opt_level=0, name="mmopt_fold_pad_transposes")
+    return pattern_pass("mmopt_fold_pad_transposes", pattern, rewrite)
+
+
+def pattern_pass(name: str, pattern, rewrite):
+    """A module pass applying ``rewrite_call(pattern, rewrite, ...)`` to every Relax function."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
