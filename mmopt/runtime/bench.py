@@ -1,8 +1,9 @@
 """Latency benchmarks: a compiled artifact and onnxruntime, same inputs, same thread count.
 
 Each engine runs in its own child process (``spawn``), so thread-pool settings cannot leak between
-them and each one's peak memory (max resident set size of the child) is its own. Engines run one
-after the other and report wall-clock latencies per call; the ratio is mmopt / onnxruntime.
+them and each one's peak memory (max resident set size of the child) is its own. The timed calls
+are interleaved in blocks (mmopt, onnxruntime, mmopt, ...) so both engines see the same machine;
+latencies are wall-clock per call; the ratio is mmopt / onnxruntime.
 """
 
 from __future__ import annotations
@@ -61,9 +62,13 @@ def _summarize(engine: str, threads: int, seconds: list[float], peak_kb: int) ->
                   1e3 / median if median > 0 else float("inf"), peak_kb / 1024.0)
 
 
-def _worker(engine: str, target: str, inputs_path: str, threads: int, warmup: int, repeat: int,
-            queue) -> None:
-    """Child process: load the engine, warm up, time ``repeat`` calls; report through ``queue``."""
+def _worker(engine: str, target: str, inputs_path: str, threads: int, warmup: int, conn) -> None:
+    """Child process: load the engine and warm up, then run blocks of timed calls on request.
+
+    Protocol on ``conn``: the child sends ``("ready", None)``; then each ``n`` received runs ``n``
+    timed calls and answers ``("ok", seconds)``; ``None`` answers ``("done", peak_rss_kb)``.
+    Failures answer ``("error", message)``.
+    """
     try:
         os.environ["TVM_NUM_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -77,14 +82,17 @@ def _worker(engine: str, target: str, inputs_path: str, threads: int, warmup: in
             run = _ort_runner(target, feeds, threads)
         for _ in range(warmup):
             run()
-        seconds = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            run()
-            seconds.append(time.perf_counter() - start)
-        queue.put(("ok", seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        conn.send(("ready", None))
+        while (n := conn.recv()) is not None:
+            seconds = []
+            for _ in range(n):
+                start = time.perf_counter()
+                run()
+                seconds.append(time.perf_counter() - start)
+            conn.send(("ok", seconds))
+        conn.send(("done", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
     except BaseException as exc:  # noqa: BLE001 - report anything to the parent
-        queue.put(("error", f"{type(exc).__name__}: {exc}", 0))
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def _mmopt_runner(artifact: str, feeds):
@@ -114,24 +122,68 @@ def _ort_runner(model_path: str, feeds, threads: int):
     return lambda: session.run(None, feeds)
 
 
-def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threads: int,
-                warmup: int, repeat: int) -> Timing:
-    """Time one engine (``"mmopt"`` on an artifact path, ``"onnxruntime"`` on an .onnx path)."""
+#: pause between blocks, so the previous engine's spinning worker threads have gone to sleep
+_SETTLE_S = 0.05
+
+
+def time_engines(engines: list[tuple[str, str]], feeds: dict[str, np.ndarray], *, threads: int,
+                 warmup: int, repeat: int, rounds: int = 10) -> list[Timing]:
+    """Time engines (``("mmopt", artifact)``, ``("onnxruntime", model.onnx)``) on the same inputs.
+
+    Every engine lives in its own process; the timed calls are interleaved in ``rounds`` blocks
+    (engine A, engine B, engine A, ...), so a slow phase of a shared machine hits all of them
+    alike instead of only the one that happened to be running.
+    """
     from mmopt.errors import MmoptError
+
+    ctx = mp.get_context("spawn")
+    workers = []
+
+    def expect(engine, conn, kind):
+        status, payload = conn.recv()
+        if status == "error":
+            raise MmoptError(f"benchmark of {engine} failed: {payload}")
+        if status != kind:
+            raise MmoptError(f"benchmark of {engine}: unexpected reply {status!r}")
+        return payload
 
     with tempfile.TemporaryDirectory(prefix="mmopt-bench-") as tmp:
         inputs_path = os.path.join(tmp, "inputs.npz")
         np.savez(inputs_path, **feeds)
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_worker,
-                           args=(engine, str(target), inputs_path, threads, warmup, repeat, queue))
-        proc.start()
-        status, payload, peak = queue.get()
-        proc.join()
-    if status != "ok":
-        raise MmoptError(f"benchmark of {engine} failed: {payload}")
-    return _summarize(engine, threads, payload, peak)
+        try:
+            for engine, target in engines:  # one at a time: loading is not timed but is heavy
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(engine, str(target), inputs_path,
+                                                         threads, warmup, child))
+                proc.start()
+                workers.append((engine, proc, parent))
+                expect(engine, parent, "ready")
+            seconds: list[list[float]] = [[] for _ in workers]
+            rounds = max(1, min(rounds, repeat))
+            blocks = [repeat // rounds + (1 if i < repeat % rounds else 0) for i in range(rounds)]
+            for block in blocks:
+                for i, (engine, _proc, conn) in enumerate(workers):
+                    time.sleep(_SETTLE_S)
+                    conn.send(block)
+                    seconds[i] += expect(engine, conn, "ok")
+            peaks = []
+            for engine, _proc, conn in workers:
+                conn.send(None)
+                peaks.append(expect(engine, conn, "done"))
+        finally:
+            for _engine, proc, _conn in workers:
+                proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.kill()
+    return [_summarize(engine, threads, secs, peak)
+            for (engine, _p, _c), secs, peak in zip(workers, seconds, peaks)]
+
+
+def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threads: int,
+                warmup: int, repeat: int) -> Timing:
+    """Time one engine (``"mmopt"`` on an artifact path, ``"onnxruntime"`` on an .onnx path)."""
+    return time_engines([(engine, target)], feeds, threads=threads, warmup=warmup,
+                        repeat=repeat)[0]
 
 
 def bench(artifact, reference_onnx=None, feeds=None, *, threads: int = 2, warmup: int = 5,
@@ -146,9 +198,8 @@ def bench(artifact, reference_onnx=None, feeds=None, *, threads: int = 2, warmup
         feeds = {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
                  if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
                  for s in meta.inputs}
-    mine = time_engine("mmopt", str(artifact), feeds, threads=threads, warmup=warmup, repeat=repeat)
-    theirs = None
+    engines = [("mmopt", str(artifact))]
     if reference_onnx is not None:
-        theirs = time_engine("onnxruntime", str(reference_onnx), feeds, threads=threads,
-                             warmup=warmup, repeat=repeat)
-    return BenchResult(str(Path(artifact)), mine, theirs)
+        engines.append(("onnxruntime", str(reference_onnx)))
+    timings = time_engines(engines, feeds, threads=threads, warmup=warmup, repeat=repeat)
+    return BenchResult(str(Path(artifact)), timings[0], timings[1] if len(timings) > 1 else None)
