@@ -160,7 +160,8 @@ def test_tuning_on_two_devices_survives_losing_one(model, tracker, tmp_path):
 
     try:
         report = tune(model, "x86", db_dir, trials_per_task=2, batch=2, farm=tracker.address,
-                      key=key, measurement=FAST, on_update=on_update, tasks=["conv2d"])
+                      key=key, measurement=FAST, on_update=on_update, tasks=["conv2d"],
+                      search="metaschedule")
         seen["thread"].join()
         assert report.runner.startswith(f"2 device(s) '{key}'")
         assert report.stopped is None
@@ -169,7 +170,7 @@ def test_tuning_on_two_devices_survives_losing_one(model, tracker, tmp_path):
         assert all(t.trials_before + t.trials == 2 or t.exhausted for t in report.tasks)
         assert farm.status(tracker.address).devices(key) == 1
         again = tune(model, "x86", db_dir, trials_per_task=2, farm=tracker.address, key=key,
-                     measurement=FAST, tasks=["conv2d"])
+                     measurement=FAST, tasks=["conv2d"], search="metaschedule")
         assert again.planned == 0 and again.trials == 0
     finally:
         for device in devices:
@@ -187,15 +188,17 @@ def test_tuning_stops_cleanly_when_no_device_is_left(model, tracker, tmp_path):
 
     try:
         report = tune(model, "x86", db_dir, trials_per_task=2, batch=1, farm=tracker.address,
-                      key=key, measurement=FAST, on_update=on_update, tasks=["matmul"])
+                      key=key, measurement=FAST, on_update=on_update, tasks=["matmul"],
+                      search="metaschedule")
         assert report.stopped == f"no device with key {key!r} is left at " \
                                  f"{farm.format_address(tracker.address)}"
         assert report.trials == 1 and report.records == len(_record_lines(db_dir)) == 2
         with pytest.raises(MmoptError, match=f"no device with key '{key}'"):
-            tune(model, "x86", db_dir, farm=tracker.address, key=key, tasks=["matmul"])
+            tune(model, "x86", db_dir, farm=tracker.address, key=key, tasks=["matmul"],
+                 search="metaschedule")
         devices.append(farm.start_device(tmp_path, tracker.address, key, "gone-1", threads=1))
         resumed = tune(model, "x86", db_dir, trials_per_task=2, batch=1, farm=tracker.address,
-                       key=key, measurement=FAST, tasks=["matmul"])
+                       key=key, measurement=FAST, tasks=["matmul"], search="metaschedule")
         assert resumed.stopped is None and resumed.tasks[0].trials_before == 1
         assert resumed.tasks[0].trials == 1 or resumed.tasks[0].exhausted
         assert resumed.records == len(_record_lines(db_dir))

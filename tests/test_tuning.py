@@ -3,7 +3,8 @@ the code generator.
 
 The tuning runs are tiny (one or two trials per task of the zoo's conv_bn_relu) and shared by the
 tests of this module: the point is the machinery (records, resume, stop, target identity), not
-speed-ups.
+speed-ups. They use MetaSchedule's search; the knob search (the default) is tested in
+test_tuning_knobs.py.
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def tuned(model, tmp_path_factory):
             stop.set()
 
     first = tune(model, "x86", db_dir, trials_per_task=1, batch=1, measurement=FAST,
-                 on_update=stop_after_first_batch, stop=stop, tasks=TUNED_TASKS)
+                 on_update=stop_after_first_batch, stop=stop, tasks=TUNED_TASKS,
+                 search="metaschedule")
     kept = _record_lines(db_dir)
     second = tune(model, "x86", db_dir, trials_per_task=1, batch=1, measurement=FAST,
-                  tasks=TUNED_TASKS)
+                  tasks=TUNED_TASKS, search="metaschedule")
     return db_dir, first, second, kept
 
 
@@ -260,7 +262,8 @@ def test_models_sharing_tasks_share_records(tuned):
 
     db_dir, _first, second, _kept = tuned
     other = mir.fix_input_shapes(build_conv_bn_relu(num_classes=7), {"input": (1, 3, 32, 32)})
-    plan = tune(other, "x86", db_dir, trials_per_task=1, dry_run=True, tasks=TUNED_TASKS)
+    plan = tune(other, "x86", db_dir, trials_per_task=1, dry_run=True, tasks=TUNED_TASKS,
+                search="metaschedule")
     tuned_workloads = {t.workload for t in second.tasks}
     shared = [t for t in plan.tasks if t.workload in tuned_workloads]
     new = [t for t in plan.tasks if t.workload not in tuned_workloads]
@@ -273,7 +276,7 @@ def test_models_sharing_tasks_share_records(tuned):
 def test_trials_budget_is_spread_over_tasks(tuned, model):
     db_dir, *_ = tuned
     plan = tune(model, "x86", db_dir, trials_per_task=3, trials=4, dry_run=True,
-                tasks=TUNED_TASKS)
+                tasks=TUNED_TASKS, search="metaschedule")
     assert plan.planned == 4
     assert max(t.planned for t in plan.tasks) == 1
 

@@ -1,4 +1,5 @@
-"""``mmopt tune``: MetaSchedule tuning of a model's tasks into a tuning database."""
+"""``mmopt tune``: tuning of a model's tasks (knob variants of the default schedules and/or
+MetaSchedule) into a tuning database."""
 
 from __future__ import annotations
 
@@ -142,13 +143,18 @@ def _ctrl_c_stops(stop: threading.Event):
               help="Graph optimization level: must match the one you compile with.")
 @click.option("--task", "task_filter", multiple=True, metavar="NAME",
               help="Tune only tasks whose name contains NAME (repeatable).")
+@click.option("--search", type=click.Choice(["knobs", "metaschedule", "both"]), default="knobs",
+              show_default=True, help="knobs: variants of mmopt's default schedules (tile sizes, "
+              "loop order, reduction split; a few dozen per task at most, fast); metaschedule: "
+              "MetaSchedule's evolutionary search (slow); both: knobs, then MetaSchedule with the "
+              "remaining trials.")
 @click.option("--dry-run", is_flag=True, help="Only list the tasks and the trials a run would do.")
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="After tuning, time the model with default schedules and with the records.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm, key,
-             input_shapes, opt_level, task_filter, dry_run, compare, as_json):
-    """Tune every task of MODEL for TARGET with MetaSchedule; records go to the --db directory.
+             input_shapes, opt_level, task_filter, search, dry_run, compare, as_json):
+    """Tune every task of MODEL for TARGET; records go to the --db directory.
 
     \b
     Ctrl-C stops after the current batch and keeps every measured record; running the same
@@ -167,7 +173,7 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
                           input_shapes=shapes(input_shapes), opt_level=opt_level,
                           trials_per_task=trials_per_task, trials=trials, time_budget=budget,
                           farm=farm, key=key, on_update=display, stop=stop,
-                          tasks=task_filter or None, dry_run=dry_run)
+                          tasks=task_filter or None, dry_run=dry_run, search=search)
     finally:
         if isinstance(display, _Display):
             display.close()

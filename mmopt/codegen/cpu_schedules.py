@@ -22,6 +22,10 @@ Per PrimFunc, blocks are scheduled by kind:
   innermost axis vectorized when it divides evenly.
 
 Tile sizes are chosen to divide the loop extents exactly, so no predicates end up in vector loops.
+The contraction's choices are knobs (:class:`ContractionKnobs`: rows, vectors across, loop order,
+reduction split; ``None`` = the heuristic). ``mmopt tune`` (``--search knobs``) measures the
+variants of :func:`contraction_knob_space` and records the fastest schedule's trace in the tuning
+database, where ``compile --db`` finds it like any MetaSchedule record.
 A block whose schedule fails (an unusual access pattern) is left as generated: never wrong, only
 slower.
 """
@@ -29,6 +33,7 @@ slower.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +118,43 @@ def _loops_match_iters(sch, block_rv) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def schedule_contraction(sch, name: str, lanes: int, accumulators: int) -> None:
-    block_rv = sch.get_sblock(name)
+@dataclass(frozen=True)
+class ContractionKnobs:
+    """The tunable choices of :func:`schedule_contraction` (``None``: the built-in heuristic).
+
+    ``rows`` x ``nv`` vectors is the register tile (``rows`` along the output's second innermost
+    axis, must divide it; ``nv`` vectors of ``lanes`` along the innermost); ``order``: ``"v"``
+    puts the output-channel tile loop outermost (a block of weights stays in cache while every
+    spatial position streams by), ``"s"`` the spatial loops (the input stays, the weights
+    stream); ``kc``: split the innermost reduction loop (the input channels of a conv) by ``kc``
+    and move its outer part outside the other reduction loops (the kernel window), so that the
+    inner loops touch ``kc`` channels of input and weights at a time.
+    """
+
+    rows: int | None = None
+    nv: int | None = None
+    order: str = "v"
+    kc: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class _ContractionShape:
+    """What the knobs of a contraction block are chosen from."""
+
+    v_ext: int
+    vec: int
+    r_ext: int | None  # None: the output has no second spatial axis to tile rows along
+    k_ext: int | None  # innermost reduction loop's extent (None: no reduction loop)
+    n_reductions: int
+    #: the largest register tile (accumulators) worth trying: the vector registers less a few for
+    #: the operands (AVX-512 and NEON have 32, AVX2 16)
+    max_tile: int = 24
+
+
+def _contraction_axes(sch, block_rv):
     block = sch.get(block_rv)
     if not _loops_match_iters(sch, block_rv):
         raise ValueError("loop nest does not match block iters")
@@ -130,35 +170,121 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int) -> None:
     extents = [_extent(sch, lp) for lp in loops]
     if any(e is None for e in extents):
         raise ValueError("dynamic extents")
+    return loops, kinds, v_axis, r_axis, extents
 
-    v_ext = extents[v_axis]
-    vec = _pick_lanes(v_ext, lanes)
-    r_ext = extents[r_axis] if r_axis is not None else 1
+
+def _contraction_shape(sch, name: str, lanes: int, registers: int) -> _ContractionShape:
+    _loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, sch.get_sblock(name))
+    red = [e for e, k in zip(extents, kinds) if k == "R"]
+    return _ContractionShape(extents[v_axis], _pick_lanes(extents[v_axis], lanes),
+                             extents[r_axis] if r_axis is not None else None,
+                             red[-1] if red else None, len(red), max(4, registers - 4))
+
+
+def default_knobs(shape: _ContractionShape, accumulators: int) -> ContractionKnobs:
+    """The heuristic's choices as knobs (what ``ContractionKnobs()`` amounts to)."""
+    return ContractionKnobs(*_default_tile(shape, accumulators))
+
+
+def _default_tile(shape: _ContractionShape, accumulators: int) -> tuple[int, int]:
+    """``(rows, nv)`` of the built-in heuristic."""
+    v_ext, vec = shape.v_ext, shape.vec
+    r_ext = shape.r_ext if shape.r_ext is not None else 1
     if vec == 1:
-        nv, tile_v = 1, _largest_divisor(v_ext, 8)
+        nv = 1
     elif r_ext == 1:
         # GEMV-like (one output row): spend the accumulators on a wide row of vectors so that every
         # cache line of the weight stream is used whole
         nv = _largest_divisor(v_ext // vec, min(8, accumulators))
-        tile_v = nv * vec
     else:
         # 2 vectors across when they divide the extent, else 3 (24 channels = 3 x 8 lanes), else 1;
         # that leaves room for 8 rows of accumulators
         blocks = v_ext // vec
         nv = 2 if blocks % 2 == 0 else 3 if blocks % 3 == 0 else 1
-        tile_v = nv * vec
-    rows = _largest_divisor(r_ext, max(1, min(8, accumulators // nv))) if r_axis is not None else 1
+    rows = (_largest_divisor(r_ext, max(1, min(8, accumulators // nv)))
+            if shape.r_ext is not None else 1)
+    return rows, nv
+
+
+def contraction_knob_space(shape: _ContractionShape, accumulators: int,
+                           best: ContractionKnobs | None = None) -> list[ContractionKnobs]:
+    """Knob settings worth measuring for a contraction, most promising first.
+
+    Without ``best``: the register tiles (every ``rows x nv`` that divides the extents and fits the
+    accumulators) with the default loop order. With ``best`` (the fastest tile measured so far):
+    that tile with the other loop order and with reduction splits.
+    """
+    rows0, nv0 = _default_tile(shape, accumulators)
+    if best is None:
+        if shape.vec == 1:
+            nvs = [1]
+        else:
+            blocks = shape.v_ext // shape.vec
+            nvs = [n for n in (1, 2, 3, 4, 6, 8) if blocks % n == 0 and n <= shape.max_tile]
+        tiles = []
+        for nv in nvs:
+            if shape.r_ext is None:
+                tiles.append((1, nv))
+                continue
+            fits = [d for d in range(1, shape.r_ext + 1)
+                    if shape.r_ext % d == 0 and d * nv <= shape.max_tile]
+            # the two largest row counts that fit (fewer rows: less reuse of each weight vector)
+            tiles += [(d, nv) for d in sorted(fits, reverse=True)[:2]
+                      if d * nv >= min(6, shape.r_ext * nv)]
+        tiles = [t for t in tiles if t != (rows0, nv0)]
+        # nearest to the default first: the heuristic is usually close
+        tiles.sort(key=lambda t: (abs(t[1] - nv0), -t[0] * t[1]))
+        return [ContractionKnobs(rows, nv) for rows, nv in tiles]
+    out = [ContractionKnobs(best.rows, best.nv, "s" if best.order == "v" else "v", best.kc)]
+    if shape.k_ext is not None and shape.n_reductions > 1:
+        for kc in (16, 32, 64, 128):
+            if kc < shape.k_ext and shape.k_ext % kc == 0 and kc != best.kc:
+                out.append(ContractionKnobs(best.rows, best.nv, best.order, kc))
+    return out
+
+
+def schedule_contraction(sch, name: str, lanes: int, accumulators: int,
+                         knobs: ContractionKnobs | None = None) -> None:
+    block_rv = sch.get_sblock(name)
+    loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, block_rv)
+    knobs = knobs or ContractionKnobs()
+
+    v_ext = extents[v_axis]
+    vec = _pick_lanes(v_ext, lanes)
+    shape = _ContractionShape(v_ext, vec, extents[r_axis] if r_axis is not None else None, None, 0)
+    rows, nv = _default_tile(shape, accumulators)
+    if knobs.nv is not None:
+        if vec == 1 and knobs.nv != 1 or vec > 1 and (v_ext // vec) % knobs.nv:
+            raise ValueError(f"nv={knobs.nv} does not divide {v_ext} by {vec} lanes")
+        nv = knobs.nv
+    if knobs.rows is not None:
+        rows_ext = extents[r_axis] if r_axis is not None else 1
+        if rows_ext % knobs.rows:
+            raise ValueError(f"rows={knobs.rows} does not divide the rows")
+        rows = knobs.rows
+    tile_v = nv * vec if vec > 1 else _largest_divisor(v_ext, 8)
 
     v_o, v_i = sch.split(loops[v_axis], factors=[None, tile_v])
     if r_axis is not None:
         r_o, r_i = sch.split(loops[r_axis], factors=[None, rows])
     others = [loops[i] for i, k in enumerate(kinds) if k == "S" and i not in (v_axis, r_axis)]
     reductions = [loops[i] for i, k in enumerate(kinds) if k == "R"]
-    order = [v_o, *others] + ([r_o] if r_axis is not None else []) + reductions
+    if knobs.kc is not None:
+        k_ext = extents[[i for i, k in enumerate(kinds) if k == "R"][-1]]
+        if len(reductions) < 2 or k_ext % knobs.kc or knobs.kc >= k_ext:
+            raise ValueError(f"kc={knobs.kc} does not split the reduction")
+        k_o, k_i = sch.split(reductions[-1], factors=[None, knobs.kc])
+        reductions = [k_o, *reductions[:-1], k_i]
+    if knobs.order == "s":
+        outer = [*others, v_o]
+    elif knobs.order == "v":
+        outer = [v_o, *others]
+    else:
+        raise ValueError(f"unknown loop order {knobs.order!r}")
+    order = outer + ([r_o] if r_axis is not None else []) + reductions
     order += ([r_i] if r_axis is not None else []) + [v_i]
     sch.reorder(*order)
 
-    outer = [v_o, *others]
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = r_o if r_axis is not None else fused
 
@@ -290,22 +416,49 @@ def _try(sch, fn, *args) -> object:
     return trial
 
 
-def schedule_prim_func(func, target):
-    """A scheduled copy of ``func`` (an ``s_tir.Schedule``), or None if nothing applied."""
+def _target_params(target) -> tuple[int, int]:
+    """``(lanes, accumulators)`` of a target: float32 vector lanes and accumulator registers."""
+    lanes = max(4, _vector_bits(target) // 32)
+    arch = "aarch64" if "aarch64" in str(target.attrs.get("mtriple", "")) else "x86_64"
+    return lanes, _ACCUMULATORS[arch]
+
+
+def _vector_registers(target) -> int:
+    """Architectural vector registers: 32 on AArch64 and with AVX-512, 16 with AVX2/SSE."""
+    if "aarch64" in str(target.attrs.get("mtriple", "")):
+        return 32
+    return 32 if _vector_bits(target) >= 512 else 16
+
+
+def _contraction_names(sch) -> list[str]:
+    root = sch.get_sblock("root")
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    return [n for n in names if _is_contraction(sch.get(sch.get_sblock(n)))]
+
+
+def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool = False):
+    """A scheduled copy of ``func`` (an ``s_tir.Schedule``), or None if nothing applied.
+
+    ``knobs``: ``{contraction block name: ContractionKnobs}`` overriding the heuristic's tile
+    choices (tuning measures such variants); ``strict``: raise when a contraction given knobs
+    cannot be scheduled with them, instead of leaving it as generated.
+    """
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    lanes = max(4, _vector_bits(target) // 32)
-    arch = "aarch64" if "aarch64" in str(target.attrs.get("mtriple", "")) else "x86_64"
-    accumulators = _ACCUMULATORS[arch]
+    lanes, accumulators = _target_params(target)
+    knobs = knobs or {}
     try:
-        root = sch.get_sblock("root")
-    except Exception:  # noqa: BLE001
+        contractions = _contraction_names(sch)
+    except Exception:  # noqa: BLE001 - no root block
         return None
-    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
-    contractions = [n for n in names if _is_contraction(sch.get(sch.get_sblock(n)))]
     for name in contractions:
-        sch = _try(sch, schedule_contraction, name, lanes, accumulators)
+        if strict and name in knobs:
+            trial = sch.copy()
+            schedule_contraction(trial, name, lanes, accumulators, knobs[name])
+            sch = trial
+        else:
+            sch = _try(sch, schedule_contraction, name, lanes, accumulators, knobs.get(name))
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
     root = sch.get_sblock("root")
     for block_rv in sch.get_child_blocks(root):
@@ -319,6 +472,31 @@ def schedule_prim_func(func, target):
         else:
             sch = _try(sch, schedule_injective, name, lanes)
     return sch
+
+
+def tunable_contraction(func, target):
+    """``(block name, shape, accumulators)`` of the contraction of ``func`` worth tuning (the one
+    with the most iterations), or None when it has none the default schedule can handle."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    lanes, accumulators = _target_params(target)
+    best, best_size = None, 0
+    try:
+        names = _contraction_names(sch)
+    except Exception:  # noqa: BLE001
+        return None
+    for name in names:
+        try:
+            shape = _contraction_shape(sch, name, lanes, _vector_registers(target))
+        except Exception:  # noqa: BLE001 - the default schedule leaves it alone: nothing to tune
+            continue
+        size = 1
+        for lp in sch.get_loops(sch.get_sblock(name)):
+            size *= _extent(sch, lp) or 1
+        if size > best_size:
+            best, best_size = (name, shape, accumulators), size
+    return best
 
 
 def default_cpu_schedule_pass():

@@ -82,3 +82,51 @@ def test_reduction_and_injective(target):
     script, got = _build_and_run(func, target, [xs, np.zeros((2, 32), "float32")])
     assert "T.vectorized" in script
     np.testing.assert_array_equal(got, xs.max(axis=(1, 2)))
+
+
+def test_contraction_knob_variants_stay_exact(target):
+    """Every knob variant tuning may measure computes the same conv (tiles, orders, splits)."""
+    import tvm
+    from tvm import te
+
+    from mmopt.codegen import cpu_schedules as cs
+
+    n, h, w, ci, co, kh = 1, 6, 8, 32, 32, 3
+    x = te.placeholder((n, h + 2, w + 2, ci), name="x")
+    wt = te.placeholder((kh, kh, ci, co), name="w")
+    ry, rx, rc = (te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kh), "rx"),
+                  te.reduce_axis((0, ci), "rc"))
+    conv = te.compute((n, h, w, co), lambda b, yy, xx, ff: te.sum(
+        x[b, yy + ry, xx + rx, rc] * wt[ry, rx, rc, ff], axis=[ry, rx, rc]), name="conv")
+    out = te.compute((n, h, w, co), lambda *i: te.max(conv(*i), 0.0), name="relu")
+    func = te.create_prim_func([x, wt, out])
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((n, h + 2, w + 2, ci)).astype("float32")
+    ws = rng.standard_normal((kh, kh, ci, co)).astype("float32")
+    expected = np.zeros((n, h, w, co), np.float32)
+    for i in range(kh):
+        for j in range(kh):
+            expected += np.einsum("bhwc,co->bhwo", xs[:, i:i + h, j:j + w, :], ws[i, j])
+    expected = np.maximum(expected, 0)
+
+    name, shape, accumulators = cs.tunable_contraction(func, target)
+    assert name == "conv" and shape.r_ext == w and shape.k_ext == ci
+    default = cs.default_knobs(shape, accumulators)
+    # the default knobs are the heuristic: same schedule as no knobs at all
+    assert (str(cs.schedule_prim_func(func, target, {name: default}, strict=True).trace)
+            == str(cs.schedule_prim_func(func, target).trace))
+    space = (cs.contraction_knob_space(shape, accumulators)
+             + cs.contraction_knob_space(shape, accumulators, default))
+    assert default not in space and len(space) == len(set(space)) >= 4
+    assert {k.order for k in space} == {"v", "s"} and any(k.kc for k in space)
+    for knobs in space:
+        sch = cs.schedule_prim_func(func, target, {name: knobs}, strict=True)
+        lib = tvm.compile(sch.mod, target=target)
+        tensors = [tvm.runtime.tensor(a) for a in (xs, ws, np.zeros_like(expected))]
+        lib["main"](*tensors)
+        np.testing.assert_allclose(tensors[-1].numpy(), expected, rtol=1e-4, atol=1e-4,
+                                   err_msg=str(knobs))
+    # a knob that does not fit raises in strict mode; otherwise that block is left as generated
+    with pytest.raises(Exception):
+        cs.schedule_prim_func(func, target, {name: cs.ContractionKnobs(rows=5)}, strict=True)
+    assert cs.schedule_prim_func(func, target, {name: cs.ContractionKnobs(rows=5)}) is not None

@@ -4,6 +4,7 @@ compiled with and without a tuning database (locally, or on a farm device)."""
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
     from mmopt.tuning.database import open_database
 
     tgt = _targets.get(target)
+    if not farm and "TVM_NUM_THREADS" not in os.environ:
+        # Time with the threads a deployed model gets (mmopt bench, the speed suite: the physical
+        # cores), not TVM's default (half the logical cores on x86). Read when TVM's thread pool
+        # starts in this process, so set before anything runs.
+        from mmopt.tuning.tune import _local_cores
+
+        os.environ["TVM_NUM_THREADS"] = str(_local_cores())
     mod, reference = relax_module(model, input_shapes, opt_level)
     feeds = mir.random_inputs(reference, 0)
     db = open_database(database, tgt)

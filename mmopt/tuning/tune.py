@@ -1,4 +1,13 @@
-"""MetaSchedule tuning of a model's tasks, measured on this machine or on farm devices.
+"""Tuning of a model's tasks, measured on this machine or on farm devices.
+
+Two searches (``search``, see :data:`SEARCHES`): **knobs** (the default on CPUs) measures variants
+of mmopt's own default schedule of each task -- the register tile, loop order and reduction split
+of its main contraction, a few to a few dozen per task -- and records each as a MetaSchedule
+tuning record (the schedule's trace), so ``compile --db`` applies the fastest exactly like any
+other record; **metaschedule** runs MetaSchedule's evolutionary search over its own design space
+(far more candidates, far slower: its space starts from unscheduled loops). ``both`` runs the knob
+variants, then MetaSchedule with the remaining trials. Candidates run with as many threads as the
+deployed model gets (the physical cores; TVM's own default is half the logical cores on x86).
 
 What a run does, in order:
 
@@ -7,9 +16,12 @@ What a run does, in order:
 2. count the records the database already holds for each task (for this target only): a task with
    ``trials_per_task`` records, or whose search space is exhausted, is done. This is what makes a
    second run resume, and what lets models that share tasks share records;
-3. tune the remaining tasks in rounds: each round gives every unfinished task one batch of trials
-   (MetaSchedule's evolutionary search, warm-started from the task's records), so a ``--trials``
-   or time budget is spread over all tasks rather than spent on the first ones;
+3. knobs: measure each task's default schedule (once: it is the baseline record), then its knob
+   variants in two stages (every register tile; then the fastest tile with the other loop order
+   and reduction splits), each measured ``KNOB_ROUNDS`` times interleaved;
+   metaschedule: tune the remaining tasks in rounds: each round gives every unfinished task one
+   batch of trials (MetaSchedule's evolutionary search, warm-started from the task's records), so
+   a ``--trials`` or time budget is spread over all tasks rather than spent on the first ones;
 4. every measured candidate is appended to the database as soon as its batch returns, so an
    interruption (Ctrl-C, the time budget, a device that disappears) loses nothing measured.
    Candidates whose *run* failed on a farm device are not recorded (the device may be to blame;
@@ -21,6 +33,7 @@ through TVM's RPC runner on the devices of a key, one candidate per device at a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -45,6 +58,17 @@ from mmopt.tuning.database import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRIALS_PER_TASK = 64
+#: How candidates are found. ``knobs``: variants of mmopt's own default schedule (register tile,
+#: loop order, reduction split of each task's main contraction; a few to a few dozen per task,
+#: see :func:`mmopt.codegen.cpu_schedules.contraction_knob_space`); ``metaschedule``:
+#: MetaSchedule's evolutionary search over its own design space; ``both``: the knob variants
+#: first, then MetaSchedule with the rest of the trials. CPU targets only for knobs (other
+#: devices always use MetaSchedule).
+SEARCHES = ("knobs", "metaschedule", "both")
+DEFAULT_SEARCH = "knobs"
+#: Times each knob variant is measured (interleaved with the others of its batch; the fastest
+#: counts): one measurement on a shared machine is easily off by a factor of two.
+KNOB_ROUNDS = 2
 #: Trials per task per round (MetaSchedule's ``num_trials_per_iter``).
 DEFAULT_BATCH = 32
 #: Times the best and the default schedule of a task are measured again when tuning ends.
@@ -81,6 +105,11 @@ class TaskState:
     #: trials this run plans for the task
     planned: int = 0
     exhausted: bool = False
+    #: knob variants of the task's default schedule (0: nothing to vary; see SEARCHES)
+    knob_space: int = 0
+    #: what tasks.json keeps as "exhausted" (MetaSchedule's search space; a knob-only run
+    #: leaves it as it was)
+    persisted_exhausted: bool = False
 
     @property
     def done(self) -> bool:
@@ -89,7 +118,7 @@ class TaskState:
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in (
             "name", "workload", "weight", "trials_before", "trials", "errors", "default_s",
-            "best_before_s", "best_s", "planned", "exhausted")}
+            "best_before_s", "best_s", "planned", "exhausted", "knob_space")}
 
 
 @dataclass
@@ -102,6 +131,7 @@ class TuneReport:
     sub_database: str
     runner: str
     num_cores: int
+    search: str = DEFAULT_SEARCH
     tasks: list[TaskState] = field(default_factory=list)
     planned: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -127,7 +157,8 @@ class TuneReport:
     def to_dict(self) -> dict:
         return {"model": self.model, "target": self.target, "database": self.database,
                 "sub_database": self.sub_database, "runner": self.runner,
-                "num_cores": self.num_cores, "planned": self.planned, "trials": self.trials,
+                "num_cores": self.num_cores, "search": self.search, "planned": self.planned,
+                "trials": self.trials,
                 "records": self.records, "elapsed_s": self.elapsed_s, "stopped": self.stopped,
                 "tasks": [t.to_dict() for t in self.tasks]}
 
@@ -271,6 +302,8 @@ class _Run:
         self.batch_errors = 0
         #: schedule traces already recorded, by workload (see :func:`_trace_key`)
         self.seen: dict[str, set[str]] = {}
+        #: their best mean run seconds, by workload and trace (knob search resumes from them)
+        self.secs: dict[str, dict[str, float]] = {}
         self.save_tasks: Callable[[], None] = lambda: None
         #: the first failure of a build or measurement, for the report when nothing succeeds
         self.first_error: str | None = None
@@ -375,7 +408,7 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
          key: str | None = None, batch: int | None = None, seed: int | None = None,
          measurement: Measurement | None = None, on_update: OnUpdate | None = None,
          stop: threading.Event | None = None, tasks: Sequence[str] | None = None,
-         dry_run: bool = False) -> TuneReport:
+         dry_run: bool = False, search: str = DEFAULT_SEARCH) -> TuneReport:
     """Tune every task of ``model`` for ``target`` into the tuning database at ``database``.
 
     ``trials_per_task``: records wanted per task (counting those already in the database);
@@ -384,8 +417,8 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     at the tracker ``farm`` ("HOST:PORT") instead of this machine; ``stop``: set it (e.g. from a
     SIGINT handler) to end the run after the current batch; ``tasks``: tune only the tasks whose
     name contains one of these strings; ``dry_run``: only plan (the report lists the tasks, their
-    records and the trials a run would measure). Never raises for a stop: the report says why it
-    stopped, and running again resumes.
+    records and the trials a run would measure); ``search``: one of :data:`SEARCHES`. Never
+    raises for a stop: the report says why it stopped, and running again resumes.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -397,6 +430,10 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     measurement = measurement or Measurement()
     if trials_per_task < 1:
         raise MmoptError("--trials-per-task must be at least 1")
+    if search not in SEARCHES:
+        raise MmoptError(f"--search {search!r}: expected one of {', '.join(SEARCHES)}")
+    if tgt.device != "cpu":
+        search = "metaschedule"  # knobs vary mmopt's CPU schedules; GPUs use dlight's
     budget_s = parse_duration(time_budget)
     deadline = time.monotonic() + budget_s if budget_s is not None else None
 
@@ -439,7 +476,7 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
         best_before = {w: min(traces.values()) for w, traces in schedules.items()
                        if min(traces.values()) < FAILED_RUN_SECS}
     report = TuneReport(model_name(model), tgt.name, str(database), target_slug(tgt), runner_text,
-                        num_cores)
+                        num_cores, search)
     probe = ms.database.MemoryDatabase()
     for task in extracted:
         workload = str(probe.commit_workload(task.dispatched[0]).as_json()[0])
@@ -449,9 +486,15 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
         state = TaskState(task.task_name, workload, int(task.weight),
                           trials_before=max(counts.get(workload, 0) - baseline, 0),
                           default_s=info.default_s, best_before_s=best_before.get(workload),
-                          exhausted=info.exhausted)
+                          exhausted=info.exhausted, persisted_exhausted=info.exhausted)
         state.best_s = state.best_before_s
-        if not state.exhausted:
+        if search != "metaschedule":
+            state.knob_space = _knob_space_size(task.dispatched[0], tuning_target)
+        if search == "knobs":
+            # the knob space is small: a task is done when every variant has been measured
+            state.planned = max(min(trials_per_task, state.knob_space) - state.trials_before, 0)
+            state.exhausted = state.planned == 0 and state.trials_before < trials_per_task
+        elif not state.exhausted:
             state.planned = max(trials_per_task - state.trials_before, 0)
         report.tasks.append(state)
     _cap(report.tasks, trials)
@@ -460,8 +503,9 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     on(report, "start")
 
     def save_tasks() -> None:
-        tdb.update_tasks(tgt, {t.workload: TaskInfo(t.name, t.exhausted, [report.model],
-                                                    t.default_s) for t in report.tasks})
+        tdb.update_tasks(tgt, {t.workload: TaskInfo(
+            t.name, t.exhausted if search != "knobs" else t.persisted_exhausted, [report.model],
+            t.default_s) for t in report.tasks})
 
     if dry_run:
         if tdb is not None:
@@ -472,9 +516,11 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
         run = _Run(report, tdb.writer(tgt), tuning_target, measurement, address, key, deadline,
                    stop, on_update)
         run.seen = {w: set(traces) for w, traces in schedules.items()}
+        run.secs = {w: dict(traces) for w, traces in schedules.items()}
         run.save_tasks = save_tasks
         try:
-            _tune_rounds(run, extracted, tgt, n_devices, batch or DEFAULT_BATCH, seed, database)
+            _tune_rounds(run, extracted, tgt, n_devices, batch or DEFAULT_BATCH, seed, database,
+                         search)
         finally:
             report.current = None
             report.stopped = run.stop_reason
@@ -571,7 +617,56 @@ def _cap(tasks: list[TaskState], trials: int | None) -> None:
             break
 
 
-def _tune_rounds(run: _Run, extracted, tgt, n_devices: int, batch: int, seed, database) -> None:
+def _knob_space_size(mod, target) -> int:
+    """How many knob variants :func:`_knob_rounds` may measure for a task (an upper bound: some
+    may turn out to be the same schedule as another)."""
+    from mmopt.codegen import cpu_schedules as cs
+
+    try:
+        found = cs.tunable_contraction(mod["main"], target)
+    except Exception as exc:  # noqa: BLE001 - nothing to vary
+        logger.debug("no knobs: %s", summarize(exc))
+        return 0
+    if found is None:
+        return 0
+    _name, shape, accumulators = found
+    first = cs.contraction_knob_space(shape, accumulators)
+    second = cs.contraction_knob_space(shape, accumulators, cs.default_knobs(shape, accumulators))
+    return len(first) + len(second)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    """Measure with ``count`` threads: candidates run in worker processes started from here, and
+    TVM's default (half the logical cores on x86, for hyper-threading) is not what a deployed
+    model gets (``mmopt bench --threads``, the speed suite: the physical cores)."""
+    if count is None:
+        yield
+        return
+    # Unpinned worker threads, as mmopt.runtime runs models: a pinned one cannot move off a core
+    # that other work keeps busy, and every parallel kernel then waits for it.
+    settings = {"TVM_NUM_THREADS": str(count),
+                "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS", "0")}
+    previous = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _tune_rounds(run: _Run, extracted, tgt, n_devices: int, batch: int, seed, database,
+                 search: str = "metaschedule") -> None:
+    with _threads(run.report.num_cores if run.farm is None else None):
+        _tune_rounds_inner(run, extracted, tgt, n_devices, batch, seed, database, search)
+
+
+def _tune_rounds_inner(run: _Run, extracted, tgt, n_devices: int, batch: int, seed, database,
+                       search: str) -> None:
     from tvm.s_tir import meta_schedule as ms
 
     m = run.measurement
@@ -594,8 +689,11 @@ def _tune_rounds(run: _Run, extracted, tgt, n_devices: int, batch: int, seed, da
     try:
         if tgt.device == "cpu":
             _measure_defaults(run, extracted, builder, runner)
-        _rounds(run, extracted, builder, runner, cost_model, batch, seed,
-                str(TuningDatabase(database).target_dir(tgt)))
+        if search in ("knobs", "both"):
+            _knob_rounds(run, extracted, builder, runner, batch, final=search == "knobs")
+        if search in ("metaschedule", "both"):
+            _rounds(run, extracted, builder, runner, cost_model, batch, seed,
+                    str(TuningDatabase(database).target_dir(tgt)))
         if tgt.device == "cpu" and run.stop_reason in (None, "time budget reached"):
             _recheck(run, extracted, builder, runner)
     finally:
@@ -639,10 +737,93 @@ def _measure_defaults(run: _Run, extracted, builder, runner) -> None:
             _commit(run, mod, sch, run_secs)
             run.seen[state.workload].add(trace)
         state.default_s = _mean(run_secs)
+        secs = run.secs.setdefault(state.workload, {})
+        secs[trace] = min(secs.get(trace, math.inf), state.default_s)
         if state.best_s is None or state.default_s < state.best_s:
             state.best_s = state.default_s
     run.save_tasks()
     run.on_update(report, "measured")
+
+
+def _knob_rounds(run: _Run, extracted, builder, runner, batch: int, final: bool) -> None:
+    """Measure variants of each task's default schedule (see SEARCHES) and record them.
+
+    Per task, two stages: every register tile of the task's main contraction (with the default
+    loop order), then the fastest tile so far (the default included) with the other loop order
+    and with reduction splits. Variants measured before (same trace in the database) are not
+    measured again, but their times count. ``final``: no other search follows, so a task whose
+    variants are all measured is done ("exhausted") even if trials are left.
+    """
+    from tvm.tirx import FloatImm
+
+    from mmopt.codegen import cpu_schedules as cs
+
+    report = run.report
+    for index, state in enumerate(report.tasks):
+        if run.check_stop():
+            return
+        if state.done or not state.knob_space:
+            continue
+        mod = extracted[index].dispatched[0]
+        found = cs.tunable_contraction(mod["main"], run.target)
+        if found is None:
+            continue
+        name, shape, accumulators = found
+        seen = run.seen.setdefault(state.workload, set())
+        secs = run.secs.setdefault(state.workload, {})
+        default = cs.default_knobs(shape, accumulators)
+        try:
+            default_trace = _trace_key(cs.schedule_prim_func(mod["main"], run.target).trace)
+        except Exception:  # noqa: BLE001
+            default_trace = None
+        best = (secs.get(default_trace, state.default_s or math.inf), default)
+        for stage_best in (None, True):
+            space = cs.contraction_knob_space(shape, accumulators,
+                                              best[1] if stage_best else None)
+            items = []
+            for knobs in space:
+                try:
+                    sch = cs.schedule_prim_func(mod["main"], run.target, {name: knobs},
+                                                strict=True)
+                except Exception as exc:  # noqa: BLE001 - a variant that does not apply
+                    logger.debug("%s: knobs %s do not apply (%s)", state.name, knobs,
+                                 summarize(exc))
+                    continue
+                key = _trace_key(sch.trace)
+                if key in seen or any(key == k for _kn, _s, k in items):
+                    if secs.get(key, math.inf) < best[0]:
+                        best = (secs[key], knobs)
+                    continue
+                items.append((knobs, sch, key))
+            while items and not state.done:
+                if run.check_stop():
+                    return
+                n = max(1, min(batch, state.planned - state.trials))
+                chunk, items = items[:n], items[n:]
+                report.current = index
+                run.on_update(report, "task")
+                results = _measure(run, builder, runner, [(mod, sch) for _k, sch, _key in chunk],
+                                   rounds=KNOB_ROUNDS)
+                for (knobs, sch, key), run_secs in zip(chunk, results):
+                    if run_secs is None:
+                        state.errors += 1
+                        if run.farm is None:  # on a farm the device may be to blame: retry later
+                            seen.add(key)
+                            _commit(run, mod, sch, [FloatImm("float32", FAILED_RUN_SECS)])
+                    else:
+                        seen.add(key)
+                        _commit(run, mod, sch, run_secs)
+                        mean = _mean(run_secs)
+                        secs[key] = min(secs.get(key, math.inf), mean)
+                        state.best_s = mean if state.best_s is None else min(state.best_s, mean)
+                        if mean < best[0]:
+                            best = (mean, knobs)
+                    state.trials += 1
+                run.on_update(report, "measured")
+        if final and not state.done:
+            state.exhausted = True
+            state.planned = state.trials
+        logger.debug("%s: best knobs %s (%.1f us)", state.name, best[1], best[0] * 1e6)
 
 
 def _measure(run: _Run, builder, runner, items: list, rounds: int = 1) -> list:
