@@ -86,7 +86,7 @@ def test_search_is_validated(model, tmp_path):
 
 def test_both_searches_knobs_then_metaschedule(model, tmp_path):
     """``search="both"``: the knob variants first, then MetaSchedule with the trials left."""
-    task = ["fused_conv2d_add_relu"]
+    task = ["fused_mmopt_conv2d_nhwc_packed_add_relu"]
     plan = tune(model, "x86", tmp_path / "db", trials_per_task=64, search="both", tasks=task,
                 dry_run=True)
     (state,) = plan.tasks

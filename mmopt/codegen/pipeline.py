@@ -71,8 +71,10 @@ def _when_module_uses(ops: tuple[str, ...], inner):
 
 def _layout(target: Target):
     """Inference-only decompositions (BatchNorm -> scale/shift, so it fuses into the conv epilogue),
-    then the target's preferred data layout for convolutions (weights re-laid out at compile time
-    by FoldConstant)."""
+    QDQ -> integer kernels (:mod:`mmopt.codegen.quantized`), then the target's preferred data
+    layout for convolutions (weights re-laid out at compile time by FoldConstant) and, on CPUs,
+    convolutions on weights pre-packed for the kernels' access order (integer:
+    ``pack_dot_convs``; float: :mod:`mmopt.codegen.packed_conv`, off with MMOPT_PACK_WEIGHTS=0)."""
     import os
 
     from tvm import relax
@@ -94,6 +96,11 @@ def _layout(target: Target):
             "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
         })))
         passes += [fold_pad_transposes(), pack_dot_convs()]
+        if target.device == "cpu" and os.environ.get("MMOPT_PACK_WEIGHTS", "1") != "0":
+            from mmopt.codegen.cpu_schedules import _vector_bits
+            from mmopt.codegen.packed_conv import pack_float_convs
+
+            passes.append(pack_float_convs(max(4, _vector_bits(target.tvm_target()) // 32)))
     return passes
 
 

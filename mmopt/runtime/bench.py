@@ -123,7 +123,7 @@ def _ort_runner(model_path: str, feeds, threads: int):
 
 
 #: pause between blocks, so the previous engine's spinning worker threads have gone to sleep
-_SETTLE_S = 0.05
+_SETTLE_S = 0.1
 
 
 def time_engines(engines: list[tuple[str, str]], feeds: dict[str, np.ndarray], *, threads: int,

@@ -861,11 +861,20 @@ def _measure(run: _Run, builder, runner, items: list, rounds: int = 1) -> list:
 
 
 def _commit(run: _Run, mod, sch, run_secs) -> None:
+    """Record ``sch`` for ``mod`` -- unless the same schedule is already recorded at least as fast
+    (a resumed run measures its defaults again: no duplicate lines)."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
-    run.db.commit_tuning_record(TuningRecord(sch.trace, run.db.commit_workload(mod), run_secs,
-                                             run.target, ArgInfo.from_prim_func(sch.mod["main"])))
+    workload = run.db.commit_workload(mod)
+    key, trace, mean = str(workload.as_json()[0]), _trace_key(sch.trace), _mean(run_secs)
+    known = run.secs.setdefault(key, {})
+    if trace in known and known[trace] <= mean:
+        return
+    known[trace] = mean
+    run.seen.setdefault(key, set()).add(trace)
+    run.db.commit_tuning_record(TuningRecord(sch.trace, workload, run_secs, run.target,
+                                             ArgInfo.from_prim_func(sch.mod["main"])))
 
 
 def _mean(run_secs) -> float:

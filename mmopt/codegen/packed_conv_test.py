@@ -1,0 +1,60 @@
+"""Float convolutions on pre-packed weights: used where they apply, and exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+CASES = {
+    # name: (ic, oc, kernel, stride, pad, dilation, groups)
+    "3x3-pad": (16, 64, 3, 1, 1, 1, 1),
+    "1x1-stride2": (32, 48, 1, 2, 0, 1, 1),
+    "7x7-stride2-pad3": (3, 32, 7, 2, 3, 1, 1),
+    "dilated": (8, 32, 3, 1, 2, 2, 1),
+    "depthwise-not-packed": (32, 32, 3, 1, 1, 1, 32),
+}
+
+
+def _model(ic, oc, k, stride, pad, dilation, groups, hw=15):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((oc, ic // groups, k, k)).astype(np.float32)
+    b = rng.standard_normal(oc).astype(np.float32)
+    out = (hw + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    node = helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], pads=[pad] * 4,
+                            strides=[stride] * 2, dilations=[dilation] * 2, group=groups)
+    relu = helper.make_node("Relu", ["c"], ["y"])
+    graph = helper.make_graph(
+        [node, relu], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ic, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, oc, out, out])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_packed_conv_matches_onnxruntime(case, tmp_path):
+    import tvm
+
+    import mmopt
+    from mmopt.codegen import pipeline
+    from mmopt.codegen.packed_conv import PACKED_BLOCK
+    from mmopt.codegen.relax_import import to_relax
+    from mmopt.targets import get
+
+    ic, oc, k, stride, pad, dilation, groups = CASES[case]
+    model = _model(ic, oc, k, stride, pad, dilation, groups)
+    target = get("x86")
+    with target.tvm_target():
+        text = tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
+    assert (PACKED_BLOCK in text) == (groups == 1), text
+    result = mmopt.compile(model, "x86", tmp_path / case)
+    assert result.verification.passed, result.verification.to_dict()
+
+
+def test_output_tile_follows_the_default_schedule():
+    from mmopt.codegen.packed_conv import output_tile
+
+    assert output_tile(64, 16) == 32  # 2 vectors of 16
+    assert output_tile(48, 16) == 48  # 3 vectors of 16
+    assert output_tile(24, 16) == 24  # 3 vectors of 8
+    assert output_tile(10, 16) == 1   # does not vectorize: left as HWIO
