@@ -5,7 +5,7 @@
     python benchmarks/speed_suite.py --db tuning_db       # + fp32 with tuning records applied
     python benchmarks/speed_suite.py --tune-trials 64     # + fp32 tuned here first (64 trials/task)
     python benchmarks/speed_suite.py --tune-trials 64 --db tuning_db   # ... kept in tuning_db
-    python benchmarks/speed_suite.py --int8               # + int8 (QDQ) models
+    python benchmarks/speed_suite.py --int8               # + int8 (QDQ) models (and int8/fp32)
 
 Writes ``benchmarks/results/speed.json`` and a bar chart of the ratios ``speed.png`` (ratio =
 mmopt median latency / onnxruntime median latency; below 1 mmopt is faster). Each engine runs in
@@ -118,12 +118,18 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                                      "tune_s": tune_s,
                                      **{k: v for k, v in (result.meta.extra or {})
                                         .get("tuning", {}).items() if k.startswith("kernels")}}
+                vs_fp32 = ""
+                if variant == "int8":  # the compiled int8 artifact against the compiled fp32 one
+                    speedups = sorted(r["int8"].mmopt.median_ms / r["fp32"].mmopt.median_ms
+                                      for r in per_round)
+                    row["int8_vs_fp32"] = round(speedups[(len(speedups) - 1) // 2], 3)
+                    vs_fp32 = f"  int8/fp32 {row['int8_vs_fp32']:.2f}"
                 rows.append(row)
                 print(f"{name:<22} {variant:<11} mmopt {res.mmopt.median_ms:9.3f} ms  "
                       f"onnxruntime {res.onnxruntime.median_ms:9.3f} ms  ratio {res.ratio:5.2f}  "
                       f"(min {res.mmopt.min_ms:.3f} / {res.onnxruntime.min_ms:.3f} = "
                       f"{res.mmopt.min_ms / res.onnxruntime.min_ms:.2f})  "
-                      f"compile {compile_s:5.1f}s"
+                      f"compile {compile_s:5.1f}s" + vs_fp32
                       + (f"  rounds {all_ratios[variant]}" if rounds > 1 else ""), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"threads": threads, "repeat": repeat, "rounds": rounds,

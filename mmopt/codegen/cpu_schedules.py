@@ -317,7 +317,34 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int,
     for lp in init_loops[len(sch.get_loops(init)) - (3 if nv > 1 and vec > 1 else 2):-1]:
         sch.unroll(lp)
 
-    # fuse the element-wise epilogue into the write-back
+    inline_epilogue(sch, writeback)
+    try:
+        vectorize_tail(writeback, True)
+    except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
+        pass
+
+
+def inline_epilogue(sch, writeback) -> None:
+    """Fuse the element-wise epilogue after a contraction into its write-back block.
+
+    Intermediate element-wise blocks are first inlined into their consumers (an epilogue that
+    uses a value twice, such as HardSwish's ``x * relu6(x + 3) / 6`` or a requantized residual,
+    is a diamond, not a chain); the single block left is then inlined into the write-back, so the
+    whole epilogue runs on the register tile. What cannot be inlined stays a block of its own."""
+    while True:
+        downstream = _downstream(sch, writeback)
+        inlined = False
+        for block in downstream:
+            if not sch.get_consumers(block):
+                continue  # writes the function's output: the last one, inlined below
+            try:
+                sch.compute_inline(block)
+                inlined = True
+                break
+            except Exception:  # noqa: BLE001 - not element-wise, or feeds a reduction
+                continue
+        if not inlined:
+            break
     while True:
         consumers = sch.get_consumers(writeback)
         if len(consumers) != 1:
@@ -326,10 +353,22 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int,
             sch.reverse_compute_inline(consumers[0])
         except Exception:  # noqa: BLE001 - not element-wise: schedule it on its own later
             break
-    try:
-        vectorize_tail(writeback, True)
-    except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
-        pass
+
+
+def _downstream(sch, block) -> list:
+    """Blocks reading (transitively) what ``block`` writes, nearest first."""
+    seen, order, frontier = set(), [], [block]
+    while frontier:
+        nxt = []
+        for b in frontier:
+            for c in sch.get_consumers(b):
+                name = sch.get(c).name_hint
+                if name not in seen:
+                    seen.add(name)
+                    order.append(c)
+                    nxt.append(c)
+        frontier = nxt
+    return order
 
 
 def _inline_plain_copies(sch, block_rv) -> None:

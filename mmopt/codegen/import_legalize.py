@@ -18,6 +18,8 @@ both are exact and keep the model runnable on onnxruntime:
   ``DepthToSpace(k, "CRD")``: ``y[co, h*k+i, w*k+j] = sum_ci x[ci, h, w] * W[ci, co, i, j] + b[co]``,
   so ``W'[co*k*k + i*k + j, ci] = W[ci, co, i, j]`` and ``b'`` repeats ``b`` ``k*k`` times. TVM
   computes a transposed conv over a zero-dilated input (k*k times the work, and no NHWC form).
+  Weights of a quantized model (``DequantizeLinear`` of constants) are taken dequantized: the conv
+  then runs in float on the dequantized input.
 * Constant operands of Add/Sub/Mul/Div with a lower rank than the other operand are reshaped to
   the full rank (leading 1s; ONNX broadcasting aligns right, so this changes nothing). Relax's
   ConvertLayout only lays out same-rank operands: a ``[C,1,1]`` scale would otherwise pin its
@@ -106,6 +108,30 @@ def _const_array(value):
     return None
 
 
+def _const_or_dequantized(value):
+    """A constant's value, or the float value of ``DequantizeLinear`` over constants (a quantized
+    model's weights); ``None`` for anything else."""
+    array = _const_array(value)
+    if array is not None or value is None:
+        return array
+    node = value.producer()
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    parts = [_const_array(v) if v is not None else None for v in node.inputs]
+    x, scale = parts[0], parts[1]
+    zero = parts[2] if len(parts) > 2 else None
+    if x is None or scale is None or (len(parts) > 2 and node.inputs[2] is not None and zero is None):
+        return None
+    attr = node.attributes.get("axis")
+    axis = attr.value if attr is not None else 1
+    shape = [1] * x.ndim
+    if scale.size > 1:
+        shape[axis % x.ndim] = scale.size
+    zero = np.zeros(1, np.int64) if zero is None else zero.astype(np.int64)
+    return ((x.astype(np.int64) - zero.reshape(shape if zero.size > 1 else [1] * x.ndim))
+            * scale.astype(np.float32).reshape(shape)).astype(np.float32)
+
+
 def _initializer(graph, name: str, array: np.ndarray):
     import onnx_ir as ir
 
@@ -125,7 +151,7 @@ def conv_transpose_to_conv_depth_to_space(model) -> int:
         if node.op_type != "ConvTranspose" or node.domain not in ("", "ai.onnx"):
             continue
         attrs = {k: a.value for k, a in node.attributes.items()}
-        weight = _const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        weight = _const_or_dequantized(node.inputs[1]) if len(node.inputs) > 1 else None
         if weight is None or weight.ndim != 4:
             continue
         c_in, c_out, kh, kw = weight.shape
@@ -135,7 +161,8 @@ def conv_transpose_to_conv_depth_to_space(model) -> int:
                 or attrs.get("group", 1) != 1 or any(attrs.get("output_padding", [0, 0]))
                 or "output_shape" in attrs or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
             continue
-        bias = _const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        bias = (_const_or_dequantized(node.inputs[2])
+                if len(node.inputs) > 2 and node.inputs[2] is not None else None)
         if len(node.inputs) > 2 and node.inputs[2] is not None and bias is None:
             continue
         k = kh

@@ -92,7 +92,14 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
             name = _op_name(call)
             data, scale, zero = call.args
             s, z = _scalar(_const_array(scale)), _scalar(_const_array(zero))
-            if s is None or z is None or _const_array(data) is not None:
+            value = _const_array(data)
+            if (name == "relax.dequantize" and value is not None and value.size == 1
+                    and s is not None and z is not None):
+                # a quantized scalar operand (HardSwish's 1/6, ...): a float scalar constant, which
+                # any layout accepts (a (1,)-shaped tensor makes ConvertLayout go back to NCHW)
+                real = (float(value.reshape(-1)[0]) - z) * s
+                return relax.const(np.float32(real), str(call.attrs.out_dtype))
+            if s is None or z is None or value is not None:
                 return None  # per-channel, symbolic, or a constant (weights: folded later)
             if name == "relax.dequantize":
                 out = str(call.attrs.out_dtype)
@@ -533,7 +540,8 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8) -> No
     block of weights stays in cache while the image streams by. The element-wise epilogue
     (zero-point correction, scale, bias, requantization) is inlined into the write-back.
     """
-    from mmopt.codegen.cpu_schedules import _extent, _inline_plain_copies, _largest_divisor
+    from mmopt.codegen.cpu_schedules import (_extent, _inline_plain_copies, _largest_divisor,
+                                             inline_epilogue)
 
     n, h, w, c, rh, rw, rc, ri = sch.get_loops(block_rv)
     blocks = _extent(sch, c) // dot.lanes
@@ -555,14 +563,7 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8) -> No
     for loop in init_loops[-3:-1]:
         sch.unroll(loop)
     sch.tensorize(ci, _register_intrinsic(dot))
-    while True:
-        consumers = sch.get_consumers(writeback)
-        if len(consumers) != 1:
-            break
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except Exception:  # noqa: BLE001 - not element-wise: leave it to the generic rules
-            break
+    inline_epilogue(sch, writeback)
     try:
         _, vec = sch.split(sch.get_loops(writeback)[-1], factors=[None, dot.lanes])
         sch.vectorize(vec)
