@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmopt.codegen.quantized import _dtype, _hwio_weight, _op_name, module_uses
+from mmopt.codegen.quantized import _dtype, rewrite_dense_nhwc_convs
 
 #: block name of the packed float convolution
 PACKED_BLOCK = "mmopt_conv2d_nhwc_packed"
@@ -70,50 +70,24 @@ def pack_float_convs(lanes: int):
     """The Relax pass described in the module docstring (``lanes``: float32 lanes per vector)."""
     import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    @mutator
-    class _Pack(PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.mod_ = mod
-
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if _op_name(call) != "relax.nn.conv2d":
-                return call
-            attrs = call.attrs
-            data = call.args[0]
-            if (str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO"
-                    or int(attrs.groups) != 1 or _dtype(data) != "float32"
-                    or str(attrs.out_layout) not in ("", "NHWC")
-                    or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))
-                    or len(data.ty.shape) != 4):
-                return call
-            w = _hwio_weight(call.args[1], self.lookup_binding)
-            if w is None or w.dtype != np.float32:
-                return call
-            kh, kw, ic, oc = w.shape
-            tile = output_tile(oc, lanes)
-            if tile == 1 or oc % tile:
-                return call
-            packed = np.ascontiguousarray(
-                w.reshape(kh, kw, ic, oc // tile, tile).transpose(3, 0, 1, 2, 4))
-            return self.builder_.call_te(
-                _packed_conv_te, data, relax.const(packed), [int(v) for v in attrs.strides],
-                [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], oc,
-                primfunc_name_hint=PACKED_BLOCK)
-
-        def transform(self):
-            for gvar, func in self.mod_.functions.items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gvar, self.visit_expr(func))
-            return self.builder_.get()
+    def pack(call, w, builder):
+        attrs = call.attrs
+        if (_dtype(call.args[0]) != "float32" or w.dtype != np.float32
+                or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
+            return None
+        kh, kw, ic, oc = w.shape
+        tile = output_tile(oc, lanes)
+        if tile == 1 or oc % tile:
+            return None
+        packed = np.ascontiguousarray(w.reshape(kh, kw, ic, oc // tile, tile).transpose(3, 0, 1, 2, 4))
+        return builder.call_te(
+            _packed_conv_te, call.args[0], relax.const(packed), [int(v) for v in attrs.strides],
+            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], oc,
+            primfunc_name_hint=PACKED_BLOCK)
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_float_convs")
     def _pass(mod, _ctx):
-        if not module_uses(mod, ("relax.nn.conv2d",)):
-            return mod
-        return relax.transform.DeadCodeElimination()(_Pack(mod).transform())
+        return rewrite_dense_nhwc_convs(mod, pack)
 
     return _pass

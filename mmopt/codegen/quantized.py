@@ -426,40 +426,58 @@ def pack_dot_convs():
     bytes one instruction multiplies are contiguous."""
     import tvm
     from tvm import relax
+
+    def pack(call, w, builder, dots):
+        attrs = call.attrs
+        if (str(attrs.out_dtype) != "int32" or _dtype(call.args[0]) != dots[0].data_dtype
+                or any(int(p) for p in attrs.padding) or w.dtype != np.int8):
+            return None
+        kh, kw, ic, oc = w.shape
+        fitting = [d for d in dots if oc % d.lanes == 0]
+        if ic % _IC_BLOCK or not fitting:
+            return None
+        lanes = fitting[0].lanes
+        packed = (w.reshape(kh, kw, ic // _IC_BLOCK, _IC_BLOCK, oc // lanes, lanes)
+                  .transpose(4, 0, 1, 2, 5, 3).copy())
+        return builder.call_te(_dot_conv_te, call.args[0], relax.const(packed),
+                               [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation],
+                               oc, lanes, primfunc_name_hint=DOT_BLOCK)
+
+    @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_dot_convs")
+    def _pass(mod, _ctx):
+        target = tvm.target.Target.current(allow_none=True)
+        dots = dot_products_for(target) if target is not None else []
+        if not dots:
+            return mod
+        return rewrite_dense_nhwc_convs(mod, lambda call, w, bb: pack(call, w, bb, dots))
+
+    return _pass
+
+
+def rewrite_dense_nhwc_convs(mod, rewrite):
+    """Apply ``rewrite(call, hwio_weight_array, block_builder) -> expr | None`` to every NHWC/HWIO
+    ``conv2d`` with ``groups == 1`` and constant weights in ``mod`` (None keeps the call)."""
+    from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
-    class _Pack(PyExprMutator):
-        def __init__(self, mod, dots: list[DotProduct]):
+    class _Rewrite(PyExprMutator):
+        def __init__(self, mod):
             super().__init__(mod)
             self.mod_ = mod
-            self.dots = dots
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
             if _op_name(call) != "relax.nn.conv2d":
                 return call
             attrs = call.attrs
-            data = call.args[0]
             if (str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO"
-                    or str(attrs.out_dtype) != "int32" or int(attrs.groups) != 1
-                    or _dtype(data) != self.dots[0].data_dtype
-                    or any(int(p) for p in attrs.padding)):
+                    or int(attrs.groups) != 1 or str(attrs.out_layout) not in ("", "NHWC")
+                    or len(call.args[0].ty.shape) != 4):
                 return call
             w = _hwio_weight(call.args[1], self.lookup_binding)
-            if w is None or w.dtype != np.int8:
-                return call
-            kh, kw, ic, oc = w.shape
-            fitting = [d for d in self.dots if oc % d.lanes == 0]
-            if ic % _IC_BLOCK or not fitting:
-                return call
-            lanes = fitting[0].lanes
-            packed = (w.reshape(kh, kw, ic // _IC_BLOCK, _IC_BLOCK, oc // lanes, lanes)
-                      .transpose(4, 0, 1, 2, 5, 3).copy())
-            strides = [int(v) for v in attrs.strides]
-            dilation = [int(v) for v in attrs.dilation]
-            return self.builder_.call_te(_dot_conv_te, data, relax.const(packed), strides,
-                                         dilation, oc, lanes, primfunc_name_hint=DOT_BLOCK)
+            new = rewrite(call, w, self.builder_) if w is not None and w.ndim == 4 else None
+            return call if new is None else new
 
         def transform(self):
             for gvar, func in self.mod_.functions.items():
@@ -467,15 +485,9 @@ def pack_dot_convs():
                     self.builder_.update_func(gvar, self.visit_expr(func))
             return self.builder_.get()
 
-    @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_dot_convs")
-    def _pass(mod, _ctx):
-        target = tvm.target.Target.current(allow_none=True)
-        dots = dot_products_for(target) if target is not None else []
-        if not dots or not module_uses(mod, ("relax.nn.conv2d",)):
-            return mod
-        return relax.transform.DeadCodeElimination()(_Pack(mod, dots).transform())
-
-    return _pass
+    if not module_uses(mod, ("relax.nn.conv2d",)):
+        return mod
+    return relax.transform.DeadCodeElimination()(_Rewrite(mod).transform())
 
 
 def _register_intrinsic(dot: DotProduct) -> str:
