@@ -79,6 +79,7 @@ def _layout(target: Target):
 
     from tvm import relax
 
+    from mmopt.codegen.layout_cleanup import cancel_transposes, nhwc_depth_to_space
     from mmopt.codegen.quantized import dot_product_for, fold_pad_transposes, lower_qdq, pack_dot_convs
 
     # QDQ -> integer convolutions and element-wise (de)quantization (CPU: the GPU schedules are
@@ -95,7 +96,8 @@ def _layout(target: Target):
             "relax.nn.conv2d": ["NHWC", "HWIO"],
             "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
         })))
-        passes += [fold_pad_transposes(), pack_dot_convs()]
+        passes += [nhwc_depth_to_space(), cancel_transposes(), fold_pad_transposes(),
+                   pack_dot_convs()]
         if target.device == "cpu" and os.environ.get("MMOPT_PACK_WEIGHTS", "1") != "0":
             from mmopt.codegen.cpu_schedules import _vector_bits
             from mmopt.codegen.packed_conv import pack_float_convs
