@@ -66,12 +66,19 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels):
         name=PACKED_BLOCK)
 
 
-def pack_float_convs(lanes: int):
-    """The Relax pass described in the module docstring (``lanes``: float32 lanes per vector)."""
+def pack_float_convs(lanes: int, winograd: bool = True):
+    """The Relax pass described in the module docstring (``lanes``: float32 lanes per vector;
+    ``winograd``: 3x3 convolutions where :mod:`mmopt.codegen.winograd` applies use it instead)."""
     import tvm
     from tvm import relax
 
     def pack(call, w, builder):
+        if winograd:
+            from mmopt.codegen import winograd as wino
+
+            new = wino.rewrite(call, w, builder, lanes)
+            if new is not None:
+                return new
         attrs = call.attrs
         if (_dtype(call.args[0]) != "float32" or w.dtype != np.float32
                 or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):

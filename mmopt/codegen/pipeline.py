@@ -102,7 +102,8 @@ def _layout(target: Target):
             from mmopt.codegen.cpu_schedules import _vector_bits
             from mmopt.codegen.packed_conv import pack_float_convs
 
-            passes.append(pack_float_convs(max(4, _vector_bits(target.tvm_target()) // 32)))
+            passes.append(pack_float_convs(max(4, _vector_bits(target.tvm_target()) // 32),
+                                           os.environ.get("MMOPT_WINOGRAD", "1") != "0"))
     return passes
 
 

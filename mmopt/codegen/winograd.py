@@ -1,0 +1,212 @@
+"""Winograd F(2x2, 3x3) for float NHWC 3x3 convolutions (stride 1, "same" padding) on CPUs.
+
+A direct 3x3 convolution does 9 multiply-adds per output and input channel; on the 3x3 layers of a
+ResNet the default schedule already runs near the machine's FMA peak, so fewer multiplications is
+the remaining lever. Winograd's minimal filtering computes each 2x2 output tile from a 4x4 input
+tile with 16 element-wise products instead of 36 (2.25x fewer), as three kernels:
+
+1. input transform: ``V[e, p, c] = (B^T d_p B)[e]`` for every 4x4 input tile ``d_p`` (tiles overlap
+   by 2; ``e`` = the 16 positions of the transformed tile, ``p`` = the tile);
+2. 16 independent matrix products ``M[e] = V[e] @ U[e]`` over the input channels, where
+   ``U[e] = (G g G^T)[e]`` is the transformed filter, computed at compile time and pre-packed like
+   :mod:`mmopt.codegen.packed_conv`'s weights (``[16, OC/tile, IC, tile]``) -- the default
+   contraction schedule (and tuning) handles it as any batched matmul;
+3. output transform: ``Y_p = A^T M_p A`` (2x2 per tile), written in NHWC so bias/activation
+   epilogues fuse into it.
+
+The transforms are sums with fixed small coefficients (0, +-1, +-1/2), so F(2x2, 3x3) is accurate to
+a few float32 ulps of the direct sum. Used only where it pays: output sizes at least
+:data:`MIN_PIXELS` pixels and even, both channel counts at least :data:`MIN_CHANNELS` (small layers
+are dominated by the transforms) and transformed tensors of at most :data:`MAX_TRANSFORMED_BYTES`.
+``MMOPT_WINOGRAD=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmopt.codegen.packed_conv import output_tile
+from mmopt.codegen.quantized import _dtype
+
+#: block names (the GEMM is what the schedules and tuning see as a contraction)
+INPUT_BLOCK = "mmopt_winograd_input"
+GEMM_BLOCK = "mmopt_winograd_gemm"
+OUTPUT_BLOCK = "mmopt_winograd_output"
+
+#: smallest output (H*W) and channel counts transformed (7x7 outputs pay more for their padded
+#: tiles and 16x larger transformed weights than they save)
+MIN_PIXELS = 14 * 14
+MIN_CHANNELS = 16
+#: largest transformed tensor (V or M, 4x the input or output) worth writing out: beyond the caches
+#: the transforms cost more than the multiplications save (measured: the 160x160x96 -> 24 layer of
+#: the PP-OCR detector got slower)
+MAX_TRANSFORMED_BYTES = 8 << 20
+
+#: relax's OpPatternKind.kOpaque
+_OPAQUE = 8
+
+# F(2x2, 3x3) matrices (Lavin & Gray, 2015)
+_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+
+def transform_weights(hwio: np.ndarray, tile: int) -> np.ndarray:
+    """``U = G g G^T`` for every (input, output) channel pair, packed ``[16, OC/tile, IC, tile]``."""
+    u = np.einsum("ak,bl,klio->abio", _G, _G, hwio.astype(np.float64))  # [4, 4, IC, OC]
+    ic, oc = hwio.shape[2], hwio.shape[3]
+    u = u.reshape(16, ic, oc // tile, tile).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(u.astype(np.float32))
+
+
+def applies(x_shape, w_shape, strides, padding, dilation) -> bool:
+    n, h, w, ic = x_shape
+    kh, kw, _, oc = w_shape
+    transformed = 16 * n * (h // 2) * (w // 2) * 4  # bytes per channel of V (input) and M (output)
+    return ((kh, kw) == (3, 3) and list(strides) == [1, 1] and list(dilation) == [1, 1]
+            and list(padding) == [1, 1, 1, 1] and h % 2 == 0 and w % 2 == 0
+            and h * w >= MIN_PIXELS and ic >= MIN_CHANNELS and oc >= MIN_CHANNELS
+            and transformed * max(ic, oc) <= MAX_TRANSFORMED_BYTES)
+
+
+def _select(index, values):
+    """``values[index]`` for a small loop variable ``index`` (a chain of selects)."""
+    from tvm import tirx
+
+    out = values[-1]
+    for k in range(len(values) - 2, -1, -1):
+        out = tirx.Select(index == k, values[k], out)
+    return out
+
+
+def _input_te(data):
+    """``V[e, p, c]``, ``e = 4a + b``: ``(B^T d B)[a, b]`` of the tile ``p``; each ``B^T`` row has
+    two non-zeros, so every element is a signed sum of 4 input values."""
+    from tvm import te, tirx
+
+    n, h, w, c = (int(d) for d in data.shape)
+    nh, nw = h // 2, w // 2
+    dtype = data.dtype
+    # row a of B^T: +-d[first(a)] +- d[second(a)]
+    first, second = [0, 1, 1, 1], [2, 2, 2, 3]
+    s_first, s_second = [1.0, 1.0, -1.0, 1.0], [-1.0, 1.0, 1.0, -1.0]
+
+    def value(b, y, x, ch):
+        # the conv's zero padding of 1: tile (ty, tx) starts at (2ty - 1, 2tx - 1)
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w)
+        return tirx.if_then_else(inside, data[b, tirx.min(tirx.max(y, 0), h - 1), tirx.min(tirx.max(x, 0), w - 1), ch],
+                                 tirx.const(0.0, dtype))
+
+    def compute(e, p, ch):
+        a, bb = e // 4, e % 4
+        b, rest = p // (nh * nw), p % (nh * nw)
+        y0, x0 = (rest // nw) * 2 - 1, (rest % nw) * 2 - 1
+        total = None
+        for ri, rs in ((first, s_first), (second, s_second)):
+            for ci, cs in ((first, s_first), (second, s_second)):
+                sign = _select(a, [tirx.const(v, dtype) for v in rs]) * _select(
+                    bb, [tirx.const(v, dtype) for v in cs])
+                term = sign * value(b, y0 + _select(a, ri), x0 + _select(bb, ci), ch)
+                total = term if total is None else total + term
+        return total
+
+    return te.compute((16, n * nh * nw, c), compute, name=INPUT_BLOCK)
+
+
+def _scheduled_input(n: int, h: int, w: int, c: int, lanes: int):
+    """The input transform as a PrimFunc scheduled here: per tile and vector of channels, the 16
+    outputs unrolled (their coefficients fold to constants and the 4x4 input tile is loaded once),
+    tiles in parallel."""
+    from tvm import s_tir, te
+
+    from mmopt.codegen.cpu_schedules import _pick_lanes
+
+    data = te.placeholder((n, h, w, c), "float32", name="data")
+    func = te.create_prim_func([data, _input_te(data)])
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock(INPUT_BLOCK)
+    e, p, ch = sch.get_loops(block)
+    vec = _pick_lanes(c, lanes)
+    c_o, c_i = sch.split(ch, factors=[None, vec])
+    sch.reorder(p, c_o, e, c_i)
+    sch.parallel(p)
+    sch.unroll(e)
+    if vec > 1:
+        sch.vectorize(c_i)
+    # opaque to FuseOps: fusing a producer in would drop this schedule (and FuseTIR cannot merge
+    # a scheduled function)
+    return (sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            .with_attr("op_pattern", _OPAQUE))
+
+
+def _gemm_te(v, u):
+    from tvm import te
+
+    _e, p, ic = (int(d) for d in v.shape)
+    _e, blocks, _ic, tile = (int(d) for d in u.shape)
+    rc = te.reduce_axis((0, ic), "rc")
+    return te.compute(
+        (16, p, blocks * tile),
+        lambda e, q, co: te.sum(v[e, q, rc] * u[e, co // tile, rc, co % tile], axis=[rc]),
+        name=GEMM_BLOCK)
+
+
+def _output_te(m, n, h, w):
+    """``Y[b, y, x, co] = (A^T M A)[y % 2, x % 2]`` of tile ``(y // 2, x // 2)``: row ``i`` of
+    ``A^T`` is ``[1, 1, 1, 0]`` (i = 0) or ``[0, 1, -1, -1]`` (i = 1), i.e. ``M[k + i]`` for
+    ``k = 0..2`` with sign ``+1`` for ``k = 0`` and ``1 - 2i`` otherwise."""
+    from tvm import te, tirx
+
+    nh, nw = h // 2, w // 2
+    dtype = m.dtype
+    oc = int(m.shape[2])
+
+    def compute(b, y, x, co):
+        i, j = y % 2, x % 2
+        p = b * nh * nw + (y // 2) * nw + x // 2
+        si = tirx.Cast(dtype, 1 - 2 * i)
+        sj = tirx.Cast(dtype, 1 - 2 * j)
+        total = None
+        for k in range(3):
+            for l in range(3):  # noqa: E741 - the usual name of the second tile index
+                term = m[(k + i) * 4 + (l + j), p, co]
+                if k:
+                    term = term * si
+                if l:
+                    term = term * sj
+                total = term if total is None else total + term
+        return total
+
+    return te.compute((n, h, w, oc), compute, name=OUTPUT_BLOCK)
+
+
+def winograd_conv(builder, x, hwio: np.ndarray, lanes: int):
+    """Emit the three kernels for ``conv2d(x, hwio)`` (3x3, stride 1, padding 1) with ``builder``;
+    returns the NHWC output expression."""
+    from tvm import relax
+
+    n, h, w, _ic = (int(d) for d in x.ty.shape)
+    oc = hwio.shape[3]
+    tile = output_tile(oc, lanes)
+    v_type = relax.TensorType([16, n * (h // 2) * (w // 2), _ic], "float32")
+    gvar = builder.add_func(_scheduled_input(n, h, w, _ic, lanes), INPUT_BLOCK)
+    v = builder.emit(relax.call_tir(gvar, [x], v_type))
+    u = relax.const(transform_weights(hwio, tile))
+    m = builder.emit(builder.call_te(_gemm_te, v, u, primfunc_name_hint=GEMM_BLOCK))
+    return builder.call_te(_output_te, m, n, h, w, primfunc_name_hint=OUTPUT_BLOCK)
+
+
+def rewrite(call, w: np.ndarray, builder, lanes: int):
+    """For :func:`mmopt.codegen.quantized.rewrite_dense_nhwc_convs`: the Winograd form of ``call``,
+    or None where it does not apply (see the module docstring)."""
+    attrs = call.attrs
+    if (_dtype(call.args[0]) != "float32" or w.dtype != np.float32
+            or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
+        return None
+    x_shape = [int(d) for d in call.args[0].ty.shape]
+    if not applies(x_shape, w.shape, [int(v) for v in attrs.strides],
+                   [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation]):
+        return None
+    if output_tile(w.shape[3], lanes) == 1:
+        return None
+    return winograd_conv(builder, call.args[0], w, lanes)
