@@ -250,6 +250,7 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int,
     knobs = knobs or ContractionKnobs()
 
     v_ext = extents[v_axis]
+    red_extents = [e for e, k in zip(extents, kinds) if k == "R"]
     vec = _pick_lanes(v_ext, lanes)
     shape = _ContractionShape(v_ext, vec, extents[r_axis] if r_axis is not None else None, None, 0)
     rows, nv = _default_tile(shape, accumulators)
@@ -288,7 +289,9 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int,
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = r_o if r_axis is not None else fused
 
-    _inline_plain_copies(sch, block_rv)
+    # a depthwise convolution: its only channel "reduction" has extent 1
+    depthwise = bool(red_extents) and red_extents[-1] == 1
+    _inline_plain_copies(sch, block_rv, padding=depthwise)
     writeback = sch.cache_write(block_rv, 0, "local")
     sch.reverse_compute_at(writeback, tile_loop, preserve_unit_loops=True)
     sch.parallel(fused)
@@ -371,16 +374,19 @@ def _downstream(sch, block) -> list:
     return order
 
 
-def _inline_plain_copies(sch, block_rv) -> None:
+def _inline_plain_copies(sch, block_rv, padding: bool = False) -> None:
     """Inline producers that only copy (the ``pad_temp`` of an unpadded conv): the contraction then
     reads its input directly instead of through a full extra copy. Real padding (an if-then-else)
-    stays materialized: inlined, it would put a branch in the innermost loop."""
+    stays materialized unless ``padding``: inlined, it puts a branch next to the innermost loop,
+    which pays only where the contraction does little work per input element (depthwise
+    convolutions, where the padded copy is as large as the layer's whole traffic)."""
     from tvm import get_global_func
 
     has_branch = get_global_func("s_tir.schedule.HasIfThenElse")
     for producer in sch.get_producers(block_rv):
         block = sch.get(producer)
-        if "R" in _iter_kinds(block) or len(block.reads) != 1 or has_branch(block):
+        if ("R" in _iter_kinds(block) or len(block.reads) != 1
+                or (has_branch(block) and not padding)):
             continue
         try:
             sch.compute_inline(producer)
