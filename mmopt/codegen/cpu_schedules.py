@@ -358,6 +358,32 @@ def inline_epilogue(sch, writeback) -> None:
             break
 
 
+def _inline_injective_chains(sch, contractions) -> None:
+    """Inline every intermediate element-wise/injective block whose consumers are all injective
+    too, so a fused chain (a depth-to-space and the requantization after it; transposes around
+    a scale) runs as one loop nest instead of one full pass over memory per operator. Producers of
+    reductions (a contraction's padded input, softmax's exponentials) are left alone."""
+    root = sch.get_sblock("root")
+    changed = True
+    while changed:
+        changed = False
+        for block_rv in sch.get_child_blocks(root):
+            block = sch.get(block_rv)
+            name = block.name_hint
+            if any(name == c or name.startswith(c + "_") for c in contractions):
+                continue
+            consumers = sch.get_consumers(block_rv)
+            if (not consumers or "R" in _iter_kinds(block)
+                    or any("R" in _iter_kinds(sch.get(c)) for c in consumers)):
+                continue
+            try:
+                sch.compute_inline(block_rv)
+            except Exception:  # noqa: BLE001 - not inlinable (e.g. an opaque access): keep it
+                continue
+            changed = True
+            break
+
+
 def _downstream(sch, block) -> list:
     """Blocks reading (transitively) what ``block`` writes, nearest first."""
     seen, order, frontier = set(), [], [block]
@@ -504,6 +530,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
             sch = trial
         else:
             sch = _try(sch, schedule_contraction, name, lanes, accumulators, knobs.get(name))
+    sch = _try(sch, _inline_injective_chains, contractions)
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
     root = sch.get_sblock("root")
     for block_rv in sch.get_child_blocks(root):
