@@ -130,3 +130,29 @@ def test_contraction_knob_variants_stay_exact(target):
     with pytest.raises(Exception):
         cs.schedule_prim_func(func, target, {name: cs.ContractionKnobs(rows=5)}, strict=True)
     assert cs.schedule_prim_func(func, target, {name: cs.ContractionKnobs(rows=5)}) is not None
+
+
+def test_fused_injective_chain_runs_as_one_loop_nest(target):
+    """reshape -> transpose -> reshape -> scale -> round -> clip (a depth-to-space and its
+    requantization, as FuseOps hands it over): one block, no intermediate buffers, same numbers."""
+    from tvm import te, tirx
+
+    h, w, c, b = 6, 5, 8, 2
+    x = te.placeholder((1, h, w, b * b * c), name="x")
+    split = te.compute((1, h, w, b, b, c), lambda n, y, xx, i, j, ch: x[n, y, xx, (i * b + j) * c + ch],
+                       name="split")
+    moved = te.compute((1, h, b, w, b, c), lambda n, y, i, xx, j, ch: split[n, y, xx, i, j, ch],
+                       name="moved")
+    merged = te.compute((1, h * b, w * b, c),
+                        lambda n, y, xx, ch: moved[n, y // b, y % b, xx // b, xx % b, ch], name="merged")
+    scaled = te.compute(merged.shape, lambda *i: merged(*i) * 10.0, name="scaled")
+    rounded = te.compute(merged.shape, lambda *i: tirx.round(scaled(*i)), name="rounded")
+    out = te.compute(merged.shape, lambda *i: te.min(te.max(rounded(*i), -20.0), 20.0), name="clip")
+    func = te.create_prim_func([x, out])
+    arr = np.random.default_rng(0).standard_normal((1, h, w, b * b * c)).astype("float32")
+    script, got = _build_and_run(func, target, [arr, np.zeros((1, h * b, w * b, c), "float32")])
+    assert "sblock_alloc_buffer" not in script, script
+    assert [n for n in ("split", "moved", "merged", "scaled", "rounded", "clip")
+            if f'sblock("{n}")' in script] == ["clip"], script
+    d2s = arr.reshape(1, h, w, b, b, c).transpose(0, 1, 3, 2, 4, 5).reshape(1, h * b, w * b, c)
+    np.testing.assert_array_equal(got, np.clip(np.round(d2s * np.float32(10.0)), -20, 20))
