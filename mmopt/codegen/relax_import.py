@@ -35,7 +35,7 @@ def supported_ops() -> frozenset[str]:
     return frozenset(table) | {"If"} | ADDED_OPS
 
 
-_KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft")
+_KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft", "mmopt")
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:

@@ -21,14 +21,15 @@ def parse(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
     return mir.infer_shapes(model)
 
 
-def run_decompose(model: onnx.ModelProto) -> tuple[onnx.ModelProto, DecomposeReport]:
-    return decompose(model, supported_ops())
+def run_decompose(model: onnx.ModelProto, supported: frozenset[str] | None = None
+                  ) -> tuple[onnx.ModelProto, DecomposeReport]:
+    return decompose(model, supported_ops() if supported is None else supported)
 
 
-def rerun_modified(model: onnx.ModelProto) -> bool:
+def rerun_modified(model: onnx.ModelProto, supported: frozenset[str] | None = None) -> bool:
     """Whether a second DecomposePass over an already decomposed model still changes it."""
     work = ir.serde.deserialize_model(model)
-    return bool(DecomposePass(supported_ops())(work).modified)
+    return bool(DecomposePass(supported_ops() if supported is None else supported)(work).modified)
 
 
 def assert_same_on_onnxruntime(before: onnx.ModelProto, after: onnx.ModelProto,

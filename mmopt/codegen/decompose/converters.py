@@ -19,6 +19,8 @@ where a graph-level decomposition is not the right fix.
   ``SpaceToDepth`` implements ``mode="CRD"`` (opset 26); floating ``Mod`` (floor mod) by ``±inf``
   gives numpy's result instead of NaN; ``NonMaxSuppression`` keeps a box whose IoU equals the
   threshold (TVM's kernel compares with ``>=``, ONNX with ``>``).
+* ``mmopt::FusedLSTM`` (written by :mod:`mmopt.codegen.decompose.decompose_rnn` for the plain
+  LSTM): one recurrence kernel, see :mod:`mmopt.codegen.fused_lstm`.
 * ``BitCast`` (opset 26; TVM has no converter): reinterpret the bits as another type of the same
   width (``topi.reinterpret``). Width-changing casts are refused with a message.
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 #: op types these converters add to TVM's table
-ADDED_OPS = frozenset({"BitCast"})
+ADDED_OPS = frozenset({"BitCast", "FusedLSTM"})
 
 
 def _pairwise(stock):
@@ -45,6 +47,19 @@ def _pairwise(stock):
 
     Pairwise.__name__ = stock.__name__
     return Pairwise
+
+
+def _fused_lstm():
+    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
+
+    from mmopt.codegen import fused_lstm
+
+    class FusedLSTM(OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            return fused_lstm.convert(bb, inputs, attr)
+
+    return FusedLSTM
 
 
 def _bitcast():
@@ -320,3 +335,4 @@ def install(table: dict) -> None:
     table["Selu"] = _elu_like(table["Selu"], "Selu")
     table["SpaceToDepth"] = _space_to_depth(table["SpaceToDepth"])
     table["BitCast"] = _bitcast()
+    table["FusedLSTM"] = _fused_lstm()

@@ -321,4 +321,47 @@ class UnrollRecurrence(Decomposition):
         return new_h, new_c
 
 
-RULES = (UnrollRecurrence(),)
+class FuseLSTM(Decomposition):
+    """The plain float32 LSTM -> one ``mmopt::FusedLSTM`` node, imported as one recurrence kernel
+    (:mod:`mmopt.codegen.fused_lstm`); anything else is left to :class:`UnrollRecurrence`."""
+
+    name = "fuse_lstm"
+    op_types = ("LSTM",)
+
+    def wanted(self, node: ir.Node, ctx: Context) -> bool:
+        from mmopt.codegen.fused_lstm import OP_TYPE
+
+        return super().wanted(node, ctx) and OP_TYPE in ctx.supported  # the importer takes it
+
+    def check(self, node: ir.Node, ctx: Context) -> str | None:
+        x_shape = static_shape(node.inputs[0])
+        w_shape = static_shape(node.inputs[1])
+        if x_shape is None or len(x_shape) != 3 or w_shape is None or len(w_shape) != 3:
+            return "no static shapes"
+        if dtype_of(node.inputs[0]) != ir.DataType.FLOAT:
+            return "not float32"
+        if attr(node, "direction", "forward") not in ("forward", "reverse"):
+            return "bidirectional (unrolled instead)"
+        if attr(node, "layout", 0) or attr(node, "input_forget", 0) or attr(node, "clip", None):
+            return "layout, input_forget or clip set (unrolled instead)"
+        acts = [a.lower() for a in (attr(node, "activations", None) or [])]
+        if acts and acts != ["sigmoid", "tanh", "tanh"]:
+            return "non-default activations (unrolled instead)"
+        if present(node, 4) is not None or present(node, 7) is not None:
+            return "sequence_lens or peepholes (unrolled instead)"
+        return None
+
+    def rewrite(self, node: ir.Node, tape: ir.tape.Tape, ctx: Context) -> Sequence[ir.Value | None]:
+        from mmopt.codegen.fused_lstm import DOMAIN, OP_TYPE
+
+        ctx.model.opset_imports.setdefault(DOMAIN, 1)
+        inputs = [present(node, i) for i in range(min(len(node.inputs), 7))]
+        # drop sequence_lens (index 4, absent here): the custom op takes X, W, R, B, h0, c0
+        args = inputs[:4] + [None] * (4 - len(inputs[:4])) + inputs[5:7]
+        while args and args[-1] is None:
+            args.pop()
+        return tape.op_multi_out(OP_TYPE, args, {"direction": attr(node, "direction", "forward")},
+                                 num_outputs=3, domain=DOMAIN)
+
+
+RULES = (FuseLSTM(), UnrollRecurrence())

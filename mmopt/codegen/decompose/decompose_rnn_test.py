@@ -12,6 +12,7 @@ import pytest
 from onnx import helper
 
 from mmopt import ir as mir
+from mmopt.codegen.relax_import import supported_ops
 from mmopt.runtime.verify import run_onnxruntime
 from mmopt.codegen.decompose._testing import (
     assert_same_on_onnxruntime,
@@ -21,6 +22,10 @@ from mmopt.codegen.decompose._testing import (
 )
 
 T, B, I, H = 5, 3, 4, 6
+
+#: what the importer supports, less the fused LSTM: every LSTM is unrolled (plain ONNX, so the
+#: unrolled graph itself runs on onnxruntime)
+UNROLL_ONLY = supported_ops() - {"FusedLSTM"}
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 
@@ -91,7 +96,7 @@ VARIANTS = [
                          ids=[f"{op}-{'-'.join(map(str, o)) or 'default'}" for op, o in VARIANTS])
 def test_unrolled_recurrence_matches_onnxruntime(op, options):
     model, feeds = _model(op, **options)
-    decomposed, report = run_decompose(model)
+    decomposed, report = run_decompose(model, UNROLL_ONLY)
     assert report.counts["unroll_recurrence"] == 1
     assert op not in op_types(decomposed)
     if options.get("layout"):
@@ -107,7 +112,7 @@ def test_unrolled_recurrence_matches_onnxruntime(op, options):
                 np.testing.assert_allclose(got[name], expected[name].transpose(1, 0, 2), atol=1e-5)
     else:
         assert_same_on_onnxruntime(model, decomposed, feeds)
-    assert not rerun_modified(decomposed)
+    assert not rerun_modified(decomposed, UNROLL_ONLY)
 
 
 def test_unknown_sequence_length_is_left_with_the_reason():
@@ -116,7 +121,7 @@ def test_unknown_sequence_length_is_left_with_the_reason():
     model = mir.infer_shapes(onnx.shape_inference.infer_shapes(model))
     decomposed, report = run_decompose(model)
     assert "LSTM" in op_types(decomposed)
-    (rejection,) = report.rejections
+    (rejection,) = [r for r in report.rejections if r.rule == "unroll_recurrence"]
     assert rejection.node == "lstm0" and "sequence length" in rejection.reason
 
 
@@ -132,3 +137,32 @@ def test_zoo_recurrent_models_compile_and_match_onnxruntime(tmp_path, name):
     result = mmopt.compile(model, "x86", tmp_path / name, input_shapes={"input": (1, 16, features)})
     assert result.verification.passed, result.verification.to_dict()
     assert result.verification.max_abs < 1e-5
+
+
+FUSED = [
+    {},
+    {"direction": "reverse", "initial": True, "outputs": 3},
+    {"bias": False, "outputs": 3},
+]
+
+
+@pytest.mark.parametrize("options", FUSED, ids=["default", "reverse-initial", "no-bias"])
+def test_plain_lstm_becomes_one_kernel_and_matches_onnxruntime(tmp_path, options):
+    import mmopt
+    from mmopt.runtime.artifact import load
+
+    model, feeds = _model("LSTM", **options)
+    decomposed, report = run_decompose(model)
+    assert report.counts["fuse_lstm"] == 1 and set(op_types(decomposed)) == {"FusedLSTM"}
+    result = mmopt.compile(model, "x86", tmp_path / "lstm")
+    assert result.verification.passed, result.verification.to_dict()
+    got = load(result.library)(**feeds)
+    expected = run_onnxruntime(model, feeds)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-5)
+
+
+def test_other_lstms_are_still_unrolled():
+    model, _ = _model("LSTM", directions=2, initial=True, outputs=3)
+    _decomposed, report = run_decompose(model)
+    assert report.counts["unroll_recurrence"] == 1 and not report.counts.get("fuse_lstm")
