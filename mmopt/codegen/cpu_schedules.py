@@ -374,7 +374,8 @@ def _inline_injective_chains(sch, contractions) -> None:
                 continue
             consumers = sch.get_consumers(block_rv)
             if (not consumers or "R" in _iter_kinds(block)
-                    or any("R" in _iter_kinds(sch.get(c)) for c in consumers)):
+                    or any("R" in _iter_kinds(sch.get(c)) or _selects_between(sch.get(c))
+                           for c in consumers)):
                 continue
             try:
                 sch.compute_inline(block_rv)
@@ -382,6 +383,17 @@ def _inline_injective_chains(sch, contractions) -> None:
                 continue
             changed = True
             break
+
+
+def _selects_between(block) -> bool:
+    """A block choosing between several inputs with an if-then-else (a concatenate). Inlining
+    producers into one gave wrong results (RotaryEmbedding's rotated halves; TVM 0.27), so
+    concatenations keep their inputs materialized."""
+    from tvm import get_global_func
+
+    if not get_global_func("s_tir.schedule.HasIfThenElse")(block):
+        return False
+    return len({str(r.buffer.name) if hasattr(r, "buffer") else str(r) for r in block.reads}) > 1
 
 
 def _downstream(sch, block) -> list:
