@@ -19,12 +19,13 @@ Other LSTMs (and RNN/GRU) keep the unrolled form.
 
 from __future__ import annotations
 
+import numpy as np
+
+from mmopt.codegen.winograd import OPAQUE
+
 #: the custom op the rule writes and the importer converts
 DOMAIN = "mmopt"
 OP_TYPE = "FusedLSTM"
-
-#: relax's OpPatternKind.kOpaque: FuseOps leaves the kernel alone
-_OPAQUE = 8
 
 _LOG2E = 1.4426950408889634
 #: ln 2 split so that ``n * _LN2_HI`` is exact for the ``n`` an exponent can take
@@ -96,7 +97,7 @@ def recurrence_kernel(steps: int, batch: int, hidden: int, reverse: bool = False
                     yh[b, j] = _sigmoid(acc[hidden + j]) * _tanh(c)
                     y[t, b, j] = yh[b, j]
 
-    return lstm.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", _OPAQUE)
+    return lstm.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
 
 
 def convert(bb, inputs, attr):
@@ -120,7 +121,7 @@ def convert(bb, inputs, attr):
                                op.strided_slice(b2, [0], [gates], [2 * gates])))
     xw = bb.emit(xw)
     rt = bb.emit(op.permute_dims(op.squeeze(r, [0]), [1, 0]))  # [H, 4H]
-    zeros = relax.const(__import__("numpy").zeros((batch, hidden), "float32"))
+    zeros = relax.const(np.zeros((batch, hidden), "float32"))
     h = bb.emit(op.squeeze(h0, [0])) if h0 is not None else zeros
     c = bb.emit(op.squeeze(c0, [0])) if c0 is not None else zeros
     reverse = attr.get("direction", b"forward")

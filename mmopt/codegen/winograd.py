@@ -42,8 +42,8 @@ MIN_CHANNELS = 16
 #: the PP-OCR detector got slower)
 MAX_TRANSFORMED_BYTES = 8 << 20
 
-#: relax's OpPatternKind.kOpaque
-_OPAQUE = 8
+#: relax's OpPatternKind.kOpaque: FuseOps leaves a function with it alone
+OPAQUE = 8
 
 # F(2x2, 3x3) matrices (Lavin & Gray, 2015)
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
@@ -136,7 +136,7 @@ def _scheduled_input(n: int, h: int, w: int, c: int, lanes: int):
     # opaque to FuseOps: fusing a producer in would drop this schedule (and FuseTIR cannot merge
     # a scheduled function)
     return (sch.mod["main"].with_attr("tirx.is_scheduled", True)
-            .with_attr("op_pattern", _OPAQUE))
+            .with_attr("op_pattern", OPAQUE))
 
 
 def _gemm_te(v, u):
