@@ -37,20 +37,20 @@ from dataclasses import asdict, dataclass
 
 logger = logging.getLogger(__name__)
 
-#: accumulator registers a micro-kernel may use (x86-64 AVX-512 and AArch64 NEON have 32 vector
-#: registers, AVX2 has 16; keep headroom for the operands)
-_ACCUMULATORS = {"x86_64": 24, "aarch64": 24}
 _MIN_PARALLEL_ELEMENTS = 4096
 
 
 def _vector_bits(target) -> int:
-    try:
-        from tvm.target import codegen
+    """Vector register width of ``target`` in bits (from :mod:`mmopt.targets.cpu`)."""
+    from mmopt.targets.cpu import cpu_facts
 
-        bits = int(codegen.llvm_get_vector_width(target))
-        return bits if bits > 0 else 128
-    except Exception:  # noqa: BLE001
-        return 128
+    return cpu_facts(target).vector_bits
+
+
+def tile_fits(rows: int, nv: int, registers: int) -> bool:
+    """Whether a ``rows x nv``-vector register tile fits the vector registers: ``rows * nv``
+    accumulators, the ``nv`` weight vectors of one reduction step, and one broadcast input."""
+    return rows * nv + nv + 1 <= registers
 
 
 def _extent(sch, loop) -> int | None:
@@ -149,9 +149,11 @@ class _ContractionShape:
     r_ext: int | None  # None: the output has no second spatial axis to tile rows along
     k_ext: int | None  # innermost reduction loop's extent (None: no reduction loop)
     n_reductions: int
-    #: the largest register tile (accumulators) worth trying: the vector registers less a few for
-    #: the operands (AVX-512 and NEON have 32, AVX2 16)
-    max_tile: int = 24
+    #: architectural vector registers (AVX-512 and NEON have 32, AVX2 and SSE 16): what a register
+    #: tile must fit in (:func:`tile_fits`)
+    registers: int = 32
+    #: accumulators that hide the FMA latency (FMA units x latency, :mod:`mmopt.targets.cpu`)
+    min_acc: int = 8
 
 
 def _contraction_axes(sch, block_rv):
@@ -178,35 +180,79 @@ def _contraction_shape(sch, name: str, lanes: int, registers: int) -> _Contracti
     red = [e for e, k in zip(extents, kinds) if k == "R"]
     return _ContractionShape(extents[v_axis], _pick_lanes(extents[v_axis], lanes),
                              extents[r_axis] if r_axis is not None else None,
-                             red[-1] if red else None, len(red), max(4, registers - 4))
+                             red[-1] if red else None, len(red), registers)
 
 
-def default_knobs(shape: _ContractionShape, accumulators: int) -> ContractionKnobs:
+def default_knobs(shape: _ContractionShape, registers: int) -> ContractionKnobs:
     """The heuristic's choices as knobs (what ``ContractionKnobs()`` amounts to)."""
-    return ContractionKnobs(*_default_tile(shape, accumulators))
+    return ContractionKnobs(*_default_tile(shape, registers))
 
 
-def _default_tile(shape: _ContractionShape, accumulators: int) -> tuple[int, int]:
-    """``(rows, nv)`` of the built-in heuristic."""
-    v_ext, vec = shape.v_ext, shape.vec
-    r_ext = shape.r_ext if shape.r_ext is not None else 1
+#: loads (broadcasts and vector loads) a core starts per cycle: 2 on the x86 and Arm cores
+#: targeted (3 on Zen 3+, which only makes loads cheaper); the tile model assumes the lower
+_LOADS_PER_CYCLE = 2
+#: rows of a register tile at most: each row streams its own input row (a different cache line per
+#: reduction step); beyond 8 the hardware prefetchers fall behind (AVX-512, 14 x 2 against
+#: 8 x 2 tiles on ResNet-50's layers: up to 1.2x slower, never faster)
+_MAX_ROWS = 8
+
+
+def _tile_efficiency(rows: int, nv: int, min_acc: int) -> float:
+    """Estimated fraction of the FMA peak a ``rows x nv`` register tile sustains per reduction
+    step. One step issues ``rows * nv`` FMAs, ``nv`` weight loads and ``rows`` input broadcasts;
+    each accumulator takes one FMA per step, so a step lasts at least one FMA latency. With
+    ``min_acc`` = FMA units x latency, the step takes ``max(acc, loads * units / loads_per_cycle,
+    min_acc)`` FMA slots of which ``acc`` do work."""
+    acc = rows * nv
+    units_per_load = min_acc / 4 / _LOADS_PER_CYCLE  # FMA units per load port (latency ~4)
+    return acc / max(acc, (rows + nv) * units_per_load, min_acc)
+
+
+def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
+                  min_acc: int = 8) -> tuple[int, int]:
+    """``(rows, nv)``: the default register tile of a contraction whose output has ``v_ext``
+    contiguous elements (vectorized by ``lanes``) and ``r_ext`` rows (None: no row axis).
+
+    Every tile that fits the registers (:func:`tile_fits`) and divides the extents exactly (no
+    predicated tails in the micro-kernel) is scored by :func:`_tile_efficiency`; the best wins,
+    then the one with the most accumulators (each loaded weight and input is reused more), then
+    ``nv = 2``. Consequences: AVX2 (16 registers) takes 4 x 2 on 56- or 28-wide outputs, 2 x 4 on
+    14-wide and 7 x 1 on 7-wide ones (2 x 2 or 1 x 2 would leave the FMA units waiting on
+    their own latency); AVX-512 and NEON (32 registers) take up to 8 x 2 (:data:`_MAX_ROWS`).
+
+    The float weight packers (:mod:`mmopt.codegen.packed_conv`, :mod:`mmopt.codegen.winograd`)
+    call this with the same extents, so weights are laid out for the tile the schedule uses."""
+    vec = _pick_lanes(v_ext, lanes)
     if vec == 1:
-        nv = 1
-    elif r_ext == 1:
-        # GEMV-like (one output row): spend the accumulators on a wide row of vectors so that every
-        # cache line of the weight stream is used whole
-        nv = _largest_divisor(v_ext // vec, min(8, accumulators))
+        nvs = [1]
     else:
-        # 2 vectors across when they divide the extent, else 3 (24 channels = 3 x 8 lanes), else 1;
-        # that leaves room for 8 rows of accumulators
         blocks = v_ext // vec
-        nv = 2 if blocks % 2 == 0 else 3 if blocks % 3 == 0 else 1
-    rows = (_largest_divisor(r_ext, max(1, min(8, accumulators // nv)))
-            if shape.r_ext is not None else 1)
-    return rows, nv
+        nvs = [n for n in (1, 2, 3, 4, 6, 8) if blocks % n == 0]
+    if r_ext is None or r_ext == 1:
+        if vec == 1:
+            return 1, 1
+        # GEMV-like (one output row): spend the registers on a wide row of vectors so that every
+        # cache line of the weight stream is used whole
+        return 1, _largest_divisor(v_ext // vec, min(8, registers // 2))
+    best, best_key = (1, 1), None
+    for nv in nvs:
+        for rows in range(1, min(r_ext, _MAX_ROWS) + 1):
+            if r_ext % rows or not tile_fits(rows, nv, registers):
+                continue
+            key = (round(_tile_efficiency(rows, nv, min_acc), 3), rows * nv, nv == 2, -nv)
+            if best_key is None or key > best_key:
+                best, best_key = (rows, nv), key
+    return best
 
 
-def contraction_knob_space(shape: _ContractionShape, accumulators: int,
+def _default_tile(shape: _ContractionShape, registers: int) -> tuple[int, int]:
+    """``(rows, nv)`` of the built-in heuristic: :func:`register_tile`."""
+    rows, nv = register_tile(shape.v_ext, shape.r_ext, shape.vec if shape.vec > 1 else 1,
+                             registers, shape.min_acc)
+    return (rows if shape.r_ext is not None else 1), nv
+
+
+def contraction_knob_space(shape: _ContractionShape, registers: int,
                            best: ContractionKnobs | None = None) -> list[ContractionKnobs]:
     """Knob settings worth measuring for a contraction, most promising first.
 
@@ -214,20 +260,20 @@ def contraction_knob_space(shape: _ContractionShape, accumulators: int,
     accumulators) with the default loop order. With ``best`` (the fastest tile measured so far):
     that tile with the other loop order and with reduction splits.
     """
-    rows0, nv0 = _default_tile(shape, accumulators)
+    rows0, nv0 = _default_tile(shape, registers)
     if best is None:
         if shape.vec == 1:
             nvs = [1]
         else:
             blocks = shape.v_ext // shape.vec
-            nvs = [n for n in (1, 2, 3, 4, 6, 8) if blocks % n == 0 and n <= shape.max_tile]
+            nvs = [n for n in (1, 2, 3, 4, 6, 8) if blocks % n == 0 and tile_fits(1, n, registers)]
         tiles = []
         for nv in nvs:
             if shape.r_ext is None:
                 tiles.append((1, nv))
                 continue
             fits = [d for d in range(1, shape.r_ext + 1)
-                    if shape.r_ext % d == 0 and d * nv <= shape.max_tile]
+                    if shape.r_ext % d == 0 and tile_fits(d, nv, registers)]
             # the two largest row counts that fit (fewer rows: less reuse of each weight vector)
             tiles += [(d, nv) for d in sorted(fits, reverse=True)[:2]
                       if d * nv >= min(6, shape.r_ext * nv)]
@@ -243,7 +289,7 @@ def contraction_knob_space(shape: _ContractionShape, accumulators: int,
     return out
 
 
-def schedule_contraction(sch, name: str, lanes: int, accumulators: int,
+def schedule_contraction(sch, name: str, lanes: int, registers: int,
                          knobs: ContractionKnobs | None = None) -> None:
     block_rv = sch.get_sblock(name)
     loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, block_rv)
@@ -252,8 +298,9 @@ def schedule_contraction(sch, name: str, lanes: int, accumulators: int,
     v_ext = extents[v_axis]
     red_extents = [e for e, k in zip(extents, kinds) if k == "R"]
     vec = _pick_lanes(v_ext, lanes)
-    shape = _ContractionShape(v_ext, vec, extents[r_axis] if r_axis is not None else None, None, 0)
-    rows, nv = _default_tile(shape, accumulators)
+    shape = _ContractionShape(v_ext, vec, extents[r_axis] if r_axis is not None else None, None, 0,
+                              registers)
+    rows, nv = _default_tile(shape, registers)
     if knobs.nv is not None:
         if vec == 1 and knobs.nv != 1 or vec > 1 and (v_ext // vec) % knobs.nv:
             raise ValueError(f"nv={knobs.nv} does not divide {v_ext} by {vec} lanes")
@@ -500,17 +547,11 @@ def _try(sch, fn, *args) -> object:
 
 
 def _target_params(target) -> tuple[int, int]:
-    """``(lanes, accumulators)`` of a target: float32 vector lanes and accumulator registers."""
-    lanes = max(4, _vector_bits(target) // 32)
-    arch = "aarch64" if "aarch64" in str(target.attrs.get("mtriple", "")) else "x86_64"
-    return lanes, _ACCUMULATORS[arch]
+    """``(lanes, registers)`` of a target: float32 lanes per vector and vector registers."""
+    from mmopt.targets.cpu import cpu_facts
 
-
-def _vector_registers(target) -> int:
-    """Architectural vector registers: 32 on AArch64 and with AVX-512, 16 with AVX2/SSE."""
-    if "aarch64" in str(target.attrs.get("mtriple", "")):
-        return 32
-    return 32 if _vector_bits(target) >= 512 else 16
+    facts = cpu_facts(target)
+    return max(4, facts.lanes), facts.vector_registers
 
 
 def _contraction_names(sch) -> list[str]:
@@ -529,7 +570,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    lanes, accumulators = _target_params(target)
+    lanes, registers = _target_params(target)
     knobs = knobs or {}
     try:
         contractions = _contraction_names(sch)
@@ -538,10 +579,10 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
     for name in contractions:
         if strict and name in knobs:
             trial = sch.copy()
-            schedule_contraction(trial, name, lanes, accumulators, knobs[name])
+            schedule_contraction(trial, name, lanes, registers, knobs[name])
             sch = trial
         else:
-            sch = _try(sch, schedule_contraction, name, lanes, accumulators, knobs.get(name))
+            sch = _try(sch, schedule_contraction, name, lanes, registers, knobs.get(name))
     sch = _try(sch, _inline_injective_chains, contractions)
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
     root = sch.get_sblock("root")
@@ -559,12 +600,12 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
 
 
 def tunable_contraction(func, target):
-    """``(block name, shape, accumulators)`` of the contraction of ``func`` worth tuning (the one
+    """``(block name, shape, registers)`` of the contraction of ``func`` worth tuning (the one
     with the most iterations), or None when it has none the default schedule can handle."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    lanes, accumulators = _target_params(target)
+    lanes, registers = _target_params(target)
     best, best_size = None, 0
     try:
         names = _contraction_names(sch)
@@ -572,14 +613,14 @@ def tunable_contraction(func, target):
         return None
     for name in names:
         try:
-            shape = _contraction_shape(sch, name, lanes, _vector_registers(target))
+            shape = _contraction_shape(sch, name, lanes, registers)
         except Exception:  # noqa: BLE001 - the default schedule leaves it alone: nothing to tune
             continue
         size = 1
         for lp in sch.get_loops(sch.get_sblock(name)):
             size *= _extent(sch, lp) or 1
         if size > best_size:
-            best, best_size = (name, shape, accumulators), size
+            best, best_size = (name, shape, registers), size
     return best
 
 

@@ -23,17 +23,17 @@ from mmopt.codegen.quantized import _dtype, rewrite_dense_nhwc_convs
 PACKED_BLOCK = "mmopt_conv2d_nhwc_packed"
 
 
-def output_tile(out_channels: int, lanes: int) -> int:
-    """The output-channel tile (floats) of the default contraction schedule for this many output
-    channels: ``nv`` vectors of ``vec`` lanes (1 when the channels do not vectorize)."""
-    from mmopt.codegen.cpu_schedules import _pick_lanes
+def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int) -> int:
+    """The output-channel tile (floats) of the default contraction schedule for an output with
+    ``out_channels`` contiguous channels and ``rows`` rows along the next axis:
+    ``nv`` vectors of ``vec`` lanes (:func:`mmopt.codegen.cpu_schedules.register_tile`; 1 when the
+    channels do not vectorize)."""
+    from mmopt.codegen.cpu_schedules import _pick_lanes, register_tile
 
     vec = _pick_lanes(out_channels, lanes)
     if vec == 1:
         return 1
-    blocks = out_channels // vec
-    nv = 2 if blocks % 2 == 0 else 3 if blocks % 3 == 0 else 1
-    return nv * vec
+    return register_tile(out_channels, rows, vec, registers)[1] * vec
 
 
 def _packed_conv_te(data, packed, strides, padding, dilation, out_channels):
@@ -66,9 +66,10 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels):
         name=PACKED_BLOCK)
 
 
-def pack_float_convs(lanes: int, winograd: bool = True):
-    """The Relax pass described in the module docstring (``lanes``: float32 lanes per vector;
-    ``winograd``: 3x3 convolutions where :mod:`mmopt.codegen.winograd` applies use it instead)."""
+def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
+    """The Relax pass described in the module docstring (``lanes``: float32 lanes per vector,
+    ``registers``: vector registers, as in :mod:`mmopt.targets.cpu`; ``winograd``: 3x3
+    convolutions where :mod:`mmopt.codegen.winograd` applies use it instead)."""
     import tvm
     from tvm import relax
 
@@ -76,7 +77,7 @@ def pack_float_convs(lanes: int, winograd: bool = True):
         if winograd:
             from mmopt.codegen import winograd as wino
 
-            new = wino.rewrite(call, w, builder, lanes)
+            new = wino.rewrite(call, w, builder, lanes, registers)
             if new is not None:
                 return new
         attrs = call.attrs
@@ -84,7 +85,8 @@ def pack_float_convs(lanes: int, winograd: bool = True):
                 or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
             return None
         kh, kw, ic, oc = w.shape
-        tile = output_tile(oc, lanes)
+        out_width = int(call.ty.shape[2])  # NHWC: the rows of the schedule's register tile
+        tile = output_tile(oc, out_width, lanes, registers)
         if tile == 1 or oc % tile:
             return None
         packed = np.ascontiguousarray(w.reshape(kh, kw, ic, oc // tile, tile).transpose(3, 0, 1, 2, 4))

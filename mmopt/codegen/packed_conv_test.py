@@ -52,9 +52,18 @@ def test_packed_conv_matches_onnxruntime(case, tmp_path):
 
 
 def test_output_tile_follows_the_default_schedule():
+    from mmopt.codegen.cpu_schedules import register_tile
     from mmopt.codegen.packed_conv import output_tile
 
-    assert output_tile(64, 16) == 32  # 2 vectors of 16
-    assert output_tile(48, 16) == 48  # 3 vectors of 16
-    assert output_tile(24, 16) == 24  # 3 vectors of 8
-    assert output_tile(10, 16) == 1   # does not vectorize: left as HWIO
+    # AVX-512 (16 lanes, 32 registers): 2 vectors across, 14 rows of 56
+    assert output_tile(64, 56, 16, 32) == 32
+    assert output_tile(48, 56, 16, 32) == 48  # 3 vectors of 16
+    assert output_tile(24, 56, 16, 32) == 24  # 3 vectors of 8
+    assert output_tile(10, 56, 16, 32) == 1   # does not vectorize: left as HWIO
+    # AVX2 (8 lanes, 16 registers): a 7-wide output cannot hold 7 x 2 vectors: 7 x 1
+    assert output_tile(512, 7, 8, 16) == 8
+    assert output_tile(256, 14, 8, 16) == 32  # 2 rows x 4 vectors
+    for oc, rows, lanes, registers in [(64, 56, 16, 32), (512, 7, 8, 16), (96, 28, 8, 16),
+                                       (256, 14, 4, 32)]:
+        nv = register_tile(oc, rows, lanes, registers)[1]
+        assert output_tile(oc, rows, lanes, registers) == nv * lanes

@@ -99,10 +99,11 @@ def _layout(target: Target):
         passes += [nhwc_depth_to_space(), cancel_transposes(), fold_pad_transposes(),
                    pack_dot_convs()]
         if target.device == "cpu" and os.environ.get("MMOPT_PACK_WEIGHTS", "1") != "0":
-            from mmopt.codegen.cpu_schedules import _vector_bits
             from mmopt.codegen.packed_conv import pack_float_convs
+            from mmopt.targets.cpu import cpu_facts
 
-            passes.append(pack_float_convs(max(4, _vector_bits(target.tvm_target()) // 32),
+            facts = cpu_facts(target.tvm_target())
+            passes.append(pack_float_convs(max(4, facts.lanes), facts.vector_registers,
                                            os.environ.get("MMOPT_WINOGRAD", "1") != "0"))
     return passes
 

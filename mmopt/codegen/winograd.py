@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmopt.codegen.cpu_schedules import _pick_lanes
 from mmopt.codegen.packed_conv import output_tile
 from mmopt.codegen.quantized import _dtype
 
@@ -180,14 +181,15 @@ def _output_te(m, n, h, w):
     return te.compute((n, h, w, oc), compute, name=OUTPUT_BLOCK)
 
 
-def winograd_conv(builder, x, hwio: np.ndarray, lanes: int):
+def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
     """Emit the three kernels for ``conv2d(x, hwio)`` (3x3, stride 1, padding 1) with ``builder``;
     returns the NHWC output expression."""
     from tvm import relax
 
     n, h, w, _ic = (int(d) for d in x.ty.shape)
     oc = hwio.shape[3]
-    tile = output_tile(oc, lanes)
+    # the GEMM's rows are the input tiles
+    tile = output_tile(oc, n * (h // 2) * (w // 2), lanes, registers)
     v_type = relax.TensorType([16, n * (h // 2) * (w // 2), _ic], "float32")
     gvar = builder.add_func(_scheduled_input(n, h, w, _ic, lanes), INPUT_BLOCK)
     v = builder.emit(relax.call_tir(gvar, [x], v_type))
@@ -196,7 +198,7 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int):
     return builder.call_te(_output_te, m, n, h, w, primfunc_name_hint=OUTPUT_BLOCK)
 
 
-def rewrite(call, w: np.ndarray, builder, lanes: int):
+def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int):
     """For :func:`mmopt.codegen.quantized.rewrite_dense_nhwc_convs`: the Winograd form of ``call``,
     or None where it does not apply (see the module docstring)."""
     attrs = call.attrs
@@ -207,6 +209,6 @@ def rewrite(call, w: np.ndarray, builder, lanes: int):
     if not applies(x_shape, w.shape, [int(v) for v in attrs.strides],
                    [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation]):
         return None
-    if output_tile(w.shape[3], lanes) == 1:
+    if _pick_lanes(w.shape[3], lanes) == 1:
         return None
-    return winograd_conv(builder, call.args[0], w, lanes)
+    return winograd_conv(builder, call.args[0], w, lanes, registers)

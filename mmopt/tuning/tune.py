@@ -629,9 +629,9 @@ def _knob_space_size(mod, target) -> int:
         return 0
     if found is None:
         return 0
-    _name, shape, accumulators = found
-    first = cs.contraction_knob_space(shape, accumulators)
-    second = cs.contraction_knob_space(shape, accumulators, cs.default_knobs(shape, accumulators))
+    _name, shape, registers = found
+    first = cs.contraction_knob_space(shape, registers)
+    second = cs.contraction_knob_space(shape, registers, cs.default_knobs(shape, registers))
     return len(first) + len(second)
 
 
@@ -768,17 +768,17 @@ def _knob_rounds(run: _Run, extracted, builder, runner, batch: int, final: bool)
         found = cs.tunable_contraction(mod["main"], run.target)
         if found is None:
             continue
-        name, shape, accumulators = found
+        name, shape, registers = found
         seen = run.seen.setdefault(state.workload, set())
         secs = run.secs.setdefault(state.workload, {})
-        default = cs.default_knobs(shape, accumulators)
+        default = cs.default_knobs(shape, registers)
         try:
             default_trace = _trace_key(cs.schedule_prim_func(mod["main"], run.target).trace)
         except Exception:  # noqa: BLE001
             default_trace = None
         best = (secs.get(default_trace, state.default_s or math.inf), default)
         for stage_best in (None, True):
-            space = cs.contraction_knob_space(shape, accumulators,
+            space = cs.contraction_knob_space(shape, registers,
                                               best[1] if stage_best else None)
             items = []
             for knobs in space:
