@@ -19,6 +19,7 @@ from mmopt import __version__
 from mmopt import ir as mir
 from mmopt import targets as _targets
 from mmopt.codegen import build as _build
+from mmopt.codegen.options import CodegenOptions
 from mmopt.codegen.relax_import import to_relax
 from mmopt.errors import MmoptError
 from mmopt.passes import DEFAULT_LEVEL, PipelineReport, optimize as _optimize
@@ -96,6 +97,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     seed: int = 0,
     save_onnx: bool = False,
     db=None,
+    codegen: CodegenOptions | None = None,
     progress: Progress | None = None,
 ) -> CompileResult:
     """Compile an ONNX model (path or ModelProto) into ``OUTPUT.so`` + ``OUTPUT.json`` for ``target``.
@@ -103,7 +105,10 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     ``verify=None`` verifies when the target can run on this machine. The reference for verification
     is the *source* model on onnxruntime, so it covers both the graph passes and code generation.
     ``db``: a tuning database directory (``mmopt tune``); its records for this target are applied
-    and the remaining kernels get default schedules. The report says how many were tuned.
+    and the remaining kernels get default schedules. The report says how many were tuned, and
+    which code-generation settings differ from those the records were tuned with.
+    ``codegen``: :class:`mmopt.codegen.options.CodegenOptions` (default: from the environment,
+    else all on); recorded in the artifact JSON.
     Raises :class:`MmoptError` for bad input; a failed verification is reported in the result (and
     the CLI exits 1), not raised.
     """
@@ -135,19 +140,28 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     t0 = time.perf_counter()
     step("importing into TVM Relax")
     mod = to_relax(optimized, where=source)
+    codegen = codegen or CodegenOptions.from_env()
     database = None
     if db is not None:
         from mmopt.tuning.database import open_database
 
         database = open_database(db, tgt)
     step(f"generating code for {tgt.name}")
-    executable = _build.build(mod, tgt, database)
+    executable = _build.build(mod, tgt, database, codegen)
     timings["codegen"] = time.perf_counter() - t0
     tuning = None
     if database is not None:
+        from mmopt.codegen.options import differences
+
         tuning = {"database": str(db), "kernels_tuned": len(set(database.applied)),
                   "kernels_looked_up": len(set(database.queried)),
-                  "tuned": sorted(set(database.applied))}
+                  "tuned": sorted(set(database.applied)),
+                  "codegen_differences": differences(database.codegen, codegen.resolved(tgt))}
+    target_info = tgt.to_dict()
+    if tgt.device == "cpu":
+        from mmopt.targets.cpu import cpu_facts
+
+        target_info["cpu"] = cpu_facts(tgt.tvm_target()).to_dict()
 
     meta = ArtifactMeta(
         name=prefix.name,
@@ -155,7 +169,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
                 for v in mir.graph_inputs(optimized)],
         outputs=[TensorSpec(v.name, [d if isinstance(d, int) else -1 for d in mir.dims_of(v)],
                             str(mir.dtype_of(v))) for v in optimized.graph.output],
-        target=tgt.to_dict(),
+        target=target_info,
         source_model=source,
         source_sha256=sha,
         passes_applied=report.applied,
@@ -163,6 +177,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         mmopt_version=__version__,
         tvm_version=str(tvm.__version__),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        codegen=codegen.resolved(tgt),
         extra={"tuning": tuning} if tuning else {},
     )
 

@@ -16,7 +16,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmopt.cli.common import err, input_shape_option, model_path, out, shapes
+from mmopt.cli.common import (codegen_from, codegen_options, err, input_shape_option, model_path,
+                              out, shapes)
 
 
 def _us(seconds: float | None) -> str:
@@ -141,6 +142,7 @@ def _ctrl_c_stops(stop: threading.Event):
 @input_shape_option
 @click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
               help="Graph optimization level: must match the one you compile with.")
+@codegen_options
 @click.option("--task", "task_filter", multiple=True, metavar="NAME",
               help="Tune only tasks whose name contains NAME (repeatable).")
 @click.option("--search", type=click.Choice(["knobs", "metaschedule", "both"]), default="knobs",
@@ -153,7 +155,8 @@ def _ctrl_c_stops(stop: threading.Event):
               help="After tuning, time the model with default schedules and with the records.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm, key,
-             input_shapes, opt_level, task_filter, search, dry_run, compare, as_json):
+             input_shapes, opt_level, winograd, pack_weights, layout, task_filter, search, dry_run,
+             compare, as_json):
     """Tune every task of MODEL for TARGET; records go to the --db directory.
 
     \b
@@ -164,6 +167,7 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
     from mmopt.tuning.tune import parse_duration, tune
 
     budget = parse_duration(time_budget)
+    codegen = codegen_from(winograd, pack_weights, layout)
     stop = threading.Event()
     display = _Display() if not as_json else (lambda _r, _e: None)
     started = time.monotonic()
@@ -173,7 +177,8 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
                           input_shapes=shapes(input_shapes), opt_level=opt_level,
                           trials_per_task=trials_per_task, trials=trials, time_budget=budget,
                           farm=farm, key=key, on_update=display, stop=stop,
-                          tasks=task_filter or None, dry_run=dry_run, search=search)
+                          tasks=task_filter or None, dry_run=dry_run, search=search,
+                          codegen=codegen)
     finally:
         if isinstance(display, _Display):
             display.close()
@@ -185,7 +190,7 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
         with err.status("timing the model with default schedules and with the records"):
             comparison = compare_latency(model_path(model), target, database,
                                          input_shapes=shapes(input_shapes), opt_level=opt_level,
-                                         farm=farm, key=key)
+                                         farm=farm, key=key, codegen=codegen)
     if dry_run and not as_json:
         out.print(_task_table(report))
         out.print(f"dry run: {report.planned} trial(s) would be measured; {report.records} "

@@ -31,3 +31,24 @@ input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
     help="Fix an input's shape (repeatable), e.g. --input-shape x:1,3,224,224. A symbolic leading "
          "(batch) dim defaults to 1.")
+
+
+def codegen_options(func):
+    """``--winograd/--no-winograd``, ``--pack-weights/--no-pack-weights`` and ``--layout``: the
+    code-generation settings of :mod:`mmopt.codegen.options`, the same on every verb that
+    generates code. Unset flags fall back to the ``MMOPT_*`` environment, then to on."""
+    func = click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
+                        help="Data layout convolutions run in [default: the target's].")(func)
+    func = click.option("--pack-weights/--no-pack-weights", "pack_weights", default=None,
+                        help="Re-lay float conv weights out for the CPU kernels [default: on].")(func)
+    func = click.option("--winograd/--no-winograd", "winograd", default=None,
+                        help="Winograd F(2x2,3x3) for the 3x3 float convs where it pays "
+                             "[default: on].")(func)
+    return func
+
+
+def codegen_from(winograd, pack_weights, layout):
+    """The :class:`~mmopt.codegen.options.CodegenOptions` of :func:`codegen_options`' flags."""
+    from mmopt.codegen.options import CodegenOptions
+
+    return CodegenOptions.from_env(winograd=winograd, pack_weights=pack_weights, layout=layout)

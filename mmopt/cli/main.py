@@ -17,7 +17,8 @@ from rich.table import Table
 
 from mmopt import __version__
 from mmopt._logging import configure as configure_logging
-from mmopt.cli.common import err, input_shape_option, model_path, out, shapes
+from mmopt.cli.common import (codegen_from, codegen_options, err, input_shape_option, model_path,
+                              out, shapes)
 from mmopt.errors import MmoptError
 
 logger = logging.getLogger("mmopt")
@@ -81,7 +82,9 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
               help="Artifact prefix: writes OUTPUT.so and OUTPUT.json. [default: MODEL.TARGET]")
 @input_shape_option
 @click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
-              help="Graph optimization level (0: none, 1: simplify, 2: + eliminations, 3: + layout).")
+              help="Graph optimization level (0: none, 1: simplify, 2: + eliminations; 3: as 2 "
+                   "here: the kernels' layout is --layout, the model's inputs keep theirs).")
+@codegen_options
 @click.option("--verify/--no-verify", default=None,
               help="Run the artifact and onnxruntime on the same random inputs and compare. "
                    "[default: on when the target runs on this machine]")
@@ -92,8 +95,8 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
               help="Tuning database (from `mmopt tune`): apply its records for this target; "
                    "other kernels get default schedules.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def compile_cmd(model, target, output, input_shapes, opt_level, verify, atol, rtol, save_onnx, db,
-                as_json):
+def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_weights, layout,
+                verify, atol, rtol, save_onnx, db, as_json):
     """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
     import mmopt
 
@@ -102,6 +105,7 @@ def compile_cmd(model, target, output, input_shapes, opt_level, verify, atol, rt
         result = mmopt.compile(
             model, target, output, input_shapes=shapes(input_shapes), opt_level=opt_level,
             verify=verify, atol=atol, rtol=rtol, save_onnx=save_onnx, db=db,
+            codegen=codegen_from(winograd, pack_weights, layout),
             progress=lambda msg: status.update(msg),
         )
     if as_json:
@@ -117,6 +121,10 @@ def _print_compile_report(result) -> None:
     meta = result.meta
     out.print(f"[bold]compiled[/] {meta.source_model} -> {result.library} + {result.meta_path.name}")
     out.print(f"  target    {meta.target['name']}  ({json.dumps(meta.target['tvm'])})")
+    cpu = meta.target.get("cpu")
+    out.print("  codegen   " + ", ".join(f"{k} {v}" for k, v in meta.codegen.items())
+              + (f"; {cpu['isa']}: {cpu['vector_bits']}-bit vectors, {cpu['vector_registers']} "
+                 "registers" if cpu else ""))
     for kind, specs in (("input", meta.inputs), ("output", meta.outputs)):
         for s in specs:
             out.print(f"  {kind:<9} {s.name}  {s.dtype}{s.shape}")
@@ -127,6 +135,9 @@ def _print_compile_report(result) -> None:
     if tuning:
         out.print(f"  tuning    {tuning['kernels_tuned']} of {tuning['kernels_looked_up']} kernels "
                   f"from {tuning['database']}; the rest use default schedules")
+        for change in tuning.get("codegen_differences", []):
+            out.print(f"  [yellow]warning[/]   the records were tuned with other code-generation "
+                      f"settings ({change}): kernels they change have no records")
     out.print("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.onnx_path:
         out.print(f"  onnx      {result.onnx_path}")

@@ -12,17 +12,18 @@ from mmopt.targets import Target, require_toolchain
 logger = logging.getLogger(__name__)
 
 
-def build(mod, target: Target, database=None):
+def build(mod, target: Target, database=None, options=None):
     """Compile a Relax ``IRModule`` for ``target`` with mmopt's pipeline; returns a TVM Executable.
 
-    ``database``: optional MetaSchedule database of tuning records to apply (see
+    ``database``: optional MetaSchedule database of tuning records to apply; ``options``: the
+    :class:`mmopt.codegen.options.CodegenOptions` (see
     :func:`mmopt.codegen.pipeline.relax_pipeline`).
     """
     import tvm
 
     try:
         return tvm.compile(mod, target=target.tvm_target(),
-                           relax_pipeline=relax_pipeline(target, database))
+                           relax_pipeline=relax_pipeline(target, database, options))
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types from C++
         raise MmoptError(f"code generation for target {target.name} failed: {summarize(exc)}") from exc
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mmopt.codegen.options import CodegenOptions
 from mmopt.targets import Target
 
 
@@ -69,16 +70,16 @@ def _when_module_uses(ops: tuple[str, ...], inner):
     return _pass
 
 
-def _layout(target: Target):
+def _layout(target: Target, options: CodegenOptions | None = None):
     """Inference-only decompositions (BatchNorm -> scale/shift, so it fuses into the conv epilogue),
-    QDQ -> integer kernels (:mod:`mmopt.codegen.quantized`), then the target's preferred data
-    layout for convolutions (weights re-laid out at compile time by FoldConstant) and, on CPUs,
-    convolutions on weights pre-packed for the kernels' access order (integer:
-    ``pack_dot_convs``; float: :mod:`mmopt.codegen.packed_conv`, off with MMOPT_PACK_WEIGHTS=0)."""
-    import os
-
+    QDQ -> integer kernels (:mod:`mmopt.codegen.quantized`), then the data layout for convolutions
+    (``options.layout``, default the target's preferred one; weights re-laid out at compile time by
+    FoldConstant) and, on CPUs, convolutions on weights pre-packed for the kernels' access order
+    (integer: ``pack_dot_convs``; float: :mod:`mmopt.codegen.packed_conv` when
+    ``options.pack_weights``, with Winograd when ``options.winograd``)."""
     from tvm import relax
 
+    options = options or CodegenOptions()
     from mmopt.codegen.layout_cleanup import cancel_transposes, nhwc_depth_to_space
     from mmopt.codegen.quantized import dot_product_for, fold_pad_transposes, lower_qdq, pack_dot_convs
 
@@ -89,8 +90,7 @@ def _layout(target: Target):
               else [])
     passes += [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
                relax.transform.CanonicalizeBindings()]
-    layout = os.environ.get("MMOPT_CONV_LAYOUT", target.preferred_layout)
-    if layout == "NHWC":
+    if options.layout_for(target) == "NHWC":
         # conv2d_transpose stays NCHW: TVM 0.27 cannot legalize it in NHWC
         passes.append(_when_module_uses(("relax.nn.conv2d",), relax.transform.ConvertLayout({
             "relax.nn.conv2d": ["NHWC", "HWIO"],
@@ -98,13 +98,13 @@ def _layout(target: Target):
         })))
         passes += [nhwc_depth_to_space(), cancel_transposes(), fold_pad_transposes(),
                    pack_dot_convs()]
-        if target.device == "cpu" and os.environ.get("MMOPT_PACK_WEIGHTS", "1") != "0":
+        if target.device == "cpu" and options.pack_weights:
             from mmopt.codegen.packed_conv import pack_float_convs
             from mmopt.targets.cpu import cpu_facts
 
             facts = cpu_facts(target.tvm_target())
             passes.append(pack_float_convs(max(4, facts.lanes), facts.vector_registers,
-                                           os.environ.get("MMOPT_WINOGRAD", "1") != "0"))
+                                           options.winograd))
     return passes
 
 
@@ -172,23 +172,26 @@ def _apply_database():
     return [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
 
 
-def tuning_module(mod, target: Target):
+def tuning_module(mod, target: Target, options: CodegenOptions | None = None):
     """Stages 1-2 only: the fused TIR functions that are MetaSchedule's tuning tasks.
 
     Tuning (``mmopt.tuning``) extracts tasks from this module, so records match the functions that
-    :func:`relax_pipeline` later looks up in the database.
+    :func:`relax_pipeline` later looks up in the database (with the same ``options``).
     """
     import tvm
 
+    options = options or CodegenOptions()
     with target.tvm_target():
-        return tvm.transform.Sequential(_library_dispatch() + _layout(target) + _legalize())(mod)
+        return tvm.transform.Sequential(_library_dispatch() + _layout(target, options)
+                                        + _legalize())(mod)
 
 
-def relax_pipeline(target: Target, database=None):
+def relax_pipeline(target: Target, database=None, options: CodegenOptions | None = None):
     """A ``tvm.transform`` module pass running the four stages for ``target``.
 
     ``database``: a MetaSchedule database (``tvm.s_tir.meta_schedule.Database``) whose records for
-    this target are applied before default schedules fill in the rest.
+    this target are applied before default schedules fill in the rest; ``options``: the
+    code-generation settings (:mod:`mmopt.codegen.options`; default: all on, the target's layout).
     """
     import contextlib
 
@@ -199,7 +202,8 @@ def relax_pipeline(target: Target, database=None):
     @tvm.transform.module_pass(opt_level=0, name=f"mmopt_{target.device}_pipeline")
     def _pipeline(mod, _ctx):
         with tvm_target, (database if database is not None else contextlib.nullcontext()):
-            passes = (_library_dispatch() + _layout(target) + _legalize()
+            passes = (_library_dispatch() + _layout(target, options or CodegenOptions())
+                      + _legalize()
                       + (_apply_database() if database is not None else [])
                       + SCHEDULES[target.device]() + _lower(target.device))
             return tvm.transform.Sequential(passes)(mod)

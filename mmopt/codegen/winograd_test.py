@@ -33,7 +33,7 @@ def _model(ic, oc, hw, stride, pad, seed=0):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _layout_text(model) -> str:
+def _layout_text(model, options=None) -> str:
     import tvm
 
     from mmopt.codegen import pipeline
@@ -42,7 +42,7 @@ def _layout_text(model) -> str:
 
     target = get("x86")
     with target.tvm_target():
-        return tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
+        return tvm.transform.Sequential(pipeline._layout(target, options))(to_relax(model)).script()  # noqa: SLF001
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -57,11 +57,22 @@ def test_winograd_where_it_applies_and_matches_onnxruntime(case, tmp_path):
     assert result.verification.passed, result.verification.to_dict()
 
 
-def test_switched_off_by_environment(monkeypatch):
+def test_switched_off_by_option_or_environment(monkeypatch, tmp_path):
+    import json
+
+    import mmopt
+    from mmopt.codegen.options import CodegenOptions
     from mmopt.codegen.winograd import GEMM_BLOCK
 
+    model = _model(32, 32, 16, 1, 1)
+    assert GEMM_BLOCK not in _layout_text(model, CodegenOptions(winograd=False))
     monkeypatch.setenv("MMOPT_WINOGRAD", "0")
-    assert GEMM_BLOCK not in _layout_text(_model(32, 32, 16, 1, 1))
+    assert CodegenOptions.from_env() == CodegenOptions(winograd=False)
+    assert CodegenOptions.from_env(winograd=True).winograd  # an explicit option wins
+    # what the environment chose is recorded in the artifact
+    result = mmopt.compile(model, "x86", tmp_path / "off")
+    recorded = json.loads(result.meta_path.read_text())["codegen"]
+    assert recorded == {"winograd": False, "pack_weights": True, "layout": "NHWC"}
 
 
 def test_accuracy_is_that_of_the_direct_sum(tmp_path):

@@ -51,6 +51,8 @@ class ArtifactMeta:
     tvm_version: str
     created: str
     verification: dict | None = None
+    #: code-generation settings (:mod:`mmopt.codegen.options`); empty in older artifacts
+    codegen: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

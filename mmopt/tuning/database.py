@@ -226,13 +226,27 @@ class TuningDatabase:
                     continue
                 memory.commit_tuning_record(_recommit(memory, record))
                 kept += 1
+        codegen = (_read_json(sub / TARGET_FILE).get("codegen")
+                   if (sub / TARGET_FILE).is_file() else None)
         if dropped:
             logger.warning("%s: ignored %d record(s) measured for another target", sub, dropped)
         if not kept:
             others = [_read_json(d / TARGET_FILE).get("identity", {}) for d in self.target_dirs()]
             logger.info("%s: no records for target %s (it has records for %d other target(s))",
                         self.path, json.dumps(target_identity(target)), len(others))
-        return TargetDatabase(memory, target, self.path)
+        database = TargetDatabase(memory, target, self.path)
+        database.codegen = codegen
+        return database
+
+    def record_codegen(self, target, settings: dict) -> dict | None:
+        """Store the code-generation settings (:mod:`mmopt.codegen.options`) that ``target``'s
+        records are measured with; returns the settings stored before (None: none)."""
+        sub = self.target_dir(target, create=True)
+        data = _read_json(sub / TARGET_FILE)
+        before = data.get("codegen")
+        data["codegen"] = settings
+        _write_json(sub / TARGET_FILE, data)
+        return before
 
     # -- task information ------------------------------------------------------------------------
 
@@ -317,6 +331,8 @@ def _make_target_database_class():
             self.queried: list[str] = []
             self.applied: list[str] = []
             self.other_target: int = 0
+            #: code-generation settings the records were tuned with (None: not recorded)
+            self.codegen: dict | None = None
 
         def has_workload(self, mod):
             return self.inner.has_workload(mod)

@@ -60,11 +60,13 @@ class LatencyComparison:
 
 def compare_latency(model, target, database, *, input_shapes=None, opt_level: int = DEFAULT_LEVEL,
                     farm=None, key: str | None = None, number: int = 10, repeat: int = 5,
-                    min_repeat_ms: int = 100) -> LatencyComparison:
+                    min_repeat_ms: int = 100, codegen=None) -> LatencyComparison:
     """Compile ``model`` for ``target`` twice (default schedules; records of ``database`` applied)
     and time both, on this machine or on a device of ``key`` at ``farm``: the median of
-    ``repeat`` samples, each the mean of at least ``number`` calls lasting ``min_repeat_ms``."""
+    ``repeat`` samples, each the mean of at least ``number`` calls lasting ``min_repeat_ms``.
+    ``codegen``: the code-generation settings of both builds (default: from the environment)."""
     from mmopt.codegen.build import build
+    from mmopt.codegen.options import CodegenOptions
     from mmopt.tuning.database import open_database
 
     tgt = _targets.get(target)
@@ -81,7 +83,8 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
     with tempfile.TemporaryDirectory(prefix="mmopt-latency-") as tmp:
         paths = {}
         for label, database_ in (("default", None), ("tuned", db)):
-            paths[label] = _export(build(mod, tgt, database=database_), tgt, reference,
+            paths[label] = _export(build(mod, tgt, database_, codegen or CodegenOptions.from_env()),
+                                   tgt, reference,
                                    Path(tmp) / label)
         times = _time_side_by_side(paths, feeds, tgt, farm, key, number, repeat, min_repeat_ms)
     where = f"device {key or tgt.rpc_key} at {farm}" if farm else "this machine"

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mmopt import targets as _targets
+from mmopt.codegen.options import CodegenOptions, differences
 from mmopt.errors import MmoptError, summarize
 from mmopt.passes import DEFAULT_LEVEL
 from mmopt.tuning import farm as _farm
@@ -408,7 +409,8 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
          key: str | None = None, batch: int | None = None, seed: int | None = None,
          measurement: Measurement | None = None, on_update: OnUpdate | None = None,
          stop: threading.Event | None = None, tasks: Sequence[str] | None = None,
-         dry_run: bool = False, search: str = DEFAULT_SEARCH) -> TuneReport:
+         dry_run: bool = False, search: str = DEFAULT_SEARCH,
+         codegen: CodegenOptions | None = None) -> TuneReport:
     """Tune every task of ``model`` for ``target`` into the tuning database at ``database``.
 
     ``trials_per_task``: records wanted per task (counting those already in the database);
@@ -417,7 +419,9 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     at the tracker ``farm`` ("HOST:PORT") instead of this machine; ``stop``: set it (e.g. from a
     SIGINT handler) to end the run after the current batch; ``tasks``: tune only the tasks whose
     name contains one of these strings; ``dry_run``: only plan (the report lists the tasks, their
-    records and the trials a run would measure); ``search``: one of :data:`SEARCHES`. Never
+    records and the trials a run would measure); ``search``: one of :data:`SEARCHES`;
+    ``codegen``: the code-generation settings (:mod:`mmopt.codegen.options`, default from the
+    environment), stored with the records so a compile with other settings says so. Never
     raises for a stop: the report says why it stopped, and running again resumes.
     """
     from tvm.s_tir import meta_schedule as ms
@@ -459,7 +463,8 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     # Tasks, exactly as compile will look them up.
     mod, _reference = relax_module(model, input_shapes, opt_level)
     tuning_target = _tuning_target(tgt, num_cores)
-    extracted = [t for t in ms.relax_integration.extract_tasks(tuning_module(mod, tgt),
+    codegen = codegen or CodegenOptions.from_env()
+    extracted = [t for t in ms.relax_integration.extract_tasks(tuning_module(mod, tgt, codegen),
                                                                tuning_target)
                  if not t.mod.attrs.get("tirx.is_scheduled", False)]
     if tasks:
@@ -470,6 +475,15 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
         tdb, counts, infos, best_before = None, {}, {}, {}
     else:
         tdb = TuningDatabase(database, create=True)
+        if not dry_run:
+            before = tdb.record_codegen(tgt, codegen.resolved(tgt))
+            changed = differences(before, codegen.resolved(tgt))
+            if changed:
+                logger.warning("%s: earlier records of %s were tuned with other code-generation "
+                               "settings (%s); they apply only to the kernels these settings do "
+                               "not change", database, tgt.name,
+                               "; ".join(c.replace("tuned with", "earlier").replace(
+                                   "compiled with", "now") for c in changed))
         schedules = tdb.schedules(tgt)
         counts = {w: len(traces) for w, traces in schedules.items()}
         infos = tdb.tasks(tgt)
