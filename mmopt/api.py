@@ -147,7 +147,10 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
 
         database = open_database(db, tgt)
     step(f"generating code for {tgt.name}")
-    executable = _build.build(mod, tgt, database, codegen)
+    from mmopt.codegen.cpu_schedules import record_fallbacks
+
+    with record_fallbacks() as fallbacks:
+        executable = _build.build(mod, tgt, database, codegen)
     timings["codegen"] = time.perf_counter() - t0
     tuning = None
     if database is not None:
@@ -178,7 +181,8 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         tvm_version=str(tvm.__version__),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         codegen=codegen.resolved(tgt),
-        extra={"tuning": tuning} if tuning else {},
+        extra={**({"tuning": tuning} if tuning else {}),
+               **({"schedule_fallbacks": fallbacks} if fallbacks else {})},
     )
 
     with _atomic_outputs(prefix) as tmp:

@@ -72,3 +72,21 @@ def test_bad_layout_is_one_line():
 
     with pytest.raises(MmoptError, match="layout 'NWHC'"):
         CodegenOptions(layout="NWHC")
+
+
+def test_unscheduled_blocks_are_reported(conv_model, tmp_path, monkeypatch):
+    """A block the default schedules cannot handle runs as generated: the compile report and the
+    artifact JSON say so (a test hook makes the contraction schedule fail)."""
+    from mmopt.cli.main import cli
+    from mmopt.codegen import cpu_schedules
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("test hook: no schedule")
+
+    monkeypatch.setattr(cpu_schedules, "schedule_contraction", broken)
+    result = CliRunner().invoke(cli, ["compile", str(conv_model), "--no-winograd",
+                                      "-o", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output  # still correct: verified against onnxruntime
+    assert "block(s) left unscheduled" in result.output
+    fallbacks = json.loads((tmp_path / "d.json").read_text())["extra"]["schedule_fallbacks"]
+    assert fallbacks and fallbacks[0]["reason"] == "test hook: no schedule"

@@ -138,6 +138,11 @@ def _print_compile_report(result) -> None:
         for change in tuning.get("codegen_differences", []):
             out.print(f"  [yellow]warning[/]   the records were tuned with other code-generation "
                       f"settings ({change}): kernels they change have no records")
+    fallbacks = meta.extra.get("schedule_fallbacks") or []
+    if fallbacks:
+        shown = ", ".join(f"{f['block']} ({f['reason']})" for f in fallbacks[:3])
+        out.print(f"  [yellow]warning[/]   {len(fallbacks)} block(s) left unscheduled (plain loops, "
+                  f"slower): {shown}{' ...' if len(fallbacks) > 3 else ''}")
     out.print("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.onnx_path:
         out.print(f"  onnx      {result.onnx_path}")

@@ -32,6 +32,8 @@ slower.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 from dataclasses import asdict, dataclass
 
@@ -535,13 +537,41 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         sch.parallel(fused)
 
 
+#: where :func:`_try` reports blocks left as generated (see :func:`record_fallbacks`)
+_FALLBACKS: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmopt_fallbacks",
+                                                                          default=None)
+
+
+@contextlib.contextmanager
+def record_fallbacks():
+    """Collect, while the block runs, every block a default schedule could not handle: a list of
+    ``{"block", "schedule", "reason"}``. Such a block runs as generated (correct, but a plain
+    loop nest: not parallel, not vectorized), which a compile report must say."""
+    found: list[dict] = []
+    token = _FALLBACKS.set(found)
+    try:
+        yield found
+    finally:
+        _FALLBACKS.reset(token)
+
+
+def note_fallback(block: str, schedule: str, exc: BaseException) -> None:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = lines[-1] if lines else type(exc).__name__
+    logger.debug("schedule %s on %s failed: %s", schedule, block, reason)
+    found = _FALLBACKS.get()
+    if found is not None:
+        found.append({"block": block, "schedule": schedule, "reason": reason[:200]})
+
+
 def _try(sch, fn, *args) -> object:
-    """Apply ``fn`` to a copy of the schedule; keep the copy only if it succeeded."""
+    """Apply ``fn`` to a copy of the schedule; keep the copy only if it succeeded (a failure is
+    noted with :func:`note_fallback`)."""
     trial = sch.copy()
     try:
         fn(trial, *args)
     except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
-        logger.debug("schedule %s on %s failed: %s", fn.__name__, args[0], str(exc).splitlines()[-1:])
+        note_fallback(str(args[0]), fn.__name__, exc)
         return sch
     return trial
 
@@ -633,7 +663,8 @@ def default_cpu_schedule_pass():
             try:
                 return schedule_prim_func(func, target)
             except Exception as exc:  # noqa: BLE001
-                logger.debug("default schedule failed: %s", exc)
+                note_fallback(str(func.attrs.get("global_symbol", "?")) if func.attrs else "?",
+                              "schedule_prim_func", exc)
                 return None
 
     return dl.ApplyDefaultSchedule(_Rule())
