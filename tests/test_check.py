@@ -224,6 +224,7 @@ min-snr = 20
 @pytest.mark.parametrize(("text", "message"), [
     ("min-cosin = 0.9", "unknown key 'min-cosin'"),
     ("max-drop = 2", "fraction"),
+    ('eval-engine = "fast"', "--eval-engine fast: use one of reference, onnxruntime"),
     ("[output.logits]\nmin-snr = 1", "unknown output(s) logits"),
     ("reference = [", "not valid TOML"),
 ])
@@ -275,6 +276,136 @@ def test_input_error_writes_junit_error(qdq, tmp_path):
     root, suite, cases = _junit(tmp_path / "j.xml")
     assert root.get("errors") == "1"
     assert "gone.onnx" in cases[0].find("error").get("message")
+
+
+# --------------------------------------------------------------------------------------------------
+# the eval engine, and the one reading of --max-drop
+
+
+def test_eval_engine_is_used_and_named(qdq, tmp_path):
+    from mmopt.check import open_runner
+
+    levels = {engine: open_runner(qdq / "qdq.onnx", engine=engine)._session  # noqa: SLF001
+              .get_session_options().graph_optimization_level.name
+              for engine in ("reference", "onnxruntime")}
+    assert levels == {"reference": "ORT_DISABLE_ALL", "onnxruntime": "ORT_ENABLE_ALL"}
+
+    result = invoke(*_files(qdq), "-c", qdq / "qdq.onnx", "--min-cosine", "0.99",
+                    "--report", tmp_path / "r.json", "--junit", tmp_path / "r.xml")
+    assert result.exit_code == 0, result.output
+    assert "eval engine: reference (onnxruntime, graph optimizations off" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["eval_engine"] == "reference"
+    assert report["candidate"].endswith("(onnxruntime, reference engine)")
+    _, suite, _ = _junit(tmp_path / "r.xml")
+    assert suite.find("properties/property[@name='eval_engine']").get("value") == "reference"
+
+    result = invoke(*_files(qdq), "-c", qdq / "qdq.onnx", "--min-cosine", "0.99",
+                    "--eval-engine", "onnxruntime", "--report", tmp_path / "o.json")
+    assert result.exit_code == 0, result.output
+    assert "eval engine: onnxruntime (onnxruntime, default optimizations" in result.output
+    assert json.loads((tmp_path / "o.json").read_text())["eval_engine"] == "onnxruntime"
+    with pytest.raises(MmoptError, match="--eval-engine artifact: use one of"):
+        check(qdq / "fp32.onnx", qdq / "qdq.onnx", qdq / "data.npz", eval_engine="artifact")
+
+
+def test_max_drop_has_one_reading(qdq, tmp_path):
+    limits = {}
+    for spelling in ("0.5%", "0.005"):
+        result = invoke(*_files(qdq), "-c", qdq / "qdq.onnx", "--max-drop", spelling,
+                        "--report", tmp_path / "r.json")
+        assert result.exit_code == 0, result.output
+        assert "top-1 accuracy drop <= 0.5%" in result.output
+        limits[spelling] = json.loads((tmp_path / "r.json").read_text())["thresholds"][
+            "all outputs"]["max_drop"]
+    assert limits == {"0.5%": 0.005, "0.005": 0.005}
+    for bare in ("1", "2", "1.5"):
+        result = invoke(*_files(qdq), "-c", qdq / "qdq.onnx", "--max-drop", bare)
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith("mmopt: error: command line: --max-drop")
+        assert f"write {bare}%" in line
+    for bad in ("-1%", "150%", "abc", "-0.1"):
+        result = invoke(*_files(qdq), "-c", qdq / "qdq.onnx", "--max-drop", bad)
+        assert result.exit_code == 2 and "--max-drop" in result.output, (bad, result.output)
+
+
+def test_max_drop_parser_reads_percentage_points(caplog):
+    from mmopt.check.thresholds import parse_max_drop
+
+    assert parse_max_drop("0.5%") == parse_max_drop("0.005") == parse_max_drop(0.005) == 0.5
+    assert parse_max_drop("0") == parse_max_drop(0) == parse_max_drop("0%") == 0.0
+    assert parse_max_drop("100%") == 100.0 and parse_max_drop(0.07) == 7.0
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert parse_max_drop("0.5") == 50.0  # a fraction: half of all samples
+    assert "allows a drop of 50 percentage points" in caplog.text and "write 0.5%" in caplog.text
+    for value in (1, 2, "1", 1.0, -0.1, "-1%", "101%", "nan", "inf", True, None, "x"):
+        with pytest.raises(MmoptError, match="--max-drop"):
+            parse_max_drop(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# the README's CI example, run as written
+
+
+def _readme_command(prefix: str) -> list[str]:
+    """The README command that starts with ``prefix`` (continuation lines joined), as argv."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.startswith(prefix):
+            command = line
+            while command.rstrip().endswith("\\"):
+                command = command.rstrip()[:-1] + " " + next(lines).strip()
+            argv = shlex.split(command.split(" #")[0])
+            assert argv[0] == "mmopt"
+            return [sys.executable, "-m", "mmopt.cli.main", *argv[1:]]
+    raise AssertionError(f"README.md has no command starting with {prefix!r}")
+
+
+def test_readme_ci_example_gates_a_one_point_regression(tmp_path):
+    """The README's quantize and CI-gate lines on the trained digits CNN (500 held-out samples, so
+    one sample is 0.2 points): the int8 model within the budget passes; the same CNN with one
+    channel scaled by 1000 (the same float function, hostile to int8) quantized the same way loses
+    a few points and fails. Read as a fraction, the old spelling (`--max-drop 0.5`,
+    50 points) let that regression through; that is what the README's `0.5%` is for."""
+    pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
+    from models_zoo.digits import train_digits_cnn
+    from tests.test_quantize_models import _imbalanced
+
+    quantize = _readme_command("mmopt quantize model.onnx -o model.int8.onnx --calib calib.npz "
+                               "--method")
+    gate = _readme_command("mmopt check ")
+    assert "--max-drop" in gate and "--labels" in gate
+    model, splits = train_digits_cnn()
+    verdicts = {}
+    for name, fp32 in (("digits", model), ("hostile", _imbalanced(model))):
+        work = tmp_path / name
+        work.mkdir()
+        mir.save(mir.fix_input_shapes(fp32, {"input": (1, 1, 8, 8)}), work / "model.onnx")
+        np.savez(work / "calib.npz", input=splits.calib_x.astype(np.float32))
+        np.savez(work / "eval.npz", input=splits.test_x.astype(np.float32))
+        np.save(work / "labels.npy", splits.test_y)
+        made = subprocess.run(quantize, cwd=work, capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, made.stdout + made.stderr
+        proc = subprocess.run(gate + ["--report", "check.json"], cwd=work, capture_output=True,
+                              text=True, timeout=600)
+        report = json.loads((work / "check.json").read_text())
+        (out,) = report["outputs"]
+        verdicts[name] = (proc.returncode, out["accuracy_drop"])
+        assert report["eval_engine"] == "reference"
+        ET.parse(work / "check.xml")  # the README's --junit file
+        if name == "hostile":
+            old = [a if a != "0.5%" else "0.5" for a in gate]  # the README's former spelling
+            legacy = subprocess.run(old, cwd=work, capture_output=True, text=True, timeout=600)
+            assert legacy.returncode == 0, legacy.stdout + legacy.stderr
+            assert "allows a drop of 50 percentage points" in legacy.stdout + legacy.stderr
+    assert verdicts["digits"][0] == 0 and verdicts["digits"][1] <= 0.005, verdicts
+    assert verdicts["hostile"][0] == 1 and 0.005 < verdicts["hostile"][1] < 0.5, verdicts
 
 
 # --------------------------------------------------------------------------------------------------

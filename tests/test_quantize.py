@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -140,7 +141,7 @@ def test_option_errors(cnn):
     with pytest.raises(MmoptError, match="needs calibration data"):
         quantize(cnn)
     with pytest.raises(MmoptError, match="--max-drop needs --eval"):
-        quantize(cnn, _data(4), max_drop=1.0)
+        quantize(cnn, _data(4), max_drop="1%")
     with pytest.raises(MmoptError, match="--method"):
         quantize(cnn, _data(4), method="kl")
     with pytest.raises(MmoptError, match=r"no data for input\(s\) x"):
@@ -276,20 +277,94 @@ def test_cli_quantize(tmp_path, cnn):
     assert not (tmp_path / "q2.onnx").exists()
 
 
-def test_cli_accuracy_aware_budget_not_met_exits_1(tmp_path, cnn):
+def test_cli_accuracy_aware_budget_not_met_exits_1(tmp_path, cnn, monkeypatch):
     onnx.save(cnn, tmp_path / "net.onnx")
     np.savez(tmp_path / "calib.npz", **_data(8))
     np.savez(tmp_path / "eval.npz", **_data(4, seed=1))
+    # Keeping every node in float gives the float model (drop 0), so any budget >= 0 can be met;
+    # an evaluator that reports one point more than it measures makes the budget unreachable.
+    from mmopt.quantize.evaluate import Evaluator
+
+    measured = Evaluator.compare
+
+    def one_point_worse(self, got):
+        score = measured(self, got)
+        return dataclasses.replace(score, drop=score.drop + 1.0)
+
+    monkeypatch.setattr(Evaluator, "compare", one_point_worse)
     result = CliRunner().invoke(cli, [
         "quantize", str(tmp_path / "net.onnx"), "-o", str(tmp_path / "q.onnx"), "--calib",
         str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"), "--metric", "snr",
-        "--max-drop", "-1", "--json"])
+        "--max-drop", "0.5%", "--json"])
     assert result.exit_code == 1, result.output
     import json
 
     report = json.loads(result.output)
     aa = report["accuracy_aware"]
-    assert not aa["met"] and aa["metric"] == "snr"
+    assert not aa["met"] and aa["metric"] == "snr" and aa["max_drop"] == 0.5
+    assert report["eval_engine"] == "reference"
     assert len(aa["sensitivities"]) == len(aa["steps"]) - 1  # every candidate tried in turn
     assert aa["steps"][0]["action"] == "all int8"
     assert (tmp_path / "q.onnx").exists()  # the best model found is still written
+
+
+def test_cli_max_drop_spellings_and_eval_engine(tmp_path, cnn):
+    """``--max-drop`` reads as ``mmopt check --max-drop`` does; ``--eval-engine`` is reported."""
+    import json
+
+    onnx.save(cnn, tmp_path / "net.onnx")
+    np.savez(tmp_path / "calib.npz", **_data(8))
+    np.savez(tmp_path / "eval.npz", **_data(4, seed=1))
+    runner = CliRunner()
+
+    def run(*extra):
+        return runner.invoke(cli, [
+            "quantize", str(tmp_path / "net.onnx"), "-o", str(tmp_path / "q.onnx"), "--calib",
+            str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"), "--metric",
+            "cosine", *extra])
+
+    budgets = {}
+    for spelling in ("0.5%", "0.005"):
+        result = run("--max-drop", spelling, "--json")
+        assert result.exit_code == 0, result.output
+        budgets[spelling] = json.loads(result.output)["accuracy_aware"]["max_drop"]
+    assert budgets == {"0.5%": 0.5, "0.005": 0.5}  # percentage points, both spellings
+
+    for bare in ("1", "2"):
+        result = run("--max-drop", bare)
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith("mmopt: error: --max-drop") and f"write {bare}%" in line
+
+    result = run("--eval-engine", "onnxruntime", "--report", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    assert "eval engine  onnxruntime (onnxruntime, default optimizations" in result.output
+    assert json.loads((tmp_path / "r.json").read_text())["eval_engine"] == "onnxruntime"
+    result = run()
+    assert "eval engine  reference (onnxruntime, graph optimizations off" in result.output
+    result = run("--eval-engine", "artifact")
+    assert result.exit_code == 2 and "'artifact' is not one of" in result.output
+
+
+def test_evaluation_runs_on_the_chosen_engine(cnn, monkeypatch):
+    from mmopt.runtime import ort
+
+    seen = []
+    real = ort.session
+
+    def spy(model, *, label, optimization="off", **options):
+        if label.startswith("evaluation"):
+            seen.append(optimization)
+        return real(model, label=label, optimization=optimization, **options)
+
+    monkeypatch.setattr(ort, "session", spy)
+    for engine, level in (("reference", "off"), ("onnxruntime", "all")):
+        seen.clear()
+        _, report = quantize(cnn, _data(8), eval_data=_data(4, seed=1), metric="cosine",
+                             eval_engine=engine)
+        assert seen and set(seen) == {level}, (engine, seen)  # the float and the int8 model
+        assert report.eval_engine == engine and report.to_dict()["eval_engine"] == engine
+    _, report = quantize(cnn, _data(8))
+    assert report.eval_engine is None
+    with pytest.raises(MmoptError, match="--eval-engine artifact: use one of"):
+        quantize(cnn, _data(8), eval_data=_data(4), eval_engine="artifact")

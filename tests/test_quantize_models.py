@@ -69,7 +69,7 @@ def test_accuracy_aware_restores_a_broken_model(digits):
     assert _accuracy(hostile, s.test_x, s.test_y) == _accuracy(model, s.test_x, s.test_y)
     qmodel, report = quantize(hostile, {"input": s.calib_x}, method="minmax",
                               eval_data=({"input": s.test_x}, s.test_y), metric="top1",
-                              max_drop=0.5)
+                              max_drop="0.5%")
     aa = report.accuracy_aware
     first = aa.steps[0]
     assert first.action == "all int8" and first.score.drop > 10.0  # plain int8 breaks the budget
@@ -86,7 +86,7 @@ def test_accuracy_aware_restores_a_broken_model(digits):
 def test_accuracy_aware_is_a_no_op_within_budget(digits):
     model, s = digits
     _, report = quantize(model, {"input": s.calib_x}, method="minmax",
-                         eval_data=({"input": s.test_x}, s.test_y), max_drop=0.5)
+                         eval_data=({"input": s.test_x}, s.test_y), max_drop="0.5%")
     assert report.accuracy_aware.met and report.kept_float == []
     assert len(report.accuracy_aware.steps) == 1
 

@@ -13,6 +13,7 @@ from mmopt.check.report import CheckReport
 from mmopt.check.runners import OnnxRunner, Runner, open_runner
 from mmopt.check.thresholds import Thresholds, evaluate
 from mmopt.errors import MmoptError
+from mmopt.runtime import ort
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def check(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     worst: int = DEFAULT_WORST,
+    eval_engine: str = ort.DEFAULT_ENGINE,
     progress: Callable[[str], None] | None = None,
     **threshold_values,
 ) -> CheckReport:
@@ -45,14 +47,21 @@ def check(
     artifact (``NAME``/``NAME.so``/``NAME.json`` or a loaded ``CompiledModel``), ``zoo:NAME``, or a
     :class:`~mmopt.check.runners.Runner`. ``data``: see :mod:`mmopt.check.data` (``random:N``, an
     ``.npz``/``.npy`` file, a directory, or ``{input: array with a leading sample axis}``).
-    ``labels``: a file or an integer array, one class per sample.
+    ``labels``: a file or an integer array, one class per sample. ``eval_engine``: how ONNX models
+    run (:data:`mmopt.runtime.ort.ENGINES`): ``"reference"`` (default; onnxruntime with graph
+    optimizations off, so QDQ models compute dequantize -> float op -> quantize, the same on every
+    CPU) or ``"onnxruntime"`` (onnxruntime's default optimizations: fused int8 kernels whose results
+    depend on the CPU; for models shipped on onnxruntime).
 
-    Thresholds come as keywords (``min_cosine=0.99, max_drop=0.01, min_snr=20, min_top1=...,
-    min_top5=..., atol=..., rtol=...``; fractions also as ``"1%"``) and/or ``thresholds=``;
+    Thresholds come as keywords (``min_cosine=0.99, max_drop="1%", min_snr=20, min_top1=...,
+    min_top5=..., atol=..., rtol=...``; fractions also as ``"1%"``; ``max_drop`` as
+    :func:`~mmopt.check.thresholds.parse_max_drop` reads it: ``"1%"`` or the fraction ``0.01``,
+    never a bare number >= 1) and/or ``thresholds=``;
     ``per_output={name: Thresholds(...)}`` overrides them for single outputs. Bad input raises
     :class:`MmoptError`; a failed threshold does not raise: see ``report.passed``.
     """
     step = progress or (lambda _msg: None)
+    eval_engine = ort.check_engine(eval_engine)
     unknown = [k for k in threshold_values if k not in Thresholds.names()]
     if unknown:
         raise TypeError(f"check() got unexpected keyword argument(s): {', '.join(unknown)}")
@@ -66,9 +75,9 @@ def check(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     step("loading the reference")
-    ref = open_runner(reference, "reference")
+    ref = open_runner(reference, "reference", engine=eval_engine)
     step("loading the candidate")
-    cand = open_runner(candidate, "candidate")
+    cand = open_runner(candidate, "candidate", engine=eval_engine)
     _check_inputs(ref, cand)
     if per_layer and not (isinstance(ref, OnnxRunner) and isinstance(cand, OnnxRunner)):
         raise MmoptError("--per-layer compares two ONNX models (e.g. fp32 vs its QDQ version); "
@@ -126,6 +135,7 @@ def check(
     return CheckReport(
         reference=ref.describe(), candidate=cand.describe(), data=dataset.description,
         samples=len(dataset), labels=label_array is not None, thresholds=thresholds_dict,
+        eval_engine=eval_engine if any(isinstance(r, OnnxRunner) for r in (ref, cand)) else None,
         outputs=outputs, checks=checks, per_layer=layers, metrics=metrics,
         seconds={k: round(v, 4) for k, v in timings.items()}, notes=notes)
 

@@ -35,6 +35,7 @@ _OPTIONS = {
     **{k: str for k in _PATHS},
     "metric": list, "output_name": list, "input_shape": list,
     "per_layer": bool, "per_layer_samples": int, "jump_db": float, "seed": int,
+    "eval_engine": str,
 }
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from mmopt.check.metrics import cosine, difference, snr_db
-from mmopt.check.runners import make_session, run_session
+from mmopt.runtime import ort
 
 DEFAULT_JUMP_DB = 10.0
 DEFAULT_CAP_DB = 40.0
@@ -137,18 +137,17 @@ def compare_layers(reference: onnx.ModelProto, candidate: onnx.ModelProto,
             order.extend((o, node) for o in node.output if o)
     pairs = {name: (ref.carried(name), cand.carried(name)) for name, _ in order
              if name in cand.tensors}
-    ref_run = make_session(_exposing(reference, [r for r, _ in pairs.values()]), labels[0],
-                           optimize=False)
-    cand_run = make_session(_exposing(candidate, [c for _, c in pairs.values()]), labels[1],
-                            optimize=False)
+    # the reference engine whatever --eval-engine says: optimizations would fuse tensors away
+    ref_run = ort.session(_exposing(reference, [r for r, _ in pairs.values()]), label=labels[0])
+    cand_run = ort.session(_exposing(candidate, [c for _, c in pairs.values()]), label=labels[1])
     ref_names = [o.name for o in ref_run.get_outputs()]
     cand_names = [o.name for o in cand_run.get_outputs()]
     acc = {name: _Acc() for name in pairs}
     count = 0
     for feeds in samples:
         count += 1
-        r_values = dict(zip(ref_names, run_session(ref_run, feeds, labels[0])))
-        c_values = dict(zip(cand_names, run_session(cand_run, feeds, labels[1])))
+        r_values = dict(zip(ref_names, ort.run(ref_run, feeds, label=labels[0])))
+        c_values = dict(zip(cand_names, ort.run(cand_run, feeds, label=labels[1])))
         r_values.update(feeds)
         c_values.update(feeds)
         for name, (r_name, c_name) in pairs.items():

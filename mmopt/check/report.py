@@ -18,6 +18,7 @@ from mmopt.check.metrics import OutputMetrics
 from mmopt.check.per_layer import PerLayerReport
 from mmopt.check.thresholds import CheckResult, format_limit, format_value
 from mmopt.errors import MmoptError
+from mmopt.runtime.ort import ENGINE_DESCRIPTIONS
 
 
 @dataclass
@@ -31,6 +32,8 @@ class CheckReport:
     outputs: list[OutputMetrics]
     checks: list[CheckResult]
     per_layer: PerLayerReport | None = None
+    #: how the ONNX models among the two ran (``--eval-engine``); None when neither is ONNX
+    eval_engine: str | None = None
     #: the metrics to show (all by default)
     metrics: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -51,7 +54,8 @@ class CheckReport:
         return _finite({
             "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
             "data": self.data, "samples": self.samples, "labels": self.labels,
-            "thresholds": self.thresholds, "checks": [c.to_dict() for c in self.checks],
+            "eval_engine": self.eval_engine, "thresholds": self.thresholds,
+            "checks": [c.to_dict() for c in self.checks],
             "outputs": [m.to_dict() for m in self.outputs],
             "per_layer": self.per_layer.to_dict() if self.per_layer else None,
             "metrics": self.metrics, "seconds": self.seconds, "notes": self.notes,
@@ -110,6 +114,8 @@ def junit_xml(report: CheckReport | None, *, error: str | None = None, seconds: 
         for key in ("reference", "candidate", "data"):
             ET.SubElement(props, "property", name=key, value=str(getattr(report, key)))
         ET.SubElement(props, "property", name="samples", value=str(report.samples))
+        if report.eval_engine:
+            ET.SubElement(props, "property", name="eval_engine", value=report.eval_engine)
         seconds = sum(report.seconds.values())
         cases = report.checks
         for c in cases:
@@ -214,6 +220,9 @@ def render(report: CheckReport, console) -> None:
 
     console.print(f"[bold]mmopt check[/]: candidate {report.candidate} vs reference "
                   f"{report.reference} on {report.data}")
+    if report.eval_engine:
+        console.print(f"eval engine: {report.eval_engine} "
+                      f"({ENGINE_DESCRIPTIONS[report.eval_engine]})", markup=False)
     table = Table(box=None, padding=(0, 2))
     columns = [c for c in _COLUMNS if not report.metrics or c[1] in report.metrics]
     table.add_column("output")

@@ -7,11 +7,16 @@ A :class:`Runner` takes ``{input name: array}`` for one sample and returns ``{ou
 source                                          runner
 ==============================================  =================================================
 a :class:`Runner`                               used as is
-``onnx.ModelProto``, ``*.onnx``, ``zoo:NAME``   :class:`OnnxRunner` (onnxruntime, CPU)
+``onnx.ModelProto``, ``*.onnx``, ``zoo:NAME``   :class:`OnnxRunner` (onnxruntime, CPU, on ``engine``)
 ``NAME.so`` / ``NAME.json`` / ``NAME`` (pair)   :class:`ArtifactRunner` (a compiled mmopt artifact)
 a :class:`~mmopt.runtime.CompiledModel`         :class:`ArtifactRunner`
 anything a registered probe accepts             what its factory returns (see :func:`register_runner`)
 ==============================================  =================================================
+
+ONNX models run on one of the engines of :mod:`mmopt.runtime.ort` (``--eval-engine``): ``reference``
+(the default: graph optimizations off, so a QDQ model computes dequantize -> float op -> quantize,
+the same on every CPU) or ``onnxruntime`` (onnxruntime's default optimizations: fused int8 kernels,
+whose results depend on the CPU; for models shipped on onnxruntime).
 
 Source-framework models (PyTorch, TensorFlow, TFLite, Caffe) come in through
 :func:`register_runner`: a frontend registers a probe (``path -> bool``) and a factory
@@ -31,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mmopt.errors import MmoptError, summarize
+from mmopt.errors import MmoptError
+from mmopt.runtime import ort
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +81,20 @@ class Runner(ABC):
 
 
 class OnnxRunner(Runner):
-    """An ONNX model on onnxruntime's CPU provider.
-
-    ``optimize=True`` keeps onnxruntime's default graph optimizations, so a QDQ model runs on its int8
-    kernels as it would when deployed; per-layer comparison turns them off to keep every tensor name.
-    """
+    """An ONNX model on onnxruntime's CPU provider, executed by ``engine`` (module docs)."""
 
     kind = "onnxruntime"
 
-    def __init__(self, model: onnx.ModelProto, label: str, *, optimize: bool = True):
+    def __init__(self, model: onnx.ModelProto, label: str, *, engine: str = ort.DEFAULT_ENGINE):
         super().__init__(label)
         from mmopt import ir as mir
 
         self.model = model
+        self.engine = ort.check_engine(engine)
+        self.kind = f"onnxruntime, {self.engine} engine"
         self._inputs = [InputSpec(name, dims, dtype)
                         for name, (dims, dtype) in mir.input_specs(model).items()]
-        self._session = make_session(model, label, optimize=optimize)
+        self._session = ort.engine_session(model, self.engine, label=label)
         self._outputs = [o.name for o in self._session.get_outputs()]
 
     @property
@@ -102,29 +106,7 @@ class OnnxRunner(Runner):
         return self._outputs
 
     def __call__(self, feeds):
-        return dict(zip(self._outputs, run_session(self._session, feeds, self.label)))
-
-
-def make_session(model: onnx.ModelProto, label: str, *, optimize: bool):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise MmoptError(f"{label}: onnxruntime cannot load the model ({summarize(exc)})") from exc
-
-
-def run_session(session, feeds: Mapping[str, np.ndarray], label: str,
-                names: list[str] | None = None) -> list[np.ndarray]:
-    try:
-        return session.run(names, dict(feeds))
-    except Exception as exc:  # noqa: BLE001
-        raise MmoptError(f"{label}: onnxruntime failed to run ({summarize(exc)})") from exc
+        return dict(zip(self._outputs, ort.run(self._session, feeds, label=self.label)))
 
 
 class ArtifactRunner(Runner):
@@ -176,12 +158,17 @@ def register_runner(name: str, probe: Callable[[str], bool],
     _PLUGINS.append((name, probe, factory))
 
 
-def open_runner(source, role: str = "model") -> Runner:
-    """A :class:`Runner` for ``source``; ``role`` ("reference", "candidate") names it in errors."""
+def open_runner(source, role: str = "model", *, engine: str = ort.DEFAULT_ENGINE) -> Runner:
+    """A :class:`Runner` for ``source``; ``role`` ("reference", "candidate") names it in errors.
+
+    ONNX models (files, protos, ``zoo:NAME``, frontend imports) run on ``engine``; a given
+    :class:`Runner`, a compiled artifact and a registered factory's runner run as they are.
+    """
+    engine = ort.check_engine(engine)
     if isinstance(source, Runner):
         return source
     if isinstance(source, onnx.ModelProto):
-        return OnnxRunner(source, f"<{role} ModelProto>")
+        return OnnxRunner(source, f"<{role} ModelProto>", engine=engine)
     from mmopt.runtime import CompiledModel
 
     if isinstance(source, CompiledModel):
@@ -196,7 +183,7 @@ def open_runner(source, role: str = "model") -> Runner:
     if text.startswith("zoo:"):
         from mmopt.zoo import zoo_model
 
-        return _onnx_runner(zoo_model(text[4:]), text)
+        return _onnx_runner(zoo_model(text[4:]), text, engine)
     path = Path(text)
     from mmopt.runtime import is_artifact
 
@@ -214,7 +201,8 @@ def open_runner(source, role: str = "model") -> Runner:
         except MmoptError:
             framework = None
         if framework not in (None, "onnx"):
-            return OnnxRunner(frontends.to_onnx(path), f"{text} (imported from {framework})")
+            return OnnxRunner(frontends.to_onnx(path), f"{text} (imported from {framework})",
+                              engine=engine)
     if suffix in _FRAMEWORK_SUFFIXES:
         raise MmoptError(f"{role} {text}: {_FRAMEWORK_SUFFIXES[suffix]} models cannot be run by "
                          "`mmopt check` yet; export the model to ONNX and check that")
@@ -231,10 +219,10 @@ def open_runner(source, role: str = "model") -> Runner:
     if path.is_dir():
         raise MmoptError(f"{role} {text}: is a directory; source-framework model directories "
                          "(e.g. TensorFlow SavedModel) cannot be run by `mmopt check` yet")
-    return _onnx_runner(text, text)
+    return _onnx_runner(text, text, engine)
 
 
-def _onnx_runner(path: str, label: str) -> OnnxRunner:
+def _onnx_runner(path: str, label: str, engine: str) -> OnnxRunner:
     from mmopt import ir as mir
 
-    return OnnxRunner(mir.load(path), label)
+    return OnnxRunner(mir.load(path), label, engine=engine)

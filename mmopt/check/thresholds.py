@@ -11,21 +11,72 @@ threshold          passes when, per output                                     a
 ``atol``/``rtol``  every element: ``|c − r| <= atol + rtol |r|``              all outputs
 =================  ==========================================================  ==================
 
-Fractions (``max_drop``, ``min_top1``, ``min_top5``) may be written as ``0.01`` or ``"1%"``.
+Fractions (``min_top1``, ``min_top5``) may be written as ``0.01`` or ``"1%"``. ``max_drop`` is read
+by :func:`parse_max_drop`, the parser ``mmopt quantize --max-drop`` uses too: ``"1%"`` is one
+percentage point, a bare number below 1 is a fraction (``0.01`` = one point), a bare number >= 1 is
+refused (write ``"1%"``). It is kept here as a fraction, like the accuracy drop it is compared with.
 A threshold that no output can be measured by (``max_drop`` without labels, ``min_top1`` with no
 class-score output) is a usage error, not a silent pass.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
 from mmopt.check.metrics import OutputMetrics
 from mmopt.errors import MmoptError
 
-_FRACTIONS = ("max_drop", "min_top1", "min_top5")
+logger = logging.getLogger(__name__)
+
+_FRACTIONS = ("min_top1", "min_top5")
+#: a bare --max-drop fraction this large (10 percentage points) or larger draws a warning: it is
+#: most likely meant as percentage points (``--max-drop 0.5`` for half a point)
+LARGE_DROP_FRACTION = 0.1
+
+
+def parse_max_drop(value, where: str | None = None) -> float:
+    """``--max-drop`` in **percentage points**: the one reading ``mmopt quantize`` and ``mmopt
+    check`` (and their Python APIs) share.
+
+    - ``"0.5%"``: 0.5 percentage points (0 to 100%);
+    - a bare number in [0, 1): a fraction, ``0.005`` = 0.5 points (from 0.1 on a warning says how
+      many points that is: ``0.5`` allows a 50-point drop);
+    - a bare number >= 1 (``1``, ``2``): refused, since some read it as points and others as a
+      fraction; the error suggests ``1%``. Negative drops are refused too.
+
+    The drop is in the points of the verb's metric: top-1 accuracy for ``mmopt check``, and for
+    ``mmopt quantize`` whatever ``--metric`` measures (see :mod:`mmopt.quantize.evaluate`).
+    """
+    prefix = f"{where}: " if where else ""
+    usage = "give percentage points as 0.5% or a fraction as 0.005"
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+        raise MmoptError(f"{prefix}--max-drop needs a number, got {value!r}; {usage}")
+    text = str(value).strip()
+    percent = text.endswith("%")
+    try:
+        number = float(text[:-1].strip() if percent else text)
+    except ValueError:
+        raise MmoptError(f"{prefix}--max-drop {text!r}: not a number; {usage}") from None
+    if not math.isfinite(number) or number < 0:
+        raise MmoptError(f"{prefix}--max-drop {text}: must be a finite drop >= 0; {usage}")
+    if percent:
+        if number > 100:
+            raise MmoptError(f"{prefix}--max-drop {text}: a drop is at most 100%")
+        return number
+    if number >= 1:
+        raise MmoptError(f"{prefix}--max-drop {text}: a bare number is a fraction (0.01 = 1 "
+                         f"percentage point) and must be below 1; write {text}% for {text} "
+                         "percentage point(s)")
+    points = float(f"{number * 100:.12g}")
+    if number >= LARGE_DROP_FRACTION:
+        logger.warning("--max-drop %s is a fraction: it allows a drop of %g percentage points. For "
+                       "%s points write %s%%; write %g%% to keep this budget without this warning",
+                       text, points, text, text, points)
+    return points
 
 
 @dataclass(frozen=True)
@@ -68,8 +119,11 @@ class Thresholds:
 
 
 def parse_value(name: str, value, where: str) -> float:
-    """A threshold value; fractions accept ``"1%"``."""
+    """A threshold value; fractions accept ``"1%"``; ``max_drop`` as :func:`parse_max_drop` reads
+    it, returned as a fraction."""
     option = "--" + name.replace("_", "-")
+    if name == "max_drop":
+        return float(f"{parse_max_drop(value, where) / 100:.12g}")
     if isinstance(value, bool):
         raise MmoptError(f"{where}: {option} needs a number, got {value!r}")
     text = str(value).strip()

@@ -11,6 +11,7 @@ from mmopt.check.config import CONFIG_NAME
 from mmopt.check.per_layer import DEFAULT_JUMP_DB
 from mmopt.cli.common import err, input_shape_option, out, shapes
 from mmopt.errors import MmoptError
+from mmopt.runtime.ort import DEFAULT_ENGINE, ENGINES
 
 
 @click.command("check")
@@ -27,8 +28,10 @@ from mmopt.errors import MmoptError
 @click.option("--metric", "metrics", multiple=True, metavar="NAME",
               help="Show only these metrics (repeatable): accuracy, top1, top5, cosine, snr, abs. "
                    "Naming accuracy/top1/top5 treats every float output's last axis as classes.")
-@click.option("--max-drop", metavar="X", help="Fail if top-1 accuracy drops by more than X "
-              "(0.01 or 1%); needs --labels.")
+@click.option("--max-drop", metavar="X", help="Fail if top-1 accuracy drops by more than X: 1% "
+              "is one percentage point; a bare number below 1 is a fraction (0.01 = 1%); a bare "
+              "number >= 1 is refused (write 1%). Same reading as `mmopt quantize --max-drop`. "
+              "Needs --labels.")
 @click.option("--min-top1", metavar="X", help="Fail if top-1 agreement with the reference < X.")
 @click.option("--min-top5", metavar="X", help="Fail if top-5 agreement (reference's top-1 in the "
               "candidate's top 5) < X.")
@@ -46,6 +49,11 @@ from mmopt.errors import MmoptError
               help=f"Samples for --per-layer. [default: {DEFAULT_PER_LAYER_SAMPLES}]")
 @click.option("--jump-db", type=float, metavar="DB",
               help=f"An SNR drop that counts as a jump in --per-layer. [default: {DEFAULT_JUMP_DB:g}]")
+@click.option("--eval-engine", type=click.Choice(list(ENGINES)), default=None,
+              help="How ONNX models run: reference = onnxruntime with graph optimizations off "
+                   "(QDQ as dequantize -> float op -> quantize, the same on every CPU); "
+                   "onnxruntime = its default optimizations (fused int8 kernels, CPU-dependent; "
+                   f"for models shipped on onnxruntime). [default: {DEFAULT_ENGINE}]")
 @input_shape_option
 @click.option("--seed", type=int, help="Seed for random:N data. [default: 0]")
 @click.option("--report", "report_path", metavar="FILE.json", help="Write the report as JSON.")
@@ -55,7 +63,8 @@ from mmopt.errors import MmoptError
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
 def check_cmd(reference, candidate, data, labels, metrics, max_drop, min_top1, min_top5,
               min_cosine, min_snr, atol, rtol, output_names, per_layer, per_layer_samples,
-              jump_db, input_shapes, seed, report_path, junit_path, config_path, as_json):
+              jump_db, eval_engine, input_shapes, seed, report_path, junit_path, config_path,
+              as_json):
     """Accuracy gate: compare CAND with REF on DATA; exit 0 pass, 1 a threshold failed, 2 error.
 
     \b
@@ -74,7 +83,8 @@ def check_cmd(reference, candidate, data, labels, metrics, max_drop, min_top1, m
     given = {"reference": reference, "candidate": candidate, "data": data, "labels": labels,
              "metric": list(metrics) or None, "output_name": list(output_names) or None,
              "per_layer": per_layer, "per_layer_samples": per_layer_samples, "jump_db": jump_db,
-             "input_shape": list(input_shapes) or None, "seed": seed, "report": report_path,
+             "eval_engine": eval_engine, "input_shape": list(input_shapes) or None, "seed": seed,
+             "report": report_path,
              "junit": junit_path}
     junit = junit_path
     try:
@@ -113,7 +123,8 @@ def _run(options: dict, config, cli_thresholds: dict, as_json: bool) -> None:
             per_layer_samples=options.get("per_layer_samples", DEFAULT_PER_LAYER_SAMPLES),
             jump_db=options.get("jump_db", DEFAULT_JUMP_DB),
             input_shapes=shapes(tuple(options.get("input_shape", ()))),
-            seed=options.get("seed", 0), progress=lambda msg: status.update(msg))
+            seed=options.get("seed", 0), eval_engine=options.get("eval_engine", DEFAULT_ENGINE),
+            progress=lambda msg: status.update(msg))
     if options.get("report"):
         report.write_json(options["report"])
     if options.get("junit"):

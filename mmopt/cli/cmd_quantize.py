@@ -15,6 +15,7 @@ from mmopt.quantize.calibrate import DEFAULT_PERCENTILE, METHODS
 from mmopt.quantize.evaluate import METRICS
 from mmopt.quantize.pipeline import DEFAULT_ACTIVATIONS, DEFAULT_METHOD, DTYPES
 from mmopt.quantize.qdq import ACTIVATION_TYPES
+from mmopt.runtime.ort import DEFAULT_ENGINE, ENGINE_DESCRIPTIONS, ENGINES
 
 _STAGES = {"calibrate": "calibrating", "sensitivity": "ranking layers",
            "fallback": "keeping layers in float"}
@@ -82,17 +83,25 @@ def _dims(text: str | None, option: str):
               help="Drop measured as: top1 accuracy points (agreement without labels); cosine "
                    "100*(1-cos); snr noise energy in % of signal. [default: top1 with labels, "
                    "else cosine]")
-@click.option("--max-drop", type=float,
-              help="Accuracy-aware mode: keep the fewest layers in float until the drop "
-                   "(percent points, see --metric) is at most this. Needs --eval.")
+@click.option("--max-drop", metavar="X",
+              help="Accuracy-aware mode: keep the fewest layers in float until the drop (see "
+                   "--metric) is at most X: 0.5% is half a percentage point; a bare number below "
+                   "1 is a fraction (0.005 = 0.5%); a bare number >= 1 is refused (write 1%). "
+                   "Same reading as `mmopt check --max-drop`. Needs --eval.")
+@click.option("--eval-engine", type=click.Choice(list(ENGINES)), default=DEFAULT_ENGINE,
+              show_default=True,
+              help="How --eval runs the models: reference = onnxruntime with graph optimizations "
+                   "off (QDQ as dequantize -> float op -> quantize, the same on every CPU, what "
+                   "mmopt's int8 kernels compute); onnxruntime = its default optimizations (fused "
+                   "int8 kernels, CPU-dependent; for models shipped on onnxruntime).")
 @input_shape_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the report as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def quantize_cmd(model, output, calib, method, percentile, per_channel, activations, exclude,
                  samples, dtype, weight_only, preprocess_file, resize, crop, mean, std, scale,
-                 channel_order, layout, eval_data, eval_samples, metric, max_drop, input_shapes,
-                 report_path, as_json):
+                 channel_order, layout, eval_data, eval_samples, metric, max_drop, eval_engine,
+                 input_shapes, report_path, as_json):
     """Quantize MODEL and write the result as ONNX (QDQ int8 by default).
 
     \b
@@ -100,7 +109,7 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
       mmopt quantize model.onnx -o model.int8.onnx --calib calib.npz
       mmopt quantize model.onnx -o q.onnx --calib images/ --resize 256 --crop 224 \\
           --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --method entropy
-      mmopt quantize model.onnx -o q.onnx --calib calib.npz --eval val.npz --max-drop 0.5
+      mmopt quantize model.onnx -o q.onnx --calib calib.npz --eval val.npz --max-drop 0.5%
       mmopt quantize model.onnx -o model.fp16.onnx --dtype fp16
     """
     from mmopt import ir as mir
@@ -127,7 +136,7 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
             activations=activations, exclude=exclude, samples=samples, percentile=percentile,
             dtype=dtype, weight_only=weight_only, preprocess=preprocess,
             input_shapes=shapes(input_shapes), eval_data=eval_data, eval_samples=eval_samples,
-            metric=metric, max_drop=max_drop, progress=progress)
+            metric=metric, max_drop=max_drop, eval_engine=eval_engine, progress=progress)
     mir.save(qmodel, output)
     data = report.to_dict()
     if report_path:
@@ -176,10 +185,12 @@ def _print(report, output) -> None:
                    else f", top-1 agreement {ev.top1:.2f}%")
         out.print(f"  evaluation   drop {ev.drop:.3f} ({ev.metric}); cosine {ev.cosine:.5f}, "
                   f"SNR {ev.snr_db:.1f} dB{top}")
+        out.print(f"  eval engine  {report.eval_engine} "
+                  f"({ENGINE_DESCRIPTIONS[report.eval_engine]})", markup=False)
     aa = report.accuracy_aware
     if aa is not None:
         verdict = "[green]met[/]" if aa.met else "[red]NOT met[/]"
-        out.print(f"  budget       max drop {aa.max_drop:g} ({aa.metric}): {verdict}; kept in "
+        out.print(f"  budget       max drop {aa.max_drop:g}% ({aa.metric}): {verdict}; kept in "
                   f"float: {', '.join(aa.kept_float) or 'none'}")
         if len(aa.steps) > 1:
             table = Table(box=None, padding=(0, 2))

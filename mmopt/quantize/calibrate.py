@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from mmopt.errors import MmoptError, summarize
+from mmopt.errors import MmoptError
 
 logger = logging.getLogger(__name__)
 
@@ -260,29 +260,15 @@ def calibrate(
     ``histogram=False`` keeps min/max only (all that ``minmax`` needs). ``total`` is the expected
     number of samples, for progress only.
     """
-    import onnxruntime as ort
+    from mmopt.runtime import ort
 
     start = time.perf_counter()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(augment(model, tensors).SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise MmoptError(f"calibration: onnxruntime cannot load the model "
-                         f"({summarize(exc)})") from exc
+    session = ort.session(augment(model, tensors), label="calibration", threads=threads)
     stats = {name: StreamingHistogram(bins) for name in tensors}
     names = list(tensors)
     samples = count = 0
     for feeds, n in batches:
-        try:
-            outputs = session.run(names, dict(feeds))
-        except Exception as exc:  # noqa: BLE001
-            raise MmoptError(f"calibration: onnxruntime failed on sample {samples} "
-                             f"({summarize(exc)})") from exc
+        outputs = ort.run(session, feeds, label=f"calibration (sample {samples})", names=names)
         for name, value in zip(names, outputs):
             stats[name].update(value, histogram=histogram)
         del outputs

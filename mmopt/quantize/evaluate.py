@@ -1,7 +1,8 @@
 """Scoring a quantized model against its float original on an evaluation set.
 
-Every metric is reported as a *drop* in percent points, so one ``--max-drop`` reads the same way
-for all of them (``r`` = float output of one sample, ``c`` = quantized output, first model output):
+Every metric is reported as a *drop* in percentage points, so one ``--max-drop`` reads the same
+way for all of them (``r`` = float output of one sample, ``c`` = quantized output, first model
+output):
 
 - ``top1``: with labels, top-1 accuracy (%) of the float model minus that of the quantized one;
   without labels, 100 minus the top-1 agreement (%) with the float model.
@@ -9,7 +10,15 @@ for all of them (``r`` = float output of one sample, ``c`` = quantized output, f
 - ``snr``: noise energy as a percentage of signal energy, ``100 * sum (c - r)^2 / sum r^2`` over the
   whole set: 1 means an SNR of 20 dB, 0.1 of 30 dB.
 
+``--max-drop 0.5%`` (or the fraction ``0.005``) is half a point of these, spelled and read as
+``mmopt check --max-drop`` (:func:`mmopt.check.thresholds.parse_max_drop`).
+
 The float outputs are computed once; samples are stacked into batches along a symbolic batch dim.
+
+Both models run on ``engine`` (:data:`mmopt.runtime.ort.ENGINES`): ``reference`` (the default)
+executes a QDQ model by its ONNX definition, dequantize -> float op -> quantize, the same on every
+CPU and what mmopt's compiled int8 kernels compute; ``onnxruntime`` runs onnxruntime's optimized
+execution, whose fused int8 kernels differ from CPU to CPU (for models shipped on onnxruntime).
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from mmopt.errors import MmoptError, summarize
+from mmopt.errors import MmoptError
+from mmopt.runtime import ort
 
 METRICS = ("top1", "cosine", "snr")
 EVAL_BATCH = 64
@@ -44,30 +54,21 @@ class Score:
                 for k, v in asdict(self).items()}
 
 
-def _session(model: onnx.ModelProto, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        raise MmoptError(f"onnxruntime cannot load the model ({summarize(exc)})") from exc
-
-
 class Evaluator:
-    """Runs models on a fixed evaluation set and scores them against the float ``reference``."""
+    """Runs models on a fixed evaluation set and scores them against the float ``reference``.
+
+    ``engine``: how the models are executed (module docs), one of :data:`mmopt.runtime.ort.ENGINES`.
+    """
 
     def __init__(self, reference: onnx.ModelProto, samples: Sequence[dict[str, np.ndarray]],
-                 labels: np.ndarray | None, metric: str | None = None, *, batchable: bool = False):
+                 labels: np.ndarray | None, metric: str | None = None, *, batchable: bool = False,
+                 engine: str = ort.DEFAULT_ENGINE):
         if metric is None:
             metric = "top1" if labels is not None else "cosine"
         if metric not in METRICS:
             raise MmoptError(f"--metric {metric}: use one of {', '.join(METRICS)}")
         self.metric = metric
+        self.engine = ort.check_engine(engine)
         self.labels = labels
         size = EVAL_BATCH if batchable else 1
         self.batches = [
@@ -75,19 +76,20 @@ class Evaluator:
              len(samples[i:i + size]))
             for i in range(0, len(samples), size)]
         self.count = len(samples)
-        self.reference = self.run(reference)
+        self.reference = self.run(reference, "evaluation (float model)")
         if metric == "top1" and not self._class_scores(self.reference):
             raise MmoptError(f"--metric top1: the first output has shape "
                              f"{list(self.reference.shape)} over the set; top-1 needs class scores "
                              "[N, classes]")
 
-    def run(self, model: onnx.ModelProto) -> np.ndarray:
+    def run(self, model: onnx.ModelProto,
+            label: str = "evaluation (quantized model)") -> np.ndarray:
         """The first output over the whole set, samples along axis 0."""
-        session = _session(model)
+        session = ort.engine_session(model, self.engine, label=label)
         name = session.get_outputs()[0].name
         outputs = []
         for feeds, n in self.batches:
-            out = np.asarray(session.run([name], feeds)[0])
+            out = np.asarray(ort.run(session, feeds, label=label, names=[name])[0])
             outputs.append(out if out.ndim and out.shape[0] == n else out[np.newaxis])
         return np.concatenate(outputs).astype(np.float64)
 

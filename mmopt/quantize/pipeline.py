@@ -7,8 +7,10 @@ int8 (static QDQ), the default:
 2. calibrate: stream the calibration samples through the float model, one fixed-size summary per
    activation (:mod:`mmopt.quantize.calibrate`), then ranges by ``method``;
 3. write QDQ: int8 symmetric per-channel weights, int8/uint8 activations, int32 bias;
-4. with ``eval_data``: score int8 against float; with ``max_drop`` too, and a drop over it, keep the
-   fewest layers in float until it fits (:mod:`mmopt.quantize.accuracy_aware`).
+4. with ``eval_data``: score int8 against float on ``eval_engine`` (``reference`` by default: the
+   QDQ definition, identical on every CPU; ``onnxruntime``: its optimized, CPU-dependent int8
+   kernels; :mod:`mmopt.runtime.ort`); with ``max_drop`` too, and a drop over it, keep the fewest
+   layers in float until it fits (:mod:`mmopt.quantize.accuracy_aware`).
 
 ``dtype="fp16"``: prepare, then fp16 with fp32 islands (:mod:`mmopt.quantize.fp16`); calibration
 data, when given, only guards against fp16 overflow. ``weight_only=True``: int8 MatMul/Gemm weights
@@ -30,6 +32,7 @@ from mmopt import ir as mir
 from mmopt.errors import MmoptError
 from mmopt.quantize import accuracy_aware, calibrate as cal, data as qdata, qdq
 from mmopt.quantize.evaluate import Evaluator, Score
+from mmopt.runtime import ort
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class QuantizeReport:
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
     evaluation: Score | None = None
+    #: how the evaluation ran the models (``--eval-engine``); None without evaluation
+    eval_engine: str | None = None
     accuracy_aware: accuracy_aware.AccuracyAwareReport | None = None
     details: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -111,7 +116,8 @@ def quantize(
     eval_data=None,
     eval_samples: int | None = None,
     metric: str | None = None,
-    max_drop: float | None = None,
+    max_drop: float | str | None = None,
+    eval_engine: str = ort.DEFAULT_ENGINE,
     batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
@@ -119,8 +125,12 @@ def quantize(
 
     ``calib_data``: see :mod:`mmopt.quantize.data` (files, directories, arrays, iterables).
     ``exclude``: node names or op types kept in float. ``samples``: use at most this many
-    calibration samples. ``eval_data`` + ``metric`` score the result against the float model;
-    ``max_drop`` (percent points, see :mod:`mmopt.quantize.evaluate`) turns on accuracy-aware mode.
+    calibration samples. ``eval_data`` + ``metric`` score the result against the float model, both
+    run on ``eval_engine`` (``"reference"`` or ``"onnxruntime"``, see :mod:`mmopt.runtime.ort`);
+    ``max_drop`` turns on accuracy-aware mode. It is read as ``mmopt check --max-drop`` reads it
+    (:func:`mmopt.check.thresholds.parse_max_drop`): ``"0.5%"`` is half a percentage point of the
+    metric's drop (see :mod:`mmopt.quantize.evaluate`), a bare number below 1 a fraction
+    (``0.005`` = ``"0.5%"``), a bare number >= 1 an error.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -133,6 +143,11 @@ def quantize(
                          f"{', '.join(qdq.ACTIVATION_TYPES)}")
     if not 0 < percentile <= 100:
         raise MmoptError(f"--percentile {percentile}: must be in (0, 100]")
+    eval_engine = ort.check_engine(eval_engine)
+    if max_drop is not None:
+        from mmopt.check.thresholds import parse_max_drop
+
+        max_drop = parse_max_drop(max_drop)
     if max_drop is not None and eval_data is None:
         raise MmoptError("--max-drop needs --eval DATA (the samples to measure the drop on)")
     if max_drop is not None and (dtype != "int8" or weight_only):
@@ -206,7 +221,8 @@ def quantize(
         timings["write_qdq"] = time.perf_counter() - t0
         if eval_data is not None:
             t0 = time.perf_counter()
-            evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric)
+            evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric,
+                                   eval_engine)
             score = evaluator.score(out)
             report.evaluation = score
             timings["evaluate"] = time.perf_counter() - t0
@@ -224,17 +240,20 @@ def quantize(
                     evaluator.metric, max_drop, met=True, final=score,
                     steps=[accuracy_aware.Step("all int8", [], score, True)])
     if eval_data is not None and report.evaluation is None:
-        evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric)
+        evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric,
+                               eval_engine)
         report.evaluation = evaluator.score(out)
+    if eval_data is not None:
+        report.eval_engine = eval_engine
     report.ops_after = _ops(out)
     report.timings = timings
     return out, report
 
 
-def _evaluator(prepared, eval_data, inputs, preprocess, limit, metric) -> Evaluator:
+def _evaluator(prepared, eval_data, inputs, preprocess, limit, metric, engine) -> Evaluator:
     src = qdata.open_data(eval_data, inputs, preprocess=preprocess, what="--eval")
     feeds, labels = qdata.materialize(src, limit)
     if metric == "top1" and labels is None:
         logger.info("--eval data has no labels: top1 is measured as agreement with the float model")
     return Evaluator(prepared, feeds, labels, metric,
-                     batchable=all(s.batchable for s in inputs))
+                     batchable=all(s.batchable for s in inputs), engine=engine)

@@ -68,19 +68,13 @@ def prepare(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | 
 
 def fold_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime's basic-level graph optimizations (BN into Conv, constant folding)."""
-    import onnxruntime as ort
+    from mmopt.runtime import ort
 
     with tempfile.TemporaryDirectory(prefix="mmopt-quant-") as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = os.path.join(tmp, "folded.onnx")
-        options.log_severity_level = 3
-        try:
-            ort.InferenceSession(model.SerializeToString(), options,
-                                 providers=["CPUExecutionProvider"])
-            folded = onnx.load(options.optimized_model_filepath)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-            raise MmoptError(f"onnxruntime cannot load the model ({summarize(exc)})") from exc
+        path = os.path.join(tmp, "folded.onnx")
+        ort.session(model, label="quantize (folding the model)", optimization="basic",
+                    optimized_model_path=path)
+        folded = onnx.load(path)
     _drop_unused_opsets(folded)
     folded.ir_version = model.ir_version
     return folded

@@ -37,19 +37,15 @@ def quantized_output_step(model: onnx.ModelProto) -> float | None:
 
 
 def run_onnxruntime(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                    threads: int | None = None) -> dict[str, np.ndarray]:
-    """Run ``model`` on onnxruntime's CPU provider with all graph optimizations off (the reference)."""
-    import onnxruntime as ort
+                    threads: int | None = None, *, label: str = "onnxruntime reference"
+                    ) -> dict[str, np.ndarray]:
+    """Run ``model`` on onnxruntime's CPU provider with all graph optimizations off (the reference
+    semantics of :mod:`mmopt.runtime.ort`: a QDQ model runs as dequantize -> float op -> quantize)."""
+    from mmopt.runtime import ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.session(model, label=label, threads=threads)
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, dict(feeds))))
+    return dict(zip(names, ort.run(session, feeds, label=label, names=names)))
 
 
 @dataclass
