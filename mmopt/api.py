@@ -41,6 +41,16 @@ class CompileResult:
     verification: VerifyReport | None = None
     onnx_path: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: the artifact against the source framework (PyTorch, TensorFlow, TFLite, Caffe via OpenCV)
+    #: when the model is not ONNX and the framework is installed; see :func:`verify_against_source`
+    source_verification: VerifyReport | None = None
+    #: why the source framework was not consulted (empty when it was, or the model is ONNX)
+    source_skipped: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """No verification that ran failed."""
+        return all(v is None or v.passed for v in (self.verification, self.source_verification))
 
 
 def _import(model, input_shapes=None) -> onnx.ModelProto:
@@ -192,13 +202,21 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         _build.export(executable, tgt, tmp_lib)
         timings["export"] = time.perf_counter() - t0
         meta.write(tmp_meta)
-        verification = None
+        verification = source_verification = None
+        source_skipped = ""
         if verify:
             step("verifying against onnxruntime")
             t0 = time.perf_counter()
             verification = verify_artifact(tmp_lib, reference, atol=atol, rtol=rtol, seed=seed)
-            timings["verify"] = time.perf_counter() - t0
             meta.verification = verification.to_dict()
+            if _is_foreign(model):
+                step("verifying against the source framework")
+                source_verification, source_skipped = verify_against_source(
+                    model, tmp_lib, reference, atol=atol, rtol=rtol, seed=seed)
+                meta.extra["source_verification"] = (
+                    source_verification.to_dict() if source_verification is not None
+                    else {"skipped": source_skipped})
+            timings["verify"] = time.perf_counter() - t0
             meta.write(tmp_meta)
         onnx_path = None
         if save_onnx:
@@ -209,7 +227,8 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
             os.replace(path, prefix.parent / path.name)
             if onnx_path and path.name == onnx_path.name and (tmp / (path.name + ".data")).exists():
                 os.replace(tmp / (path.name + ".data"), prefix.parent / (path.name + ".data"))
-    return CompileResult(library, meta_path, meta, report, verification, onnx_path, timings)
+    return CompileResult(library, meta_path, meta, report, verification, onnx_path, timings,
+                         source_verification, source_skipped)
 
 
 def front_end(model, input_shapes=None, opt_level: int = DEFAULT_LEVEL, *,
@@ -245,6 +264,49 @@ def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAU
     report.seed = seed
     report.note = note
     return report
+
+
+def _is_foreign(model) -> bool:
+    """A model file of another framework than ONNX (a ModelProto or .onnx file is not)."""
+    from mmopt import frontends
+
+    if isinstance(model, onnx.ModelProto):
+        return False
+    try:
+        return frontends.detect(Path(model)) != "onnx"
+    except MmoptError:
+        return False
+
+
+def verify_against_source(source, artifact, reference: onnx.ModelProto, *,
+                          atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+                          seed: int = 0) -> tuple[VerifyReport | None, str]:
+    """Run ``artifact`` and the source framework of ``source`` (a PyTorch, TensorFlow/Keras,
+    TFLite or Caffe file; ``reference`` is its ONNX import) on the same seeded random inputs.
+
+    This catches what verifying against onnxruntime cannot: an exporter or converter bug, where
+    onnxruntime faithfully runs a wrong ONNX model. Returns ``(report, "")``, or
+    ``(None, reason)`` when the framework's runtime is not installed here.
+    """
+    from mmopt import frontends
+
+    path = Path(source)
+    entry = frontends.frontend(frontends.detect(path))
+    module = entry.load()
+    if not hasattr(module, "reference_outputs"):
+        return None, f"mmopt cannot run {entry.name} models itself"
+    feeds = mir.random_inputs(reference, seed)
+    try:
+        expected = module.reference_outputs(path, reference, feeds)
+    except ImportError as exc:
+        return None, f"{entry.name} is not installed here ({exc.name or exc})"
+    if expected is None:
+        return None, f"{entry.name}'s runtime is not available here"
+    got = CompiledModel(artifact)(**feeds)
+    report = compare(expected, got, atol=atol, rtol=rtol)
+    report.seed = seed
+    report.note = f"reference: {entry.name}"
+    return report, ""
 
 
 def load(artifact) -> CompiledModel:

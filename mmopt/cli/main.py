@@ -113,7 +113,7 @@ def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_w
                                    "timings": result.timings, **result.meta.to_dict()}))
     else:
         _print_compile_report(result)
-    if result.verification is not None and not result.verification.passed:
+    if not result.passed:
         sys.exit(1)
 
 
@@ -160,6 +160,16 @@ def _print_compile_report(result) -> None:
         out.print(f"  verify    {verdict} vs onnxruntime (atol {v.atol:g}, rtol {v.rtol:g}, "
                   f"seed {v.seed})" + (f"; {v.note}" if v.note else ""))
         out.print(table)
+    src = result.source_verification
+    if src is not None:
+        verdict = "[green]PASS[/]" if src.passed else "[red]FAIL[/]"
+        worst = max(src.outputs, key=lambda o: o.worst_ratio, default=None)
+        out.print(f"  verify    {verdict} vs the source framework ({src.note.split(': ')[-1]}; "
+                  f"max abs err {src.max_abs:.3g}, atol {src.atol:g}, rtol {src.rtol:g})"
+                  + (f"; worst output {worst.name}" if worst is not None and not src.passed else ""))
+    elif result.source_skipped:
+        out.print(f"  verify    [yellow]not checked against the source framework[/]: "
+                  f"{result.source_skipped}")
 
 
 # --------------------------------------------------------------------------------------------------
