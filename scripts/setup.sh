@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything mmopt needs on a fresh Debian/Ubuntu machine with Python 3.11:
-#   - Debian packages: the aarch64 cross compiler (for --target arm), when missing;
+#   - Debian packages: the aarch64 cross compiler (for --target arm) and g++ (for `mmopt package`),
+#     when missing;
 #   - the mmopt package (editable) with its pinned dependencies, every frontend's framework
 #     (the [all] extra: PyTorch CPU build, OpenCV 4 headless) and the test tools;
 #   - test data: the OCR models that ship inside the rapidocr-onnxruntime wheel
@@ -13,10 +14,16 @@ PYTHON=${PYTHON:-python3}
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
-if ! command -v aarch64-linux-gnu-g++ >/dev/null; then
-  echo "setup: installing the aarch64 cross compiler (g++-aarch64-linux-gnu)"
+missing=()
+command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu)
+# `mmopt package` compiles the bundle's C API with the host's g++ (x86_64 bundles); its tests build
+# the bundle's example with make
+command -v g++ >/dev/null || missing+=(g++)
+command -v make >/dev/null || missing+=(make)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq g++-aarch64-linux-gnu >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 echo "setup: installing mmopt and its Python dependencies"

@@ -216,10 +216,15 @@ def _load_array(name: str, path: Path) -> dict[str, np.ndarray]:
               help="Run on a farm device with this RPC key (e.g. arm64-qemu) instead of locally.")
 @click.option("--farm", metavar="HOST:PORT", envvar="MMOPT_FARM", default="127.0.0.1:9190",
               show_default=True, help="The device farm's tracker (with --device).")
-def run_cmd(artifact, inputs, output, seed, device_key, farm):
+@click.option("--native", is_flag=True,
+              help="Run through the artifact's native bundle (`mmopt package`, cached): its "
+                   "mmopt-run binary, no Python; aarch64 bundles under qemu-aarch64 on x86.")
+def run_cmd(artifact, inputs, output, seed, device_key, farm, native):
     """Run a compiled ARTIFACT (NAME, NAME.so or NAME.json) here, or on a farm device."""
     from mmopt.runtime import read_meta
 
+    if native and device_key:
+        raise MmoptError("--native runs the bundle on this machine; it excludes --device")
     meta = read_meta(artifact)
     feeds = _parse_inputs(inputs)
     if not feeds:
@@ -233,6 +238,11 @@ def run_cmd(artifact, inputs, output, seed, device_key, farm):
 
         with err.status(f"running on device {device_key} via {farm}"):
             outputs = run_remote(artifact, feeds, device_key, farm)
+    elif native:
+        from mmopt.deploy import run_native
+
+        with err.status("running the native bundle") as status:
+            outputs = run_native(artifact, feeds, progress=lambda msg: status.update(msg))
     else:
         from mmopt.runtime import load
 
