@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from .digits import train_digits_cnn
 from .onnx_models import MODELS, ZooEntry, build, names
 from .rnn_models import build_gru_tagger, build_lstm_classifier
+from .stateful_models import build_vad_lstm_if
 
 MODELS["lstm_classifier"] = ZooEntry(
     "lstm_classifier", build_lstm_classifier,
@@ -24,6 +25,10 @@ MODELS["lstm_classifier"] = ZooEntry(
 MODELS["gru_tagger"] = ZooEntry(
     "gru_tagger", build_gru_tagger,
     "bidirectional GRU tagger, batch-first [N,16,24] -> [N,16,12] tag scores", {"input": (1, 16, 24)})
+MODELS["vad_lstm_if"] = ZooEntry(
+    "vad_lstm_if", build_vad_lstm_if,
+    "Silero-VAD-like, opset 15: If on sr between two STFT+Conv+2-layer-LSTM nets, state in/out",
+    {"input": (2, 512), "sr": (), "h": (2, 2, 64), "c": (2, 2, 64)})
 
 # The one genuinely trained model: a small CNN trained deterministically on scikit-learn's bundled
 # digits (no download), cached after the first build (see models_zoo/digits.py).

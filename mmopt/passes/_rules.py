@@ -12,8 +12,8 @@ A :class:`RulePass` applies its rules in order, one rule name over the whole gra
 variants that share a name form one onnxscript rule set), and repeats the round until no rule fires.
 ``counts`` says how often each rule fired; ``modified`` is true exactly when some rule fired. Rules never return an existing value as their result (the rewriter would rename
 it, and a graph input must keep its name): a rule that removes a node returns ``Identity(x)``, and the
-pass removes those Identity nodes at the end, as onnx_ir's identity elimination does (keeping the ones
-that connect a graph input straight to a graph output).
+pass removes those Identity nodes at the end (:mod:`mmopt.passes.eliminate_identity`: keeping the ones
+that pass a graph input, or a value of an enclosing scope, straight to a graph output).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 from onnxscript.rewriter import MatchResult, RewriteRule, RewriteRuleClassBase, RewriteRuleSet
+
+from mmopt.passes.eliminate_identity import EliminateIdentityPass
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ class RulePass(ir.passes.InPlacePass):
             logger.warning("%s: rules still firing after %d rounds", type(self).__name__, self.max_rounds)
         total = sum(self.counts.values())
         if total:
-            ir_common.IdentityEliminationPass()(model)
+            EliminateIdentityPass()(model)
             ir_common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=total > 0)
 

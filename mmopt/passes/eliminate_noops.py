@@ -13,8 +13,9 @@ A node is a no-op when, for every input it can receive, its output equals its fi
 * ``x + 0``, ``x − 0``, ``x · 1``, ``x / 1`` with a constant whose every element is the neutral element
   and which neither widens the type nor grows the shape (every dim 1, rank ≤ rank(x)).
 
-Each rule rewrites ``y = op(x, ...)`` to ``Identity(x)``; the pass then removes the Identity nodes the
-way onnx_ir's identity elimination does (graph input and output names are kept).
+Each rule rewrites ``y = op(x, ...)`` to ``Identity(x)``; the pass then removes the Identity nodes
+with :mod:`mmopt.passes.eliminate_identity` (graph input and output names are kept, and a subgraph
+keeps the Identity that passes an enclosing scope's value through).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import common as ir_common
 from onnxscript.rewriter import MatchResult
 
 from mmopt.passes._rules import Rule, RulePass, constant, fail, rank, static_shape
+from mmopt.passes.eliminate_identity import EliminateIdentityPass
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -191,14 +192,9 @@ class EliminateNoopsPass(RulePass):
     needs_shapes = True
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        before = _count_identities(model)
-        identity = ir_common.IdentityEliminationPass()(model)
-        removed = before - _count_identities(model)
+        identity = EliminateIdentityPass()
+        identity(model)
         result = super().call(model)
-        if removed:
-            self.counts["eliminate_identity"] += removed
-        return ir.passes.PassResult(model, modified=result.modified or identity.modified)
-
-
-def _count_identities(model: ir.Model) -> int:
-    return sum(1 for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "Identity")
+        if identity.removed:
+            self.counts["eliminate_identity"] += identity.removed
+        return ir.passes.PassResult(model, modified=result.modified or identity.removed > 0)

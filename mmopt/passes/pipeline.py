@@ -30,6 +30,7 @@ from onnx_ir.passes import common as ir_common
 from mmopt.errors import MmoptError
 from mmopt.passes.collapse_reshapes import CollapseReshapesPass
 from mmopt.passes.convert_layout_nhwc import ConvertLayoutNHWCPass
+from mmopt.passes.eliminate_identity import EliminateIdentityPass
 from mmopt.passes.eliminate_noops import EliminateNoopsPass
 from mmopt.passes.fuse_activations import FuseActivationsPass
 from mmopt.passes.fuse_batchnorm import FuseBatchNormPass
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 #: name -> factory of a fresh pass instance. Names say the action (fold_, eliminate_, fuse_, ...).
 PASSES: dict[str, Callable[[], ir.passes.PassBase]] = {
     "simplify": SimplifyPass,
-    "eliminate_identity": ir_common.IdentityEliminationPass,
+    "eliminate_identity": EliminateIdentityPass,
     "eliminate_dead_nodes": ir_common.RemoveUnusedNodesPass,
     "eliminate_common_subexpressions": ir_common.CommonSubexpressionEliminationPass,
     "eliminate_noops": EliminateNoopsPass,
