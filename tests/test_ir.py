@@ -143,3 +143,30 @@ def test_sha256_is_stable(tmp_path, conv_relu_model):
     onnx.save(conv_relu_model, path)
     assert mir.sha256_of(path) == mir.sha256_of(path.read_bytes())
     assert len(mir.sha256_of(conv_relu_model)) == 64
+
+
+def test_fix_input_shapes_keeps_the_rank_of_outputs_inference_cannot_tell():
+    """Issue #17: the output's declared shape was cleared and inference could not give it back,
+    leaving a main-graph output without a shape: onnx.checker, and onnxsim with it ("Field 'shape'
+    of 'type' is required but missing"), refused the model, and simplify fell back."""
+    from onnx import parser
+
+    from mmopt.passes.simplify import _onnxsim
+
+    model = parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N,3,1] x, int64[1] axes) => (float[N,3] y) {
+        r = Relu(x)
+        y = Squeeze(r, axes)
+    }""")
+    fixed = mir.fix_input_shapes(model, {})
+    out = fixed.graph.output[0].type.tensor_type
+    assert out.HasField("shape") and len(out.shape.dim) == 2
+    assert not any(d.HasField("dim_value") or d.HasField("dim_param") for d in out.shape.dim)
+    onnx.checker.check_model(fixed, full_check=True)
+    _onnxsim(fixed)  # raised before
+    # what inference can tell it still tells
+    relu = mir.fix_input_shapes(parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N,3] x) => (float[N,3] y) { y = Relu(x) }"""), {})
+    assert mir.dims_of(relu.graph.output[0]) == [1, 3]

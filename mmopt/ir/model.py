@@ -17,6 +17,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from mmopt.errors import ModelLoadError, MmoptError, summarize
+from mmopt.ir.validate import validate
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +31,17 @@ def load(source, *, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX model from a path, raw bytes or a ``ModelProto`` (returned as is).
 
     External-data tensors next to the file are loaded. Raises :class:`ModelLoadError` with a one-line
-    reason for a missing file, a directory, a file that is not ONNX, or a truncated/corrupt protobuf.
+    reason for a missing file, a directory, a file that is not ONNX, or a truncated/corrupt protobuf;
+    with ``check`` (the default) also for a model the front door refuses (:mod:`mmopt.ir.validate`:
+    malformed graph, ``onnx.checker``, what onnxruntime refuses).
     """
+    data = None
     if isinstance(source, onnx.ModelProto):
         model = source
         where = "<ModelProto>"
     elif isinstance(source, (bytes, bytearray)):
-        model = _parse(bytes(source), "<bytes>")
+        data = bytes(source)
+        model = _parse(data, "<bytes>")
         where = "<bytes>"
     else:
         path = Path(source)
@@ -51,6 +56,7 @@ def load(source, *, check: bool = True) -> onnx.ModelProto:
             raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from exc
         model = _parse(data, where)
         if _uses_external_data(model):
+            data = None  # the model is more than the file now
             try:
                 onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
             except (OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -59,7 +65,7 @@ def load(source, *, check: bool = True) -> onnx.ModelProto:
                     "file(s) next to the model"
                 ) from exc
     if check:
-        _check(model, where)
+        validate(model, where, serialized=data)
     return model
 
 
@@ -77,19 +83,6 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     if model.ir_version == 0 or not model.HasField("graph"):
         raise ModelLoadError(f"{where}: not an ONNX model (no ir_version or graph found)")
     return model
-
-
-def _check(model: onnx.ModelProto, where: str) -> None:
-    try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(
-            f"{where}: invalid ONNX model ({first}); the file may be truncated or corrupt"
-        ) from exc
-    if not model.graph.output:
-        raise ModelLoadError(f"{where}: the graph has no outputs")
 
 
 
@@ -295,11 +288,21 @@ def fix_input_shapes(
                 shape.dim.add().dim_value = int(d)
     if changed:
         del model.graph.value_info[:]
+        ranks = {}
         for out in model.graph.output:
             # Output shapes are recomputed from the new input shapes.
             if out.type.tensor_type.HasField("shape"):
+                ranks[out.name] = len(out.type.tensor_type.shape.dim)
                 out.type.tensor_type.ClearField("shape")
         model = infer_shapes(model)
+        for out in model.graph.output:
+            # What inference cannot tell keeps its declared rank, with unknown dims: a main-graph
+            # output without a shape field is invalid ONNX (onnx.checker, and onnxsim with it).
+            if out.name in ranks and not out.type.tensor_type.HasField("shape"):
+                shape = out.type.tensor_type.shape
+                shape.SetInParent()  # present even for a scalar (rank 0)
+                for _ in range(ranks[out.name]):
+                    shape.dim.add()
     return model
 
 
