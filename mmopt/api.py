@@ -192,7 +192,8 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         codegen=codegen.resolved(tgt),
         extra={**({"tuning": tuning} if tuning else {}),
-               **({"schedule_fallbacks": fallbacks} if fallbacks else {})},
+               **({"schedule_fallbacks": fallbacks} if fallbacks else {}),
+               **_random_weights(reference)},
     )
 
     with _atomic_outputs(prefix) as tmp:
@@ -229,6 +230,19 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
                 os.replace(tmp / (path.name + ".data"), prefix.parent / (path.name + ".data"))
     return CompileResult(library, meta_path, meta, report, verification, onnx_path, timings,
                          source_verification, source_skipped)
+
+
+def _random_weights(model: onnx.ModelProto) -> dict:
+    """``{"random_weights": True, "random_weights_seed": N}`` when a frontend generated the
+    weights (``--random-weights``), else ``{}``: the artifact JSON says what was compiled."""
+    from mmopt import frontends
+
+    if not frontends.has_random_weights(model):
+        return {}
+    props = {p.key: p.value for p in model.metadata_props}
+    seed = props.get("mmopt.random_weights_seed")
+    return {"random_weights": True,
+            **({"random_weights_seed": int(seed)} if seed and seed.isdigit() else {})}
 
 
 def front_end(model, input_shapes=None, opt_level: int = DEFAULT_LEVEL, *,
@@ -291,6 +305,9 @@ def verify_against_source(source, artifact, reference: onnx.ModelProto, *,
     from mmopt import frontends
 
     path = Path(source)
+    if frontends.has_random_weights(reference):
+        return None, ("its weights are random (--random-weights): the source framework has none "
+                      "to compare with")
     entry = frontends.frontend(frontends.detect(path))
     module = entry.load()
     if not hasattr(module, "reference_outputs"):

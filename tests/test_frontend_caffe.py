@@ -7,6 +7,7 @@ installed, the tests use small numpy implementations of Caffe's own formulas.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -370,15 +371,38 @@ def test_v1_caffemodel_and_prototxt_are_upgraded(tmp_path, zoo_dir):
     assert [n.op_type for n in model.graph.node] == ["Flatten", "Gemm", "Softmax"]
 
 
-def test_random_weights_without_caffemodel(tmp_path, caplog):
+def test_random_weights_only_when_asked(tmp_path, caplog):
     prototxt, _ = _write(tmp_path, "mix", LAYER_MIX, weights=False)
+    # no caffemodel beside it: an error naming the file looked for (issue #17)
+    with pytest.raises(ModelLoadError, match=r"mix.prototxt: no weights: .*mix.caffemodel does "
+                                             r"not exist.*--random-weights"):
+        caffe.to_onnx(prototxt)
     with caplog.at_level("WARNING"):
-        a = caffe.to_onnx(prototxt)
+        a = caffe.to_onnx(prototxt, random_weights=True)
     assert "random weights" in caplog.text
-    assert a.SerializeToString() == caffe.to_onnx(prototxt).SerializeToString()
-    assert a.SerializeToString() != caffe.to_onnx(prototxt, seed=1).SerializeToString()
+    assert frontends.has_random_weights(a)
+    again = caffe.to_onnx(prototxt, random_weights=True)
+    assert a.SerializeToString() == again.SerializeToString()
+    assert a.SerializeToString() != caffe.to_onnx(prototxt, random_weights=True,
+                                                  seed=1).SerializeToString()
     out = run_onnxruntime(a, _feeds(a))
     assert all(np.isfinite(v).all() for v in out.values())
+    # the same through import_options, the way every verb's --random-weights reaches the frontend
+    with frontends.import_options(random_weights=True):
+        assert frontends.to_onnx(prototxt).SerializeToString() == a.SerializeToString()
+
+
+def test_several_caffemodels_and_none_matching_is_an_error(tmp_path):
+    prototxt, _ = _write(tmp_path, "deploy", LAYER_MIX, weights=False)
+    for name in ("a.caffemodel", "b.caffemodel"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"deploy.caffemodel does not exist; the folder has 2 "
+                                             r"others \(a.caffemodel, b.caffemodel\)"):
+        caffe.to_onnx(prototxt)
+
+
+def test_weights_from_a_caffemodel_are_not_marked_random(zoo_dir):
+    assert not frontends.has_random_weights(caffe.to_onnx(zoo_dir / "lenet.prototxt"))
 
 
 def test_weights_found_beside_prototxt_and_input_shape_override(zoo_dir):
@@ -407,7 +431,7 @@ def test_detect_by_suffix_and_content(tmp_path, zoo_dir):
     text = tmp_path / "deploy.txt"
     text.write_text(caffe_models.prototxt("squeezenet1_1"))
     assert frontends.detect(text) == "caffe"
-    model = frontends.to_onnx(text)  # random weights: no caffemodel beside it
+    model = frontends.to_onnx(text, random_weights=True)  # no caffemodel beside it
     assert model.graph.output[0].name == "prob"
 
 
@@ -483,3 +507,38 @@ def test_cli_import_writes_onnx_and_verifies_against_opencv(tmp_path, zoo_dir):
     model = onnx.load(out)
     onnx.checker.check_model(model)
     assert model.opset_import[0].version == 17
+
+
+def test_cli_compile_without_caffemodel_names_it_and_leaves_nothing(tmp_path):
+    """Issue #17: a prototxt with no .caffemodel beside it used to compile with random weights and
+    pass verification; now it is a one-line error naming the file looked for."""
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(caffe_models.prototxt("lenet"))
+    proc = _cli("compile", path, "--target", "x86", "-o", tmp_path / "out" / "lenet")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mmopt: error: {path}: no weights: "), lines
+    assert str(tmp_path / "deploy.caffemodel") in lines[0] and "--random-weights" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_compile_with_random_weights_records_them(tmp_path):
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(caffe_models.prototxt("lenet"))
+    prefix = tmp_path / "lenet"
+    proc = _cli("compile", path, "--target", "x86", "-o", prefix, "--random-weights")
+    assert proc.returncode == 0, proc.stderr
+    assert "weights   random (--random-weights, seed 0)" in proc.stdout
+    meta = json.loads(prefix.with_suffix(".json").read_text())
+    assert meta["extra"]["random_weights"] is True and meta["extra"]["random_weights_seed"] == 0
+    assert meta["verification"]["passed"]
+    # an ONNX model imported with random weights carries it into what is compiled from it
+    onnx_path = tmp_path / "lenet.onnx"
+    proc = _cli("import", path, "-o", onnx_path, "--random-weights", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli("inspect", onnx_path)
+    assert proc.returncode == 0, proc.stderr
+    import mmopt
+
+    result = mmopt.compile(onnx_path, "x86", tmp_path / "again")
+    assert result.meta.extra["random_weights"] is True

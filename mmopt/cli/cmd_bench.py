@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mmopt.cli.common import err, input_shape_option, model_path, out, shapes
+from mmopt.cli.common import err, import_options, input_shape_option, model_path, out, shapes
 
 logger = logging.getLogger("mmopt")
 
@@ -27,6 +27,7 @@ logger = logging.getLogger("mmopt")
 @click.option("--warmup", type=click.IntRange(0, 10_000), default=5, show_default=True)
 @click.option("--repeat", type=click.IntRange(1, 100_000), default=30, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@import_options
 def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_json):
     """Benchmark MODEL (compiled here, untuned) or a compiled ARTIFACT against onnxruntime.
 

@@ -9,7 +9,7 @@ import click
 from mmopt.check.api import DEFAULT_PER_LAYER_SAMPLES
 from mmopt.check.config import CONFIG_NAME
 from mmopt.check.per_layer import DEFAULT_JUMP_DB
-from mmopt.cli.common import err, input_shape_option, out, shapes
+from mmopt.cli.common import err, import_options, input_shape_option, out, shapes
 from mmopt.errors import MmoptError
 from mmopt.runtime.ort import DEFAULT_ENGINE, ENGINES
 
@@ -61,6 +61,7 @@ from mmopt.runtime.ort import DEFAULT_ENGINE, ENGINES
 @click.option("--config", "config_path", metavar="FILE",
               help=f"Settings file. [default: ./{CONFIG_NAME} when present]")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+@import_options
 def check_cmd(reference, candidate, data, labels, metrics, max_drop, min_top1, min_top5,
               min_cosine, min_snr, atol, rtol, output_names, per_layer, per_layer_samples,
               jump_db, eval_engine, input_shapes, seed, report_path, junit_path, config_path,

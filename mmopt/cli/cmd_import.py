@@ -20,7 +20,8 @@ from mmopt.cli.common import input_shape_option, out, shapes
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False),
               help="Caffe: the .caffemodel. [default: the one beside the prototxt]")
 @click.option("--random-weights", is_flag=True,
-              help="Caffe: ignore any caffemodel and use seeded random weights.")
+              help="Caffe: use seeded random weights (without it, a prototxt with no .caffemodel "
+                   "is an error); recorded in the model's metadata.")
 @click.option("--inputs", "tf_inputs", metavar="NAME[,NAME...]",
               help="Frozen TensorFlow GraphDef: the input tensors. [default: the Placeholders]")
 @click.option("--outputs", "tf_outputs", metavar="NAME[,NAME...]",
@@ -63,6 +64,9 @@ def import_cmd(model, output, framework, weights, random_weights, tf_inputs, tf_
     out.print(f"[bold]imported[/] {escape(str(model))} ({kind}) -> {escape(str(path))}: "
               f"{len(proto.graph.node)} nodes, "
               f"opset {mir.opset_of(proto)}")
+    if frontends.has_random_weights(proto):
+        out.print(f"  [yellow]weights[/] random (--random-weights, seed {seed}): the outputs are "
+                  "meaningless")
     for kind_, values in (("input", mir.graph_inputs(proto)), ("output", proto.graph.output)):
         for v in values:
             dims = ",".join("?" if d is None else str(d) for d in mir.dims_of(v))

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mmopt.cli.common import input_shape_option, model_path, out, shapes
+from mmopt.cli.common import import_options, input_shape_option, model_path, out, shapes
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -32,6 +32,7 @@ def _names(text: str | None) -> list[str] | None:
 @input_shape_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the report (per-pass rule counts, op histograms) as JSON.")
+@import_options
 def optimize_cmd(model, output, opt_level, passes, disable, layout, list_passes, input_shapes,
                  report_path):
     """Optimize MODEL at the graph level and write the result as ONNX."""

@@ -9,7 +9,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmopt.cli.common import err, input_shape_option, model_path, out, shapes
+from mmopt.cli.common import err, import_options, input_shape_option, model_path, out, shapes
 from mmopt.errors import MmoptError
 from mmopt.quantize.calibrate import DEFAULT_PERCENTILE, METHODS
 from mmopt.quantize.evaluate import METRICS
@@ -98,6 +98,7 @@ def _dims(text: str | None, option: str):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the report as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@import_options
 def quantize_cmd(model, output, calib, method, percentile, per_channel, activations, exclude,
                  samples, dtype, weight_only, preprocess_file, resize, crop, mean, std, scale,
                  channel_order, layout, eval_data, eval_samples, metric, max_drop, eval_engine,

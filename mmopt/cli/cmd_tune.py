@@ -16,8 +16,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmopt.cli.common import (codegen_from, codegen_options, err, input_shape_option, model_path,
-                              out, shapes)
+from mmopt.cli.common import (codegen_from, codegen_options, err, import_options,
+                              input_shape_option, model_path, out, shapes)
 
 
 def _us(seconds: float | None) -> str:
@@ -154,6 +154,7 @@ def _ctrl_c_stops(stop: threading.Event):
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="After tuning, time the model with default schedules and with the records.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@import_options
 def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm, key,
              input_shapes, opt_level, winograd, pack_weights, layout, task_filter, search, dry_run,
              compare, as_json):

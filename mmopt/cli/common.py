@@ -52,3 +52,21 @@ def codegen_from(winograd, pack_weights, layout):
     from mmopt.codegen.options import CodegenOptions
 
     return CodegenOptions.from_env(winograd=winograd, pack_weights=pack_weights, layout=layout)
+
+
+def import_options(func):
+    """``--random-weights``: a frontend option on every verb that imports models. The flag reaches
+    every import the verb makes (through :func:`mmopt.frontends.import_options`), however deep."""
+    import functools
+
+    @click.option("--random-weights", "random_weights", is_flag=True, default=False,
+                  help="Caffe: build a prototxt that has no .caffemodel with seeded random weights "
+                       "(without it, a missing .caffemodel is an error); recorded in the output.")
+    @functools.wraps(func)
+    def wrapper(*args, random_weights: bool = False, **kwargs):
+        from mmopt import frontends
+
+        with frontends.import_options(random_weights=random_weights or None):
+            return func(*args, **kwargs)
+
+    return wrapper

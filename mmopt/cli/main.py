@@ -17,8 +17,8 @@ from rich.table import Table
 
 from mmopt import __version__
 from mmopt._logging import configure as configure_logging
-from mmopt.cli.common import (codegen_from, codegen_options, err, input_shape_option, model_path,
-                              out, shapes)
+from mmopt.cli.common import (codegen_from, codegen_options, err, import_options,
+                              input_shape_option, model_path, out, shapes)
 from mmopt.errors import MmoptError
 
 logger = logging.getLogger("mmopt")
@@ -95,6 +95,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
               help="Tuning database (from `mmopt tune`): apply its records for this target; "
                    "other kernels get default schedules.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@import_options
 def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_weights, layout,
                 verify, atol, rtol, save_onnx, db, as_json):
     """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
@@ -138,6 +139,11 @@ def _print_compile_report(result) -> None:
         for change in tuning.get("codegen_differences", []):
             out.print(f"  [yellow]warning[/]   the records were tuned with other code-generation "
                       f"settings ({change}): kernels they change have no records")
+    if meta.extra.get("random_weights"):
+        seed = meta.extra.get("random_weights_seed")
+        out.print("  [yellow]weights[/]   random (--random-weights"
+                  + (f", seed {seed}" if seed is not None else "")
+                  + "): the outputs are meaningless; verification only compares compilers")
     fallbacks = meta.extra.get("schedule_fallbacks") or []
     if fallbacks:
         shown = ", ".join(f"{f['block']} ({f['reason']})" for f in fallbacks[:3])
@@ -297,13 +303,15 @@ def targets_cmd(as_json):
 @click.option("-t", "--target", default="x86", show_default=True,
               help="Target for --support (see `mmopt targets`).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@import_options
 def inspect_cmd(model, input_shapes, support, target, as_json):
     """Show MODEL's inputs/outputs, op histogram, parameter count and MACs/FLOPs (with --support:
     which of its ops compile for TARGET)."""
+    from mmopt import frontends
     from mmopt import ir as mir
     from mmopt.ir.inspect import inspect_model, render
 
-    proto = mir.load(model_path(model))
+    proto = mir.load(frontends.to_onnx(model_path(model)))  # any framework, checked
     if support:
         proto = mir.normalize_opset(proto)  # as compile sees it
     try:  # MACs need static shapes: fix what the user gave (and a symbolic batch to 1)

@@ -11,15 +11,27 @@ its file suffixes, an optional content sniffer, the module that converts, and th
 brings its heavy dependency. :func:`detect` picks the entry by suffix and content; :func:`to_onnx`
 calls the entry's ``to_onnx(path, **options)`` and checks the result. A missing dependency is an
 :class:`MmoptError` naming the extra to install. To add a framework, add its module and an entry.
+
+Options that come from the command line of any verb (``--random-weights``) reach every
+:func:`to_onnx` under :func:`import_options`, so verbs whose models pass through other modules
+(quantize, check, tune, ...) need not thread them through::
+
+    with frontends.import_options(random_weights=True):
+        mmopt.compile("deploy.prototxt", "x86")      # Caffe net with seeded random weights
+
+A model imported with random weights says so in its metadata (:data:`RANDOM_WEIGHTS_KEY`), so
+the artifact compiled from it (even via a saved ``.onnx``) records it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import importlib.util
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +44,29 @@ logger = logging.getLogger(__name__)
 #: options every frontend may receive from a generic caller (compile, optimize, ...); a frontend
 #: whose ``to_onnx`` does not take one of these just does not get it
 GENERIC_OPTIONS = ("input_shapes",)
+#: metadata_props key a frontend sets (to "true") on a model whose weights it generated
+RANDOM_WEIGHTS_KEY = "mmopt.random_weights"
+#: options set with :func:`import_options`: defaults for every :func:`to_onnx` in the block
+_IMPORT_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("mmopt_import_options",
+                                                                      default={})
+
+
+@contextlib.contextmanager
+def import_options(**options) -> Iterator[None]:
+    """Defaults for the frontend options of every :func:`to_onnx` call in the block (an explicit
+    argument wins; ``None`` values are not set). A frontend that does not take an option is told
+    nothing, and a warning says the option did not apply."""
+    token = _IMPORT_OPTIONS.set({**_IMPORT_OPTIONS.get(),
+                                 **{k: v for k, v in options.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _IMPORT_OPTIONS.reset(token)
+
+
+def has_random_weights(model: onnx.ModelProto) -> bool:
+    """Whether a frontend generated ``model``'s weights (``--random-weights``)."""
+    return any(p.key == RANDOM_WEIGHTS_KEY and p.value == "true" for p in model.metadata_props)
 
 
 @dataclass(frozen=True)
@@ -167,7 +202,8 @@ def to_onnx(path, *, framework: str | None = None, **options) -> onnx.ModelProto
     ``framework`` skips detection. ``options`` go to the frontend: ``input_shapes`` (any; ignored by
     frontends that take the shapes from the file), ``weights``/``seed``/``random_weights`` (Caffe),
     ``dynamic_batch``/``opset`` (PyTorch), ``inputs``/``outputs`` (frozen TensorFlow GraphDef),
-    ``signature`` (SavedModel). An ONNX path is loaded and checked as it is.
+    ``signature`` (SavedModel); defaults come from :func:`import_options`. An ONNX path is loaded
+    and checked as it is.
     """
     if isinstance(path, onnx.ModelProto):
         return path
@@ -183,6 +219,14 @@ def to_onnx(path, *, framework: str | None = None, **options) -> onnx.ModelProto
             passed[key] = value
         elif key not in GENERIC_OPTIONS:
             raise MmoptError(f"{path}: option {key!r} does not apply to {entry.name} models")
+    for key, value in _IMPORT_OPTIONS.get().items():
+        if options.get(key) is not None:
+            continue
+        if key in accepted:
+            passed[key] = value
+        else:
+            logger.warning("%s: --%s does not apply to %s models; ignored", path,
+                           key.replace("_", "-"), entry.name)
     model = module.to_onnx(path, **passed)
     logger.info("%s: imported from %s (%d nodes)", path, entry.name, len(model.graph.node))
     return model
@@ -224,4 +268,5 @@ def verify(path, model: onnx.ModelProto, *, seed: int = 0,
     return report
 
 
-__all__ = ["FRONTENDS", "Frontend", "detect", "from_torch", "frontend", "to_onnx", "verify"]
+__all__ = ["FRONTENDS", "RANDOM_WEIGHTS_KEY", "Frontend", "detect", "from_torch", "frontend",
+           "has_random_weights", "import_options", "to_onnx", "verify"]

@@ -3,8 +3,11 @@
     model = to_onnx("deploy.prototxt", weights="net.caffemodel")
 
 Pure Python: the Caffe schema subset is built at run time (:mod:`.proto`), so no Caffe, protoc or
-extra package is needed. Without a caffemodel the network gets seeded random weights (a warning
-says so), which is enough to compile, tune and benchmark an architecture.
+extra package is needed. A prototxt without a caffemodel (given, or beside it) is an error naming
+the file looked for; ``random_weights=True`` (``--random-weights`` on every verb) gives the network
+seeded random weights instead, which is enough to compile, tune and benchmark an architecture. Such
+a model carries ``mmopt.random_weights = true`` in its metadata, and every artifact compiled from it
+records it.
 """
 
 from __future__ import annotations
@@ -72,14 +75,26 @@ def find_weights(prototxt: Path) -> Path | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
+def _no_weights(prototxt: Path) -> ModelLoadError:
+    expected = prototxt.with_suffix(".caffemodel")
+    others = sorted(p.name for p in prototxt.parent.glob("*.caffemodel"))
+    found = (f"; the folder has {len(others)} others ({', '.join(others[:3])}"
+             f"{', ...' if len(others) > 3 else ''}), so none is picked" if others else "")
+    return ModelLoadError(
+        f"{prototxt}: no weights: {expected} does not exist{found}. Put the .caffemodel there "
+        "(or give it with `mmopt import --weights FILE`), or pass --random-weights to build the "
+        "architecture with seeded random weights (its outputs are meaningless)")
+
+
 def to_onnx(path, *, weights=None, input_shapes: Mapping[str, Sequence[int]] | None = None,
             seed: int = 0, random_weights: bool | None = None) -> onnx.ModelProto:
     """Convert a Caffe deploy network to ONNX (opset 17).
 
     ``path`` is the deploy ``.prototxt``; ``weights`` the ``.caffemodel`` (default: found beside
-    the prototxt, see :func:`find_weights`). With no caffemodel, or ``random_weights=True``, weights
-    are generated from ``seed`` and a warning is logged. ``input_shapes`` overrides the input shapes
-    the prototxt declares (``{"data": (1, 3, 227, 227)}``).
+    the prototxt, see :func:`find_weights`; none found is a :class:`ModelLoadError` naming the file
+    looked for). With ``random_weights=True`` weights are generated from ``seed`` instead (a
+    warning is logged and the model's metadata says so). ``input_shapes`` overrides the input
+    shapes the prototxt declares (``{"data": (1, 3, 227, 227)}``).
     """
     path = Path(path)
     if not path.exists():
@@ -99,8 +114,9 @@ def to_onnx(path, *, weights=None, input_shapes: Mapping[str, Sequence[int]] | N
         weights = None
     elif weights is None:
         weights = find_weights(path)
-        if weights is not None:
-            logger.info("%s: using weights %s", path, weights)
+        if weights is None:
+            raise _no_weights(path)
+        logger.info("%s: using weights %s", path, weights)
     by_layer = None
     if weights is not None:
         weights = Path(weights)
@@ -110,9 +126,16 @@ def to_onnx(path, *, weights=None, input_shapes: Mapping[str, Sequence[int]] | N
             raise ModelLoadError(f"{weights}: cannot read weights ({exc.strerror or exc})") from exc
         by_layer = blobs_by_layer(proto.parse_caffemodel(data, str(weights)))
     else:
-        logger.warning("%s: no .caffemodel given or found beside it: using seeded random weights "
-                       "(seed %d); outputs are meaningless", path, seed)
-    return convert(net, where=str(path), weights=by_layer, input_shapes=input_shapes, seed=seed)
+        logger.warning("%s: --random-weights: seeded random weights (seed %d); outputs are "
+                       "meaningless", path, seed)
+    model = convert(net, where=str(path), weights=by_layer, input_shapes=input_shapes, seed=seed)
+    if by_layer is None:
+        from mmopt.frontends import RANDOM_WEIGHTS_KEY
+
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            RANDOM_WEIGHTS_KEY: "true",
+                                            "mmopt.random_weights_seed": str(seed)})
+    return model
 
 
 def reference_outputs(path, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
@@ -121,11 +144,13 @@ def reference_outputs(path, model: onnx.ModelProto, feeds: Mapping[str, np.ndarr
     """The network's outputs computed by OpenCV's Caffe importer (``cv2.dnn``), an implementation
     independent of this converter. ``None`` (with a log line) when OpenCV 4 is not installed or
     the model was converted with random weights (OpenCV cannot see those)."""
+    from mmopt.frontends import has_random_weights
+
     path = Path(path)
     if path.suffix.lower() in WEIGHTS_SUFFIXES:
         path, weights = path.with_suffix(".prototxt"), path
     weights = Path(weights) if weights is not None else find_weights(path)
-    if weights is None or random_weights:
+    if weights is None or random_weights or has_random_weights(model):
         logger.warning("not verified: the net has random weights, which OpenCV cannot load")
         return None
     try:
