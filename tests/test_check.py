@@ -185,10 +185,12 @@ def test_compiled_artifact_as_candidate(qdq, tmp_path):
     # the artifact as reference, the QDQ model as candidate; .so and .json name it too
     report = check(tmp_path / "cbr.so", qdq / "qdq.onnx", qdq / "data.npz", min_cosine=0.99)
     assert report.passed
-    # per-layer needs two ONNX models: a usage error, raised before any sample runs
-    result = invoke(*_files(qdq), "-c", tmp_path / "cbr.json", "--per-layer")
+    # per-layer needs an ONNX reference: an artifact as reference is a usage error, raised
+    # before any sample runs (an artifact as candidate: tests/test_check_artifact_layers.py)
+    result = invoke("-r", tmp_path / "cbr.json", "-c", qdq / "qdq.onnx", "-d", qdq / "data.npz",
+                    "--per-layer")
     assert result.exit_code == 2
-    assert "--per-layer compares two ONNX models" in result.output
+    assert "--per-layer compares an ONNX reference" in result.output
 
 
 # --------------------------------------------------------------------------------------------------

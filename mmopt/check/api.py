@@ -10,7 +10,7 @@ from mmopt.check.data import load_data, load_labels
 from mmopt.check.metrics import METRICS, OutputAccumulator, wants_class_scores
 from mmopt.check.per_layer import DEFAULT_JUMP_DB, compare_layers
 from mmopt.check.report import CheckReport
-from mmopt.check.runners import OnnxRunner, Runner, open_runner
+from mmopt.check.runners import ArtifactRunner, OnnxRunner, Runner, open_runner
 from mmopt.check.thresholds import Thresholds, evaluate
 from mmopt.errors import MmoptError
 from mmopt.runtime import ort
@@ -79,9 +79,12 @@ def check(
     step("loading the candidate")
     cand = open_runner(candidate, "candidate", engine=eval_engine)
     _check_inputs(ref, cand)
-    if per_layer and not (isinstance(ref, OnnxRunner) and isinstance(cand, OnnxRunner)):
-        raise MmoptError("--per-layer compares two ONNX models (e.g. fp32 vs its QDQ version); "
-                         f"got {ref.describe()} and {cand.describe()}")
+    artifact_layers = isinstance(ref, OnnxRunner) and isinstance(cand, ArtifactRunner)
+    if per_layer and not (isinstance(ref, OnnxRunner)
+                          and (isinstance(cand, OnnxRunner) or artifact_layers)):
+        raise MmoptError("--per-layer compares an ONNX reference with an ONNX candidate (e.g. fp32 "
+                         "vs its QDQ version) or with the artifact compiled from it; got "
+                         f"{ref.describe()} and {cand.describe()}")
     dataset = load_data(data, ref.inputs, seed=seed, input_shapes=input_shapes)
     label_array = load_labels(labels, len(dataset)) if labels is not None else None
     pairs, notes = _pair_outputs(ref, cand, output_names)
@@ -126,8 +129,15 @@ def check(
         step("comparing layer by layer")
         t0 = time.perf_counter()
         count = min(per_layer_samples, len(dataset))
-        layers = compare_layers(ref.model, cand.model, (dataset[i] for i in range(count)),
-                                jump_db=jump_db, labels=(ref.label, cand.label))
+        if artifact_layers:
+            from mmopt.check.artifact_layers import compare_artifact_layers
+
+            layers = compare_artifact_layers(ref.model, cand.compiled,
+                                             (dataset[i] for i in range(count)), jump_db=jump_db,
+                                             progress=step)
+        else:
+            layers = compare_layers(ref.model, cand.model, (dataset[i] for i in range(count)),
+                                    jump_db=jump_db, labels=(ref.label, cand.label))
         timings["per_layer"] = time.perf_counter() - t0
 
     thresholds_dict = {"all outputs": base.to_dict(),

@@ -122,19 +122,24 @@ class _Acc:
     comparable: bool = True
 
 
+def _graph_order(reference: onnx.ModelProto) -> list[tuple[str, onnx.NodeProto | None]]:
+    """Reference tensors in graph order: inputs, then node outputs."""
+    ref = _Graph(reference)
+    order: list[tuple[str, onnx.NodeProto | None]] = [(n, None) for n in ref.inputs
+                                                      if n not in ref.initializers]
+    for node in reference.graph.node:
+        if node.op_type != "Constant":
+            order.extend((o, node) for o in node.output if o)
+    return order
+
+
 def compare_layers(reference: onnx.ModelProto, candidate: onnx.ModelProto,
                    samples: Iterable[Mapping[str, np.ndarray]], *,
                    jump_db: float = DEFAULT_JUMP_DB, cap_db: float = DEFAULT_CAP_DB,
                    labels: tuple[str, str] = ("reference", "candidate")) -> PerLayerReport:
     """Compare every intermediate tensor of two ONNX models over ``samples`` (see module docs)."""
     ref, cand = _Graph(reference), _Graph(candidate)
-    is_float = _float_types(reference)
-    # reference tensors in graph order: inputs, then node outputs
-    order: list[tuple[str, onnx.NodeProto | None]] = [(n, None) for n in ref.inputs
-                                                      if n not in ref.initializers]
-    for node in reference.graph.node:
-        if node.op_type != "Constant":
-            order.extend((o, node) for o in node.output if o)
+    order = _graph_order(reference)
     pairs = {name: (ref.carried(name), cand.carried(name)) for name, _ in order
              if name in cand.tensors}
     # the reference engine whatever --eval-engine says: optimizations would fuse tensors away
@@ -142,14 +147,28 @@ def compare_layers(reference: onnx.ModelProto, candidate: onnx.ModelProto,
     cand_run = ort.session(_exposing(candidate, [c for _, c in pairs.values()]), label=labels[1])
     ref_names = [o.name for o in ref_run.get_outputs()]
     cand_names = [o.name for o in cand_run.get_outputs()]
+
+    def values():
+        for feeds in samples:
+            r_values = dict(zip(ref_names, ort.run(ref_run, feeds, label=labels[0])))
+            c_values = dict(zip(cand_names, ort.run(cand_run, feeds, label=labels[1])))
+            yield {**r_values, **feeds}, {**c_values, **feeds}
+
+    return analyse_layers(reference, order, pairs, values(), jump_db=jump_db, cap_db=cap_db)
+
+
+def analyse_layers(reference: onnx.ModelProto, order, pairs: dict[str, tuple[str, str]],
+                   values: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]], *,
+                   jump_db: float = DEFAULT_JUMP_DB,
+                   cap_db: float = DEFAULT_CAP_DB) -> PerLayerReport:
+    """The statistics and the culprit (module docs) from ``values``: per sample, the reference's
+    and the candidate's tensors by name; ``pairs``: reference tensor -> (its name in the
+    reference's values, its name in the candidate's)."""
+    is_float = _float_types(reference)
     acc = {name: _Acc() for name in pairs}
     count = 0
-    for feeds in samples:
+    for r_values, c_values in values:
         count += 1
-        r_values = dict(zip(ref_names, ort.run(ref_run, feeds, label=labels[0])))
-        c_values = dict(zip(cand_names, ort.run(cand_run, feeds, label=labels[1])))
-        r_values.update(feeds)
-        c_values.update(feeds)
         for name, (r_name, c_name) in pairs.items():
             a = acc[name]
             r, c = r_values.get(r_name), c_values.get(c_name)
