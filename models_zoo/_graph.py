@@ -78,11 +78,25 @@ class GraphBuilder:
         shape: Sequence[Dim],
         calibration_shape: Sequence[int] | None = None,
         elem_type: int = TensorProto.FLOAT,
+        image_like: bool = False,
     ) -> str:
-        """Declare a graph input; with ``calibration_shape`` it also gets a calibration sample."""
+        """Declare a graph input; with ``calibration_shape`` it also gets a calibration sample.
+
+        The sample is unit-Gaussian. With ``image_like`` the second half of its batch is uniform in
+        [0, 1) instead (the image-like inputs ``mmopt`` verifies and benchmarks with), so the BN
+        statistics cover both kinds of input: networks with non-homogeneous activations (SiLU,
+        sigmoid gates) calibrated on one kind otherwise grow their activations layer after layer
+        on the other (EfficientNet-B0's logits reach ~100 on uniform inputs).
+        """
         self.inputs.append(helper.make_tensor_value_info(self._claim(name), elem_type, list(shape)))
         if calibration_shape is not None:
-            self._values[name] = self._calib_rng.standard_normal(tuple(calibration_shape), dtype=np.float32)
+            sample = self._calib_rng.standard_normal(tuple(calibration_shape), dtype=np.float32)
+            if image_like:
+                if sample.shape[0] < 2:
+                    raise ValueError("image_like calibration needs a calibration batch of at least 2")
+                half = sample.shape[0] // 2
+                sample[half:] = self._calib_rng.random(sample[half:].shape, dtype=np.float32)
+            self._values[name] = sample
         return name
 
     def output(self, name: str, shape: Sequence[Dim], elem_type: int = TensorProto.FLOAT) -> str:
@@ -120,6 +134,13 @@ class GraphBuilder:
         """Append a single-output node; its output tensor is named after the node."""
         self.nodes.append(helper.make_node(op_type, list(inputs), [self._claim(name)], name=name, **attrs))
         return name
+
+    def multi_node(self, op_type: str, inputs: Sequence[str], name: str, n_outputs: int, **attrs) -> list[str]:
+        """Append a node with several outputs (Split, ...), named ``<name>.0``, ``<name>.1``, ..."""
+        self._claim(name)
+        outputs = [self._claim(f"{name}.{i}") for i in range(n_outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, **attrs))
+        return outputs
 
     def model(self, doc: str = "") -> onnx.ModelProto:
         graph = helper.make_graph(
@@ -235,7 +256,9 @@ def conv(
     return g.evaluate(y, lambda v: _np_conv(v, weight, b, stride, pad, group), x)
 
 
-def batchnorm(g: GraphBuilder, x: str, name: str, channels: int, gamma_scale: float = 1.0) -> str:
+def batchnorm(
+    g: GraphBuilder, x: str, name: str, channels: int, gamma_scale: float = 1.0, eps: float = 1e-5
+) -> str:
     """Inference-mode BatchNormalization with deliberately non-trivial parameters.
 
     Running mean/var are the calibration statistics of ``x`` perturbed at
@@ -259,7 +282,6 @@ def batchnorm(g: GraphBuilder, x: str, name: str, channels: int, gamma_scale: fl
     else:
         mean = 0.2 * jitter_mean
         var = 2.0 / 1.4 * jitter_var  # U(0.5, 2.0)
-    eps = 1e-5
     y = g.node(
         "BatchNormalization",
         [

@@ -80,6 +80,11 @@ def test_registry_api():
         "gru_tagger",
         "transformer_block",
         "vad_lstm_if",
+        "yolov8n_style",
+        "yolox_style",
+        "mobilenet_v3_large",
+        "efficientnet_b0_style",
+        "vit_tiny_style",
     }
     for name, entry in MODELS.items():
         assert entry.name == name
@@ -196,7 +201,18 @@ def test_transformer_and_mlp_use_decomposed_norm_and_gelu():
 
 
 @pytest.mark.parametrize(
-    "name", ["conv_bn_relu", "mobilenet_v3_style", "mobilenet_v2_style", "resnet50_style", "resnet18_style"]
+    "name",
+    [
+        "conv_bn_relu",
+        "mobilenet_v3_style",
+        "mobilenet_v2_style",
+        "resnet50_style",
+        "resnet18_style",
+        "yolov8n_style",
+        "yolox_style",
+        "mobilenet_v3_large",
+        "efficientnet_b0_style",
+    ],
 )
 def test_batchnorm_parameters_are_nontrivial(name):
     model = _model(name)
