@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from mmopt.quantize.calibrate import StreamingHistogram, tensor_range
+from mmopt.quantize.calibrate import (
+    CalibrationResult,
+    StreamingHistogram,
+    _candidates,
+    grid_steps,
+    tensor_range,
+)
 
 
 def test_histogram_regrows_exactly():
@@ -110,3 +118,116 @@ def test_empty_and_constant_tensors():
     assert tensor_range(hist, "entropy") == (0.0, 0.0)
     hist.update(np.zeros(5, np.float32))
     assert tensor_range(hist, "percentile") == (0.0, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# entropy: the KL search (issue #14)
+
+
+def _hardswish(x):
+    return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def _histogram(x, chunks: int = 8) -> StreamingHistogram:
+    hist = StreamingHistogram()
+    for chunk in np.array_split(np.asarray(x, np.float32), chunks):
+        hist.update(chunk)
+    return hist
+
+
+def _textbook_kl_threshold(hist: StreamingHistogram, levels: int) -> float:
+    """TensorRT's search as usually written: ``P`` (the first ``i`` bins, the rest folded into the
+    last) and its quantized ``Q`` each normalized to 1, ``t`` minimizing ``KL(P || Q)``."""
+    counts = hist._trimmed(without_zeros=True).astype(np.float64)
+    n, nq = counts.size, levels + 1
+    best_i, best = n, math.inf
+    for i in _candidates(nq, n):
+        inside = counts[:i]
+        p = inside.copy()
+        p[-1] += counts[i:].sum()
+        support = p > 0
+        level = (np.arange(i) * nq) // i
+        mass = np.bincount(level, weights=inside, minlength=nq)
+        filled = np.bincount(level, weights=support, minlength=nq)
+        q = np.where(support, mass[level] / np.maximum(filled[level], 1), 0.0)
+        if np.any(q[support] <= 0):
+            continue
+        p, q = p[support] / p.sum(), q[support] / q.sum()
+        kl = float(np.sum(p * np.log(p / q)))
+        if kl < best:
+            best_i, best = i, kl
+    return best_i * hist.width
+
+
+_ZERO_ANCHORED = {
+    "relu-with-outliers": lambda rng: _relu_gaussian_with_outliers(),
+    "gaussian": lambda rng: rng.standard_normal(200_000),
+    "laplace": lambda rng: rng.laplace(size=200_000),
+    "hard-swish": lambda rng: _hardswish(rng.normal(-1.0, 2.0, 200_000)),
+}
+
+
+@pytest.mark.parametrize("levels", [127, 255])
+@pytest.mark.parametrize("data", sorted(_ZERO_ANCHORED))
+def test_entropy_is_the_textbook_kl_search_where_little_is_clipped(data, levels):
+    """``D(P || Q)`` with the clipped mass missing from ``Q`` differs from the normalized KL only in
+    the second order of the clipped fraction: on distributions that reach zero the two agree."""
+    hist = _histogram(_ZERO_ANCHORED[data](np.random.default_rng(4)))
+    assert hist.entropy_threshold(levels) == _textbook_kl_threshold(hist, levels)
+
+
+def _away_from_zero(size: int, rng) -> np.ndarray:
+    """A tensor that never comes near zero: squeeze-excite gates (one value per channel and sample),
+    hard-sigmoid inputs, pooled features."""
+    return rng.normal(0.6, 0.06, size)
+
+
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+@pytest.mark.parametrize("size", [2_000, 200_000])
+def test_entropy_keeps_a_tensor_that_stays_away_from_zero(size, activations):
+    """Regression, issue #14 (top-1 96.5% -> chance on an SE classifier with --method entropy): the
+    textbook search scores the candidate just above the minimum a perfect 0, P and Q both one spike
+    in the last bin, and clipped the whole tensor to one value."""
+    x = _away_from_zero(size, np.random.default_rng(5))
+    hist = _histogram(x)
+    levels = 255 if activations == "uint8" else 127
+    assert _textbook_kl_threshold(hist, levels) < x.min() + 0.01  # the failure: all clipped
+    result = CalibrationResult({"x": hist}, samples=size, batches=8, seconds=0.0)
+    lo, hi = result.ranges("entropy", unsigned=activations == "uint8")["x"]
+    assert lo == pytest.approx(x.min())
+    assert np.mean(x > hi) < 0.005 and hi > 0.9 * x.max()
+
+
+def test_grid_steps():
+    assert grid_steps(6.0, 254, math.inf) == 127  # int8, symmetric
+    assert grid_steps(6.0, 255, 0.0) == 255  # uint8 on a tensor that never goes negative
+    assert grid_steps(6.0, 255, 0.375) == pytest.approx(240.0)  # uint8 on [-0.375, 6]
+    assert grid_steps(2.0, 255, 5.0) == 127.5  # uint8 on [-2, 2]: clipped inside the negative range
+    np.testing.assert_allclose(grid_steps(np.array([1.0, 3.0]), 254, math.inf), [127, 127])
+
+
+def _fake_quant_uint8(x, lo, hi):
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255
+    zero_point = np.round(-lo / scale)
+    return (np.clip(np.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
+
+
+def test_uint8_hard_swish_tensor_is_searched_on_its_asymmetric_grid():
+    """A hard-swish output reaches down to -0.375 only: in uint8 its grid ``[-0.375, t]`` has ~240
+    steps over ``[0, t]``, not the 127 of a symmetric tensor; searched with 127 the threshold clips
+    harder than the grid needs (4x the squared error here)."""
+    x = _hardswish(np.random.default_rng(6).normal(-1.5, 2.0, 400_000))
+    assert (x == 0).mean() > 0.2 and x.min() == pytest.approx(-0.375, abs=1e-3)
+    hist = _histogram(x)
+    result = CalibrationResult({"x": hist}, samples=x.size, batches=8, seconds=0.0)
+    lo, hi = result.ranges("entropy", unsigned=True)["x"]
+    assert (lo, hi) == tensor_range(hist, "entropy", levels=255, negative=-hist.min)
+    t127 = tensor_range(hist, "entropy", levels=127)[1]
+    assert hi > t127
+
+    def error(t):
+        return float(np.mean((_fake_quant_uint8(x, lo, t) - x) ** 2))
+
+    assert error(hi) < 0.5 * error(t127)
+    assert error(hi) < 5 * error(float(x.max()))  # close to the unclipped range's error

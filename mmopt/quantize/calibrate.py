@@ -10,8 +10,11 @@ From that summary each method gives a clipping threshold ``t`` for ``|x|`` (``mi
 histogram). The range handed to the QDQ writer is ``[max(min, -t), min(max, t)]``; a symmetric
 (int8) activation then takes ``max(|lo|, |hi|)`` as its scale limit.
 
-``L`` below is the number of quantization steps over ``[0, t]``: 127 for int8 (symmetric), 255 for
-uint8 on a tensor that never goes negative (for a signed tensor in uint8, ~127 again).
+``L(t)`` below is the number of quantization steps over ``[0, t]`` of the grid the QDQ writer will
+use (:func:`grid_steps`): 127 for int8 (symmetric); 255 for uint8 on a tensor that never goes
+negative; for uint8 on a tensor whose minimum ``m`` is negative the asymmetric grid spans
+``[max(m, -t), t]``, so ``L(t) = 255 * t / (t + min(-m, t))``: ~127 for a signed tensor clipped
+inside its negative range, 240 for a hard-swish output (``m = -0.375``) clipped at 6.
 
 - **minmax**: ``[min, max]``.
 - **percentile** (``p``, default 99.99): ``t`` = the smallest bin edge with ``P(|x| <= t) >= p/100``.
@@ -19,18 +22,30 @@ Exact zeros (most of a post-ReLU tensor) are counted apart: zero is exactly repr
 left in, their spike in bin 0 makes entropy favour clipping hard (a narrow first level keeps it
 sharp), so entropy and mse leave them out.
 
-- **entropy** (KL divergence, as in TensorRT's calibrator): for each candidate ``t = i * w`` the
+- **entropy** (KL divergence, after TensorRT's calibrator): for each candidate ``t = i * w`` the
   reference ``P`` is the first ``i`` bins with everything beyond folded into the last; ``Q`` merges
-  those ``i`` bins into ``L + 1`` levels and spreads each level's mass evenly over its non-empty bins.
-  ``t`` minimizes ``KL(P || Q) = sum P log(P / Q)``.
+  those ``i`` in-range bins into ``L(t) + 1`` levels and spreads each level's mass evenly over the
+  bins where ``P`` is non-zero (zero bins stay zero). Both are divided by the same total, so the
+  clipped mass is what ``Q`` lacks, and ``t`` minimizes the generalized KL divergence::
+
+      D(P || Q) = sum P log(P / Q) - sum P + sum Q
+
+  To first order in the clipped fraction this is the classic KL with ``Q`` renormalized; unlike it,
+  it does not fall to 0 when almost everything is clipped. Renormalized, a candidate just above a
+  tensor's minimum (``P`` and ``Q`` then both one spike in the last bin) scored a perfect 0 on every
+  tensor whose values stay away from zero (squeeze-excite gates, hard-sigmoid inputs, pooled
+  features), and entropy clipped such a tensor to a constant. A candidate where ``P`` has mass that
+  ``Q`` cannot hold (a clipped tail folded into a level with no in-range mass) is skipped; the full
+  range never is.
 - **mse**: ``t`` minimizes the expected squared quantization error over the histogram (bin centres
-  ``c`` with counts ``n``, step ``s = t / L``)::
+  ``c`` with counts ``n``, step ``s = t / L(t)``)::
 
       E(t) = sum_{c <= t} n(c) * min(c^2, s^2 / 12)  +  sum_{c > t} n(c) * (c - t)^2
 
   (rounding noise inside the range, a value below half a step rounds to zero; clipping outside).
 
-Candidates for ``t`` are bin edges from the ``L + 1``-th on, at most :data:`MAX_CANDIDATES` of them.
+Candidates for ``t`` are bin edges from the ``L + 1``-th on (``L`` at the full range), at most
+:data:`MAX_CANDIDATES` of them.
 """
 
 from __future__ import annotations
@@ -139,44 +154,95 @@ class StreamingHistogram:
         i = int(np.searchsorted(cdf, percentile / 100.0, side="left"))
         return min(i + 1, counts.size) * self.width
 
-    def entropy_threshold(self, levels: int) -> float:
+    def entropy_threshold(self, levels: float = 127, negative: float = 0.0) -> float:
+        """``t`` minimizing ``D(P || Q)`` (module docs); ``levels``, ``negative``: see
+        :func:`grid_steps`."""
         counts = self._trimmed(without_zeros=True).astype(np.float64)
-        nq = levels + 1
-        n = counts.size
-        if n <= nq:
-            return n * self.width
-        best_i, best_kl = n, math.inf
-        for i in _candidates(nq, n):
-            p = counts[:i].copy()
-            p[-1] += counts[i:].sum()
-            src = counts[:i]
-            bucket = (np.arange(i) * nq) // i
-            nonzero = src > 0
-            sums = np.bincount(bucket, weights=src, minlength=nq)
-            filled = np.bincount(bucket, weights=nonzero, minlength=nq)
-            q = np.where(nonzero, sums[bucket] / np.maximum(filled[bucket], 1), 0.0)
-            p /= p.sum()
-            q /= max(q.sum(), 1e-30)
-            mask = p > 0
-            kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
-            if kl < best_kl:
-                best_i, best_kl = i, kl
-        return best_i * self.width
+        n, w = counts.size, self.width
+        total = counts.sum()
+        if w == 0.0 or total <= 0:
+            return n * w
+        start = round(grid_steps(n * w, levels, negative)) + 1
+        if n <= start:
+            return n * w
+        cands = np.array(list(_candidates(start, n)))
+        nq = np.rint(grid_steps(cands * w, levels, negative)).astype(np.int64) + 1
+        divergence = _divergences(counts, cands, nq)
+        return float(cands[int(np.argmin(divergence))]) * w
 
-    def mse_threshold(self, levels: int) -> float:
+    def mse_threshold(self, levels: float = 127, negative: float = 0.0) -> float:
+        """``t`` minimizing ``E(t)`` (module docs); ``levels``, ``negative``: see
+        :func:`grid_steps`."""
         counts = self._trimmed(without_zeros=True).astype(np.float64)
         n = counts.size
         w = self.width
-        if n <= levels + 1:
+        if w == 0.0:
+            return 0.0
+        start = round(grid_steps(n * w, levels, negative)) + 1
+        if n <= start:
             return n * w
         centers = (np.arange(n) + 0.5) * w
-        cands = np.array(list(_candidates(levels + 1, n)), dtype=np.float64) * w
-        step = cands[:, None] / levels
+        cands = np.array(list(_candidates(start, n)), dtype=np.float64) * w
+        step = cands[:, None] / grid_steps(cands[:, None], levels, negative)
         inside = centers[None, :] <= cands[:, None]
         rounding = np.minimum(centers[None, :] ** 2, step**2 / 12.0)
         clipping = (centers[None, :] - cands[:, None]) ** 2
         error = (np.where(inside, rounding, clipping) * counts[None, :]).sum(1)
         return float(cands[int(np.argmin(error))])
+
+
+def _divergences(counts: np.ndarray, cands: np.ndarray, nq: np.ndarray) -> np.ndarray:
+    """``total * D(P || Q)`` for each candidate ``i`` in ``cands`` (bins kept) with ``nq`` levels.
+
+    All candidates at once from prefix sums: level ``k`` of candidate ``i`` covers the bins
+    ``[ceil(k i / nq), ceil((k + 1) i / nq))``, and on the bins where ``P > 0`` its ``Q`` is the
+    level's mass ``M`` over their number ``F``, so a level contributes
+    ``sum P log P - (sum P) log(M / F)``; ``sum P - sum Q`` is the clipped mass ``T``. The last bin
+    of each candidate holds ``T`` too. inf where ``P`` has mass in a level with ``M = 0``.
+    """
+    c = counts
+    zero = np.zeros(1)
+    mass_before = np.concatenate([zero, np.cumsum(c)])
+    nonzero_before = np.concatenate([zero, np.cumsum(c > 0)])
+    safe = np.where(c > 0, c, 1.0)
+    plogp_before = np.concatenate([zero, np.cumsum(c * np.log(safe))])
+    total = mass_before[-1]
+
+    i = cands[:, None]
+    k = np.arange(int(nq.max()) + 1)[None, :]
+    edges = np.minimum((k * i + nq[:, None] - 1) // nq[:, None], i)  # level starts, then i
+    lo, hi = edges[:, :-1], edges[:, 1:]
+    m = mass_before[hi] - mass_before[lo]
+    sum_p = m.copy()
+    filled = nonzero_before[hi] - nonzero_before[lo]
+    plogp = plogp_before[hi] - plogp_before[lo]
+    # the last level: the clipped mass T folds into the candidate's last bin
+    rows = np.arange(cands.size)
+    last = nq - 1
+    clipped = total - mass_before[cands]
+    edge_bin = c[cands - 1]
+    folded = edge_bin + clipped
+    sum_p[rows, last] += clipped
+    filled[rows, last] += (edge_bin == 0) & (clipped > 0)
+    plogp[rows, last] += (folded * np.log(np.where(folded > 0, folded, 1.0))
+                          - edge_bin * np.log(np.where(edge_bin > 0, edge_bin, 1.0)))
+    has_p = sum_p > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(has_p, plogp - sum_p * np.log(m / np.where(filled > 0, filled, 1)), 0.0)
+    out = terms.sum(1) - clipped
+    out[np.any(has_p & (m <= 0), axis=1)] = np.inf
+    return out
+
+
+def grid_steps(t, levels: float, negative: float = 0.0):
+    """Quantization steps over ``[0, t]`` of a grid of ``levels`` steps spanning
+    ``[-min(negative, t), t]``.
+
+    int8 (symmetric): ``levels=254, negative=inf`` -> 127. uint8 (asymmetric) on a tensor with
+    minimum ``m``: ``levels=255, negative=max(0, -m)`` -> 255 when ``m >= 0``. ``t`` may be an
+    array.
+    """
+    return levels * t / (t + np.minimum(negative, t))
 
 
 def _candidates(start: int, stop: int):
@@ -186,9 +252,14 @@ def _candidates(start: int, stop: int):
     yield stop
 
 
-def tensor_range(hist: StreamingHistogram, method: str, *, levels: int = 127,
+def tensor_range(hist: StreamingHistogram, method: str, *, levels: float = 127,
+                 negative: float = 0.0,
                  percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float]:
-    """The ``(lo, hi)`` range of one tensor by ``method`` (see the module docs)."""
+    """The ``(lo, hi)`` range of one tensor by ``method`` (see the module docs).
+
+    ``levels`` and ``negative`` describe the quantization grid (:func:`grid_steps`); the defaults
+    are 127 steps over ``[0, t]``.
+    """
     if hist.count == 0:
         return 0.0, 0.0
     if method == "minmax" or hist.limit == 0.0:
@@ -196,9 +267,9 @@ def tensor_range(hist: StreamingHistogram, method: str, *, levels: int = 127,
     if method == "percentile":
         t = hist.percentile_threshold(percentile)
     elif method == "entropy":
-        t = hist.entropy_threshold(levels)
+        t = hist.entropy_threshold(levels, negative)
     elif method == "mse":
-        t = hist.mse_threshold(levels)
+        t = hist.mse_threshold(levels, negative)
     else:
         raise MmoptError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     return max(hist.min, -t), min(hist.max, t)
@@ -222,8 +293,9 @@ class CalibrationResult:
         """``{tensor: (lo, hi)}``. ``unsigned``: activations are uint8 (asymmetric)."""
         out = {}
         for name, hist in self.stats.items():
-            levels = 255 if unsigned and hist.min >= 0 else 127
-            out[name] = tensor_range(hist, method, levels=levels, percentile=percentile)
+            levels, negative = (255, max(0.0, -hist.min)) if unsigned else (254, math.inf)
+            out[name] = tensor_range(hist, method, levels=levels, negative=negative,
+                                     percentile=percentile)
         return out
 
     @property
