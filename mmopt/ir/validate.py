@@ -196,6 +196,10 @@ def _check_onnx(model, where: str, *, full: bool) -> None:
 # 4. onnxruntime
 
 
+#: onnxruntime's refusal of an op it has no schema for (a custom domain's): not a defect either
+_UNKNOWN_OP = re.compile(r"is not a registered function/op")
+
+
 def _onnxruntime_verdict(serialized: bytes) -> str | None:
     """None when onnxruntime accepts the model, ``"not implemented"`` when it lacks a kernel, else
     its one-line reason."""
@@ -208,7 +212,9 @@ def _onnxruntime_verdict(serialized: bytes) -> str | None:
             ort.session(serialized, label="validate", threads=1, inter_op_threads=1)
     except MmoptError as exc:
         cause = exc.__cause__
-        if cause is not None and type(cause).__name__ == "NotImplemented":
+        if cause is not None and (type(cause).__name__ == "NotImplemented"
+                                  or _UNKNOWN_OP.search(str(cause))):
+            # no kernel, or an op of a domain onnxruntime does not know (a plugin's)
             logger.info("onnxruntime has no kernel for part of the model (%s)", summarize(cause))
             return "not implemented"
         return summarize(cause) if cause is not None else exc.message
