@@ -31,8 +31,10 @@ logger = logging.getLogger("mmopt")
 def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_json):
     """Benchmark MODEL (compiled here, untuned) or a compiled ARTIFACT against onnxruntime.
 
-    Reports latency min / median / p90, throughput and each engine's peak memory (max RSS of its
-    own process); the ratio is mmopt / onnxruntime median latency (below 1: mmopt is faster).
+    Reports latency min / median / p90, throughput and each engine's memory: the high-water mark
+    of its own process's resident set (interpreter included), what stays resident after the runs,
+    and for mmopt the storage its VM allocates per call. The ratio is mmopt / onnxruntime median
+    latency (below 1: mmopt is faster).
     """
     import mmopt
     from mmopt import ir as mir
@@ -76,12 +78,15 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
         out.print_json(json.dumps(res.to_dict()))
         return
     table = Table(box=None, padding=(0, 2))
-    for col in ("engine", "threads", "min ms", "median ms", "p90 ms", "inf/s", "peak RSS MB"):
+    for col in ("engine", "threads", "min ms", "median ms", "p90 ms", "inf/s", "peak RSS MB",
+                "RSS MB", "workspace MB"):
         table.add_column(col, justify="right" if col != "engine" else "left")
     for t in (res.mmopt, res.onnxruntime):
         if t is not None:
             table.add_row(t.engine, str(t.threads), f"{t.min_ms:.3f}", f"{t.median_ms:.3f}",
-                          f"{t.p90_ms:.3f}", f"{t.throughput:.1f}", f"{t.peak_rss_mb:.0f}")
+                          f"{t.p90_ms:.3f}", f"{t.throughput:.1f}", f"{t.peak_rss_mb:.0f}",
+                          f"{t.rss_mb:.0f}" if t.rss_mb is not None else "n/a",
+                          f"{t.workspace_mb:.1f}" if t.workspace_mb is not None else "n/a")
     out.print(table)
     if res.ratio is not None:
         verdict = "faster" if res.ratio < 1 else "slower"

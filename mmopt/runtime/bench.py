@@ -1,9 +1,22 @@
 """Latency benchmarks: a compiled artifact and onnxruntime, same inputs, same thread count.
 
-Each engine runs in its own child process (``spawn``), so thread-pool settings cannot leak between
-them and each one's peak memory (max resident set size of the child) is its own. The timed calls
-are interleaved in blocks (mmopt, onnxruntime, mmopt, ...) so both engines see the same machine;
-latencies are wall-clock per call; the ratio is mmopt / onnxruntime.
+Each engine runs in its own child process (``spawn``: fork + exec of a fresh interpreter), so
+thread-pool settings cannot leak between them. The timed calls are interleaved in blocks (mmopt,
+onnxruntime, mmopt, ...) so both engines see the same machine; latencies are wall-clock per call; the
+ratio is mmopt / onnxruntime.
+
+Peak memory is each engine's own: the high-water mark of its child's resident set (``VmHWM`` of
+``/proc/self/status``, reset through ``/proc/self/clear_refs`` when the worker starts). Not
+``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the maximum across fork and exec, so a spawned
+child reports at least its parent's peak (a parent holding a 400 MB array made both engines show
+420 MB). The peak includes the interpreter and numpy (``baseline_rss_mb``, the worker's resident set
+before it loads its engine) and what loading needs for a while; ``rss_mb`` is what stays resident
+after the timed runs and ``anon_rss_mb`` its anonymous part (measured with a 64 MB weight: each
+engine keeps it once in anonymous memory; an mmopt artifact's .so also stays mapped with the
+weights inside, file pages the kernel can drop, and loading it peaks at four copies against
+onnxruntime's two). For mmopt, ``workspace_mb`` is the storage the Relax VM allocates per
+call (the memory plan of ``StaticPlanBlockMemory`` for intermediates, plus the outputs), read from
+the VM's ``vm.builtin.alloc_storage`` calls; onnxruntime does not expose its arena's size (None).
 """
 
 from __future__ import annotations
@@ -29,7 +42,20 @@ class Timing:
     p90_ms: float
     mean_ms: float
     throughput: float  # inferences per second at the median latency
+    #: the engine process's peak resident set (VmHWM), its own (see the module docstring)
     peak_rss_mb: float
+    #: the worker's resident set before it loaded its engine (interpreter, numpy)
+    baseline_rss_mb: float | None = None
+    #: its resident set after the timed runs (what the loaded engine keeps; the peak adds what
+    #: loading needed for a while)
+    rss_mb: float | None = None
+    #: the anonymous part of rss_mb (RssAnon: memory the process allocated, without the file
+    #: pages of its mapped libraries, e.g. an artifact's .so holding the weights once more)
+    anon_rss_mb: float | None = None
+    #: mmopt: storage the VM allocates per call (planned intermediates + outputs); else None
+    workspace_mb: float | None = None
+    #: how peak_rss_mb was measured ("VmHWM", or "ru_maxrss" where /proc is missing)
+    memory_source: str = "VmHWM"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,30 +80,149 @@ class BenchResult:
                 "ratio": self.ratio}
 
 
-def _summarize(engine: str, threads: int, seconds: list[float], peak_kb: int) -> Timing:
+def _summarize(engine: str, threads: int, seconds: list[float], memory: dict) -> Timing:
     ms = sorted(s * 1e3 for s in seconds)
     p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
     median = statistics.median(ms)
+    workspace = memory.get("workspace_bytes")
+
+    def mb(kb):
+        return kb / 1024.0 if kb is not None else None
+
     return Timing(engine, threads, len(ms), ms[0], median, p90, statistics.fmean(ms),
-                  1e3 / median if median > 0 else float("inf"), peak_kb / 1024.0)
+                  1e3 / median if median > 0 else float("inf"), memory["peak_kb"] / 1024.0,
+                  mb(memory.get("baseline_kb")), mb(memory.get("rss_kb")),
+                  mb(memory.get("anon_kb")), workspace / 2**20 if workspace is not None else None,
+                  memory["source"])
+
+
+# --------------------------------------------------------------------------------------------------
+# memory of the current process
+
+
+def _status_kb(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``), None without /proc."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> int | None:
+    """Reset this process's peak resident set to its current one (``5`` into
+    ``/proc/self/clear_refs``, Linux >= 4.0); returns the current resident set in kB (None where
+    /proc is missing)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_kb("VmRSS")
+
+
+def peak_rss() -> tuple[int, str]:
+    """``(kB, source)``: this process's peak resident set: ``VmHWM`` (its own, since exec or the
+    last :func:`reset_peak_rss`), else ``ru_maxrss`` (which includes a spawning parent's peak)."""
+    hwm = _status_kb("VmHWM")
+    if hwm is not None:
+        return hwm, "VmHWM"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+
+
+def vm_workspace_bytes(vm, call) -> int:
+    """Bytes of storage the Relax VM ``vm`` allocates during ``call()`` (its
+    ``vm.builtin.alloc_storage`` calls, observed through ``set_instrument``); the instrument is
+    removed afterwards."""
+    total = 0
+
+    def instrument(_func, symbol, before, _ret, *args):
+        nonlocal total
+        if before and symbol == "vm.builtin.alloc_storage":
+            shape, dtype = args[1], args[3]
+            total += int(np.prod([int(d) for d in shape])) * np.dtype(str(dtype)).itemsize
+        return 0
+
+    vm.set_instrument(instrument)
+    try:
+        call()
+    finally:
+        vm.set_instrument(None)
+    return total
+
+
+# --------------------------------------------------------------------------------------------------
+# child processes
+
+
+def _child_entry(fn, args, threads, conn) -> None:
+    try:
+        if threads is not None:
+            os.environ["TVM_NUM_THREADS"] = str(threads)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        conn.send(("ok", fn(*args)))
+    except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+        from mmopt.errors import MmoptError
+
+        kind = "mmopt" if isinstance(exc, MmoptError) else "error"
+        text = exc.message if isinstance(exc, MmoptError) else f"{type(exc).__name__}: {exc}"
+        conn.send((kind, text))
+
+
+def call_in_child(fn, *args, threads: int | None = None, what: str = ""):
+    """``fn(*args)`` in a freshly spawned process whose TVM (and OpenMP) thread pool has
+    ``threads`` workers; returns its (picklable) result.
+
+    ``fn`` must be a module-level function. An :class:`~mmopt.errors.MmoptError` in the child is
+    raised again here with its message; anything else as an ``MmoptError`` naming ``what``.
+    """
+    from mmopt.errors import MmoptError
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_entry, args=(fn, args, threads, child))
+    proc.start()
+    child.close()
+    try:
+        kind, payload = parent.recv()
+    except EOFError:
+        proc.join()
+        raise MmoptError(f"{what or fn.__name__}: the worker process died (exit code "
+                         f"{proc.exitcode})") from None
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+    if kind == "mmopt":
+        raise MmoptError(payload)
+    if kind == "error":
+        raise MmoptError(f"{what or fn.__name__} failed: {payload}")
+    return payload
 
 
 def _worker(engine: str, target: str, inputs_path: str, threads: int, warmup: int, conn) -> None:
     """Child process: load the engine and warm up, then run blocks of timed calls on request.
 
     Protocol on ``conn``: the child sends ``("ready", None)``; then each ``n`` received runs ``n``
-    timed calls and answers ``("ok", seconds)``; ``None`` answers ``("done", peak_rss_kb)``.
-    Failures answer ``("error", message)``.
+    timed calls and answers ``("ok", seconds)``; ``None`` answers ``("done", memory)`` (a dict:
+    ``peak_kb``, ``source``, ``baseline_kb``, ``rss_kb``, ``anon_kb``, ``workspace_bytes``).
+    Failures answer
+    ``("error", message)``.
     """
     try:
         os.environ["TVM_NUM_THREADS"] = str(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        import resource
-
+        baseline_kb = reset_peak_rss()  # a fresh exec has its own peak already; this makes sure
         with np.load(inputs_path, allow_pickle=False) as data:
             feeds = {k: data[k] for k in data.files}
+        workspace = None
         if engine == "mmopt":
-            run = _mmopt_runner(target, feeds)
+            run, workspace = _mmopt_runner(target, feeds)
         else:
             run = _ort_runner(target, feeds, threads)
         for _ in range(warmup):
@@ -90,7 +235,10 @@ def _worker(engine: str, target: str, inputs_path: str, threads: int, warmup: in
                 run()
                 seconds.append(time.perf_counter() - start)
             conn.send(("ok", seconds))
-        conn.send(("done", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        peak_kb, source = peak_rss()  # before measuring the workspace (an extra call)
+        conn.send(("done", {"peak_kb": peak_kb, "source": source, "baseline_kb": baseline_kb,
+                            "rss_kb": _status_kb("VmRSS"), "anon_kb": _status_kb("RssAnon"),
+                            "workspace_bytes": workspace() if workspace is not None else None}))
     except BaseException as exc:  # noqa: BLE001 - report anything to the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -108,7 +256,10 @@ def _mmopt_runner(artifact: str, feeds):
         device.sync()  # GPU kernels run asynchronously: the clock stops when the work is done
         return out
 
-    return run
+    def workspace() -> int:
+        return vm_workspace_bytes(model._vm, run)  # noqa: SLF001
+
+    return run, workspace
 
 
 def _ort_runner(model_path: str, feeds, threads: int):
@@ -166,17 +317,17 @@ def time_engines(engines: list[tuple[str, str]], feeds: dict[str, np.ndarray], *
                     time.sleep(_SETTLE_S)
                     conn.send(block)
                     seconds[i] += expect(engine, conn, "ok")
-            peaks = []
+            memory = []
             for engine, _proc, conn in workers:
                 conn.send(None)
-                peaks.append(expect(engine, conn, "done"))
+                memory.append(expect(engine, conn, "done"))
         finally:
             for _engine, proc, _conn in workers:
                 proc.join(timeout=10)
                 if proc.is_alive():
                     proc.kill()
-    return [_summarize(engine, threads, secs, peak)
-            for (engine, _p, _c), secs, peak in zip(workers, seconds, peaks)]
+    return [_summarize(engine, threads, secs, mem)
+            for (engine, _p, _c), secs, mem in zip(workers, seconds, memory)]
 
 
 def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threads: int,
@@ -184,6 +335,15 @@ def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threa
     """Time one engine (``"mmopt"`` on an artifact path, ``"onnxruntime"`` on an .onnx path)."""
     return time_engines([(engine, target)], feeds, threads=threads, warmup=warmup,
                         repeat=repeat)[0]
+
+
+def random_feeds(specs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs for an artifact's input specs (``meta.inputs``): floats uniform in
+    [0, 1), integers in [0, 4), as :func:`mmopt.ir.random_inputs` makes them for a model."""
+    rng = np.random.default_rng(seed)
+    return {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
+            if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
+            for s in specs}
 
 
 def bench(artifact, reference_onnx=None, feeds=None, *, threads: int = 2, warmup: int = 5,
@@ -194,10 +354,7 @@ def bench(artifact, reference_onnx=None, feeds=None, *, threads: int = 2, warmup
 
     meta = read_meta(artifact)
     if feeds is None:
-        rng = np.random.default_rng(0)
-        feeds = {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
-                 if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
-                 for s in meta.inputs}
+        feeds = random_feeds(meta.inputs)
     engines = [("mmopt", str(artifact))]
     if reference_onnx is not None:
         engines.append(("onnxruntime", str(reference_onnx)))
