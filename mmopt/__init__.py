@@ -21,6 +21,7 @@ _LAZY = {
     "inspect": ("mmopt.api", "inspect"),
     "load": ("mmopt.api", "load"),
     "optimize": ("mmopt.api", "optimize"),
+    "profile": ("mmopt.api", "profile"),
     "package": ("mmopt.deploy", "package"),
     "run": ("mmopt.api", "run"),
     "MmoptError": ("mmopt.errors", "MmoptError"),

@@ -336,6 +336,16 @@ def run(artifact, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return CompiledModel(artifact)(**inputs)
 
 
+def profile(model, target: str = "x86", **options):
+    """Profile a model (compiled here for ``target``) or an artifact kernel by kernel: time, ONNX
+    nodes, FLOPs and % of the FMA peak per kernel; a :class:`mmopt.runtime.profile.ProfileResult`.
+    ``options``: see :func:`mmopt.runtime.profile.profile` (``threads``, ``runs``, ``warmup``,
+    ``input_shapes``, ``opt_level``, ``db``, ``codegen``, ``versus``, ``progress``)."""
+    from mmopt.runtime.profile import profile as _profile
+
+    return _profile(model, target, **options)
+
+
 def optimize(model, output=None, *, input_shapes=None, opt_level: int = DEFAULT_LEVEL,
              passes: Sequence[str] | None = None, disable: Sequence[str] = (),
              layout: str | None = None):

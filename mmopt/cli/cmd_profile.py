@@ -1,0 +1,167 @@
+"""``mmopt profile``: where a compiled model's time goes, kernel by kernel, against the FMA peak."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from mmopt.cli.common import (codegen_from, codegen_options, err, input_shape_option, model_path,
+                              out, shapes)
+
+
+def _nodes_cell(kernel) -> str:
+    """The ONNX nodes of a kernel, short: ``first node +N (Op+Op)`` (``(helper)`` in front for a
+    step of a decomposed op; the JSON lists them all)."""
+    if kernel.mapping == "copy":
+        return f"(layout copy of {kernel.onnx_value})"
+    if not kernel.onnx_nodes:
+        return "?"
+    ops = "+".join(dict.fromkeys(kernel.onnx_ops))
+    text = kernel.onnx_nodes[0] + (f" +{len(kernel.onnx_nodes) - 1}"
+                                    if len(kernel.onnx_nodes) > 1 else "") + f" ({ops})"
+    return f"(helper) {text}" if kernel.mapping == "helper" else text
+
+
+def _number(value, fmt: str) -> str:
+    return format(value, fmt) if value is not None else "-"
+
+
+def kernel_table(result, top: int | None = None) -> Table:
+    """The profile as a rich table: kernels by time, then the time between kernels and the
+    total (rows the JSON's ``kernels``, ``between_ms`` and ``total_median_ms`` hold). One line per
+    kernel: every column keeps its width except the ONNX nodes, which are cut to fit."""
+    peak = result.peak_gflops
+    title = (f"{result.target}, {result.threads} thread(s), median of {result.runs} runs; "
+             + (f"FMA peak {peak:.1f} GFLOP/s" if peak else "no FMA peak"))
+    kernels = result.sorted_kernels()
+    shown = kernels[:top] if top else kernels
+    rows = [[str(k.index), k.name, _nodes_cell(k),
+             " ".join("x".join(map(str, s)) for s in k.output_shapes),
+             f"{k.median_ms:.3f}", f"{k.min_ms:.3f}", f"{k.percent:.1f}",
+             _number(k.flops / 1e9 if k.flops else None, ".3f"),
+             _number(k.gflops_per_s, ".1f"), _number(k.peak_percent, ".1f")] for k in shown]
+    if len(shown) < len(kernels):
+        rest = kernels[len(shown):]
+        rows.append(["", f"({len(rest)} more kernels)", "", "",
+                     f"{sum(k.median_ms for k in rest):.3f}", "",
+                     f"{sum(k.percent for k in rest):.1f}", "", "", ""])
+    rows.append(["", "(between kernels)", "", "", f"{result.between_ms:.3f}", "",
+                 f"{result.between_percent:.1f}", "", "", ""])
+    rows.append(["", "total", "", "", f"{result.total_median_ms:.3f}",
+                 f"{result.total_min_ms:.3f}", "100.0", "", "", ""])
+    headers = ["#", "kernel", "ONNX nodes", "output", "ms", "min ms", "%", "GFLOP", "GFLOP/s",
+               "% peak"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    fixed = sum(w for i, w in enumerate(widths) if i != 2) + 2 * len(headers)
+    table = Table(title=title, box=None, padding=(0, 1), title_justify="left")
+    for i, header in enumerate(headers):
+        if i == 2:
+            room = max(12, (out.width or 140) - fixed)
+            table.add_column(header, no_wrap=True, overflow="ellipsis",
+                             max_width=min(widths[i], room))
+        else:
+            table.add_column(header, justify="left" if i in (1, 3) else "right", no_wrap=True,
+                             min_width=widths[i])
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def ort_table(ort: dict) -> Table:
+    table = Table(box=None, padding=(0, 1))
+    for col, right in (("op", False), ("nodes", True), ("ms", True), ("%", True)):
+        table.add_column(col, justify="right" if right else "left")
+    for op in ort["ops"]:
+        table.add_row(Text(op["op_type"]), str(op["nodes"]), f"{op['median_ms']:.3f}",
+                      f"{op['percent']:.1f}")
+    total = ort["total_median_ms"]
+    table.add_row("(between ops)", "", f"{ort['between_ms']:.3f}",
+                  f"{100 * ort['between_ms'] / total if total else 0:.1f}")
+    table.add_row("total", "", f"{total:.3f}", "100.0")
+    return table
+
+
+@click.command("profile")
+@click.argument("model")
+@click.option("-t", "--target", default="x86", show_default=True,
+              help="Target to compile MODEL for (an artifact keeps its own); it must run here.")
+@input_shape_option
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Threads for mmopt (and onnxruntime with --vs).")
+@click.option("--runs", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Timed runs (medians and minimums over them).")
+@click.option("--warmup", type=click.IntRange(0, 10_000), default=3, show_default=True)
+@click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
+              help="Graph optimization level, as for compile.")
+@codegen_options
+@click.option("--db", type=click.Path(file_okay=False), default=None,
+              help="Tuning database to compile with (as for compile).")
+@click.option("--vs", "versus", type=click.Choice(["onnxruntime", "none"]), default="none",
+              show_default=True,
+              help="Also profile onnxruntime per op type (same inputs, same threads).")
+@click.option("--top", type=click.IntRange(1, 100_000), default=None,
+              help="Show only the slowest N kernels (the JSON has all).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write everything (kernels, machine, peak, onnxruntime) to this JSON file.")
+def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, winograd,
+                pack_weights, layout, db, versus, top, json_path):
+    """Profile MODEL (compiled here) or a compiled ARTIFACT kernel by kernel.
+
+    Per kernel: the ONNX nodes it computes, output shape, median and min ms, % of the total,
+    GFLOP (TIR contractions), GFLOP/s and % of this machine's FMA peak for the target's ISA;
+    then the time between kernels and the total latency. Sorted by time.
+    """
+    from mmopt.api import profile
+
+    def run(status):
+        return profile(model_path(model), target, input_shapes=shapes(input_shapes),
+                       threads=threads, runs=runs, warmup=warmup, opt_level=opt_level, db=db,
+                       codegen=codegen_from(winograd, pack_weights, layout),
+                       versus=None if versus == "none" else versus,
+                       progress=lambda msg: status.update(msg))
+
+    with err.status("profiling") as status:
+        result = run(status)
+    if json_path:
+        path = Path(json_path)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    machine = result.machine
+    out.print(f"[bold]profile[/] {result.model} ({result.artifact})")
+    out.print(f"  cpu       {machine['cpu_model']}, {machine['cpu_count']} cores, load average "
+              f"{machine['load_average']}")
+    out.print(kernel_table(result, top))
+    out.print(f"  kernels   {len(result.kernels)} calls, {result.kernel_sum_ms:.3f} ms; between "
+              f"kernels {result.between_ms:.3f} ms ({result.between_percent:.1f}%)"
+              + (f"; VM workspace {result.workspace_bytes / 2**20:.1f} MB"
+                 if result.workspace_bytes is not None else "")
+              + f"; instrument cost {result.instrument_overhead_us:.1f} us/call (subtracted)")
+    out.print(f"  FLOPs     {result.flops_source}")
+    out.print(f"  nodes     {result.mapping_source}")
+    if result.peak:
+        p = result.peak
+        out.print(f"  peak      {p['gflops']:.1f} GFLOP/s ({p['instruction']}, {p['chains']} "
+                  f"chains x {p['lanes']} lanes, {p['threads']} thread(s), implies "
+                  f"{p['implied_ghz']:.2f} GHz per FMA unit"
+                  + (f"; threads held {100 * p['cpu_share']:.0f}% of their cores"
+                     if p.get("cpu_share", 1) < 0.9 else "") + ")")
+    for note in result.notes:
+        out.print(f"  [yellow]note[/]      {note}")
+    if result.onnxruntime:
+        ort = result.onnxruntime
+        out.print(f"onnxruntime, {ort['threads']} thread(s), median of {ort['runs']} runs, by op "
+                  "type (its fused nodes count under their own op, e.g. Conv+Relu as Conv)")
+        out.print(ort_table(ort))
+        out.print(f"  ratio     mmopt/onnxruntime = "
+                  f"{result.total_median_ms / ort['total_median_ms']:.2f} (medians)"
+                  if ort["total_median_ms"] else "")
+    if json_path:
+        out.print(f"wrote {json_path}")
+
+
+command = profile_cmd

@@ -1,0 +1,129 @@
+"""``mmopt profile``: a row per kernel call, percentages that add up, a JSON that says what the
+table says, ONNX node names that exist in the compiled graph, FLOPs that agree with the ONNX
+shapes where a kernel computes a convolution directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+import models_zoo
+from mmopt.api import front_end
+
+
+def mmopt_cli(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "mmopt.cli.main", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
+def _node_names(model: onnx.ModelProto) -> set[str]:
+    return {node.name for node in model.graph.node}
+
+
+def _check_consistent(result: dict, optimized: onnx.ModelProto) -> None:
+    kernels = result["kernels"]
+    assert kernels, result
+    # one row per kernel call, in execution order 0..n-1; sorted by time
+    assert sorted(k["index"] for k in kernels) == list(range(len(kernels)))
+    assert [k["median_ms"] for k in kernels] == sorted((k["median_ms"] for k in kernels),
+                                                       reverse=True)
+    # the kernels and the time between them make up the total
+    assert sum(k["percent"] for k in kernels) + result["between_percent"] == pytest.approx(100)
+    assert sum(k["median_ms"] for k in kernels) + result["between_ms"] == pytest.approx(
+        result["total_median_ms"])
+    for k in kernels:
+        assert k["min_ms"] <= k["median_ms"] + 1e-9 and k["percent"] >= 0
+        assert k["output_shapes"] and all(all(d > 0 for d in s) for s in k["output_shapes"])
+    # the ONNX nodes named are nodes of the compiled (optimized) graph, each in one matched kernel
+    names = _node_names(optimized)
+    matched = [n for k in kernels if k["mapping"] == "value" for n in k["onnx_nodes"]]
+    assert matched and set(matched) <= names
+    assert len(matched) == len(set(matched))
+    assert sum(k["mapping"] == "value" for k in kernels) >= len(kernels) // 2
+    convs = {n.name for n in optimized.graph.node if n.op_type == "Conv"}
+    assert convs <= {n for k in kernels for n in k["onnx_nodes"]}  # every conv is in a kernel
+    # FLOPs: a kernel computing a convolution directly executes exactly its multiply-adds
+    direct = [k for k in kernels if "conv2d" in k["name"] and k["mapping"] == "value"]
+    assert direct
+    for k in direct:
+        assert k["flops"] >= k["onnx_flops"] > 0, k
+        assert k["gflops_per_s"] > 0 and k["peak_percent"] > 0
+    peak = result["peak"]
+    assert peak["gflops"] > 0 and peak["threads"] == result["threads"]
+    assert result["machine"]["cpu_count"] and result["machine"]["isa_flags"] is not None
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """conv_bn_relu compiled from a file (its source stays available, with the same hash)."""
+    import mmopt
+
+    tmp = tmp_path_factory.mktemp("profile")
+    source = tmp / "conv_bn_relu.onnx"
+    onnx.save(models_zoo.build("conv_bn_relu"), source)
+    result = mmopt.compile(source, "x86", tmp / "cbr", verify=False)
+    return result
+
+
+def test_cli_profiles_an_artifact_and_the_json_matches_the_table(artifact, tmp_path):
+    json_path = tmp_path / "profile.json"
+    proc = mmopt_cli("profile", artifact.library, "--threads", "1", "--runs", "3", "--vs",
+                     "onnxruntime", "--json", json_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(json_path.read_text())
+    reference, optimized, _ = front_end(artifact.meta.source_model,
+                                        {s.name: s.shape for s in artifact.meta.inputs})
+    _check_consistent(result, optimized)
+    assert result["target"] == "x86" and result["threads"] == 1 and result["runs"] == 3
+    # the table: one line per kernel, with the JSON's numbers, then between kernels and total
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    kernel_rows = [r for r in rows if len(r) > 2 and r[0].isdigit() and not r[1].isdigit()]
+    assert len(kernel_rows) == len(result["kernels"])
+    for row, k in zip(kernel_rows, result["kernels"]):
+        assert row[:2] == [str(k["index"]), k["name"]]
+        assert f"{k['median_ms']:.3f}" in row and f"{k['min_ms']:.3f}" in row
+        assert f"{k['percent']:.1f}" in row
+    between = next(r for r in rows if r[:2] == ["(between", "kernels)"])
+    assert f"{result['between_ms']:.3f}" in between
+    total = next(r for r in rows if r and r[0] == "total")
+    assert f"{result['total_median_ms']:.3f}" in total
+    # onnxruntime's side, by op type
+    ort = result["onnxruntime"]
+    assert ort["threads"] == 1 and ort["runs"] == 3
+    assert "Conv" in {op["op_type"] for op in ort["ops"]}
+    assert sum(op["median_ms"] for op in ort["ops"]) + ort["between_ms"] == pytest.approx(
+        ort["total_median_ms"])
+
+
+def test_api_compiles_and_profiles_a_model():
+    import mmopt
+
+    model = models_zoo.build("mobilenet_v3_style")
+    result = mmopt.profile(model, "x86", threads=1, runs=2, warmup=1)
+    _reference, optimized, _ = front_end(model)
+    _check_consistent(result.to_dict(), optimized)
+    assert result.workspace_bytes > 0
+    assert 0 <= result.instrument_overhead_us < 1000
+    # helpers (no ONNX value of their own) carry the nodes of the kernel they work for
+    for k in result.kernels:
+        if k.mapping == "helper":
+            assert k.onnx_nodes, k
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    for args, fragment in (
+        (["profile", tmp_path / "nope.onnx"], "no such file"),
+        (["profile", "zoo:conv_bn_relu", "--target", "arm"], "cannot run here"),
+        (["profile", "zoo:conv_bn_relu", "--target", "vax"], "unknown target"),
+    ):
+        proc = mmopt_cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mmopt: error: "), proc.stderr
+        assert fragment in lines[0]
