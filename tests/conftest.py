@@ -47,11 +47,14 @@ def conv_relu_model() -> onnx.ModelProto:
 
 
 def _rapidocr_models() -> Path | None:
-    try:
-        import rapidocr_onnxruntime
-    except ImportError:
+    """The wheel's model folder, found without importing the package (its own imports need
+    pyclipper and more, which setup.sh does not install: only the .onnx files are used)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or not spec.origin:
         return None
-    return Path(os.path.dirname(rapidocr_onnxruntime.__file__)) / "models"
+    return Path(os.path.dirname(spec.origin)) / "models"
 
 
 #: OCR models that ship inside the rapidocr-onnxruntime wheel: real third-party CNNs (PaddleOCR
