@@ -14,12 +14,13 @@ Verifying a compiled fp16 model (:func:`output_tolerance`): the artifact compute
 onnxruntime's CPU kernels compute many fp16 ops in fp32 inside, so the two differ by some fp16
 steps of the values that reach the outputs, not by fp32's 1e-4. As a QDQ model is compared in
 steps of its output quantization scale (:mod:`mmopt.runtime.verify`), an fp16 model is compared in
-steps of fp16's spacing at the largest fp16 value reaching an output: the tensor a final Cast to fp32 reads,
-or, behind an fp32 island (a Softmax kept in fp32), the fp16 tensors the island reads (a Softmax
-moves by at most its inputs' error). :data:`FP16_TOLERANCE_STEPS` is measured, not derived: the
-zoo's digits CNN, MLP, transformer block and Conv-BN-ReLU CNN (with a Softmax) compiled in fp16
-differ from onnxruntime by up to 12 such steps; 32 leaves a margin of ~3 and still catches a wrong
-kernel (errors of the order of the values themselves).
+steps of fp16's spacing at the largest fp16 value reaching an output: the tensor a final Cast to
+fp32 reads, or, behind an fp32 island (a Softmax kept in fp32), the fp16 tensors the island reads
+(a Softmax moves by at most its inputs' error). :data:`FP16_TOLERANCE_STEPS` is measured, not
+derived: the zoo's digits CNN, MLP, transformer block, LSTM classifier, Conv-BN-ReLU and
+MobileNetV3-style CNNs (with a Softmax) compiled in fp16 differ from onnxruntime by up to 12 such
+steps; 32 leaves a margin of ~3 and still catches a wrong kernel (errors of the order of the values
+themselves).
 """
 
 from __future__ import annotations
