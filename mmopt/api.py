@@ -107,6 +107,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     seed: int = 0,
     save_onnx: bool = False,
     db=None,
+    allow_emulated_records: bool = False,
     codegen: CodegenOptions | None = None,
     progress: Progress | None = None,
 ) -> CompileResult:
@@ -116,7 +117,9 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     is the *source* model on onnxruntime, so it covers both the graph passes and code generation.
     ``db``: a tuning database directory (``mmopt tune``); its records for this target are applied
     and the remaining kernels get default schedules. The report says how many were tuned, and
-    which code-generation settings differ from those the records were tuned with.
+    which code-generation settings differ from those the records were tuned with. Records measured
+    on emulated devices apply only with ``allow_emulated_records`` (and only where no real record
+    exists); the report says which kernels used them or had only them.
     ``codegen``: :class:`mmopt.codegen.options.CodegenOptions` (default: from the environment,
     else all on); recorded in the artifact JSON.
     Raises :class:`MmoptError` for bad input; a failed verification is reported in the result (and
@@ -155,7 +158,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     if db is not None:
         from mmopt.tuning.database import open_database
 
-        database = open_database(db, tgt)
+        database = open_database(db, tgt, allow_emulated=allow_emulated_records)
     step(f"generating code for {tgt.name}")
     from mmopt.codegen.cpu_schedules import record_fallbacks
 
@@ -169,7 +172,8 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         tuning = {"database": str(db), "kernels_tuned": len(set(database.applied)),
                   "kernels_looked_up": len(set(database.queried)),
                   "tuned": sorted(set(database.applied)),
-                  "codegen_differences": differences(database.codegen, codegen.resolved(tgt))}
+                  "codegen_differences": differences(database.codegen, codegen.resolved(tgt)),
+                  **database.emulated_report()}
     target_info = tgt.to_dict()
     if tgt.device == "cpu":
         from mmopt.targets.cpu import cpu_facts

@@ -3,8 +3,11 @@ started as subprocesses by these tests and stopped (process groups killed) at th
 
 Shows: ``mmopt farm status`` lists the devices; tuning measures on farm devices, keeps every record
 when a device disappears mid-run (and goes on with the others, or stops with a clear message when
-none is left), and resumes; an ARM artifact runs on the emulated arm64 device and matches
-onnxruntime.
+none is left), in both searches, and resumes; an ARM artifact runs on the emulated arm64 device and
+matches onnxruntime; tuning for ARM finds the emulated device when it is the only one, and records
+measured on emulated devices are kept apart and applied only when asked.
+
+The farm secret (TLS) is tested in test_farm_secure.py.
 """
 
 from __future__ import annotations
@@ -25,12 +28,19 @@ from mmopt import ir as mir
 from mmopt.cli.main import cli
 from mmopt.errors import MmoptError
 from mmopt.runtime.verify import run_onnxruntime
+from mmopt.tuning import database as tdb
 from mmopt.tuning import emulate, farm
 from mmopt.tuning.remote import RemoteModel, run_remote
 from mmopt.tuning.tune import Measurement, tune
 
 FAST = Measurement(min_repeat_ms=5, device_wait_s=30)
 ARM_KEY = "arm64-qemu"
+
+
+@pytest.fixture(autouse=True)
+def _plain_farm(monkeypatch):
+    """These farms run without a secret: none may come from the environment."""
+    monkeypatch.delenv("MMOPT_FARM_SECRET", raising=False)
 
 
 def _group_gone(process: farm.FarmProcess) -> bool:
@@ -226,3 +236,109 @@ def test_an_x86_artifact_is_refused_by_the_arm_device(model, tracker, arm_device
     feeds = mir.random_inputs(mir.prepare(model), 0)
     with pytest.raises(MmoptError, match="cannot load it"):
         run_remote(tmp_path / "net", feeds, ARM_KEY, tracker.address)
+
+
+# --------------------------------------------------------------------------------------------------
+# device loss in the knob search, emulated keys and records
+
+
+def test_knob_search_stops_when_the_device_is_lost(model, tracker, tmp_path):
+    """The default search (knobs): the only device is killed after the first variant. The run
+    stops saying why, keeps what it measured, counts no failed run as a trial or a task as
+    exhausted, and a second run on a new device resumes."""
+    key = "x86-knobs-gone"
+    devices = [farm.start_device(tmp_path, tracker.address, key, "knobs-gone-0", threads=1)]
+    db_dir = tmp_path / "db"
+
+    def on_update(report, event):
+        if event == "task" and report.trials >= 1 and devices[0].alive():
+            devices[0].kill(signal.SIGKILL)
+
+    try:
+        report = tune(model, "x86", db_dir, trials_per_task=3, batch=1, farm=tracker.address,
+                      key=key, measurement=FAST, on_update=on_update, tasks=["conv2d"])
+        assert report.search == "knobs"
+        assert report.stopped == f"no device with key {key!r} is left at " \
+                                 f"{farm.format_address(tracker.address)}"
+        assert report.trials >= 1
+        assert not any(t.exhausted for t in report.tasks if t.knob_space)
+        schedules = tdb.TuningDatabase(db_dir).schedules("x86")
+        for t in report.tasks:  # each trial is a recorded variant, besides the default schedule
+            assert len(schedules.get(t.workload, {})) == (t.default_s is not None) + t.trials
+        assert report.records == len(_record_lines(db_dir))
+        result = CliRunner().invoke(cli, ["tune", "zoo:conv_bn_relu", "--db", str(db_dir),
+                                          "--farm", farm.format_address(tracker.address),
+                                          "--key", key, "--task", "conv2d"])
+        assert result.exit_code == 2 and f"no device with key '{key}'" in result.output
+        devices.append(farm.start_device(tmp_path, tracker.address, key, "knobs-gone-1",
+                                         threads=1))
+        resumed = tune(model, "x86", db_dir, trials_per_task=3, batch=1, farm=tracker.address,
+                       key=key, measurement=FAST, tasks=["conv2d"])
+        assert resumed.stopped is None
+        assert sum(t.trials_before for t in resumed.tasks) == report.trials
+        assert all(t.done for t in resumed.tasks)
+    finally:
+        for device in devices:
+            device.stop()
+
+
+def test_the_emulated_key_is_the_arm_key_plus_qemu():
+    from mmopt import targets
+
+    assert emulate.DEFAULT_KEY == farm.emulated_key(targets.get("arm").rpc_key) == "arm64-qemu"
+    assert farm.is_emulated_key(emulate.DEFAULT_KEY) and not farm.is_emulated_key("arm64")
+
+
+def test_emulated_records_are_kept_apart(model, tracker, tmp_path):
+    """Only an emulated device of the target's key is at the tracker (here: an x86 device
+    registered as ``x86-generic-qemu``): tuning without --key finds it and says so; its records go
+    to the database's emulated part; compile skips them unless asked, and its report says which."""
+    key = farm.emulated_key("x86-generic")
+    device = farm.start_device(tmp_path, tracker.address, key, "emulated-x86", threads=1)
+    db_dir = tmp_path / "db"
+    try:
+        with pytest.raises(MmoptError, match="x86-generic-qemu' is an emulated one"):
+            farm.require_devices(tracker.address, "x86-generic")
+        report = tune(model, "x86-generic", db_dir, trials_per_task=1, farm=tracker.address,
+                      measurement=FAST, tasks=["conv2d"])
+    finally:
+        device.stop()
+    assert report.stopped is None and report.key == key and report.emulated
+    assert any("emulated" in note for note in report.notes)
+    database = tdb.TuningDatabase(db_dir)
+    (summary,) = database.summary()
+    assert summary.emulated and summary.slug.endswith(tdb.EMULATED_SUFFIX)
+    assert summary.records == report.records > 0
+    assert not database.schedules("x86-generic")  # nothing among the real measurements
+    shown = CliRunner().invoke(cli, ["db", "show", str(db_dir)])
+    assert "emulated device" in shown.output
+
+    skipped = mmopt.compile(model, "x86-generic", tmp_path / "default", db=db_dir)
+    tuning = skipped.meta.extra["tuning"]
+    assert skipped.passed and tuning["kernels_tuned"] == 0
+    assert tuning["kernels_emulated_skipped"] and not tuning["kernels_from_emulated"]
+    used = mmopt.compile(model, "x86-generic", tmp_path / "emulated", db=db_dir,
+                         allow_emulated_records=True)
+    tuning = used.meta.extra["tuning"]
+    assert used.passed and tuning["kernels_tuned"] == len(tuning["kernels_from_emulated"]) > 0
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(model.SerializeToString())
+    for extra, expected in (([], "skipped"), (["--allow-emulated-records"], "use records")):
+        result = CliRunner().invoke(cli, ["compile", str(onnx_path), "--target", "x86-generic",
+                                          "--db", str(db_dir), "-o", str(tmp_path / "cli"),
+                                          *extra])
+        assert result.exit_code == 0, result.output
+        assert "emulated device" in result.output and expected in result.output
+
+
+def test_tuning_for_arm_finds_the_emulated_device(model, tracker, arm_device, tmp_path):
+    """`tune --target arm --farm ...` (no --key) with only the emulated arm64 device there."""
+    if farm.status(tracker.address).devices("arm64"):
+        pytest.skip("a real arm64 device is registered at this tracker")
+    report = tune(model, "arm", tmp_path / "db", trials_per_task=1, farm=tracker.address,
+                  measurement=FAST, tasks=["matmul"])
+    assert report.key == ARM_KEY and report.emulated and report.stopped is None
+    assert any("emulated" in note for note in report.notes)
+    assert report.runner.startswith(f"1 emulated device(s) '{ARM_KEY}'")
+    (summary,) = tdb.TuningDatabase(tmp_path / "db").summary()
+    assert summary.emulated and summary.records == report.records > 0

@@ -41,7 +41,9 @@ def show_cmd(directory, as_json):
         return
     for target in summary:
         out.print(f"[bold]{target.slug}[/]  {_target_text(target.target)}: "
-                  f"{len(target.workloads)} task(s), {target.records} record(s)")
+                  f"{len(target.workloads)} task(s), {target.records} record(s)"
+                  + ("  [yellow]measured on an emulated device[/] (compile applies them only "
+                     "with --allow-emulated-records)" if target.emulated else ""))
         table = Table(box=None, padding=(0, 2))
         for col, justify in (("task", "left"), ("workload", "left"), ("records", "right"),
                              ("valid", "right"), ("best (us)", "right")):

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mmopt.cli.cmd_farm import secret_option
 from mmopt.cli.common import (codegen_from, codegen_options, err, import_options,
                               input_shape_option, model_path, out, shapes)
 
@@ -72,6 +73,8 @@ class _Display:
             err.print(f"tuning {report.model} for {report.target} on {report.runner}: "
                       f"{len(report.tasks)} tasks, {report.planned} trials planned "
                       f"(database {report.database}, {report.sub_database})")
+            for note in report.notes:
+                err.print(f"[yellow]note:[/] {note}")
             if self.tty and report.planned:
                 self.bar = self.progress.add_task("tuning", total=report.planned, eta=_eta(None))
                 self.live = Live(self._render(report), console=err, refresh_per_second=4,
@@ -138,7 +141,9 @@ def _ctrl_c_stops(stop: threading.Event):
               "what was measured is kept.")
 @click.option("--farm", metavar="HOST:PORT", help="Measure on devices of a tracker instead of "
               "this machine.")
-@click.option("--key", help="Device key at the tracker. [default: the target's rpc key]")
+@click.option("--key", help="Device key at the tracker. [default: the target's rpc key; if no "
+              "device has it, its emulated key (arm64-qemu for ARM targets)]")
+@secret_option
 @input_shape_option
 @click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
               help="Graph optimization level: must match the one you compile with.")
@@ -156,8 +161,8 @@ def _ctrl_c_stops(stop: threading.Event):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @import_options
 def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm, key,
-             input_shapes, opt_level, winograd, pack_weights, layout, task_filter, search, dry_run,
-             compare, as_json):
+             farm_secret, input_shapes, opt_level, winograd, pack_weights, layout, task_filter,
+             search, dry_run, compare, as_json):
     """Tune every task of MODEL for TARGET; records go to the --db directory.
 
     \b
@@ -179,7 +184,7 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
                           trials_per_task=trials_per_task, trials=trials, time_budget=budget,
                           farm=farm, key=key, on_update=display, stop=stop,
                           tasks=task_filter or None, dry_run=dry_run, search=search,
-                          codegen=codegen)
+                          codegen=codegen, farm_secret=farm_secret)
     finally:
         if isinstance(display, _Display):
             display.close()
@@ -191,7 +196,9 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
         with err.status("timing the model with default schedules and with the records"):
             comparison = compare_latency(model_path(model), target, database,
                                          input_shapes=shapes(input_shapes), opt_level=opt_level,
-                                         farm=farm, key=key, codegen=codegen)
+                                         farm=farm, key=report.key or key, codegen=codegen,
+                                         farm_secret=farm_secret,
+                                         allow_emulated_records=report.emulated)
     if dry_run and not as_json:
         out.print(_task_table(report))
         out.print(f"dry run: {report.planned} trial(s) would be measured; {report.records} "
@@ -210,7 +217,12 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
             out.print(f"model latency on {comparison.where}: {comparison.default_s * 1e3:.3f} ms "
                       f"with default schedules -> {comparison.tuned_s * 1e3:.3f} ms tuned "
                       f"({comparison.speedup:.2f}x; {comparison.tasks_tuned}/"
-                      f"{comparison.tasks_total} tasks tuned)")
+                      f"{comparison.tasks_total} tasks tuned)"
+                      + (" [emulated: not hardware timings]" if report.emulated else ""))
+        if report.emulated:
+            out.print(f"[yellow]note:[/] measured on an emulated device: the records are in "
+                      f"{report.sub_database}, which `mmopt compile --db` applies only with "
+                      "--allow-emulated-records")
     if report.stopped and report.stopped.startswith("nothing could be measured"):
         err.print(f"[red]{report.stopped}[/]")
         sys.exit(1)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from mmopt import __version__
 from mmopt._logging import configure as configure_logging
+from mmopt.cli.cmd_farm import secret_option
 from mmopt.cli.common import (codegen_from, codegen_options, err, import_options,
                               input_shape_option, model_path, out, shapes)
 from mmopt.errors import MmoptError
@@ -94,10 +95,13 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.option("--db", type=click.Path(file_okay=False), default=None,
               help="Tuning database (from `mmopt tune`): apply its records for this target; "
                    "other kernels get default schedules.")
+@click.option("--allow-emulated-records", is_flag=True,
+              help="With --db: also apply records measured on an emulated device (`mmopt farm "
+                   "emulate`; not hardware timings) to kernels without a real record.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @import_options
 def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_weights, layout,
-                verify, atol, rtol, save_onnx, db, as_json):
+                verify, atol, rtol, save_onnx, db, allow_emulated_records, as_json):
     """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
     import mmopt
 
@@ -106,6 +110,7 @@ def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_w
         result = mmopt.compile(
             model, target, output, input_shapes=shapes(input_shapes), opt_level=opt_level,
             verify=verify, atol=atol, rtol=rtol, save_onnx=save_onnx, db=db,
+            allow_emulated_records=allow_emulated_records,
             codegen=codegen_from(winograd, pack_weights, layout),
             progress=lambda msg: status.update(msg),
         )
@@ -139,6 +144,14 @@ def _print_compile_report(result) -> None:
         for change in tuning.get("codegen_differences", []):
             out.print(f"  [yellow]warning[/]   the records were tuned with other code-generation "
                       f"settings ({change}): kernels they change have no records")
+        used, skipped = tuning.get("kernels_from_emulated"), tuning.get("kernels_emulated_skipped")
+        if used:
+            out.print(f"  [yellow]warning[/]   {len(used)} kernel(s) use records measured on an "
+                      "emulated device (--allow-emulated-records): not hardware timings")
+        if skipped:
+            out.print(f"  [yellow]note[/]      {len(skipped)} kernel(s) have records measured "
+                      "only on an emulated device: skipped, default schedules used "
+                      "(--allow-emulated-records applies them)")
     if meta.extra.get("random_weights"):
         seed = meta.extra.get("random_weights_seed")
         out.print("  [yellow]weights[/]   random (--random-weights"
@@ -222,10 +235,11 @@ def _load_array(name: str, path: Path) -> dict[str, np.ndarray]:
               help="Run on a farm device with this RPC key (e.g. arm64-qemu) instead of locally.")
 @click.option("--farm", metavar="HOST:PORT", envvar="MMOPT_FARM", default="127.0.0.1:9190",
               show_default=True, help="The device farm's tracker (with --device).")
+@secret_option
 @click.option("--native", is_flag=True,
               help="Run through the artifact's native bundle (`mmopt package`, cached): its "
                    "mmopt-run binary, no Python; aarch64 bundles under qemu-aarch64 on x86.")
-def run_cmd(artifact, inputs, output, seed, device_key, farm, native):
+def run_cmd(artifact, inputs, output, seed, device_key, farm, farm_secret, native):
     """Run a compiled ARTIFACT (NAME, NAME.so or NAME.json) here, or on a farm device."""
     from mmopt.runtime import read_meta
 
@@ -243,7 +257,7 @@ def run_cmd(artifact, inputs, output, seed, device_key, farm, native):
         from mmopt.tuning.remote import run_remote
 
         with err.status(f"running on device {device_key} via {farm}"):
-            outputs = run_remote(artifact, feeds, device_key, farm)
+            outputs = run_remote(artifact, feeds, device_key, farm, secret=farm_secret)
     elif native:
         from mmopt.deploy import run_native
 

@@ -19,6 +19,14 @@ target and drops any record whose own target has another identity; and the retur
 answers queries only for that target (:class:`TargetDatabase`), so handing it to a build for
 another target applies nothing.
 
+Records measured on an *emulated* device (``mmopt farm emulate``: qemu-user, whose timings are
+not the hardware's) live in a sub-database of their own, ``DIR/<slug>-emulated/`` (its
+``target.json`` says ``"emulated": true``), so they never mix with real measurements, neither in
+a tuning run's search nor in a compile. A compile applies them only when asked
+(``open_database(..., allow_emulated=True)``, ``mmopt compile --allow-emulated-records``), and then
+only to kernels without a real record; either way the database says which kernels had only
+emulated records (:meth:`emulated_report`).
+
 Workloads are keyed by MetaSchedule's structural hash of the task's TIR, so records are shared by
 every model with the same task (same operator, shapes and fused neighbours).
 """
@@ -50,6 +58,8 @@ RECORDS = "database_tuning_record.json"
 FAILED_RUN_SECS = 1e10
 #: Target attributes that are not part of its identity (see the module docstring).
 NOT_IDENTITY = ("num-cores",)
+#: Suffix of the sub-database of records measured on emulated devices.
+EMULATED_SUFFIX = "-emulated"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,6 +161,8 @@ class TargetSummary:
     slug: str
     target: dict
     workloads: list[WorkloadSummary]
+    #: measured on emulated devices (see the module docstring)
+    emulated: bool = False
 
     @property
     def records(self) -> int:
@@ -158,7 +170,7 @@ class TargetSummary:
 
     def to_dict(self) -> dict:
         return {"slug": self.slug, "target": self.target, "records": self.records,
-                "workloads": [w.__dict__ for w in self.workloads]}
+                "emulated": self.emulated, "workloads": [w.__dict__ for w in self.workloads]}
 
 
 def is_database(path) -> bool:
@@ -192,33 +204,37 @@ class TuningDatabase:
     def target_dirs(self) -> list[Path]:
         return sorted(p for p in self.path.iterdir() if (p / TARGET_FILE).is_file())
 
-    def target_dir(self, target, *, create: bool = False) -> Path:
-        sub = self.path / target_slug(target)
+    def target_dir(self, target, *, create: bool = False, emulated: bool = False) -> Path:
+        """The sub-database of ``target``'s records (``emulated``: of those measured on emulated
+        devices)."""
+        sub = self.path / (target_slug(target) + (EMULATED_SUFFIX if emulated else ""))
         if create and not (sub / TARGET_FILE).is_file():
             sub.mkdir(parents=True, exist_ok=True)
             _write_json(sub / TARGET_FILE, {"identity": target_identity(target),
-                                            "key": identity_key(target)})
+                                            "key": identity_key(target),
+                                            **({"emulated": True} if emulated else {})})
         return sub
 
-    def writer(self, target):
+    def writer(self, target, *, emulated: bool = False):
         """The sub-database of ``target`` as a MetaSchedule ``JSONDatabase`` that tuning appends
-        records to (one line per record, written as each is measured)."""
+        records to (one line per record, written as each is measured); ``emulated``: the one of
+        records measured on emulated devices."""
         from tvm.s_tir import meta_schedule as ms
 
-        sub = self.target_dir(target, create=True)
-        _check_sub(sub, target)
+        sub = self.target_dir(target, create=True, emulated=emulated)
+        _check_sub(sub, target, emulated)
         return ms.database.JSONDatabase(str(sub / WORKLOADS), str(sub / RECORDS),
                                         allow_missing=True)
 
-    def reader(self, target) -> TargetDatabase:
-        """The records of ``target`` (only those), read-only, as a :class:`TargetDatabase`."""
+    def _memory(self, target, emulated: bool):
+        """``(MetaSchedule MemoryDatabase, records kept)`` of one sub-database of ``target``."""
         from tvm.s_tir import meta_schedule as ms
 
         memory = ms.database.MemoryDatabase()
-        sub = self.target_dir(target)
+        sub = self.target_dir(target, emulated=emulated)
         kept = dropped = 0
         if (sub / TARGET_FILE).is_file():
-            _check_sub(sub, target)
+            _check_sub(sub, target, emulated)
             want = identity_key(target)
             for record in _load_records(sub):
                 if record.target is not None and identity_key(record.target) != want:
@@ -226,22 +242,38 @@ class TuningDatabase:
                     continue
                 memory.commit_tuning_record(_recommit(memory, record))
                 kept += 1
-        codegen = (_read_json(sub / TARGET_FILE).get("codegen")
-                   if (sub / TARGET_FILE).is_file() else None)
         if dropped:
             logger.warning("%s: ignored %d record(s) measured for another target", sub, dropped)
-        if not kept:
+        return memory, kept
+
+    def reader(self, target, *, allow_emulated: bool = False) -> TargetDatabase:
+        """The records of ``target`` (only those), read-only, as a :class:`TargetDatabase`.
+
+        Records measured on emulated devices are loaded too but applied only with
+        ``allow_emulated``, and then only where no real record exists (see the module docstring).
+        """
+        memory, kept = self._memory(target, emulated=False)
+        emulated, kept_emulated = self._memory(target, emulated=True)
+        codegen = None
+        for sub in (self.target_dir(target), self.target_dir(target, emulated=True)):
+            if codegen is None and (sub / TARGET_FILE).is_file():
+                codegen = _read_json(sub / TARGET_FILE).get("codegen")
+        if not kept and not kept_emulated:
             others = [_read_json(d / TARGET_FILE).get("identity", {}) for d in self.target_dirs()]
             logger.info("%s: no records for target %s (it has records for %d other target(s))",
                         self.path, json.dumps(target_identity(target)), len(others))
         database = TargetDatabase(memory, target, self.path)
         database.codegen = codegen
+        if kept_emulated:
+            database.emulated = emulated
+            database.emulated_records = kept_emulated
+            database.allow_emulated = allow_emulated
         return database
 
-    def record_codegen(self, target, settings: dict) -> dict | None:
+    def record_codegen(self, target, settings: dict, *, emulated: bool = False) -> dict | None:
         """Store the code-generation settings (:mod:`mmopt.codegen.options`) that ``target``'s
         records are measured with; returns the settings stored before (None: none)."""
-        sub = self.target_dir(target, create=True)
+        sub = self.target_dir(target, create=True, emulated=emulated)
         data = _read_json(sub / TARGET_FILE)
         before = data.get("codegen")
         data["codegen"] = settings
@@ -250,15 +282,15 @@ class TuningDatabase:
 
     # -- task information ------------------------------------------------------------------------
 
-    def tasks(self, target) -> dict[str, TaskInfo]:
-        path = self.target_dir(target) / TASKS_FILE
+    def tasks(self, target, *, emulated: bool = False) -> dict[str, TaskInfo]:
+        path = self.target_dir(target, emulated=emulated) / TASKS_FILE
         data = _read_json(path) if path.is_file() else {}
         return {k: TaskInfo(v.get("name", "?"), bool(v.get("exhausted")), list(v.get("models", [])),
                             v.get("default_s")) for k, v in data.items()}
 
-    def update_tasks(self, target, infos: dict[str, TaskInfo]) -> None:
-        sub = self.target_dir(target, create=True)
-        merged = self.tasks(target)
+    def update_tasks(self, target, infos: dict[str, TaskInfo], *, emulated: bool = False) -> None:
+        sub = self.target_dir(target, create=True, emulated=emulated)
+        merged = self.tasks(target, emulated=emulated)
         for workload, info in infos.items():
             old = merged.get(workload)
             if old is not None:
@@ -286,26 +318,27 @@ class TuningDatabase:
                     workload, names.get(workload, {}).get("name", "?"), len(secs), len(valid),
                     min(valid) if valid else None))
             workloads.sort(key=lambda w: (w.name, w.workload))
-            out.append(TargetSummary(sub.name, meta.get("identity", {}), workloads))
+            out.append(TargetSummary(sub.name, meta.get("identity", {}), workloads,
+                                     bool(meta.get("emulated"))))
         return out
 
-    def record_counts(self, target) -> dict[str, int]:
+    def record_counts(self, target, *, emulated: bool = False) -> dict[str, int]:
         """``{workload hash: number of records}`` in the sub-database of ``target``."""
         counts: dict[str, int] = {}
-        sub = self.target_dir(target)
+        sub = self.target_dir(target, emulated=emulated)
         if (sub / TARGET_FILE).is_file():
             for workload, _trace, _secs in _raw_records(sub):
                 counts[workload] = counts.get(workload, 0) + 1
         return counts
 
-    def schedules(self, target) -> dict[str, dict[str, float]]:
+    def schedules(self, target, *, emulated: bool = False) -> dict[str, dict[str, float]]:
         """``{workload hash: {schedule trace (JSON): best mean run seconds}}`` of ``target``.
 
         A schedule may have several records (it is measured again when tuning ends, next to the
         default schedule); this counts it once.
         """
         out: dict[str, dict[str, float]] = {}
-        sub = self.target_dir(target)
+        sub = self.target_dir(target, emulated=emulated)
         if (sub / TARGET_FILE).is_file():
             for workload, trace, secs in _raw_records(sub):
                 traces = out.setdefault(workload, {})
@@ -333,9 +366,20 @@ def _make_target_database_class():
             self.other_target: int = 0
             #: code-generation settings the records were tuned with (None: not recorded)
             self.codegen: dict | None = None
+            #: records measured on emulated devices (a MemoryDatabase, or None), how many, and
+            #: whether they may be applied (to kernels without a real record)
+            self.emulated = None
+            self.emulated_records: int = 0
+            self.allow_emulated: bool = False
+            #: kernels that got an emulated record, and kernels that had only emulated records
+            #: but were left on default schedules (not allowed)
+            self.applied_emulated: list[str] = []
+            self.skipped_emulated: list[str] = []
 
         def has_workload(self, mod):
-            return self.inner.has_workload(mod)
+            return self.inner.has_workload(mod) or (
+                self.allow_emulated and self.emulated is not None
+                and self.emulated.has_workload(mod))
 
         def commit_workload(self, mod):
             return self.inner.commit_workload(mod)
@@ -357,29 +401,40 @@ def _make_target_database_class():
                 return False
             return True
 
-        def query_tuning_record(self, mod, target, workload_name):
+        def _query(self, method: str, mod, target, workload_name):
+            """A real record first; else an emulated one if allowed (and noted either way)."""
             if not self._allowed(target, workload_name):
                 return None
-            record = self.inner.query_tuning_record(mod, target, workload_name)
-            if record is not None:
-                self.applied.append(str(workload_name))
-            return record
-
-        def query_schedule(self, mod, target, workload_name):
-            if not self._allowed(target, workload_name):
-                return None
-            sch = self.inner.query_schedule(mod, target, workload_name)
-            if sch is not None:
-                self.applied.append(str(workload_name))
-            return sch
-
-        def query_ir_module(self, mod, target, workload_name):
-            if not self._allowed(target, workload_name):
-                return None
-            result = self.inner.query_ir_module(mod, target, workload_name)
+            result = getattr(self.inner, method)(mod, target, workload_name)
+            if result is None and self.emulated is not None:
+                emulated = getattr(self.emulated, method)(mod, target, workload_name)
+                if emulated is not None:
+                    if self.allow_emulated:
+                        self.applied_emulated.append(str(workload_name))
+                        result = emulated
+                    else:
+                        self.skipped_emulated.append(str(workload_name))
             if result is not None:
                 self.applied.append(str(workload_name))
             return result
+
+        def query_tuning_record(self, mod, target, workload_name):
+            return self._query("query_tuning_record", mod, target, workload_name)
+
+        def query_schedule(self, mod, target, workload_name):
+            return self._query("query_schedule", mod, target, workload_name)
+
+        def query_ir_module(self, mod, target, workload_name):
+            return self._query("query_ir_module", mod, target, workload_name)
+
+        def emulated_report(self) -> dict:
+            """For a compile report: the emulated records there were, whether they were allowed,
+            the kernels that used them and the kernels that had only them but did not use
+            them."""
+            return {"emulated_records": self.emulated_records,
+                    "emulated_allowed": self.allow_emulated,
+                    "kernels_from_emulated": sorted(set(self.applied_emulated)),
+                    "kernels_emulated_skipped": sorted(set(self.skipped_emulated))}
 
         def __len__(self):
             return len(self.inner)
@@ -402,19 +457,21 @@ def TargetDatabase(inner, target, source: Path):  # noqa: N802 - a class, built 
     return _TARGET_DATABASE(inner, target, source)
 
 
-def open_database(path, target):
+def open_database(path, target, *, allow_emulated: bool = False):
     """The tuning records of ``target`` in the database at ``path``, for
     ``mmopt.codegen.build.build(mod, target, database=...)``.
 
     Only records measured for ``target``'s identity are loaded, and the returned database answers
     lookups for that target only; tasks without a record fall back to default schedules. After the
     build, ``db.applied`` names the functions that were tuned and ``db.queried`` all looked-up ones.
+    Records measured on emulated devices apply only with ``allow_emulated`` (and only where no
+    real record exists); ``db.emulated_report()`` says what was used or skipped.
     Raises :class:`MmoptError` when ``path`` is not a tuning database.
     """
     from mmopt import targets as _targets
 
     tgt = _targets.get(target) if isinstance(target, str) else target
-    return TuningDatabase(path).reader(tgt)
+    return TuningDatabase(path).reader(tgt, allow_emulated=allow_emulated)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -518,11 +575,16 @@ def _merge_target(subs: list[Path], dest: Path) -> int:
 # helpers
 
 
-def _check_sub(sub: Path, target) -> None:
-    stored = _read_json(sub / TARGET_FILE).get("key")
+def _check_sub(sub: Path, target, emulated: bool = False) -> None:
+    meta = _read_json(sub / TARGET_FILE)
+    stored = meta.get("key")
     if stored != identity_key(target):
         raise MmoptError(f"{sub}: holds records of another target (identity {stored}, expected "
                          f"{identity_key(target)}); the database directory was edited by hand?")
+    if bool(meta.get("emulated")) != emulated:
+        raise MmoptError(f"{sub}: its target.json says emulated={bool(meta.get('emulated'))}, "
+                         f"its name says emulated={emulated}; the database directory was edited "
+                         "by hand?")
 
 
 def _load_records(sub: Path):

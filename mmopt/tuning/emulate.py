@@ -36,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mmopt.errors import MmoptError
+from mmopt.tuning.farm import emulated_key, format_address
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,11 @@ DEBIAN_EXCLUDE_PREFIXES = ("perl", "libperl", "dpkg", "tar", "install-info", "ma
 #: Python packages installed for the device (TVM and apache-tvm-ffi are pinned to the host's).
 WHEELS = ("numpy", "ml_dtypes", "typing_extensions", "psutil", "cloudpickle", "tornado")
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_aarch64")
-#: Default tracker key of the emulated device.
-DEFAULT_KEY = "arm64-qemu"
+#: Default tracker key of the emulated device: the ARM targets' rpc key (``arm64``, see
+#: :mod:`mmopt.targets`; a test checks they agree) with the emulated suffix, so ``mmopt tune
+#: --target arm --farm ...`` finds it when no real device is there
+#: (:func:`mmopt.tuning.farm.choose_key`).
+DEFAULT_KEY = emulated_key("arm64")
 STAMP = ".mmopt-arm64-root.json"
 QEMU_CANDIDATES = ("qemu-aarch64", "qemu-aarch64-static")
 SETUP_HINT = "run scripts/setup-arm-emulation.sh (installs Debian's qemu-user)"
@@ -258,20 +262,42 @@ def prepare(path: Path | None = None, *, force: bool = False,
 
 
 def device_command(root: Arm64Root, tracker: tuple[str, int], key: str = DEFAULT_KEY,
-                   host: str = "127.0.0.1", port: int = 9090) -> list[str]:
-    """The command line that serves the emulated device (``device_server.py`` under qemu)."""
+                   host: str = "127.0.0.1", port: int = 9090, *, listen_unix: str | None = None,
+                   tracker_unix: str | None = None,
+                   advertise: tuple[str, int] | None = None) -> list[str]:
+    """The command line that serves the emulated device (``device_server.py`` under qemu; it
+    reports itself as emulated). ``listen_unix``/``tracker_unix``/``advertise``: behind the TLS
+    relays of a farm with a secret (see :func:`mmopt.tuning.farm.serve_behind_tls`)."""
     script = Path(__file__).with_name("device_server.py")
-    return root.command([str(script), "--tracker", f"{tracker[0]}:{tracker[1]}", "--key", key,
-                         "--host", host, "--port", str(port)])
+    args = [str(script), "--tracker", format_address(tracker), "--key", key, "--emulated"]
+    if listen_unix:
+        args += ["--listen-unix", listen_unix, "--tracker-unix", str(tracker_unix),
+                 "--advertise", format_address(advertise)]
+    else:
+        args += ["--host", host, "--port", str(port)]
+    return root.command(args)
 
 
 def serve(tracker: tuple[str, int], key: str = DEFAULT_KEY, host: str = "127.0.0.1",
-          port: int = 9090, progress: Callable[[str], None] | None = None) -> int:
+          port: int = 9090, progress: Callable[[str], None] | None = None, *, secret=None,
+          insecure: bool = False, advertise: str | None = None) -> int:
     """Prepare if needed, then serve the emulated device in the foreground until interrupted.
 
+    ``secret``/``insecure``/``advertise``: as for :func:`mmopt.tuning.farm.serve_device` (with a
+    farm secret, this process holds the TLS endpoint and the emulated server sits behind it).
     Returns the server's exit status.
     """
+    from mmopt.tuning import farm as _farm
+    from mmopt.tuning.secure import resolve_secret
+
+    secret = resolve_secret(secret)
+    _farm.check_listen(host, secret, insecure, f"emulated device {key}")
     root = prepare(progress=progress)
+    if secret is not None:
+        return _farm.serve_behind_tls(
+            lambda listen, link, public: device_command(root, tracker, key, listen_unix=listen,
+                                                        tracker_unix=link, advertise=public),
+            tracker, host, port, 9199, secret, advertise, f"emulated device {key}")
     cmd = device_command(root, tracker, key, host, port)
     logger.debug("$ %s", " ".join(cmd))
     # Same process group as this process: whoever stops the group stops the emulated device too.

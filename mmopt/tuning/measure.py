@@ -60,11 +60,14 @@ class LatencyComparison:
 
 def compare_latency(model, target, database, *, input_shapes=None, opt_level: int = DEFAULT_LEVEL,
                     farm=None, key: str | None = None, number: int = 10, repeat: int = 5,
-                    min_repeat_ms: int = 100, codegen=None) -> LatencyComparison:
+                    min_repeat_ms: int = 100, codegen=None, farm_secret=None,
+                    allow_emulated_records: bool = False) -> LatencyComparison:
     """Compile ``model`` for ``target`` twice (default schedules; records of ``database`` applied)
     and time both, on this machine or on a device of ``key`` at ``farm``: the median of
     ``repeat`` samples, each the mean of at least ``number`` calls lasting ``min_repeat_ms``.
-    ``codegen``: the code-generation settings of both builds (default: from the environment)."""
+    ``codegen``: the code-generation settings of both builds (default: from the environment);
+    ``farm_secret``: the farm secret (default ``$MMOPT_FARM_SECRET``); ``allow_emulated_records``:
+    apply records measured on emulated devices too (to time a run tuned on one)."""
     from mmopt.codegen.build import build
     from mmopt.codegen.options import CodegenOptions
     from mmopt.tuning.database import open_database
@@ -79,21 +82,22 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
         os.environ["TVM_NUM_THREADS"] = str(_local_cores())
     mod, reference = relax_module(model, input_shapes, opt_level)
     feeds = mir.random_inputs(reference, 0)
-    db = open_database(database, tgt)
+    db = open_database(database, tgt, allow_emulated=allow_emulated_records)
     with tempfile.TemporaryDirectory(prefix="mmopt-latency-") as tmp:
         paths = {}
         for label, database_ in (("default", None), ("tuned", db)):
             paths[label] = _export(build(mod, tgt, database_, codegen or CodegenOptions.from_env()),
                                    tgt, reference,
                                    Path(tmp) / label)
-        times = _time_side_by_side(paths, feeds, tgt, farm, key, number, repeat, min_repeat_ms)
+        times = _time_side_by_side(paths, feeds, tgt, farm, key, number, repeat, min_repeat_ms,
+                                   farm_secret)
     where = f"device {key or tgt.rpc_key} at {farm}" if farm else "this machine"
     return LatencyComparison(times["default"], times["tuned"], len(set(db.applied)),
                              len(set(db.queried)), where)
 
 
 def _time_side_by_side(paths: dict[str, Path], feeds, tgt, farm, key, number: int, repeat: int,
-                       min_repeat_ms: int) -> dict[str, float]:
+                       min_repeat_ms: int, farm_secret=None) -> dict[str, float]:
     """Median latency of each artifact, all loaded at once on the same device and timed in
     alternation (``repeat`` rounds), so that drift in the machine's load affects all alike."""
     timers = {}
@@ -102,7 +106,8 @@ def _time_side_by_side(paths: dict[str, Path], feeds, tgt, farm, key, number: in
         from mmopt.tuning.remote import RemoteModel
 
         address = parse_address(farm) if isinstance(farm, str) else tuple(farm)
-        session = request_session(address, key or tgt.rpc_key, session_timeout=600)
+        session = request_session(address, key or tgt.rpc_key, session_timeout=600,
+                                  secret=farm_secret)
         for label, path in paths.items():
             model = RemoteModel(path, key or tgt.rpc_key, address, session=session)
             timers[label] = (lambda m=model: m.benchmark(feeds, number=number, repeat=1,

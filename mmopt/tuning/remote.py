@@ -2,7 +2,8 @@
 
 The artifact's library is uploaded to a device of the key, loaded there into a Relax VM, fed the
 inputs, and the outputs are copied back. The same session can time the model with TVM's
-``time_evaluator`` on the device.
+``time_evaluator`` on the device. On a farm with a secret (``secret``, default
+``$MMOPT_FARM_SECRET``; see :mod:`mmopt.tuning.secure`) every connection is TLS.
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ class RemoteModel:
     """
 
     def __init__(self, artifact, key: str, farm, *, wait_s: float = DEFAULT_WAIT_S,
-                 session_timeout: float = DEFAULT_SESSION_TIMEOUT_S, session=None):
+                 session_timeout: float = DEFAULT_SESSION_TIMEOUT_S, session=None, secret=None):
         """``session``: load into this open session (e.g. to compare two artifacts on the same
-        device) instead of requesting a device from the tracker."""
+        device) instead of requesting a device from the tracker; ``secret``: the farm secret
+        (default ``$MMOPT_FARM_SECRET``)."""
         self.so_path, self.meta_path = artifact_paths(artifact)
         self.meta = read_meta(artifact)
         if not self.so_path.exists():
@@ -88,7 +90,7 @@ class RemoteModel:
         self.key = key
         self.address = parse_address(farm) if isinstance(farm, str) else tuple(farm)
         self.session = session if session is not None else request_session(
-            self.address, key, wait_s=wait_s, session_timeout=session_timeout)
+            self.address, key, wait_s=wait_s, session_timeout=session_timeout, secret=secret)
         try:
             self._load()
         except Exception:
@@ -165,17 +167,18 @@ class RemoteModel:
 
 
 def run_remote(artifact, inputs: Mapping[str, np.ndarray], key: str, farm, *,
-               wait_s: float = DEFAULT_WAIT_S) -> dict[str, np.ndarray]:
+               wait_s: float = DEFAULT_WAIT_S, secret=None) -> dict[str, np.ndarray]:
     """Run ``artifact`` once on a device of ``key`` from the tracker at ``farm`` (``"HOST:PORT"``);
     returns ``{output name: array}``. Raises :class:`MmoptError` with one line on any failure."""
-    with RemoteModel(artifact, key, farm, wait_s=wait_s) as model:
+    with RemoteModel(artifact, key, farm, wait_s=wait_s, secret=secret) as model:
         return model(**inputs)
 
 
 def benchmark_remote(artifact, inputs: Mapping[str, np.ndarray], key: str, farm, *,
-                     number: int = 10, repeat: int = 5, wait_s: float = DEFAULT_WAIT_S) -> Timing:
+                     number: int = 10, repeat: int = 5, wait_s: float = DEFAULT_WAIT_S,
+                     secret=None) -> Timing:
     """Latency of ``artifact`` on a device of ``key`` (see :meth:`RemoteModel.benchmark`)."""
-    with RemoteModel(artifact, key, farm, wait_s=wait_s) as model:
+    with RemoteModel(artifact, key, farm, wait_s=wait_s, secret=secret) as model:
         return model.benchmark(inputs, number=number, repeat=repeat)
 
 

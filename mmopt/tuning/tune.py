@@ -49,12 +49,14 @@ from mmopt.errors import MmoptError, summarize
 from mmopt.passes import DEFAULT_LEVEL
 from mmopt.tuning import farm as _farm
 from mmopt.tuning.database import (
+    EMULATED_SUFFIX,
     FAILED_RUN_SECS,
     TaskInfo,
     TuningDatabase,
     is_database,
     target_slug,
 )
+from mmopt.tuning.secure import resolve_secret
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +142,12 @@ class TuneReport:
     #: None when tuning ran to completion; otherwise why it stopped (records are kept)
     stopped: str | None = None
     current: int | None = None
+    #: the device key measured on (farm runs), and whether those devices are emulated: then the
+    #: records go to the database's emulated part (see mmopt.tuning.database)
+    key: str | None = None
+    emulated: bool = False
+    #: things the user should know about this run (e.g. a fallback to emulated devices)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def trials(self) -> int:
@@ -159,7 +167,8 @@ class TuneReport:
         return {"model": self.model, "target": self.target, "database": self.database,
                 "sub_database": self.sub_database, "runner": self.runner,
                 "num_cores": self.num_cores, "search": self.search, "planned": self.planned,
-                "trials": self.trials,
+                "trials": self.trials, "key": self.key, "emulated": self.emulated,
+                "notes": self.notes,
                 "records": self.records, "elapsed_s": self.elapsed_s, "stopped": self.stopped,
                 "tasks": [t.to_dict() for t in self.tasks]}
 
@@ -251,23 +260,32 @@ def _make_builder(max_workers: int, timeout_s: float, cross_compiler: str | None
     return PersistentBuilder()
 
 
-def _session_function(address: tuple[str, int], key: str, wait_s: float, timeout_s: float):
+def _session_function(address: tuple[str, int], key: str, wait_s: float, timeout_s: float,
+                      secret: str | None = None):
+    """The RPC runner's session factory (sent to its worker processes by value: the farm secret
+    travels as its directory)."""
+
     def create_session(_rpc_config):
         from mmopt.tuning.farm import request_session
 
-        return request_session(address, key, wait_s=wait_s, session_timeout=timeout_s)
+        return request_session(address, key, wait_s=wait_s, session_timeout=timeout_s,
+                               secret=secret)
 
     return create_session
 
 
-def _device_threads(address: tuple[str, int], key: str, wait_s: float) -> int | None:
-    """Threads a model gets on a device of ``key`` (asked from one device), or None."""
+def _device_facts(address: tuple[str, int], key: str, wait_s: float,
+                  secret) -> tuple[int | None, dict]:
+    """``(threads a model gets, mmopt.device.info)`` of a device of ``key`` (asked from one
+    device); ``(None, {})`` when it cannot be asked."""
     try:
-        session = _farm.request_session(address, key, wait_s=wait_s, session_timeout=60)
-        return int(session.get_function("runtime.NumThreads")())
+        session = _farm.request_session(address, key, wait_s=wait_s, session_timeout=60,
+                                        secret=secret)
+        threads = int(session.get_function("runtime.NumThreads")())
+        return threads, _farm.device_info(session)
     except Exception as exc:  # noqa: BLE001 - only a default is lost
         logger.warning("could not ask a %s device for its thread count (%s)", key, summarize(exc))
-        return None
+        return None, {}
 
 
 def _local_cores() -> int:
@@ -288,13 +306,15 @@ class _Run:
 
     def __init__(self, report: TuneReport, db, target, measurement: Measurement, farm_address,
                  key, deadline: float | None, stop: threading.Event | None,
-                 on_update: OnUpdate | None):
+                 on_update: OnUpdate | None, secret=None):
         self.report = report
         self.db = db
         self.target = target
         self.measurement = measurement
         self.farm = farm_address
         self.key = key
+        #: the farm secret (a FarmSecret, or None for plain RPC)
+        self.secret = secret
         self.deadline = deadline
         self.stop_event = stop
         self.on_update = on_update or (lambda _r, _e: None)
@@ -327,7 +347,7 @@ class _Run:
             self.stop_reason = "time budget reached"
         elif self.farm is not None and after_errors:
             try:
-                devices = _farm.status(self.farm).devices(self.key)
+                devices = _farm.status(self.farm, secret=self.secret).devices(self.key)
             except MmoptError as exc:
                 self.stop_reason = f"the tracker is gone ({exc.message})"
             else:
@@ -410,13 +430,17 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
          measurement: Measurement | None = None, on_update: OnUpdate | None = None,
          stop: threading.Event | None = None, tasks: Sequence[str] | None = None,
          dry_run: bool = False, search: str = DEFAULT_SEARCH,
-         codegen: CodegenOptions | None = None) -> TuneReport:
+         codegen: CodegenOptions | None = None, farm_secret=None) -> TuneReport:
     """Tune every task of ``model`` for ``target`` into the tuning database at ``database``.
 
     ``trials_per_task``: records wanted per task (counting those already in the database);
     ``trials``: at most this many trials in this run; ``time_budget``: seconds or "30m";
-    ``farm``/``key``: measure on the devices of ``key`` (default: the target's rpc key) registered
-    at the tracker ``farm`` ("HOST:PORT") instead of this machine; ``stop``: set it (e.g. from a
+    ``farm``/``key``: measure on the devices of ``key`` registered at the tracker ``farm``
+    ("HOST:PORT") instead of this machine; without ``key``, the target's rpc key, or its emulated
+    key (``arm64-qemu``) when only emulated devices are there (the report's ``notes`` say so);
+    records measured on emulated devices go to the database's emulated part, which compile
+    applies only when asked; ``farm_secret``: the farm secret directory (default
+    ``$MMOPT_FARM_SECRET``, see :mod:`mmopt.tuning.secure`); ``stop``: set it (e.g. from a
     SIGINT handler) to end the run after the current batch; ``tasks``: tune only the tasks whose
     name contains one of these strings; ``dry_run``: only plan (the report lists the tasks, their
     records and the trials a run would measure); ``search``: one of :data:`SEARCHES`;
@@ -442,15 +466,26 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     deadline = time.monotonic() + budget_s if budget_s is not None else None
 
     # Where candidates run.
-    address = None
+    address = secret = None
+    emulated = False
+    notes: list[str] = []
     if farm is not None:
         address = _farm.parse_address(farm) if isinstance(farm, str) else tuple(farm)
+        secret = resolve_secret(farm_secret)
+        explicit = key is not None
         key = key or tgt.rpc_key
         if not key:
             raise MmoptError(f"target {tgt.name} has no rpc key; give --key")
-        n_devices = _farm.require_devices(address, key)
-        num_cores = _device_threads(address, key, measurement.device_wait_s) or _local_cores()
-        runner_text = f"{n_devices} device(s) {key!r} at {_farm.format_address(address)}"
+        key, n_devices, note = _farm.choose_key(address, key, fallback_emulated=not explicit,
+                                                secret=secret)
+        if note:
+            logger.warning("%s", note)
+            notes.append(note)
+        threads, info = _device_facts(address, key, measurement.device_wait_s, secret)
+        num_cores = threads or _local_cores()
+        emulated = bool(info.get("emulated")) or _farm.is_emulated_key(key)
+        runner_text = (f"{n_devices} {'emulated ' if emulated else ''}device(s) {key!r} at "
+                       f"{_farm.format_address(address)}")
     else:
         if not tgt.runs_here():
             raise MmoptError(f"target {tgt.name} cannot run on this machine "
@@ -476,7 +511,7 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     else:
         tdb = TuningDatabase(database, create=True)
         if not dry_run:
-            before = tdb.record_codegen(tgt, codegen.resolved(tgt))
+            before = tdb.record_codegen(tgt, codegen.resolved(tgt), emulated=emulated)
             changed = differences(before, codegen.resolved(tgt))
             if changed:
                 logger.warning("%s: earlier records of %s were tuned with other code-generation "
@@ -484,13 +519,14 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
                                "not change", database, tgt.name,
                                "; ".join(c.replace("tuned with", "earlier").replace(
                                    "compiled with", "now") for c in changed))
-        schedules = tdb.schedules(tgt)
+        schedules = tdb.schedules(tgt, emulated=emulated)
         counts = {w: len(traces) for w, traces in schedules.items()}
-        infos = tdb.tasks(tgt)
+        infos = tdb.tasks(tgt, emulated=emulated)
         best_before = {w: min(traces.values()) for w, traces in schedules.items()
                        if min(traces.values()) < FAILED_RUN_SECS}
-    report = TuneReport(model_name(model), tgt.name, str(database), target_slug(tgt), runner_text,
-                        num_cores, search)
+    report = TuneReport(model_name(model), tgt.name, str(database),
+                        target_slug(tgt) + (EMULATED_SUFFIX if emulated else ""), runner_text,
+                        num_cores, search, key=key, emulated=emulated, notes=notes)
     probe = ms.database.MemoryDatabase()
     for task in extracted:
         workload = str(probe.commit_workload(task.dispatched[0]).as_json()[0])
@@ -519,16 +555,16 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     def save_tasks() -> None:
         tdb.update_tasks(tgt, {t.workload: TaskInfo(
             t.name, t.exhausted if search != "knobs" else t.persisted_exhausted, [report.model],
-            t.default_s) for t in report.tasks})
+            t.default_s) for t in report.tasks}, emulated=emulated)
 
     if dry_run:
         if tdb is not None:
-            final = tdb.record_counts(tgt)
+            final = tdb.record_counts(tgt, emulated=emulated)
             report.records = sum(final.get(t.workload, 0) for t in report.tasks)
         return report
     if report.planned or any(t.default_s is None for t in report.tasks):
-        run = _Run(report, tdb.writer(tgt), tuning_target, measurement, address, key, deadline,
-                   stop, on_update)
+        run = _Run(report, tdb.writer(tgt, emulated=emulated), tuning_target, measurement, address,
+                   key, deadline, stop, on_update, secret)
         run.seen = {w: set(traces) for w, traces in schedules.items()}
         run.secs = {w: dict(traces) for w, traces in schedules.items()}
         run.save_tasks = save_tasks
@@ -541,7 +577,7 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
         if report.stopped is None and not run.measured_any and run.first_error:
             report.stopped = f"nothing could be measured on {runner_text}: {run.first_error}"
     save_tasks()
-    final = tdb.record_counts(tgt)
+    final = tdb.record_counts(tgt, emulated=emulated)
     report.records = sum(final.get(t.workload, 0) for t in report.tasks)
     report.elapsed_s = time.monotonic() - report.started
     on(report, "end")
@@ -694,8 +730,9 @@ def _tune_rounds_inner(run: _Run, extracted, tgt, n_devices: int, batch: int, se
                                            tracker_key=run.key,
                                            session_timeout_sec=int(m.run_timeout_s)),
             evaluator_config=evaluator, max_workers=n_devices,
-            f_create_session=_session_function(run.farm, run.key, m.device_wait_s,
-                                               m.run_timeout_s))
+            f_create_session=_session_function(
+                run.farm, run.key, m.device_wait_s, m.run_timeout_s,
+                str(run.secret.path) if run.secret is not None else None))
     else:
         runner = ms.runner.LocalRunner(timeout_sec=m.run_timeout_s, evaluator_config=evaluator)
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=run.report.num_cores)
@@ -707,7 +744,8 @@ def _tune_rounds_inner(run: _Run, extracted, tgt, n_devices: int, batch: int, se
             _knob_rounds(run, extracted, builder, runner, batch, final=search == "knobs")
         if search in ("metaschedule", "both"):
             _rounds(run, extracted, builder, runner, cost_model, batch, seed,
-                    str(TuningDatabase(database).target_dir(tgt)))
+                    str(TuningDatabase(database).target_dir(tgt,
+                                                            emulated=run.report.emulated)))
         if tgt.device == "cpu" and run.stop_reason in (None, "time budget reached"):
             _recheck(run, extracted, builder, runner)
     finally:
@@ -742,6 +780,7 @@ def _measure_defaults(run: _Run, extracted, builder, runner) -> None:
         return
     run.on_update(report, "defaults")
     results = _measure(run, builder, runner, [(mod, sch) for _i, mod, sch in todo])
+    run.check_stop(after_errors=run.farm is not None and any(r is None for r in results))
     for (index, mod, sch), run_secs in zip(todo, results):
         state = report.tasks[index]
         if run_secs is None:
@@ -767,6 +806,13 @@ def _knob_rounds(run: _Run, extracted, builder, runner, batch: int, final: bool)
     and with reduction splits. Variants measured before (same trace in the database) are not
     measured again, but their times count. ``final``: no other search follows, so a task whose
     variants are all measured is done ("exhausted") even if trials are left.
+
+    On a farm, a variant whose run failed is not recorded and is no trial (the device may be to
+    blame): it is measured once more at the end of its stage, and if it fails again it is left
+    for a later run (the task is then not exhausted). When the failures come from losing the
+    devices -- none of the key left at the tracker, or the tracker gone (see
+    :meth:`_Run.check_stop`) -- the search stops at once, keeping every record measured so far,
+    and the report says why.
     """
     from tvm.tirx import FloatImm
 
@@ -791,6 +837,7 @@ def _knob_rounds(run: _Run, extracted, builder, runner, batch: int, final: bool)
         except Exception:  # noqa: BLE001
             default_trace = None
         best = (secs.get(default_trace, state.default_s or math.inf), default)
+        unmeasured = 0  # variants whose runs failed on a farm: left for a later run
         for stage_best in (None, True):
             space = cs.contraction_knob_space(shape, registers,
                                               best[1] if stage_best else None)
@@ -809,6 +856,7 @@ def _knob_rounds(run: _Run, extracted, builder, runner, batch: int, final: bool)
                         best = (secs[key], knobs)
                     continue
                 items.append((knobs, sch, key))
+            retried: set[str] = set()
             while items and not state.done:
                 if run.check_stop():
                     return
@@ -818,23 +866,37 @@ def _knob_rounds(run: _Run, extracted, builder, runner, batch: int, final: bool)
                 run.on_update(report, "task")
                 results = _measure(run, builder, runner, [(mod, sch) for _k, sch, _key in chunk],
                                    rounds=KNOB_ROUNDS)
+                # Failed runs on a farm: are the devices gone? Then stop, and the failures say
+                # nothing of the variants.
+                stopping = (run.farm is not None and any(r is None for r in results)
+                            and run.check_stop(after_errors=True))
                 for (knobs, sch, key), run_secs in zip(chunk, results):
                     if run_secs is None:
+                        if stopping:
+                            continue
                         state.errors += 1
-                        if run.farm is None:  # on a farm the device may be to blame: retry later
+                        if run.farm is None:
                             seen.add(key)
                             _commit(run, mod, sch, [FloatImm("float32", FAILED_RUN_SECS)])
-                    else:
-                        seen.add(key)
-                        _commit(run, mod, sch, run_secs)
-                        mean = _mean(run_secs)
-                        secs[key] = min(secs.get(key, math.inf), mean)
-                        state.best_s = mean if state.best_s is None else min(state.best_s, mean)
-                        if mean < best[0]:
-                            best = (mean, knobs)
+                            state.trials += 1
+                        elif key not in retried:  # the device may be to blame: once more
+                            retried.add(key)
+                            items.append((knobs, sch, key))
+                        else:
+                            unmeasured += 1
+                        continue
+                    seen.add(key)
+                    _commit(run, mod, sch, run_secs)
+                    mean = _mean(run_secs)
+                    secs[key] = min(secs.get(key, math.inf), mean)
+                    state.best_s = mean if state.best_s is None else min(state.best_s, mean)
+                    if mean < best[0]:
+                        best = (mean, knobs)
                     state.trials += 1
                 run.on_update(report, "measured")
-        if final and not state.done:
+                if stopping:
+                    return
+        if final and not state.done and not unmeasured:
             state.exhausted = True
             state.planned = state.trials
         logger.debug("%s: best knobs %s (%.1f us)", state.name, best[1], best[0] * 1e6)
@@ -861,13 +923,18 @@ def _measure(run: _Run, builder, runner, items: list, rounds: int = 1) -> list:
             futures = runner.run([RunnerInput(built[i].artifact_path, device_type,
                                               ArgInfo.from_prim_func(items[i][1].mod["main"]))
                                   for i in ok])
+            failed = False
             for i, future in zip(ok, futures):
                 result = future.result()
                 if result.error_msg is not None or not result.run_secs:
                     run.failed(result.error_msg)
+                    failed = True
                 elif results[i] is None or _mean(result.run_secs) < _mean(results[i]):
                     results[i] = list(result.run_secs)
                     run.measured_any = True
+            if failed and run.farm is not None and run.check_stop(after_errors=True) not in (
+                    None, "time budget reached"):
+                break  # the devices are gone (or the run was interrupted): no further rounds
     finally:
         for i in ok:
             shutil.rmtree(os.path.dirname(built[i].artifact_path), ignore_errors=True)
@@ -928,6 +995,7 @@ def _recheck(run: _Run, extracted, builder, runner) -> None:
     report.current = None
     run.on_update(report, "recheck")
     results = _measure(run, builder, runner, items, rounds=RECHECK_ROUNDS)
+    run.check_stop(after_errors=run.farm is not None and any(r is None for r in results))
     for k, index in enumerate(owners):
         state = report.tasks[index]
         for (mod, sch), run_secs, is_default in ((items[2 * k], results[2 * k], True),
