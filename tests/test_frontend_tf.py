@@ -441,3 +441,37 @@ def test_graph_that_writes_files_is_refused_before_running(keras, tmp_path):
     with pytest.raises(UnsupportedModelError, match="WriteFile"):  # nor run to verify
         _source_outputs(saved, fake, {"x": np.ones((1, 4), np.float32)})
     assert not marker.exists()
+
+
+@needs_tf
+def test_damaged_tflite_flatbuffer_is_a_one_line_error_not_a_crash(tmp_path):
+    """Issue #17 (fuzzing): tf2onnx opens the file with tf.lite.Interpreter(path), which does not
+    verify the flatbuffer; a damaged vector length crashed the process (SIGSEGV/SIGBUS). The
+    model is now verified first (the interpreter built from memory runs the verifier)."""
+    import struct
+
+    import keras
+
+    from models_zoo import tf_models
+    from tf2onnx.tflite.Model import Model
+
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3),
+                            keras.layers.Flatten(), keras.layers.Dense(3)])
+    good = tf_models.save(net, tmp_path / "good.tflite", "tflite").read_bytes()
+    data = bytearray(good)
+    table = Model.GetRootAsModel(data, 0).Subgraphs(0).Tensors(0)._tab
+    field = table.Pos + table.Offset(4)  # the first tensor's shape vector
+    vector = field + struct.unpack_from("<I", data, field)[0]
+    struct.pack_into("<I", data, vector, 0x3FFFFFF0)  # its length, far past the buffer
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(bytes(data))
+    for verb in (["compile", "--target", "x86", "-o", tmp_path / "out" / "m"], ["inspect"]):
+        proc = _cli(verb[0], bad, *verb[1:])
+        assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+        lines = proc.stderr.strip().splitlines()
+        assert lines == [f"mmopt: error: {bad}: not a valid TFLite model (The model is not a valid "
+                         "Flatbuffer buffer); the file may be truncated or corrupt"], lines
+    with pytest.raises(ModelLoadError, match="not a valid TFLite model"):
+        frontends.to_onnx(bad)
+    assert frontends.to_onnx(tmp_path / "good.tflite").graph.node  # the intact model converts

@@ -51,6 +51,22 @@ def _read(path: Path) -> bytes:
     return data
 
 
+def _verify(path: Path, data: bytes) -> None:
+    """Refuse a damaged flatbuffer before native code trusts it.
+
+    tf2onnx opens the model with ``tf.lite.Interpreter(path)``, which builds it from a file without
+    verifying the flatbuffer: a flipped byte in an offset crashes the process (SIGSEGV). Built from
+    memory, the interpreter runs the flatbuffer verifier first and builds the graph (tensor and
+    operator indices checked), so what passes here does not crash the conversion."""
+    tf, _ = tf_modules()
+    try:
+        with quiet(), native_output_silenced():
+            tf.lite.Interpreter(model_content=data)
+    except Exception as exc:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError
+        raise ModelLoadError(f"{path}: not a valid TFLite model ({summarize(exc)[:200]}); the "
+                             "file may be truncated or corrupt") from exc
+
+
 def signature_names(path) -> dict[str, str]:
     """``{tensor name: signature name}`` for the inputs and outputs of the model's signature
     (``serving_default``, else the first), read from the flatbuffer; empty when it has none."""
@@ -88,7 +104,7 @@ def to_onnx(path, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
             opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Convert a ``.tflite`` model to ONNX. ``input_shapes`` makes the inputs static."""
     path = Path(path)
-    _read(path)
+    _verify(path, _read(path))
     _, tf2onnx = tf_modules()
     with native_output_silenced():  # the TFLite interpreter tf2onnx starts logs from C++
         model = convert_checked(str(path), _describe,
@@ -116,7 +132,7 @@ def reference_outputs(path, model: onnx.ModelProto, feeds: Mapping[str, np.ndarr
     """The model's outputs on ``feeds`` from the TFLite interpreter, keyed like ``model``'s outputs
     (``model`` must come from :func:`to_onnx` on the same file)."""
     path = Path(path)
-    _read(path)
+    _verify(path, _read(path))
     renamed = signature_names(path)
     with quiet(), native_output_silenced():
         interpreter = _interpreter(path)
