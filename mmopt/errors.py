@@ -9,11 +9,15 @@ from __future__ import annotations
 
 
 class MmoptError(Exception):
-    """A user-facing error: the message names the file, node or option and says what to do."""
+    """A user-facing error: the message names the file, node or option and says what to do.
+
+    The message is kept to one printable line: names quoted in it come from model files, and a
+    newline or terminal escape in a damaged one is shown escaped (``\\n``, ``\\x1b``)."""
 
     exit_code = 2
 
     def __init__(self, message: str):
+        message = one_line(message)
         super().__init__(message)
         self.message = message
 
@@ -34,6 +38,13 @@ class VerificationError(MmoptError):
     """Compiled outputs disagree with the reference beyond tolerance."""
 
     exit_code = 1
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and other unprintable characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def summarize(exc: BaseException) -> str:

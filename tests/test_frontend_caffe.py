@@ -542,3 +542,14 @@ def test_cli_compile_with_random_weights_records_them(tmp_path):
 
     result = mmopt.compile(onnx_path, "x86", tmp_path / "again")
     assert result.meta.extra["random_weights"] is True
+
+
+def test_names_from_the_prototxt_cannot_break_the_one_line_error(tmp_path):
+    # a layer name with an escaped newline (fuzzing: damaged prototxts); every MmoptError keeps
+    # its message on one printable line
+    text = 'input: "data" input_dim: 1 input_dim: 1 input_dim: 4 input_dim: 4\n' \
+           'layer { name: "odd\\nname" type: "FuzzLayer" bottom: "data" top: "out" }\n'
+    path, _ = _write(tmp_path, "odd", text, weights=False)
+    with pytest.raises(UnsupportedModelError) as info:
+        caffe.to_onnx(path, random_weights=True)
+    assert "\n" not in info.value.message and "layer 'odd\\nname'" in info.value.message

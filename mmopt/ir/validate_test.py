@@ -159,3 +159,12 @@ def test_valid_models_pass_unchanged():
     model = _mobilenet()
     before = model.SerializeToString()
     assert mir.load(copy.deepcopy(model)).SerializeToString() == before
+
+
+def test_names_with_control_characters_stay_on_one_line():
+    # fuzzing: a flipped byte turned a value name's character into a newline
+    model = _small([helper.make_node("Add", ["x", "gone\nhere\x1b[31m"], ["y"], name="add")])
+    with pytest.raises(ModelLoadError) as info:
+        mir.load(model)
+    assert "\n" not in info.value.message and "\x1b" not in info.value.message
+    assert "reads 'gone\\nhere\\x1b[31m'" in info.value.message

@@ -788,7 +788,9 @@ def classify(verb: str, code: int, stderr: str, native: str) -> tuple[str, str]:
     if code == 2 and len(lines) == 1 and lines[0].startswith("mmopt: error: ") and not native_lines:
         return "clean-error", first
     detail = f"exit {code}, {len(lines)} stderr line(s), {len(native_lines)} native line(s): {first}"
-    return "messy-error", detail[:300]
+    if native_lines:
+        detail += f" | native: {native_lines[0][:150]}"
+    return "messy-error", detail[:400]
 
 
 def run(cases: Iterable[Case], *, compile_limit: int = 10, subset: int = 5,
