@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from mmopt import ir as mir
-from mmopt.errors import UnsupportedModelError, summarize
+from mmopt.errors import MmoptError, UnsupportedModelError, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +39,23 @@ _KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft", "mmopt")
 
 
 def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """``[(node_name, op_type), ...]`` of every node (subgraphs included) TVM cannot import."""
+    """``[(node_name, op_type), ...]`` of every node (subgraphs included) TVM cannot import.
+
+    Nodes written by an extension's kernel rule (domain ``mmopt.kernel``) are supported when the
+    kernel is registered (:mod:`mmopt.extend.kernels`)."""
+    from mmopt.extend import KERNEL_DOMAIN, default_registry
+
     ops = supported_ops()
+    kernels = default_registry().kernels()
     bad: list[tuple[str, str]] = []
 
     def walk(graph: onnx.GraphProto) -> None:
         for i, node in enumerate(graph.node):
             op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-            if node.domain not in _KNOWN_DOMAINS or node.op_type not in ops:
+            if node.domain == KERNEL_DOMAIN:
+                if node.op_type not in kernels:
+                    bad.append((node.name or f"#{i} ({node.output[0] if node.output else '?'})", op))
+            elif node.domain not in _KNOWN_DOMAINS or node.op_type not in ops:
                 bad.append((node.name or f"#{i} ({node.output[0] if node.output else '?'})", op))
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
@@ -93,10 +102,14 @@ def decompose_for_import(model: onnx.ModelProto):
 
     Returns ``(model, DecomposeReport)``.
     """
+    from mmopt import extend
     from mmopt.codegen.decompose import decompose
 
+    extend.registry()  # mmopt's rules and the installed plugins: a broken plugin fails here
     try:
         return decompose(model, supported_ops())
+    except MmoptError:  # a plugin that failed (named in the message), a user-facing error
+        raise
     except Exception as exc:  # noqa: BLE001 - a rewrite bug must not hide the model's real problem
         logger.warning("import-time decomposition failed (%s); importing the model as it is",
                        summarize(exc))
@@ -141,11 +154,14 @@ class OpSupport:
 
     op: str
     count: int
-    #: "native" (TVM converts it), "decomposed" (rewritten into native ops), "folded" (evaluated at
-    #: compile time), "unsupported", or "partly" (some nodes decomposed or native, others not)
+    #: "native" (TVM converts it), "decomposed" (rewritten into native ops), "kernel" (compiled
+    #: by an extension's kernel), "folded" (evaluated at compile time), "unsupported", or "partly"
+    #: (some nodes decomposed or native, others not)
     status: str
-    #: the rules that rewrote it, or why nodes stay unsupported (with their names)
+    #: the rules that rewrote it (with the nodes each handled), or why nodes stay unsupported
     detail: str = ""
+    #: who provides the rules: "mmopt" (built in) and/or the plugins' names
+    extension: str = ""
 
 
 @dataclass
@@ -154,15 +170,30 @@ class SupportReport:
     ops: list[OpSupport] = field(default_factory=list)
     #: when every op is supported but TVM's importer still fails on the model, its message
     import_error: str | None = None
+    #: each node of the model a rule rewrote: node, op, rule, source (extension), kind
+    nodes: list[dict] = field(default_factory=list)
 
     @property
     def supported(self) -> bool:
-        return self.import_error is None and all(o.status in ("native", "decomposed", "folded")
-                                                 for o in self.ops)
+        return self.import_error is None and all(
+            o.status in ("native", "decomposed", "kernel", "folded") for o in self.ops)
 
     def to_dict(self) -> dict:
         return {"target": self.target, "supported": self.supported,
-                "import_error": self.import_error, "ops": [asdict(o) for o in self.ops]}
+                "import_error": self.import_error, "ops": [asdict(o) for o in self.ops],
+                "nodes": self.nodes}
+
+
+def _handled_detail(handled) -> str:
+    """``rule (source): node, node, ...`` per rule that rewrote nodes of one op."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for h in handled:
+        groups.setdefault((h.rule, h.source), []).append(h.node)
+    parts = []
+    for (rule, source), nodes in groups.items():
+        shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+        parts.append(f"{rule} ({source}): {shown}")
+    return "; ".join(parts)
 
 
 def _op_counts(model: onnx.ModelProto) -> Counter:
@@ -210,9 +241,14 @@ def support_report(model: onnx.ModelProto, target: str = "x86", *, try_import: b
         key = name if not name.startswith("#") else f"#output:{name.partition('(')[2][:-1]}"
         return f"{name}: {reasons[key]}" if key in reasons else name
 
-    result = SupportReport(tgt.name)
+    result = SupportReport(tgt.name, nodes=[asdict(h) for h in report.handled])
+    handled: dict[str, list] = {}
+    for h in report.handled:
+        handled.setdefault(h.op, []).append(h)
     for op, count in sorted(before.items(), key=lambda kv: (-kv[1], kv[0])):
         rules = report.rewritten.get(op, [])
+        by = handled.get(op, [])
+        extension = ", ".join(dict.fromkeys(h.source for h in by))
         left = remaining.get(op, [])
         if left:
             status = "partly" if rules or len(left) < count else "unsupported"
@@ -221,12 +257,13 @@ def support_report(model: onnx.ModelProto, target: str = "x86", *, try_import: b
             if rules:
                 detail = f"{', '.join(rules)} for the others; unsupported: {detail}"
         elif rules:
-            status, detail = "decomposed", ", ".join(rules)
+            status = "kernel" if by and all(h.kind == "kernel" for h in by) else "decomposed"
+            detail = _handled_detail(by) if by else ", ".join(rules)
         elif after.get(op, 0) == 0:
             status, detail = "folded", "computed at compile time (static shapes)"
         else:
             status, detail = "native", ""
-        result.ops.append(OpSupport(op, count, status, detail))
+        result.ops.append(OpSupport(op, count, status, detail, extension))
     if try_import and not remaining:
         try:
             to_relax(model)

@@ -31,6 +31,13 @@ on the final ONNX model. Each round, top to bottom:
    Function expansion goes first: a function body may contain ops the later families handle
    (LinearAttention's body has a Scan).
 
+Every rule is registered through the public extension API (:func:`mmopt.extend.register`, as
+mmopt's com.microsoft ops in :mod:`mmopt.ops.microsoft` and plugins are); a round asks the registry
+which rules to try on each node (plugins' first, then these families in order, see
+:mod:`mmopt.extend._registry`). Kernel-level extensions rewrite their node into a
+``mmopt.kernel`` node that the importer converts with the extension's code
+(:mod:`mmopt.extend.kernels`).
+
 Rounds repeat until nothing changes (an expansion can expose a foldable shape computation, a fold
 can make a Loop's trip count constant). Whatever is still unsupported afterwards is reported by
 :func:`mmopt.codegen.relax_import.check_supported`, with the reason each rule gave for not applying.
@@ -45,6 +52,7 @@ from dataclasses import dataclass, field
 import onnx
 import onnx_ir as ir
 
+from mmopt import extend
 from mmopt import ir as mir
 from mmopt.codegen.decompose import (
     decompose_deform_conv,
@@ -59,7 +67,10 @@ from mmopt.codegen.decompose import (
     fold_constants,
     unroll_loops,
 )
-from mmopt.codegen.decompose._base import DEFAULT_DOMAINS, Context, Decomposition, Tape
+from mmopt.errors import MmoptError, summarize
+from mmopt.extend._registry import BUILTIN, Extension
+from mmopt.extend.plugins import PluginError
+from mmopt.extend.rules import DEFAULT_DOMAINS, Context, Decomposition, Tape
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +90,10 @@ FAMILIES: tuple[tuple[Decomposition, ...], ...] = (
 )
 MAX_ROUNDS = 8
 
-
-def _rules() -> list[Decomposition]:
-    return [rule for family in FAMILIES for rule in family]
+for _family in FAMILIES:
+    for _rule in _family:
+        extend.register(_rule, source=BUILTIN)
+del _family, _rule
 
 
 def _label(node: ir.Node) -> str:
@@ -91,6 +103,19 @@ def _label(node: ir.Node) -> str:
 
 def _op_key(node: ir.Node) -> str:
     return node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
+
+
+@dataclass
+class Handled:
+    """A node an extension (or one of mmopt's own rules) rewrote."""
+
+    node: str
+    op: str
+    rule: str
+    #: "mmopt" or the plugin's name
+    source: str
+    #: "decomposition", "function" or "kernel"
+    kind: str
 
 
 @dataclass
@@ -107,30 +132,39 @@ class DecomposePass(ir.passes.InPlacePass):
     """Fold and decompose until TVM can import every node (or no rule applies any more).
 
     ``counts[rule name]`` = nodes rewritten by that rule; ``rewritten[op]`` = rule names that
-    rewrote nodes of that op type; ``rejections`` = for nodes still unsupported, each rule that
-    matched them and why it did not apply.
+    rewrote nodes of that op type; ``handled`` = per node of the input model, the rule (and its
+    source) that rewrote it; ``rejections`` = for nodes still unsupported, each rule that matched
+    them and why it did not apply. ``only`` limits the rewrites to the nodes it accepts, ``kinds``
+    to rules of those kinds (the reference evaluator decomposes plugin ops that way).
     """
 
-    def __init__(self, supported: frozenset[str], *, fold: bool = True):
+    def __init__(self, supported: frozenset[str], *, fold: bool = True, only=None,
+                 kinds: tuple[str, ...] | None = None):
         super().__init__()
         self.supported = supported
         self.fold = fold
+        self.only = only
+        self.kinds = kinds
         self.counts: Counter[str] = Counter()
         self.rewritten: dict[str, set[str]] = {}
+        self.handled: list[Handled] = []
         self.rejections: list[Rejection] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        registry = extend.registry()
         if "" not in model.opset_imports and "ai.onnx" not in model.opset_imports:
             # rewrites emit default-domain ops; a model of ml-domain ops only may not import it
             model.opset_imports[""] = mir.MIN_OPSET
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         ctx = Context(opset=opset, supported=self.supported, model=model)
+        # the model's own nodes (kept alive: ids of removed nodes could be reused)
+        original = {id(n): n for n in ir.traversal.RecursiveGraphIterator(model.graph)}
         modified = False
         for _round in range(MAX_ROUNDS):
             changed = fold_constants.fold(model) if self.fold else False
             ctx.used_names = _names(model)
             self.rejections = []
-            rewrote = self._rewrite_round(model, ctx)
+            rewrote = self._rewrite_round(model, ctx, registry, original)
             if rewrote:
                 expand_functions.inline_expansions(model)
             changed |= rewrote
@@ -139,23 +173,33 @@ class DecomposePass(ir.passes.InPlacePass):
                 break
         return ir.passes.PassResult(model, modified=modified)
 
-    def _rewrite_round(self, model: ir.Model, ctx: Context) -> bool:
-        rules = _rules()
+    def _rewrite_round(self, model: ir.Model, ctx: Context, registry, original: dict) -> bool:
         changed = False
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             if node.graph is None:  # removed by an earlier rewrite of this round
                 continue
+            if self.only is not None and not self.only(node):
+                continue
+            version = (ctx.opset if node.domain in DEFAULT_DOMAINS
+                       else model.opset_imports.get(node.domain, 1))
             rejected: list[tuple[Decomposition, str]] = []
-            for rule in rules:
-                if not rule.matches(node) or not rule.wanted(node, ctx):
+            for entry in registry.candidates(node, version):
+                rule = entry.rule
+                if self.kinds is not None and rule.kind not in self.kinds:
                     continue
-                why = rule.check(node, ctx)
+                if not rule.wanted(node, ctx):
+                    continue
+                why = _guarded(entry, "check", node, lambda: rule.check(node, ctx))
                 if why is not None:
                     rejected.append((rule, why))
                     continue
-                _replace(node, rule, ctx)
+                label = _label(node)
+                _guarded(entry, "rewrite", node, lambda: _replace(node, rule, ctx))
                 self.counts[rule.name] += 1
                 self.rewritten.setdefault(_op_key(node), set()).add(rule.name)
+                if original.get(id(node)) is node:
+                    self.handled.append(Handled(label, _op_key(node), rule.name, entry.source,
+                                                rule.kind))
                 changed = True
                 break
             else:
@@ -165,6 +209,20 @@ class DecomposePass(ir.passes.InPlacePass):
                 self.rejections.extend(Rejection(_label(node), _op_key(node), rule.name, why,
                                                  first or "") for rule, why in specific)
         return changed
+
+
+def _guarded(entry: Extension, step: str, node: ir.Node, call):
+    """``call()``; an exception in a plugin's rule becomes a :class:`PluginError` naming it."""
+    if entry.source == BUILTIN:
+        return call()
+    try:
+        return call()
+    except MmoptError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - third-party code
+        raise PluginError(f"{entry.source}: rule {entry.rule.name} failed to {step} node "
+                          f"{_label(node)} ({_op_key(node)}): {type(exc).__name__}: "
+                          f"{summarize(exc)}") from exc
 
 
 def _names(model: ir.Model) -> set[str]:
@@ -212,6 +270,7 @@ class DecomposeReport:
     counts: dict[str, int] = field(default_factory=dict)
     rewritten: dict[str, list[str]] = field(default_factory=dict)
     rejections: list[Rejection] = field(default_factory=list)
+    handled: list[Handled] = field(default_factory=list)
 
 
 def decompose(model: onnx.ModelProto, supported: frozenset[str]
@@ -222,7 +281,7 @@ def decompose(model: onnx.ModelProto, supported: frozenset[str]
     result = pass_(work)
     report = DecomposeReport(dict(pass_.counts),
                              {k: sorted(v) for k, v in pass_.rewritten.items()},
-                             pass_.rejections)
+                             pass_.rejections, pass_.handled)
     if not result.modified:
         return model, report
     ir.passes.common.RemoveUnusedNodesPass()(result.model)
@@ -230,4 +289,4 @@ def decompose(model: onnx.ModelProto, supported: frozenset[str]
     return ir.serde.serialize_model(result.model), report
 
 
-__all__ = ["FAMILIES", "DecomposePass", "DecomposeReport", "Rejection", "decompose"]
+__all__ = ["FAMILIES", "DecomposePass", "DecomposeReport", "Handled", "Rejection", "decompose"]

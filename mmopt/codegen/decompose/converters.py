@@ -21,6 +21,8 @@ where a graph-level decomposition is not the right fix.
   threshold (TVM's kernel compares with ``>=``, ONNX with ``>``).
 * ``mmopt::FusedLSTM`` (written by :mod:`mmopt.codegen.decompose.decompose_rnn` for the plain
   LSTM): one recurrence kernel, see :mod:`mmopt.codegen.fused_lstm`.
+* Kernel-level extensions (:mod:`mmopt.extend.kernels`): one converter per registered kernel,
+  under the op type of the ``mmopt.kernel`` node its rule writes.
 * ``BitCast`` (opset 26; TVM has no converter): reinterpret the bits as another type of the same
   width (``topi.reinterpret``). Width-changing casts are refused with a message.
 
@@ -336,3 +338,7 @@ def install(table: dict) -> None:
     table["SpaceToDepth"] = _space_to_depth(table["SpaceToDepth"])
     table["BitCast"] = _bitcast()
     table["FusedLSTM"] = _fused_lstm()
+    from mmopt.extend import default_registry
+    from mmopt.extend.kernels import converters as kernel_converters
+
+    table.update(kernel_converters(default_registry()))

@@ -37,7 +37,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from mmopt.codegen.decompose._base import (
+from mmopt.extend.rules import (
     op as _op,
     Context,
     Decomposition,

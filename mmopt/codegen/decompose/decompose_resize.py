@@ -30,7 +30,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from mmopt.codegen.decompose._base import (
+from mmopt.extend.rules import (
     Context,
     Decomposition,
     attr,

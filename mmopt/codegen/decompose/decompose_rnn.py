@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from mmopt.codegen.decompose._base import (
+from mmopt.extend.rules import (
     Context,
     Decomposition,
     attr,
@@ -107,13 +107,14 @@ class _Builder:
         return self.op(op_type, x, **attributes)
 
 
-def _activations(node: ir.Node, directions: int) -> list[tuple[str, float | None, float | None]]:
+def _activations(node: ir.Node, directions: int, op_type: str | None = None
+                 ) -> list[tuple[str, float | None, float | None]]:
     """Per activation slot (all directions), its name and the alpha/beta it consumes.
 
     ``activation_alpha``/``activation_beta`` are consumed in order by the activations that take the
     parameter (as onnxruntime reads them); others use the operator's default.
     """
-    defaults = _CELLS[node.op_type][1]
+    defaults = _CELLS[op_type or node.op_type][1]
     names = list(attr(node, "activations", None) or defaults * directions)
     if len(names) == len(defaults) and directions == 2:
         names = names * 2
@@ -134,6 +135,25 @@ class UnrollRecurrence(Decomposition):
     name = "unroll_recurrence"
     op_types = ("RNN", "GRU", "LSTM")
 
+    # The two products are hooks, so a variant with other weights (onnxruntime's
+    # DynamicQuantizeLSTM, :mod:`mmopt.ops.microsoft.quantized`) reuses the recurrence.
+
+    def cell(self, node: ir.Node) -> str:
+        """The recurrence the node computes: "RNN", "GRU" or "LSTM"."""
+        return node.op_type
+
+    def input_projection(self, b: _Builder, node: ir.Node, xs: ir.Value, d: int) -> ir.Value:
+        """``X · W[d]ᵀ`` for all steps at once: ``[T, B, I]`` -> ``[T, B, G·H]``."""
+        return b.op("MatMul", xs, b.op("Transpose", b.take(node.inputs[1], d), perm=[1, 0]))
+
+    def recurrent_weights(self, b: _Builder, node: ir.Node, d: int):
+        """What :meth:`recurrent_product` needs for direction ``d``: here ``R[d]ᵀ`` ([H, G·H])."""
+        return b.op("Transpose", b.take(node.inputs[2], d), perm=[1, 0])
+
+    def recurrent_product(self, b: _Builder, node: ir.Node, h: ir.Value, weights) -> ir.Value:
+        """``H · R[d]ᵀ`` ([B, G·H]) for the LSTM and RNN cells."""
+        return b.op("MatMul", h, weights)
+
     def check(self, node: ir.Node, ctx: Context) -> str | None:
         if ctx.opset < 13:
             return f"opset {ctx.opset} < 13 (Slice/Squeeze with tensor inputs are needed)"
@@ -150,19 +170,19 @@ class UnrollRecurrence(Decomposition):
             return f"{steps} time steps; unrolled up to {MAX_STEPS}"
         directions = 2 if attr(node, "direction", "forward") == "bidirectional" else 1
         try:
-            acts = _activations(node, directions)
+            acts = _activations(node, directions, self.cell(node))
         except KeyError as exc:
             return f"activation {exc.args[0]} is not supported"
-        per_direction = len(_CELLS[node.op_type][1])
+        per_direction = len(_CELLS[self.cell(node)][1])
         if len(acts) != per_direction * directions:
             return f"expected {per_direction * directions} activations, got {len(acts)}"
         return None
 
     def rewrite(self, node: ir.Node, tape: ir.tape.Tape, ctx: Context) -> Sequence[ir.Value | None]:
-        op_type = node.op_type
+        op_type = self.cell(node)
         gates = _CELLS[op_type][0]
         b = _Builder(tape, dtype_of(node.inputs[0]))
-        x, w, r = node.inputs[0], node.inputs[1], node.inputs[2]
+        x, w = node.inputs[0], node.inputs[1]
         bias, lens = present(node, 3), present(node, 4)
         h0 = present(node, 5)
         c0 = present(node, 6) if op_type == "LSTM" else None
@@ -172,7 +192,7 @@ class UnrollRecurrence(Decomposition):
         hidden = attr(node, "hidden_size", None) or static_shape(w)[1] // gates
         clip = attr(node, "clip", None)
         directions = 2 if direction == "bidirectional" else 1
-        acts = _activations(node, directions)
+        acts = _activations(node, directions, op_type)
         per_direction = len(_CELLS[op_type][1])
         x_shape = static_shape(x)
         steps, batch = (x_shape[1], x_shape[0]) if layout else (x_shape[0], x_shape[1])
@@ -196,12 +216,11 @@ class UnrollRecurrence(Decomposition):
         for d in range(directions):
             backward = direction == "reverse" or d == 1
             f_act, g_act, h_act = (acts[d * per_direction:(d + 1) * per_direction] + [None] * 3)[:3]
-            w_d, r_d = b.take(w, d), b.take(r, d)  # [G*H, I], [G*H, H]
             xs = x
             if backward:
                 xs = self._reverse(b, x, reverse_index, steps)
             # input projection of every step at once: [T, B, G*H]
-            xw = b.op("MatMul", xs, b.op("Transpose", w_d, perm=[1, 0]))
+            xw = self.input_projection(b, node, xs, d)
             wb = rb = None
             if bias is not None:
                 bias_d = b.take(bias, d)
@@ -218,7 +237,7 @@ class UnrollRecurrence(Decomposition):
             zeros = constant(tape, np.zeros((batch, hidden), dtype=b.np_dtype))
             h = b.take(h0, d) if h0 is not None else zeros
             c = (b.take(c0, d) if c0 is not None else zeros) if op_type == "LSTM" else None
-            r_t = b.op("Transpose", r_d, perm=[1, 0])  # [H, G*H]
+            r_t = self.recurrent_weights(b, node, d)  # [H, G*H]
             p = b.take(peep, d) if peep is not None else None
             outs = []
             for t in range(steps):
@@ -226,8 +245,8 @@ class UnrollRecurrence(Decomposition):
                     if valid is not None else None
                 x_t = b.take(xw, t)  # [B, G*H]
                 if op_type == "RNN":
-                    new_h = b.activation(*f_act[:1], self._clip(b, b.op("Add", x_t, b.op(
-                        "MatMul", h, r_t)), clip), *f_act[1:])
+                    new_h = b.activation(*f_act[:1], self._clip(b, b.op(
+                        "Add", x_t, self.recurrent_product(b, node, h, r_t)), clip), *f_act[1:])
                     new_c = None
                 elif op_type == "GRU":
                     new_h = self._gru(b, node, x_t, h, r_t, rb, hidden, clip, f_act, g_act)
@@ -298,7 +317,7 @@ class UnrollRecurrence(Decomposition):
         return b.op("Add", cand, b.op("Mul", z, b.op("Sub", h, cand)))
 
     def _lstm(self, b, node, x_t, h, c, r_t, p, hidden, clip, f_act, g_act, h_act):
-        pre = b.op("Add", x_t, b.op("MatMul", h, r_t))  # [B, 4H]: i, o, f, c
+        pre = b.op("Add", x_t, self.recurrent_product(b, node, h, r_t))  # [B, 4H]: i, o, f, c
 
         def gate(k):
             return b.cols(pre, k * hidden, (k + 1) * hidden)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmopt.codegen.decompose._base import (
+from mmopt.extend.rules import (
     op as _op,
     Decomposition,
     attr,

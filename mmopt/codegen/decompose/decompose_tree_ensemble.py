@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mmopt.codegen.decompose._base import (
+from mmopt.extend.rules import (
     op as _op,
     Context,
     Decomposition,

@@ -29,7 +29,7 @@ import logging
 import onnx
 import onnx_ir as ir
 
-from mmopt.codegen.decompose._base import DEFAULT_DOMAINS, Context, Decomposition
+from mmopt.extend.rules import DEFAULT_DOMAINS, Context, Decomposition
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +245,7 @@ class ExpandFunction(Decomposition):
     name = "expand_function"
     op_types = ()
     generic = True
+    kind = "function"
 
     def matches(self, node: ir.Node) -> bool:
         return node.domain in DEFAULT_DOMAINS
@@ -266,18 +267,29 @@ class ExpandFunction(Decomposition):
 
     def rewrite(self, node: ir.Node, tape: ir.tape.Tape, ctx: Context):
         function, _ = _body(node, ctx.opset)
-        name = f"{node.op_type}_{next(_counter)}"
-        function.domain = DOMAIN
-        function.name = name
-        for opset in function.opset_import:
-            if opset.domain in DEFAULT_DOMAINS:
-                opset.version = ctx.opset
-        local = ir.serde.deserialize_function(function)
-        ctx.model.functions[local.identifier()] = local
-        ctx.model.opset_imports.setdefault(DOMAIN, 1)
-        # attribute references are already resolved in the body: the call needs none
-        return tape.op_multi_out(name, list(node.inputs), domain=DOMAIN,
-                                 num_outputs=len(node.outputs))
+        return call_body(function, node, tape, ctx)
+
+
+def call_body(function: onnx.FunctionProto, node: ir.Node, tape: ir.tape.Tape,
+              ctx: Context) -> list[ir.Value]:
+    """A call of ``function`` (attribute references resolved, at the model's opset) with the node's
+    inputs, through a model-local function that :func:`inline_expansions` inlines after the round;
+    one output per output of the function. Also used by :class:`mmopt.extend.FunctionDecomposition`.
+    """
+    name = f"{node.op_type}_{next(_counter)}"
+    function.domain = DOMAIN
+    function.name = name
+    for opset in function.opset_import:
+        if opset.domain in DEFAULT_DOMAINS:
+            opset.version = ctx.opset
+        else:  # the body may call ops of other domains (extension ops)
+            ctx.model.opset_imports.setdefault(opset.domain, opset.version)
+    local = ir.serde.deserialize_function(function)
+    ctx.model.functions[local.identifier()] = local
+    ctx.model.opset_imports.setdefault(DOMAIN, 1)
+    # attribute references are already resolved in the body: the call needs none
+    return list(tape.op_multi_out(name, list(node.inputs), domain=DOMAIN,
+                                  num_outputs=max(len(node.outputs), len(function.output))))
 
 
 _HALF = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)

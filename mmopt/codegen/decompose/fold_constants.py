@@ -20,7 +20,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from mmopt.codegen.decompose._base import Context, Decomposition, const, constant
+from mmopt.extend.rules import Context, Decomposition, const, constant
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """unroll_loops: Scan over a static length and Loop with a constant trip count become straight code.
 
 TVM's Relax importer has no converter for ``Loop`` or ``Scan``. Both are unrolled: the body graph is
-copied once per iteration (:func:`._base.inline_graph`), each copy reading the previous copy's
+copied once per iteration (:func:`mmopt.extend.rules.inline_graph`), each copy reading the previous copy's
 state outputs.
 
 * ``Scan`` (opset >= 9): iteration ``t`` reads element ``t`` of every scan input along its
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mmopt.codegen.decompose._base import (
+from mmopt.extend.rules import (
     Context,
     Decomposition,
     Tape,

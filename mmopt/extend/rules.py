@@ -1,13 +1,19 @@
-"""Shared machinery of the import-time decompositions.
+"""The rule an extension registers: one node rewritten into operators mmopt compiles.
 
-A :class:`Decomposition` replaces one node by a subgraph of operators TVM's Relax importer converts.
-Like the graph passes' rules, each one states its metadata as data and keeps "why not" separate
-from "how":
+A :class:`Decomposition` replaces one node by a subgraph of operators TVM's Relax importer converts
+(standard ONNX ops, other extension ops, or a kernel node, see :mod:`mmopt.extend.kernels`). mmopt's
+own import-time decompositions (:mod:`mmopt.codegen.decompose`) are written with it and registered
+through :func:`mmopt.extend.register`, like any plugin's. Each rule states its metadata as data and
+keeps "why not" separate from "how":
 
-* ``op_types`` / ``domain``: the nodes it handles;
+* ``domain`` / ``op_types`` / ``since_version``: the nodes it handles (``since_version``: the
+  domain's opset version from which this definition applies; a registration with a higher one for
+  the same op replaces it from that version on);
 * ``name``: the action (``unroll_lstm``, ``lower_conv_integer``, ...); reports count by it;
 * ``always``: rewrite even when TVM has a converter for the op (the converter is wrong or missing
-  a feature, e.g. the default-domain ``Attention`` that TVM converts as Microsoft's contrib op);
+  a feature, e.g. the default-domain ``Attention`` that TVM converts as Microsoft's contrib op).
+  Ops of any other domain than ONNX's are always rewritten: TVM's importer ignores domains, so its
+  converter of the same name would be for another op;
 * ``generic``: the rule applies to any op (function expansion); when an op-specific rule also
   declines a node, its reason is the one reported;
 * :meth:`Decomposition.check` returns ``None`` when the node can be rewritten, else the reason
@@ -15,8 +21,13 @@ from "how":
 * :meth:`Decomposition.rewrite` builds the replacement with a :class:`onnx_ir.tape.Tape` and returns
   one value per output of the node (``None`` for optional outputs nobody reads).
 
-Rewrites need static shapes on the values they read (sequence length, hidden size, ...); the driver
-runs ONNX shape inference before each round, so values computed by earlier rewrites have them too.
+Rewrites that need static shapes (sequence length, hidden size, ...) get them: the driver runs ONNX
+shape inference before each round, so values computed by earlier rewrites have them too. Ops ONNX
+has no schema for (other domains) get no inferred shapes until they are rewritten; a rule that
+declines for want of a shape is asked again in the next round.
+
+The helpers below (:func:`const`, :func:`static_shape`, :func:`attr`, :func:`op`, ...) are public
+too.
 """
 
 from __future__ import annotations
@@ -56,20 +67,27 @@ class Context:
 class Decomposition:
     """One rewrite of a node into supported operators (see the module docstring)."""
 
-    name: ClassVar[str]
-    op_types: ClassVar[tuple[str, ...]]
-    domain: ClassVar[str] = ""
-    always: ClassVar[bool] = False
+    name: str
+    op_types: tuple[str, ...]
+    domain: str = ""
+    since_version: int = 1
+    always: bool = False
     #: applies to any op (function expansion): its "why not" yields to an op-specific rule's
-    generic: ClassVar[bool] = False
+    generic: bool = False
+    #: how the op gets compiled, for reports: "decomposition" (into other ONNX ops), "function"
+    #: (an ONNX function body inlined) or "kernel" (a kernel-level implementation)
+    kind: ClassVar[str] = "decomposition"
 
     def matches(self, node: ir.Node) -> bool:
-        domain_ok = (node.domain in DEFAULT_DOMAINS) if self.domain == "" else node.domain == self.domain
+        domain_ok = (node.domain in DEFAULT_DOMAINS) if self.domain in DEFAULT_DOMAINS \
+            else node.domain == self.domain
         return domain_ok and node.op_type in self.op_types
 
     def wanted(self, node: ir.Node, ctx: Context) -> bool:
-        """Whether the node should be rewritten at all (by default: TVM cannot convert it)."""
-        return self.always or node.op_type not in ctx.supported
+        """Whether the node should be rewritten at all (by default: TVM cannot convert it; ops of
+        other domains always, as TVM's importer looks converters up by op type alone)."""
+        return (self.always or node.domain not in DEFAULT_DOMAINS
+                or node.op_type not in ctx.supported)
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
         return None
@@ -168,6 +186,16 @@ def constant(tape: ir.tape.Tape, array, dtype=None) -> ir.Value:
     """A Constant node with ``array`` (numpy-converted, cast to ``dtype`` when given)."""
     array = np.asarray(array, dtype=dtype)
     return tape.op("Constant", [], {"value": ir.tensor(array)})
+
+
+def constant_like(tape: ir.tape.Tape, value, like: ir.Value) -> ir.Value:
+    """A constant in ``like``'s element type: typed directly when the type is known, else a float32
+    constant through ``CastLike`` (values computed by earlier rewrites of a round have no type
+    yet)."""
+    dtype = dtype_of(like)
+    if dtype is not None:
+        return constant(tape, np.asarray(value, dtype=dtype.numpy()))
+    return tape.op("CastLike", [constant(tape, np.asarray(value, np.float32)), like])
 
 
 def ints(tape: ir.tape.Tape, values) -> ir.Value:
