@@ -55,17 +55,28 @@ def codegen_from(winograd, pack_weights, layout):
 
 
 def import_options(func):
-    """``--random-weights``: a frontend option on every verb that imports models. The flag reaches
-    every import the verb makes (through :func:`mmopt.frontends.import_options`), however deep."""
+    """``--random-weights`` and ``--plugin``: options of every verb that imports models.
+    ``--random-weights`` reaches every import the verb makes (through
+    :func:`mmopt.frontends.import_options`), however deep; ``--plugin FILE.py`` loads an extension
+    plugin (:func:`mmopt.extend.load_plugin`) before the verb runs."""
     import functools
 
+    @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py",
+                  help="Load an extension plugin: a Python file that registers ops through "
+                       "mmopt.extend (repeatable). Installed plugins (entry points "
+                       "'mmopt.extensions') load without it.")
     @click.option("--random-weights", "random_weights", is_flag=True, default=False,
                   help="Caffe: build a prototxt that has no .caffemodel with seeded random weights "
                        "(without it, a missing .caffemodel is an error); recorded in the output.")
     @functools.wraps(func)
-    def wrapper(*args, random_weights: bool = False, **kwargs):
+    def wrapper(*args, random_weights: bool = False, plugins: tuple[str, ...] = (), **kwargs):
         from mmopt import frontends
 
+        if plugins:
+            from mmopt.extend import load_plugin
+
+            for plugin in plugins:
+                load_plugin(plugin)
         with frontends.import_options(random_weights=random_weights or None):
             return func(*args, **kwargs)
 
