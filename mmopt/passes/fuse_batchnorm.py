@@ -55,6 +55,13 @@ class _FuseBatchNorm(Rule):
         channels = constant(bn_node.inputs[1]).size
         if self.out_channels(node, weight) != channels:
             return fail("BatchNormalization channels differ from the inbound node's outputs")
+        # fuzzing: a negative epsilon made the fused weights NaN (and numpy warn on stderr)
+        stats = [constant(v).astype(np.float64) for v in bn_node.inputs[1:]]
+        denominator = stats[3] + attr(bn_node, "epsilon", 1e-5)
+        if not (all(np.isfinite(v).all() for v in stats) and np.isfinite(denominator).all()
+                and (denominator > 0).all()):
+            return fail("BatchNormalization statistics are not finite or variance + epsilon is not "
+                        "positive: no finite scale to fold")
         return MatchResult()
 
     def out_channels(self, node: ir.Node, weight: np.ndarray) -> int:

@@ -71,3 +71,17 @@ def test_not_fired_when_statistics_are_inputs_or_conv_output_is_shared():
         r = Relu (c2)
     }""", w=RNG.normal(size=(4, 4, 1, 1)).astype(np.float32), **_bn(4))
     assert_not_fired(FuseBatchNormPass, model)
+
+
+def test_not_fired_when_variance_plus_epsilon_is_not_positive():
+    # fuzzing: epsilon -1 gave NaN fused weights; the BatchNormalization is left as written
+    stats = _bn(4)
+    for eps, var in ((-1.0, np.array([0.5, 2.0, 0.8, 1.5], np.float32)),
+                     (1e-5, np.full(4, np.nan, np.float32))):
+        model = make_model(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        net (float[1,4,8,8] x) => (float[1,4,8,8] y) {{
+            c = Conv <pads=[1,1,1,1]> (x, w)
+            y = BatchNormalization <epsilon={eps}> (c, g, b, m, v)
+        }}""", w=RNG.normal(size=(4, 4, 3, 3)).astype(np.float32), **{**stats, "v": var})
+        assert_not_fired(FuseBatchNormPass, model)

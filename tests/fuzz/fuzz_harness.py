@@ -775,7 +775,7 @@ class Worker:
         return code, stdout, stderr, native
 
 
-def classify(verb: str, code: int, stderr: str, native: str) -> tuple[str, str]:
+def classify(verb: str, code: int, stderr: str, native: str, stdout: str = "") -> tuple[str, str]:
     lines = [line for line in stderr.splitlines() if line.strip()]
     native_lines = [line for line in native.splitlines() if line.strip()]
     first = lines[0] if lines else (native_lines[0] if native_lines else "")
@@ -784,7 +784,9 @@ def classify(verb: str, code: int, stderr: str, native: str) -> tuple[str, str]:
     if code == 3:
         return "internal-error", first
     if code == 1 and verb == "compile":
-        return "verify-failed", first
+        report = [line.strip() for line in stdout.splitlines()
+                  if "MISMATCH" in line or line.strip().startswith("verify")]
+        return "verify-failed", " | ".join(report[:3]) or first
     if code == 2 and len(lines) == 1 and lines[0].startswith("mmopt: error: ") and not native_lines:
         return "clean-error", first
     detail = f"exit {code}, {len(lines)} stderr line(s), {len(native_lines)} native line(s): {first}"
@@ -826,8 +828,8 @@ def run(cases: Iterable[Case], *, compile_limit: int = 10, subset: int = 5,
                 elif reply[0] == "crash":
                     outcome, code, message = "crash", None, f"worker died: {reply[1]}"
                 else:
-                    code, _, stderr, native = reply
-                    outcome, message = classify(verb, code, stderr, native)
+                    code, stdout, stderr, native = reply
+                    outcome, message = classify(verb, code, stderr, native, stdout)
                 if verb == "inspect":
                     loads = outcome == "ok"
                 result = Result(case.id, case.family, case.mutation, verb, outcome, code,
