@@ -11,9 +11,9 @@ low nibble), ``scales`` ``[N · K/bs]`` (or ``[N, K/bs]``), ``zero_points`` pack
 
 This is what onnxruntime computes at ``accuracy_level`` 0 (dequantized weights, float32 products).
 The kernel reads ``B`` packed -- the artifact keeps the weights at 4 bits, plus the scales -- and
-computes ``W[n, k]`` in its inner loop: ``A`` is flattened to ``[M, K]``, each output column ``n``
-is a dot product over ``k``. Its schedule splits ``N`` into vectors of columns, runs those blocks of
-``(m, n)`` in parallel and the reduction over ``k`` outside the vector lane.
+unpacks them inside the matmul: ``A`` is flattened to ``[M, K]``; the output columns are split into
+tiles of one vector (tiles in parallel); per tile, its ``K x lanes`` weights are unpacked into a
+buffer of the thread, then each row's dot products run with the tile's columns in vector lanes.
 
 Only ``bits = 4`` with uint8 zero points (or none), no ``g_idx``, float32 ``A`` are supported.
 """
@@ -29,6 +29,7 @@ from mmopt.extend.rules import attr, dtype_of, present, static_shape
 
 DOMAIN = "com.microsoft"
 BLOCK = "matmul_nbits"
+DEQUANTIZE = "dequantize_tile"
 
 
 def check(node: ir.Node) -> str | None:
@@ -109,7 +110,11 @@ def compute(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K, N, bloc
         blk = kk // block_size
         return (code(n, kk) - zero(n, blk)) * scale(n, blk)
 
-    return te.compute((m, N), lambda i, j: te.sum(a[i, k] * weight(j, k), axis=k), name=BLOCK)
+    # the float weights, transposed to [K, N]: the schedule computes them one column tile at a time
+    # into a buffer of the thread that uses them (never the whole matrix)
+    dequantized = te.compute((K, N), lambda kk, j: weight(j, kk), name=DEQUANTIZE)
+    return te.compute((m, N), lambda i, j: te.sum(a[i, k] * dequantized[k, j], axis=k),
+                      name=BLOCK)
 
 
 def _lanes(n: int) -> int:
@@ -117,16 +122,19 @@ def _lanes(n: int) -> int:
 
 
 def schedule(sch) -> None:
-    """Columns in vectors, (rows, column blocks) in parallel, the reduction outside the lanes."""
+    """Per tile of ``lanes`` output columns (tiles in parallel): unpack the tile's 4-bit weights
+    into a ``[K, lanes]`` float buffer, then every row's dot products with the columns in vector
+    lanes; the unpacking is paid once per tile, not once per row."""
     block = sch.get_sblock(BLOCK)
     i, j, k = sch.get_loops(block)
     lanes = _lanes(int(sch.get(j).extent))
     j_out, j_in = sch.split(j, factors=[None, lanes])
-    sch.reorder(i, j_out, k, j_in)
-    sch.parallel(sch.fuse(i, j_out))
+    sch.reorder(j_out, i, k, j_in)
+    sch.parallel(j_out)
+    sch.compute_at(sch.get_sblock(DEQUANTIZE), j_out)
     if lanes > 1:
         sch.vectorize(j_in)
-    sch.decompose_reduction(block, k)
+    sch.decompose_reduction(block, i)
 
 
 def emit(bb, inputs, attrs):
