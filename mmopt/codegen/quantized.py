@@ -13,25 +13,33 @@ neither op has layout inference, ConvertLayout wraps each of them in NHWC<->NCHW
 
   Padding uses the zero point (the quantized zero), so the correction term is the same for every
   output position. Activations are moved (by 128, zero point with them) to the type the target's
-  dot-product instruction reads: uint8 for x86 VNNI (u8 x s8), int8 for AArch64 ``sdot`` (s8 x s8).
-  ``matmul`` (ONNX MatMul/Gemm with constant weights) becomes a 1x1 NHWC integer convolution over
-  the rows of ``x``, so it shares the convolution kernels.
+  dot-product instruction reads: uint8 for x86 (VNNI u8 x s8; ``vpmaddwd`` widens u8), int8 for
+  AArch64 ``sdot`` (s8 x s8). Grouped (depthwise) convolutions read the centered activation
+  ``int16(xq) - zx`` instead, with the convolution's own zero padding: no padding kernel, no
+  correction. ``matmul`` (ONNX MatMul/Gemm with constant weights) becomes a 1x1 NHWC integer
+  convolution over the rows of ``x``, so it shares the convolution kernels.
 * activation ``quantize``/``dequantize`` (per-tensor) become element-wise arithmetic
-  (``saturate(round(x / s) + z)``, ``(x - z) * s``), which propagates any layout and fuses into the
-  neighbouring kernels: a convolution's output is quantized in its write-back, and uint8 tensors
-  travel between layers.
+  (``saturate(round(x * (1/s)) + z)``, ``(x - z) * s``), which propagates any layout and fuses
+  into the neighbouring kernels: a convolution's output is quantized in its write-back, and uint8
+  tensors travel between layers.
 
 :func:`fold_pad_transposes` (after ConvertLayout) moves the zero-point ``pad`` (which has no layout
 inference) into NHWC: ``permute(pad(permute(x)))`` -> ``pad(x)``. :func:`pack_dot_convs` then gives
 the integer convolutions pre-packed weights that :func:`schedule_dot_conv` tensorizes to the
-target's dot-product instruction (x86 ``vpdpbusd``, AArch64 ``sdot``).
+target's dot-product instruction (:func:`dot_products_for`: x86 ``vpdpbusd``, AArch64 ``sdot``, and
+on x86 without VNNI the exact int16 ``vpmaddwd`` of :mod:`mmopt.codegen.int8_x86`).
+:func:`record_int8_kernels` reports which of these paths each kernel took.
 
 Numerics: the integer accumulation is exact, so the only rounding is the final float scale and the
-requantization — the same as onnxruntime's reference execution of the QDQ graph.
+requantization — the same as onnxruntime's reference execution of the QDQ graph up to float
+rounding (the multiplication by ``1/s`` instead of a division by ``s`` moves the value before
+rounding by at most one float32 ulp).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,7 +119,12 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
             if dtype not in ("uint8", "int8") or _dtype(data) != "float32":
                 return None
             lo, hi = (0.0, 255.0) if dtype == "uint8" else (-128.0, 127.0)
-            q = self.builder_.emit(relax.op.round(relax.op.divide(data, relax.const(s, "float32"))))
+            # times the reciprocal: a division per element costs ~1/3 of a small convolution's
+            # requantizing write-back on AVX2 (vdivps); the result differs from x / s by at
+            # most an ulp before rounding, below the float convolution's own rounding noise
+            inverse = np.float32(1.0) / np.float32(s)
+            q = self.builder_.emit(relax.op.round(relax.op.multiply(
+                data, relax.const(inverse, "float32"))))
             if z != 0:
                 q = self.builder_.emit(relax.op.add(q, relax.const(float(z), "float32")))
             q = self.builder_.emit(relax.op.minimum(relax.op.maximum(q, relax.const(lo, "float32")),
@@ -175,8 +188,10 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
                 return None
             (xq, sx, zx), (w, sw) = act, weights
             oc = w.shape[0]
-            x, zx = self._data(xq, zx)
             pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
+            if int(attrs.groups) > 1:
+                return self._integer_grouped_conv(call, xq, sx, zx, w, sw)
+            x, zx = self._data(xq, zx)
             extra = 0  # input channels added so the dot-product kernels apply (the first conv's 3)
             if channel_multiple and int(attrs.groups) == 1 and w.shape[1] % channel_multiple:
                 extra = channel_multiple - w.shape[1] % channel_multiple
@@ -190,6 +205,23 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
                 out_dtype="int32"))
             correction = zx * w.reshape(oc, -1).astype(np.int64).sum(axis=1)
             return self._rescale(acc, correction, sx * sw, (1, oc, 1, 1))
+
+        def _integer_grouped_conv(self, call, xq, sx, zx, w, sw):
+            """A grouped (depthwise) convolution on the zero-point-centered activation in int16:
+            ``conv2d(int16(xq) - zx, Wq)`` with the convolution's own (zero) padding, so the
+            padding needs no separate kernel (the depthwise schedule reads through it) and no
+            correction term. The centering is element-wise and fuses into the producer."""
+            attrs = call.attrs
+            x = self.builder_.emit(relax.op.astype(self.visit_expr(xq), "int16"))
+            if zx:
+                x = self.builder_.emit(relax.op.subtract(x, relax.const(zx, "int16")))
+            acc = self.builder_.emit(relax.op.nn.conv2d(
+                x, relax.const(w), strides=[int(v) for v in attrs.strides],
+                padding=[int(p) for p in attrs.padding],
+                dilation=[int(v) for v in attrs.dilation], groups=int(attrs.groups),
+                out_dtype="int32"))
+            oc = w.shape[0]
+            return self._rescale(acc, np.zeros(oc, np.int64), sx * sw, (1, oc, 1, 1))
 
         def _integer_matmul(self, call):
             """``x @ W`` (MatMul: W [K, N] quantized along N; Gemm: ``permute_dims`` of W [N, K]
@@ -327,35 +359,135 @@ def pattern_pass(name: str, pattern, rewrite):
 @dataclass(frozen=True)
 class DotProduct:
     """One integer dot-product instruction: ``acc[lanes] (s32) += sum_k a[k] * b[lane, k]`` for
-    ``k < 4``, with the 4 activation bytes broadcast to every lane."""
+    ``k < block``, with the ``block`` activation values broadcast to every lane.
+
+    ``data_dtype`` is what the integer convolutions read (what :func:`lower_qdq` produces);
+    ``operand_dtype`` what the instruction multiplies: when they differ, the kernel widens its
+    input once (:data:`WIDEN_BLOCK`) before the register-tiled loops. Weights are packed at compile
+    time as ``weight_dtype``."""
 
     name: str
     lanes: int  #: int32 lanes = output channels per instruction
-    data_dtype: str  #: activation type the instruction reads (weights are always int8)
+    data_dtype: str  #: activation type the integer convolutions read
     llvm_intrinsic: str
-    accumulators: int  #: vector registers the register tile may use
+    accumulators: int  #: at most this many accumulators in a register tile
+    block: int = 4  #: activation values one lane sums per instruction (the reduction block k)
+    operand_dtype: str = ""  #: activation type the instruction reads ("": ``data_dtype``)
+    weight_dtype: str = "int8"
+    registers: int = 32  #: architectural vector registers
+    #: registers one reduction step needs besides the accumulators and the weight vectors (the
+    #: broadcast activations; a product that is added separately)
+    temporaries: int = 1
+    mnemonic: str = ""  #: the instruction's assembly name (``objdump`` shows it)
+    tiles: str = "rows"  #: register tile policy (:meth:`register_tile`)
+
+    @property
+    def operand(self) -> str:
+        return self.operand_dtype or self.data_dtype
 
     @property
     def intrinsic(self) -> str:
-        return f"mmopt_{self.name}_{self.lanes}x4_local"
+        return f"mmopt_{self.name}_{self.lanes}x{self.block}_local"
+
+    def register_tile(self, blocks: int, width: int, rows_limit: int = 8, window: int = 1,
+                      steps: int = 0) -> tuple[int, int]:
+        """``(rows, nv)``: ``rows`` output pixels along the width (dividing ``width``, at most
+        ``rows_limit``) x ``nv`` vectors of output channels (dividing ``blocks``), at most
+        :attr:`accumulators` of them, and fitting the registers with the weight vectors and
+        :attr:`temporaries`. ``window``: the kernel's taps (KH * KW); ``steps``: the reduction
+        steps (instructions) per output vector, ``window * IC / block``.
+
+        ``tiles == "rows"`` (the byte dot products): ``nv`` up to ``accumulators // rows_limit``,
+        then as many rows as fit. ``tiles == "square"`` (``vpmaddwd``; measured on AVX2, Zen 4):
+        a 1x1 convolution whose weights for 4..8 vectors fit :data:`ONE_ROW_WEIGHT_BYTES` takes
+        one output pixel x those vectors (the weights stay in L1 and are read as memory
+        operands: 1x8 and 1x6 tiles beat 8x1 by 1.2-1.45x; with larger weights 2x4 wins);
+        otherwise the most accumulators, then the fewest loads per reduction step (``rows``
+        broadcasts + ``nv`` weight vectors), then the most vectors across (2x4 beats 8x1 on 3x3
+        layers)."""
+        if self.tiles == "rows":
+            nv = _largest_divisor(blocks, max(1, self.accumulators // rows_limit))
+            limit = min(rows_limit, self.accumulators // nv,
+                        (self.registers - self.temporaries) // nv - 1)
+            return _largest_divisor(width, max(1, limit)), nv
+        if window == 1:
+            nv = _largest_divisor(blocks, min(8, self.accumulators))
+            vector_bytes = steps * self.lanes * self.block * np.dtype(self.weight_dtype).itemsize
+            if nv >= 4 and nv * vector_bytes <= ONE_ROW_WEIGHT_BYTES:
+                return 1, nv
+        best, best_key = (1, 1), None
+        for nv in range(1, min(blocks, self.accumulators) + 1):
+            if blocks % nv:
+                continue
+            for rows in range(1, min(width, rows_limit) + 1):
+                acc = rows * nv
+                if (width % rows or acc > self.accumulators
+                        or acc + nv + self.temporaries > self.registers):
+                    continue
+                key = (acc, -(rows + nv), nv)
+                if best_key is None or key > best_key:
+                    best, best_key = (rows, nv), key
+        return best
+
+    def implementation(self):
+        """The TIR implementation of one instruction over ``a[block]``, ``b[lanes, block]`` and
+        the ``local`` accumulator ``acc[lanes]`` (byte operands, one instruction)."""
+        from tvm.script import tirx as T
+        from tvm.target import codegen
+
+        lanes, data_dtype, nbytes = self.lanes, self.data_dtype, self.block * self.lanes
+        # LLVM 22 (TVM 0.27's) types the byte operands as <N x i8>; x86 VNNI took <16 x i32> in
+        # LLVM releases before 20
+        byte_type = (f"int8x{nbytes}" if self is not VNNI or int(codegen.llvm_version_major()) >= 20
+                     else f"int32x{lanes}")
+        acc_type = f"int32x{lanes}"
+        intrinsic = self.llvm_intrinsic
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((4,), data_dtype, offset_factor=1),
+                 b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+                 acc: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(acc[0:lanes], a[0:4], b[0:lanes, 0:4])
+                T.writes(acc[0:lanes])
+                # the 4 activation bytes as one int32, broadcast to every lane
+                quad = T.reinterpret(a.vload([0], f"{data_dtype}x4"), dtype="int32")
+                acc[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(intrinsic),
+                    acc.vload([0], dtype=acc_type),
+                    T.reinterpret(T.broadcast(quad, lanes), dtype=byte_type),
+                    T.reinterpret(b.vload([0, 0], dtype=f"int8x{nbytes}"), dtype=byte_type),
+                    dtype=acc_type)
+
+        return impl
 
 
 #: x86 AVX-512 VNNI: vpdpbusd, u8 x s8, 16 lanes
-VNNI = DotProduct("vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512", 16)
+VNNI = DotProduct("vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512", 16, mnemonic="vpdpbusd")
 #: the same on 256-bit registers (AVX-512VL), for output channel counts such as 24 or 40
-VNNI_256 = DotProduct("vnni256", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256", 16)
+VNNI_256 = DotProduct("vnni256", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256", 16,
+                      mnemonic="vpdpbusd")
 #: AArch64 dot product (ARMv8.2 +dotprod): sdot, s8 x s8, 4 lanes
-SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", 24)
+SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", 24, mnemonic="sdot")
+
+#: weights a one-row register tile streams per output pixel at most (a third of the smallest L1
+#: data cache of the targeted CPUs, 32 KiB): measured on 1x1 layers, 1x8 tiles over 20 KiB of
+#: weights beat 2x4 ones by 1.2x, over 32 KiB they lose
+ONE_ROW_WEIGHT_BYTES = 24 << 10
 
 #: block name of the packed integer convolution (the schedule rule looks for it)
 DOT_BLOCK = "mmopt_qconv_dot"
-_IC_BLOCK = 4
+#: block name of the kernel's widening of its input to the instruction's operand type
+WIDEN_BLOCK = "mmopt_qconv_widen"
 
 
 def dot_products_for(tvm_target) -> list[DotProduct]:
     """The integer dot-product instructions ``tvm_target`` has, widest first (all read the same
-    activation type)."""
+    activation type): a byte dot product where the CPU has one (x86 VNNI, AArch64 ``dotprod``),
+    else on x86 the int16 multiply-add ``vpmaddwd`` (:mod:`mmopt.codegen.int8_x86`)."""
     from tvm.target import codegen
+
+    from mmopt.codegen.int8_x86 import pmaddwd_products
 
     triple = str(tvm_target.attrs.get("mtriple", ""))
     try:
@@ -364,6 +496,8 @@ def dot_products_for(tvm_target) -> list[DotProduct]:
             return [VNNI, VNNI_256] if narrow else [VNNI]
         if "aarch64" in triple and codegen.target_has_features(["dotprod"], tvm_target):
             return [SDOT]
+        if "x86_64" in triple:
+            return pmaddwd_products(tvm_target)
     except Exception:  # noqa: BLE001 - LLVM without that backend: no instruction
         return []
     return []
@@ -375,24 +509,35 @@ def dot_product_for(tvm_target) -> DotProduct | None:
     return found[0] if found else None
 
 
-def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes):
-    """NHWC int8/uint8 data x packed int8 weights ``[OC/lanes, KH, KW, IC/4, lanes, 4]`` -> NHWC
-    int32."""
+def _largest_divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes, operand_dtype):
+    """NHWC int8/uint8 data x packed weights ``[OC/lanes, KH, KW, IC/k, lanes, k]`` -> NHWC int32.
+    Data of another type than ``operand_dtype`` is widened first (:data:`WIDEN_BLOCK`)."""
     from tvm import te
 
     n, h, w, _ = (int(d) for d in data.shape)
-    _, kh, kw, ic4, _, _ = (int(d) for d in packed.shape)
+    _, kh, kw, icb, _, k = (int(d) for d in packed.shape)
+    if str(data.dtype) != operand_dtype:
+        source = data
+        data = te.compute(source.shape, lambda *i: source(*i).astype(operand_dtype),
+                          name=WIDEN_BLOCK)
     (sh, sw), (dh, dw) = strides, dilation
     oh = (h - (kh - 1) * dh - 1) // sh + 1
     ow = (w - (kw - 1) * dw - 1) // sw + 1
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
-    rc = te.reduce_axis((0, ic4), "rc")
-    ri = te.reduce_axis((0, _IC_BLOCK), "ri")
+    rc = te.reduce_axis((0, icb), "rc")
+    ri = te.reduce_axis((0, k), "ri")
     return te.compute(
         (n, oh, ow, out_channels),
         lambda b, y, x, c: te.sum(
-            data[b, y * sh + rh * dh, x * sw + rw * dw, rc * _IC_BLOCK + ri].astype("int32")
+            data[b, y * sh + rh * dh, x * sw + rw * dw, rc * k + ri].astype("int32")
             * packed[c // lanes, rh, rw, rc, c % lanes, ri].astype("int32"),
             axis=[rh, rw, rc, ri]),
         name=DOT_BLOCK)
@@ -419,11 +564,11 @@ def _hwio_weight(expr, lookup):
 
 def pack_dot_convs():
     """Integer NHWC conv2d (data of the instruction's type, constant s8 HWIO weights, int32 out,
-    groups 1, IC % 4 == 0, OC % lanes == 0) -> a packed-weight convolution that
+    groups 1, IC % k == 0, OC % lanes == 0) -> a packed-weight convolution that
     :func:`schedule_dot_conv` tensorizes. Runs only for targets with a :class:`DotProduct`.
 
-    Weights are re-laid out here, at compile time, to ``[OC/lanes, KH, KW, IC/4, lanes, 4]``: the
-    bytes one instruction multiplies are contiguous."""
+    Weights are re-laid out here, at compile time, to ``[OC/lanes, KH, KW, IC/k, lanes, k]`` of
+    the instruction's weight type: the values one instruction multiplies are contiguous."""
     import tvm
     from tvm import relax
 
@@ -433,15 +578,16 @@ def pack_dot_convs():
                 or any(int(p) for p in attrs.padding) or w.dtype != np.int8):
             return None
         kh, kw, ic, oc = w.shape
-        fitting = [d for d in dots if oc % d.lanes == 0]
-        if ic % _IC_BLOCK or not fitting:
+        fitting = [d for d in dots if oc % d.lanes == 0 and ic % d.block == 0]
+        if not fitting:
             return None
-        lanes = fitting[0].lanes
-        packed = (w.reshape(kh, kw, ic // _IC_BLOCK, _IC_BLOCK, oc // lanes, lanes)
-                  .transpose(4, 0, 1, 2, 5, 3).copy())
+        dot = fitting[0]
+        lanes, k = dot.lanes, dot.block
+        packed = (w.reshape(kh, kw, ic // k, k, oc // lanes, lanes)
+                  .transpose(4, 0, 1, 2, 5, 3).astype(dot.weight_dtype))
         return builder.call_te(_dot_conv_te, call.args[0], relax.const(packed),
                                [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation],
-                               oc, lanes, primfunc_name_hint=DOT_BLOCK)
+                               oc, lanes, dot.operand, primfunc_name_hint=DOT_BLOCK)
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_dot_convs")
     def _pass(mod, _ctx):
@@ -495,75 +641,65 @@ def _register_intrinsic(dot: DotProduct) -> str:
     accumulator; the accumulators here live in a ``local`` register tile.)"""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
-    from tvm.target import codegen
 
     try:
         TensorIntrin.get(dot.intrinsic)
         return dot.intrinsic
     except Exception:  # noqa: BLE001 - not registered yet
         pass
-    lanes, data_dtype = dot.lanes, dot.data_dtype
-    nbytes = 4 * lanes
-    # LLVM 22 (TVM 0.27's) types the byte operands as <N x i8>; x86 VNNI took <16 x i32> in
-    # LLVM releases before 20
-    byte_type = (f"int8x{nbytes}" if dot is not VNNI or int(codegen.llvm_version_major()) >= 20
-                 else f"int32x{lanes}")
-    acc_type = f"int32x{lanes}"
+    lanes, k, operand, weight = dot.lanes, dot.block, dot.operand, dot.weight_dtype
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), data_dtype, offset_factor=1),
-             b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+    def desc(a: T.Buffer((k,), operand, offset_factor=1),
+             b: T.Buffer((lanes, k), weight, offset_factor=1),
              acc: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(acc[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.reads(acc[0:lanes], a[0:k], b[0:lanes, 0:k])
             T.writes(acc[0:lanes])
             for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
+                for j in T.serial(0, k):
                     with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        acc[vi] = acc[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+                        vi, vj = T.axis.remap("SR", [i, j])
+                        acc[vi] = acc[vi] + T.cast(a[vj], "int32") * T.cast(b[vi, vj], "int32")
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((4,), data_dtype, offset_factor=1),
-             b: T.Buffer((lanes, 4), "int8", offset_factor=1),
-             acc: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(acc[0:lanes], a[0:4], b[0:lanes, 0:4])
-            T.writes(acc[0:lanes])
-            # the 4 activation bytes as one int32, broadcast to every lane
-            quad = T.reinterpret(a.vload([0], f"{data_dtype}x4"), dtype="int32")
-            acc[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
-                acc.vload([0], dtype=acc_type),
-                T.reinterpret(T.broadcast(quad, lanes), dtype=byte_type),
-                T.reinterpret(b.vload([0, 0], dtype=f"int8x{nbytes}"), dtype=byte_type),
-                dtype=acc_type)
-
-    TensorIntrin.register(dot.intrinsic, desc, impl)
+    TensorIntrin.register(dot.intrinsic, desc, dot.implementation())
     return dot.intrinsic
 
 
-def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8) -> None:
+def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
+                      tensorize: bool = True):
     """Register-tiled, tensorized schedule of a :data:`DOT_BLOCK` block (inside a fused PrimFunc).
 
     Tile: ``rows`` output pixels along the width x ``nv`` blocks of ``lanes`` output channels,
-    accumulated in registers; loop order
-    ``parallel(oc block, n, h) . w_o . kh . kw . ic/4 . w_i . oc_v . [lanes x 4 instruction]``, so a
-    block of weights stays in cache while the image streams by. The element-wise epilogue
-    (zero-point correction, scale, bias, requantization) is inlined into the write-back.
+    accumulated in registers (:meth:`DotProduct.register_tile`); loop order
+    ``parallel(oc block, n, h) . w_o . kh . kw . ic/k . w_i . oc_v . [lanes x k instruction]``, so
+    a block of weights stays in cache while the image streams by. The element-wise epilogue
+    (zero-point correction, scale, bias, requantization) is inlined into the write-back. An input
+    widening stage (:data:`WIDEN_BLOCK`) runs once per call, with the zero-point padding inlined
+    into it.
+
+    ``tensorize=False`` leaves the instruction loop untensorized and returns it, for
+    ``sch.tensorize(loop, dot.intrinsic)`` after the other blocks of the function are scheduled
+    (TVM 0.27 cannot copy some tensorized schedules: ``Schedule.copy`` fails on them).
     """
-    from mmopt.codegen.cpu_schedules import (_extent, _inline_plain_copies, _largest_divisor,
-                                             inline_epilogue)
+    from mmopt.codegen.cpu_schedules import (_extent, _inline_injective_chains,
+                                             _inline_plain_copies, inline_epilogue,
+                                             schedule_injective)
 
     n, h, w, c, rh, rw, rc, ri = sch.get_loops(block_rv)
-    blocks = _extent(sch, c) // dot.lanes
-    nv = _largest_divisor(blocks, max(1, dot.accumulators // rows_limit))
-    rows = _largest_divisor(_extent(sch, w), max(1, min(rows_limit, dot.accumulators // nv)))
+    window = _extent(sch, rh) * _extent(sch, rw)
+    rows, nv = dot.register_tile(_extent(sch, c) // dot.lanes, _extent(sch, w), rows_limit,
+                                 window, window * _extent(sch, rc))
     co, cv, ci = sch.split(c, factors=[None, nv, dot.lanes])
     wo, wi = sch.split(w, factors=[None, rows])
     sch.reorder(co, n, h, wo, rh, rw, rc, wi, cv, ci, ri)
     outer = sch.fuse(co, n, h)
-    _inline_plain_copies(sch, block_rv)
+    widen = [p for p in sch.get_producers(block_rv)
+             if sch.get(p).name_hint.startswith(WIDEN_BLOCK)]
+    if widen:
+        _inline_plain_copies(sch, widen[0], padding=True)
+    else:
+        _inline_plain_copies(sch, block_rv)
     writeback = sch.cache_write(block_rv, 0, "local")
     sch.reverse_compute_at(writeback, wo, preserve_unit_loops=True)
     sch.parallel(outer)
@@ -574,13 +710,27 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8) -> No
     sch.vectorize(init_loops[-1])
     for loop in init_loops[-3:-1]:
         sch.unroll(loop)
-    sch.tensorize(ci, _register_intrinsic(dot))
+    # element-wise producers of the epilogue's other inputs (a residual's dequantization) inline
+    # into it first: materialized, they cost full passes over memory and keep the epilogue from
+    # fusing into the write-back (the int32 result then makes a round trip through memory too)
+    _inline_injective_chains(sch, [DOT_BLOCK])
     inline_epilogue(sch, writeback)
     try:
-        _, vec = sch.split(sch.get_loops(writeback)[-1], factors=[None, dot.lanes])
+        loops = sch.get_loops(writeback)
+        across, vec = sch.split(loops[-1], factors=[None, dot.lanes])
         sch.vectorize(vec)
+        # straight-line vector code for the whole tile: left as loops, LLVM re-vectorizes the
+        # write-back across the vectors (element gathers instead of vector loads on AVX2)
+        sch.unroll(across)
+        sch.unroll(loops[-2])
     except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
         pass
+    if widen:
+        schedule_injective(sch, sch.get(widen[0]).name_hint, 2 * dot.lanes)
+    if not tensorize:
+        return ci
+    sch.tensorize(ci, _register_intrinsic(dot))
+    return None
 
 
 def _packed_lanes(block) -> int | None:
@@ -595,16 +745,18 @@ def _packed_lanes(block) -> int | None:
 
 
 def _has_dot_block(func) -> bool:
-    # cheap filter first (a 6-D int8 parameter: the packed weights), then the block names
+    # cheap filter first (a 6-D integer parameter: the packed weights), then the block names
     params = [p for p in func.params if hasattr(p, "shape")]  # TVM 0.27: parameters are buffers
-    if not any(len(p.shape) == 6 and str(p.dtype) == "int8" for p in params):
+    if not any(len(p.shape) == 6 and str(p.dtype) in ("int8", "int16") for p in params):
         return False
     return DOT_BLOCK in func.script(show_meta=False)
 
 
 def dot_schedule_pass():
     """Schedules the fused PrimFuncs that contain a :data:`DOT_BLOCK` (others are left to the
-    default CPU schedules, which run after this pass)."""
+    default CPU schedules, which run after this pass), then notes which path every quantized
+    kernel takes (:func:`record_int8_kernels`)."""
+    import tvm
     from tvm.s_tir import dlight as dl
 
     from mmopt.codegen import cpu_schedules as cs
@@ -626,7 +778,7 @@ def dot_schedule_pass():
                 name = sch.get(blocks[0]).name_hint
                 lanes = _packed_lanes(sch.get(blocks[0]))
                 dot = next(d for d in dots if d.lanes == lanes)
-                schedule_dot_conv(sch, blocks[0], dot)
+                instruction_loop = schedule_dot_conv(sch, blocks[0], dot, tensorize=False)
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
                 cs.logger.debug("dot-product schedule failed: %s", exc)
                 return None
@@ -638,6 +790,109 @@ def dot_schedule_pass():
                 kind = (cs.schedule_reduction if "R" in cs._iter_kinds(block)  # noqa: SLF001
                         else cs.schedule_injective)
                 sch = cs._try(sch, kind, block.name_hint, lanes)  # noqa: SLF001
+            try:
+                sch.tensorize(instruction_loop, _register_intrinsic(dot))
+            except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
+                cs.logger.debug("dot-product tensorization failed: %s", exc)
+                return None
             return sch
 
-    return dl.ApplyDefaultSchedule(_Rule())
+    return tvm.transform.Sequential([dl.ApplyDefaultSchedule(_Rule()), _log_int8_kernels()],
+                                    name="mmopt_dot_schedule")
+
+
+# --------------------------------------------------------------------------------------------------
+# which path each quantized kernel took
+
+#: where :func:`_log_int8_kernels` reports (see :func:`record_int8_kernels`)
+_INT8_KERNELS: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmopt_int8_kernels",
+                                                                             default=None)
+
+
+@contextlib.contextmanager
+def record_int8_kernels():
+    """Collect, while the block runs, the arithmetic of every convolution/matmul kernel of a
+    compiled quantized model: a list of ``{"kernel", "path"}`` (plus ``"lanes"`` for an
+    instruction path) where ``path`` is the :class:`DotProduct`'s name (``"vnni"``,
+    ``"vnni256"``, ``"pmaddwd"``, ``"sdot"``), ``"integer-loop"`` (integer arithmetic with ordinary
+    vector instructions: depthwise convolutions, channel counts no instruction fits) or
+    ``"float"`` (a contraction left in float: not quantized, or activation x activation). Stays
+    empty for a model without integer kernels. ``kernel`` is the fused function's name, as
+    profilers show it."""
+    found: list[dict] = []
+    token = _INT8_KERNELS.set(found)
+    try:
+        yield found
+    finally:
+        _INT8_KERNELS.reset(token)
+
+
+def kernel_path(func, dots) -> dict | None:
+    """``{"path", ["lanes"]}`` of a PrimFunc after :func:`dot_schedule_pass` scheduled it: the
+    dot-product instruction it calls, else integer or float arithmetic when it has a
+    contraction (a product summed into its output), else None."""
+    from tvm import s_tir
+    from tvm.ir import IRModule
+
+    integer = {"int8", "uint8", "int16"}
+    params = [p for p in func.params if hasattr(p, "shape")]  # TVM 0.27: parameters are buffers
+    if any(len(p.shape) == 6 and str(p.dtype) in integer for p in params):  # packed weights
+        text = func.script(show_meta=False)
+        for dot in dots:
+            if dot.llvm_intrinsic in text:
+                return {"path": dot.name, "lanes": dot.lanes}
+        return {"path": "integer-loop"}
+    if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+        # scheduled from a tuning database: its anchor block is gone; integer by its operands
+        if any(len(p.shape) >= 2 and str(p.dtype) in integer for p in params):
+            return {"path": "integer-loop"} if '"int32"' in func.script(show_meta=False) else None
+        return None
+    try:
+        anchor = s_tir.analysis.find_anchor_sblock(IRModule({"main": func}))
+    except Exception:  # noqa: BLE001 - several anchor candidates: not one contraction
+        return None
+    if anchor is None or not _is_product_sum(anchor) or len(anchor.writes) != 1:
+        return None
+    from mmopt.codegen.cpu_schedules import _buffer
+
+    out = str(_buffer(anchor.writes[0]).dtype)
+    reads = {str(_buffer(r).dtype) for r in anchor.reads}
+    if out == "int32" and reads & integer:
+        return {"path": "integer-loop"}
+    return {"path": "float"} if out.startswith(("float", "bfloat")) else None
+
+
+def _is_product_sum(block) -> bool:
+    """``out = out + a * b`` (a contraction's update; pooling and means sum without a product)."""
+    body = block.body
+    if type(body).__name__ != "BufferStore":
+        return False
+    value = body.value
+    return type(value).__name__ == "Add" and "Mul" in (type(value.a).__name__,
+                                                       type(value.b).__name__)
+
+
+def _log_int8_kernels():
+    """Module pass: report the path of every kernel (:func:`kernel_path`) to an active
+    :func:`record_int8_kernels`, when the module has integer kernels at all."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="mmopt_log_int8_kernels")
+    def _pass(mod, _ctx):
+        log = _INT8_KERNELS.get()
+        target = tvm.target.Target.current(allow_none=True)
+        if log is None or target is None:
+            return mod
+        dots = dot_products_for(target)
+        entries = []
+        for gvar, func in mod.functions.items():
+            if isinstance(func, tirx.PrimFunc):
+                path = kernel_path(func, dots)
+                if path is not None:
+                    entries.append({"kernel": gvar.name_hint, **path})
+        if any(e["path"] != "float" for e in entries):
+            log.extend(sorted(entries, key=lambda e: e["kernel"]))
+        return mod
+
+    return _pass

@@ -80,23 +80,59 @@ CASES = {
     "depthwise": (16, 16, 16, 1, "uint8"),
 }
 
+#: x86 targets whose integer kernels are tested: this machine's CPU (VNNI where it has it), AVX2
+#: (vpmaddwd on ymm: every x86-64 CI machine of the last decade runs it) and AVX-512 without VNNI
+#: (vpmaddwd on zmm)
+X86_TARGETS = ["x86", "x86-avx2", "x86-avx512"]
 
+
+def _target(name):
+    from mmopt.targets import get
+
+    target = get(name)
+    if not target.runs_here():
+        pytest.skip(f"target {name} cannot run here: {target.why_not_here()}")
+    return target
+
+
+def _dot(target):
+    from mmopt.codegen.quantized import dot_product_for
+
+    return dot_product_for(target.tvm_target())
+
+
+def _path(target, out_channels: int) -> str:
+    """The path a dense integer convolution with ``out_channels`` takes on ``target``."""
+    from mmopt.codegen.quantized import dot_products_for
+
+    fitting = [d for d in dot_products_for(target.tvm_target()) if out_channels % d.lanes == 0]
+    return fitting[0].name if fitting else "integer-loop"
+
+
+@pytest.mark.parametrize("target_name", X86_TARGETS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_integer_conv_matches_onnxruntime(case, tmp_path):
+def test_integer_conv_matches_onnxruntime(case, target_name, tmp_path):
     import mmopt
+    from mmopt.codegen.quantized import record_int8_kernels
 
+    target = _target(target_name)
     ic, oc, groups, stride, activations = CASES[case]
     qdq = _quantized(_float_model(ic, oc, groups=groups, stride=stride), activations)
-    text = _lowered(qdq).script(show_meta=False)
+    text = _lowered(qdq, target_name).script(show_meta=False)
     # every conv became an integer conv; no quantize/dequantize op is left for the activations
     packed = text.count("R.call_tir(cls.mmopt_qconv_dot")
     assert text.count('out_dtype="int32"') + packed == 2, text
     assert "R.quantize(" not in text
-    vnni = _host_has_vnni()
-    if vnni and groups == 1:  # input channels are padded to 4; 24 output channels use ymm
+    dot = _dot(target)
+    if dot is not None and groups == 1:  # input channels are padded; 24 channels use ymm
         assert packed == 2
-    result = mmopt.compile(qdq, "x86", tmp_path / case)
+    with record_int8_kernels() as kernels:
+        result = mmopt.compile(qdq, target_name, tmp_path / case)
     assert result.verification.passed
+    # the path each kernel took: the instruction, and the depthwise conv on plain integer code
+    paths = sorted(k["path"] for k in kernels)
+    want = sorted([_path(target, oc), "integer-loop" if groups > 1 else _path(target, oc)])
+    assert paths == want, kernels
     rng = np.random.default_rng(7)
     step = _output_step(qdq)
     worst = 0.0
@@ -115,20 +151,27 @@ def _host_has_vnni() -> bool:
     return dot_product_for(get("x86").tvm_target()) is VNNI
 
 
-def test_vnni_kernel_is_tensorized_and_exact(tmp_path):
-    """The packed convolution runs vpdpbusd and equals numpy's integer convolution bit for bit."""
-    if not _host_has_vnni():
-        pytest.skip("this CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("target_name", X86_TARGETS)
+def test_dot_kernel_is_tensorized_and_exact(target_name, tmp_path):
+    """The packed convolution runs the target's instruction (vpdpbusd with VNNI, else vpmaddwd,
+    never the saturating vpmaddubsw) and equals numpy's integer convolution bit for bit, also at
+    the extremes (255 x -128: a pair sum that overflows int16)."""
     import tvm
     from tvm import relax
 
     from mmopt.codegen import quantized as q
-    from mmopt.targets import get
+    from mmopt.codegen.build import build
 
+    target = _target(target_name)
+    dot = _dot(target)
+    if dot is None:
+        pytest.skip(f"{target_name} has no integer dot-product instruction")
     rng = np.random.default_rng(0)
     n, h, w, ic, oc, k, stride = 1, 9, 11, 8, 32, 3, 2
     data = rng.integers(0, 256, (n, h, w, ic), dtype=np.uint8)
     weight = rng.integers(-128, 128, (k, k, ic, oc), dtype=np.int8)
+    data[0, :4] = 255
+    weight[..., :8] = -128
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((n, h, w, ic), "uint8"))
     with bb.function("main", [x]):
@@ -138,9 +181,6 @@ def test_vnni_kernel_is_tensorized_and_exact(tmp_path):
                                            out_dtype="int32"))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    target = get("x86")
-    from mmopt.codegen.build import build
-
     executable = build(bb.get(), target)
     lib_path = tmp_path / "k.so"
     executable.export_library(str(lib_path))
@@ -160,7 +200,37 @@ def test_vnni_kernel_is_tensorized_and_exact(tmp_path):
     if objdump:
         disassembly = subprocess.run([objdump, "-d", str(lib_path)], capture_output=True,
                                      text=True, check=True).stdout
-        assert "vpdpbusd" in disassembly
+        assert dot.mnemonic in disassembly
+        assert "pmaddubsw" not in disassembly
+        if dot.lanes == 16:  # 512-bit registers
+            assert any("zmm" in line for line in disassembly.splitlines() if dot.mnemonic in line)
+
+
+def test_register_tiles_fit_the_registers():
+    """Every tile a dot-product schedule may choose fits the ISA's vector registers: the
+    accumulators, one weight vector per column, and the instruction's temporaries (vpmaddwd: the
+    broadcast and the product; AVX2 has 16 registers)."""
+    from mmopt.codegen.int8_x86 import PMADDWD_256, PMADDWD_512
+    from mmopt.codegen.quantized import SDOT, VNNI, VNNI_256
+
+    for dot in (VNNI, VNNI_256, SDOT, PMADDWD_256, PMADDWD_512):
+        for blocks in (1, 2, 3, 4, 6, 8, 12, 16, 20, 48, 125):
+            for width in (1, 7, 12, 14, 28, 56, 112):
+                for window, steps in ((9, 288), (1, 8), (1, 512)):
+                    rows, nv = dot.register_tile(blocks, width, 8, window, steps)
+                    assert blocks % nv == 0 and width % rows == 0
+                    assert rows * nv <= dot.accumulators
+                    # a one-row tile of a 1x1 conv reads its weights from L1 as memory operands
+                    weights = 0 if rows == 1 and window == 1 else nv
+                    assert rows * nv + weights + dot.temporaries <= dot.registers, (dot, blocks,
+                                                                                    width)
+    assert PMADDWD_256.registers == 16 and PMADDWD_512.registers == 32
+    # the measured choices on AVX2: 2x4 for 3x3 layers, one row of 8 (or 6) vectors for 1x1
+    # layers with small weights, 2x4 for 1x1 layers whose weights do not stay in L1
+    assert PMADDWD_256.register_tile(8, 56, 8, 9, 9 * 32) == (2, 4)
+    assert PMADDWD_256.register_tile(32, 56, 8, 1, 32) == (1, 8)
+    assert PMADDWD_256.register_tile(18, 56, 8, 1, 12) == (1, 6)
+    assert PMADDWD_256.register_tile(8, 56, 8, 1, 128) == (2, 4)
 
 
 _ARM_RUNNER = """
@@ -200,10 +270,15 @@ def test_arm_dotprod_artifact_runs_under_emulation(tmp_path):
     assert np.abs(got - _plain_ort(qdq, {"x": x})).max() <= 2 * _output_step(qdq) + 1e-6
 
 
-def test_integer_matmul_and_gemm_match_onnxruntime(tmp_path):
-    """MatMul (3-D activations) and Gemm (transB) become integer 1x1 convolutions over rows."""
+@pytest.mark.parametrize("target_name", X86_TARGETS)
+def test_integer_matmul_and_gemm_match_onnxruntime(target_name, tmp_path):
+    """MatMul (3-D activations) and Gemm (transB) become integer 1x1 convolutions over rows: the
+    MatMul's 48 output channels run the target's instruction, the Gemm's 20 plain integer code."""
     import mmopt
+    from mmopt.codegen.quantized import record_int8_kernels
     from mmopt.quantize import quantize
+
+    target = _target(target_name)
 
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((32, 48)) * 0.2).astype(np.float32)  # MatMul [K, N]
@@ -224,10 +299,25 @@ def test_integer_matmul_and_gemm_match_onnxruntime(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     calib = [{"x": rng.standard_normal((2, 5, 32)).astype(np.float32)} for _ in range(8)]
     qdq, _ = quantize(model, calib, method="minmax")
-    text = _lowered(qdq).script(show_meta=False)
+    text = _lowered(qdq, target_name).script(show_meta=False)
     assert "R.matmul(" not in text
-    result = mmopt.compile(qdq, "x86", tmp_path / "mm")
+    with record_int8_kernels() as kernels:
+        result = mmopt.compile(qdq, target_name, tmp_path / "mm")
     assert result.verification.passed
+    paths = sorted(k["path"] for k in kernels)
+    assert paths == sorted([_path(target, 48), _path(target, 20)]), kernels
     x = rng.standard_normal((2, 5, 32)).astype(np.float32)
     got = mmopt.load(result.library)(x=x)["y"]
     assert np.abs(got - _plain_ort(qdq, {"x": x})).max() <= 2 * _output_step(qdq) + 1e-6
+
+
+def test_float_model_records_no_int8_kernels(tmp_path):
+    """Only a model with integer kernels gets the per-kernel path list."""
+    import mmopt
+    from mmopt.codegen.quantized import record_int8_kernels
+
+    _target("x86-avx2")
+    with record_int8_kernels() as kernels:
+        result = mmopt.compile(_float_model(8, 16), "x86-avx2", tmp_path / "f")
+    assert result.verification.passed
+    assert kernels == []
