@@ -15,8 +15,9 @@ In order, cheapest first; the first problem found is the error:
    constructs every kernel, each of which validates its attributes. What it refuses is refused,
    with the node's name: from onnxruntime's message, or, when the message names no node (a kernel
    constructor's check), by opening the nodes one at a time until one fails. A missing kernel
-   (``NOT_IMPLEMENTED``: onnxruntime lacks the operator, mmopt may not) is not a defect of the
-   model; then ``onnx.checker``'s full check (strict shape inference) judges instead.
+   (``NOT_IMPLEMENTED``: onnxruntime lacks the operator, mmopt may not), or a failure that says a
+   feature is not supported (batch-major RNNs) or the machine lacks something (a locale), is not
+   a defect of the model; then ``onnx.checker``'s full check (strict shape inference) judges.
 
 Models past the 2 GiB protobuf limit get steps 1-2 and the checker on what it can see.
 """
@@ -198,11 +199,17 @@ def _check_onnx(model, where: str, *, full: bool) -> None:
 
 #: onnxruntime's refusal of an op it has no schema for (a custom domain's): not a defect either
 _UNKNOWN_OP = re.compile(r"is not a registered function/op")
+#: onnxruntime failures that state a limit of onnxruntime or of this machine, not a defect of the
+#: model: a valid batch-major LSTM/GRU/RNN ("Batchwise recurrent operations (layout == 1) are not
+#: supported"), a StringNormalizer whose locale this machine lacks. mmopt may handle these.
+_LIMITATION = re.compile(r"not (yet )?supported|not implemented|unsupported|construct locale",
+                         re.IGNORECASE)
 
 
 def _onnxruntime_verdict(serialized: bytes) -> str | None:
-    """None when onnxruntime accepts the model, ``"not implemented"`` when it lacks a kernel, else
-    its one-line reason."""
+    """None when onnxruntime accepts the model; ``"not implemented"`` when it lacks a kernel, does
+    not know the op, or says a feature of the model is beyond it (:data:`_LIMITATION`); else its
+    one-line reason."""
     from mmopt.errors import MmoptError
     from mmopt.frontends._native import native_output_silenced
     from mmopt.runtime import ort
@@ -213,9 +220,12 @@ def _onnxruntime_verdict(serialized: bytes) -> str | None:
     except MmoptError as exc:
         cause = exc.__cause__
         if cause is not None and (type(cause).__name__ == "NotImplemented"
-                                  or _UNKNOWN_OP.search(str(cause))):
-            # no kernel, or an op of a domain onnxruntime does not know (a plugin's)
-            logger.info("onnxruntime has no kernel for part of the model (%s)", summarize(cause))
+                                  or _UNKNOWN_OP.search(str(cause))
+                                  or _LIMITATION.search(str(cause))):
+            # no kernel, an op of a domain onnxruntime does not know (a plugin's), or a feature
+            # or locale onnxruntime or this machine lacks
+            logger.info("onnxruntime cannot open part of the model (%s); onnx's full check "
+                        "judges it instead", summarize(cause))
             return "not implemented"
         return summarize(cause) if cause is not None else exc.message
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -168,3 +169,23 @@ def test_names_with_control_characters_stay_on_one_line():
         mir.load(model)
     assert "\n" not in info.value.message and "\x1b" not in info.value.message
     assert "reads 'gone\\nhere\\x1b[31m'" in info.value.message
+
+
+def test_what_onnxruntime_says_it_does_not_support_is_not_a_defect():
+    """A batch-major LSTM (layout=1) is valid ONNX and mmopt unrolls it; onnxruntime's CPU kernel
+    refuses it ("Batchwise recurrent operations (layout == 1) are not supported"). The front door
+    must not turn onnxruntime's limitation into a refusal (onnx's full check judges instead)."""
+    from mmopt.errors import MmoptError
+    from mmopt.runtime import ort
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "w", "r"], ["y"], name="lstm", hidden_size=3, layout=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 1, 3])],
+        initializer=[onnx.numpy_helper.from_array(rng.standard_normal((1, 12, 4), np.float32), "w"),
+                     onnx.numpy_helper.from_array(rng.standard_normal((1, 12, 3), np.float32), "r")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(MmoptError, match="not supported"):
+        ort.session(model, label="x")  # onnxruntime's own verdict
+    assert mir.load(model) is model
