@@ -33,10 +33,21 @@ input_shape_option = click.option(
          "(batch) dim defaults to 1.")
 
 
+def _remember_fast_math(ctx, _param, value):
+    ctx.meta["mmopt.fast_math"] = value
+    return value
+
+
 def codegen_options(func):
-    """``--winograd/--no-winograd``, ``--pack-weights/--no-pack-weights`` and ``--layout``: the
-    code-generation settings of :mod:`mmopt.codegen.options`, the same on every verb that
-    generates code. Unset flags fall back to the ``MMOPT_*`` environment, then to on."""
+    """``--winograd/--no-winograd``, ``--pack-weights/--no-pack-weights``, ``--layout`` and
+    ``--fast-math/--no-fast-math``: the code-generation settings of :mod:`mmopt.codegen.options`,
+    the same on every verb that generates code. Unset flags fall back to the ``MMOPT_*``
+    environment, then to on. (``--fast-math`` reaches :func:`codegen_from` through the click
+    context, so the verbs' signatures carry only the older three.)"""
+    func = click.option("--fast-math/--no-fast-math", "fast_math", default=None,
+                        expose_value=False, callback=_remember_fast_math,
+                        help="Vectorizable exp/erf/tanh/sigmoid/softmax on CPUs, a few float32 "
+                             "ulps from the C library's [default: on].")(func)
     func = click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
                         help="Data layout convolutions run in [default: the target's].")(func)
     func = click.option("--pack-weights/--no-pack-weights", "pack_weights", default=None,
@@ -51,7 +62,10 @@ def codegen_from(winograd, pack_weights, layout):
     """The :class:`~mmopt.codegen.options.CodegenOptions` of :func:`codegen_options`' flags."""
     from mmopt.codegen.options import CodegenOptions
 
-    return CodegenOptions.from_env(winograd=winograd, pack_weights=pack_weights, layout=layout)
+    ctx = click.get_current_context(silent=True)
+    fast_math = ctx.meta.get("mmopt.fast_math") if ctx is not None else None
+    return CodegenOptions.from_env(winograd=winograd, pack_weights=pack_weights, layout=layout,
+                                   fast_math=fast_math)
 
 
 def import_options(func):

@@ -22,6 +22,9 @@ Per PrimFunc, blocks are scheduled by kind:
   innermost axis vectorized when it divides evenly.
 
 Tile sizes are chosen to divide the loop extents exactly, so no predicates end up in vector loops.
+Where an extent has no good divisor (a transformer's 197 tokens: prime), a matmul-like contraction
+is first padded (:func:`pad_multiples`): its inputs are copied into zero-padded buffers, the tile
+runs on the padded extents, and the valid part of the result is copied out.
 The contraction's choices are knobs (:class:`ContractionKnobs`: rows, vectors across, loop order,
 reduction split; ``None`` = the heuristic). ``mmopt tune`` (``--search knobs``) measures the
 variants of :func:`contraction_knob_space` and records the fastest schedule's trace in the tuning
@@ -178,10 +181,15 @@ def _contraction_axes(sch, block_rv):
 
 
 def _contraction_shape(sch, name: str, lanes: int, registers: int) -> _ContractionShape:
+    """The shape the knobs of contraction ``name`` apply to: its extents after the padding
+    :func:`schedule_contraction` applies (:func:`pad_multiples`)."""
     _loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, sch.get_sblock(name))
     red = [e for e, k in zip(extents, kinds) if k == "R"]
-    return _ContractionShape(extents[v_axis], _pick_lanes(extents[v_axis], lanes),
-                             extents[r_axis] if r_axis is not None else None,
+    r_ext = extents[r_axis] if r_axis is not None else None
+    pad_v, pad_r = pad_multiples(extents[v_axis], r_ext, lanes, registers)
+    v_ext = _round_up(extents[v_axis], pad_v)
+    r_ext = _round_up(r_ext, pad_r) if r_ext is not None else None
+    return _ContractionShape(v_ext, _pick_lanes(v_ext, lanes), r_ext,
                              red[-1] if red else None, len(red), registers)
 
 
@@ -247,6 +255,82 @@ def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
     return best
 
 
+#: padding of a contraction's extent may waste at most this fraction of the work
+_MAX_PAD_WASTE = 0.125
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def pad_multiples(v_ext: int, r_ext: int | None, lanes: int, registers: int,
+                  min_acc: int = 8) -> tuple[int, int]:
+    """``(v_multiple, r_multiple)``: the multiples a contraction's innermost output extent
+    ``v_ext`` and row extent ``r_ext`` are padded to (1: not padded) before it is tiled.
+
+    Tiles divide the extents exactly (no predicates in the micro-kernel), so an extent without
+    a good divisor degrades the tile: a transformer with 197 tokens (prime) gets 1-row tiles,
+    which reload every weight vector for each row (memory-bound: 18 GFLOP/s on ViT-Tiny's MLP
+    on a core with a 117 GFLOP/s peak), and a 197-wide output gets scalar code (3 GFLOP/s on its
+    attention scores). Padding costs a copy of the padded operands and of the result, so:
+
+    * ``v_ext`` is padded to a multiple of ``lanes`` when it is not one of at least half of
+      ``lanes``, the padding wastes less than the narrower vectors would, and there are at least
+      16 rows to spread the padded operand's copy over (a single-row product would copy as much
+      as it computes);
+    * ``r_ext`` (at least 8) is padded when its exact tiles have fewer than 4 rows, to the multiple
+      of 4..8 rows whose register tile (:func:`register_tile` on the padded extents) does the
+      most useful work per FMA slot, wasting at most :data:`_MAX_PAD_WASTE`.
+    """
+    pad_v = 1
+    vec = _pick_lanes(v_ext, lanes)
+    rows_ext = r_ext or 1
+    if vec < lanes and v_ext > lanes and rows_ext >= 16:
+        padded = _round_up(v_ext, lanes)
+        if padded / v_ext - 1 <= _MAX_PAD_WASTE and v_ext / padded > vec / lanes:
+            pad_v = lanes
+    v_eff = _round_up(v_ext, pad_v)
+    vec_eff = _pick_lanes(v_eff, lanes)
+    pad_r = 1
+    if r_ext is not None and r_ext >= 8 and vec_eff > 1:
+        rows0, _nv = register_tile(v_eff, r_ext, vec_eff, registers, min_acc)
+        if rows0 < 4:
+            best_key = None
+            for m in range(_MAX_ROWS, 3, -1):
+                padded = _round_up(r_ext, m)
+                if padded / r_ext - 1 > _MAX_PAD_WASTE:
+                    continue
+                rows, nv = register_tile(v_eff, padded, vec_eff, registers, min_acc)
+                if rows < 4:
+                    continue
+                key = (round(_tile_efficiency(rows, nv, min_acc) * r_ext / padded, 3), rows * nv)
+                if best_key is None or key > best_key:
+                    pad_r, best_key = m, key
+    return pad_v, pad_r
+
+
+def _pad_contraction(sch, block_rv, lanes: int, registers: int):
+    """Pad a matmul-like contraction's iteration domain as :func:`pad_multiples` says; returns the
+    (possibly new) block. A contraction that is not an einsum (a convolution reads ``h + kh``)
+    cannot be padded this way and is returned as is."""
+    _loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, block_rv)
+    pad_v, pad_r = pad_multiples(extents[v_axis], extents[r_axis] if r_axis is not None else None,
+                                 lanes, registers)
+    if pad_v == 1 and pad_r == 1:
+        return block_rv
+    padding = [1] * len(kinds)
+    padding[v_axis] = pad_v
+    if r_axis is not None:
+        padding[r_axis] = pad_r
+    name = sch.get(block_rv).name_hint
+    try:
+        sch.pad_einsum(block_rv, padding)
+    except Exception as exc:  # noqa: BLE001 - not an einsum: tiled on the exact extents
+        logger.debug("not padding %s: %s", name, str(exc).splitlines()[-1:])
+        return block_rv
+    return sch.get_sblock(name)
+
+
 def _default_tile(shape: _ContractionShape, registers: int) -> tuple[int, int]:
     """``(rows, nv)`` of the built-in heuristic: :func:`register_tile`."""
     rows, nv = register_tile(shape.v_ext, shape.r_ext, shape.vec if shape.vec > 1 else 1,
@@ -293,7 +377,7 @@ def contraction_knob_space(shape: _ContractionShape, registers: int,
 
 def schedule_contraction(sch, name: str, lanes: int, registers: int,
                          knobs: ContractionKnobs | None = None) -> None:
-    block_rv = sch.get_sblock(name)
+    block_rv = _pad_contraction(sch, sch.get_sblock(name), lanes, registers)
     loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, block_rv)
     knobs = knobs or ContractionKnobs()
 
@@ -584,6 +668,13 @@ def _target_params(target) -> tuple[int, int]:
     return max(4, facts.lanes), facts.vector_registers
 
 
+def _in_scheduled_loops(sch, block_rv) -> bool:
+    """Whether a block sits in a loop some schedule made parallel, vectorized or unrolled."""
+    from tvm import tirx
+
+    return any(sch.get(lp).kind != tirx.ForKind.SERIAL for lp in sch.get_loops(block_rv))
+
+
 def _contraction_names(sch) -> list[str]:
     root = sch.get_sblock("root")
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
@@ -619,8 +710,10 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
     for block_rv in sch.get_child_blocks(root):
         block = sch.get(block_rv)
         name = block.name_hint
-        # skip the contractions and the init/write-back blocks their schedules created
-        if any(name == c or name.startswith(c + "_") for c in contractions):
+        # skip the contractions and the init/write-back blocks their schedules created (inside
+        # the contraction's parallel loops); a padded contraction's copy-out stays to schedule
+        if name in contractions or (any(name.startswith(c + "_") for c in contractions)
+                                    and _in_scheduled_loops(sch, block_rv)):
             continue
         if "R" in _iter_kinds(block):
             sch = _try(sch, schedule_reduction, name, lanes)

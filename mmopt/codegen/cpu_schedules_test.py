@@ -48,6 +48,35 @@ def test_matmul_with_bias_epilogue(target):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_prime_extents_are_padded_to_a_full_register_tile(target):
+    """A batch matmul with 197 tokens (ViT: prime) on both sides: padded to a multiple of the
+    vector width and of the tile's rows, vectorized, and still exact (with the epilogue)."""
+    from tvm import te
+
+    from mmopt.codegen.cpu_schedules import pad_multiples
+
+    assert pad_multiples(197, 197, 8, 16) == (8, 8)
+    assert pad_multiples(768, 197, 16, 32) == (1, 6)  # 198 rows: 6 x 4 tiles
+    assert pad_multiples(64, 56, 16, 32) == (1, 1)    # divisible: left alone
+    assert pad_multiples(197, 1, 16, 32) == (1, 1)    # one row: padding would copy all the work
+    heads, t, d = 3, 197, 64
+    q = te.placeholder((heads, t, d), name="q")
+    kt = te.placeholder((heads, d, t), name="kt")
+    r = te.reduce_axis((0, d), name="k")
+    mm = te.compute((heads, t, t), lambda h, i, j: te.sum(q[h, i, r] * kt[h, r, j], axis=r),
+                    name="matmul")
+    out = te.compute((heads, t, t), lambda h, i, j: mm[h, i, j] * 0.125, name="scale")
+    func = te.create_prim_func([q, kt, out])
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal((heads, t, d)).astype("float32"),
+              rng.standard_normal((heads, d, t)).astype("float32"),
+              np.zeros((heads, t, t), "float32")]
+    script, got = _build_and_run(func, target, arrays)
+    assert "200, 200" in script  # the padded product (avx2: 8 lanes, 8 rows)
+    assert "T.vectorized" in script
+    np.testing.assert_allclose(got, arrays[0] @ arrays[1] * 0.125, rtol=1e-4, atol=1e-4)
+
+
 def test_nhwc_conv_with_odd_channels(target):
     from tvm import te
 

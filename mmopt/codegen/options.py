@@ -9,7 +9,9 @@ says so instead of silently applying fewer records.
   (:mod:`mmopt.codegen.winograd`);
 * ``pack_weights``: float NHWC convolution weights are re-laid out at compile time for the
   micro-kernel's access order (:mod:`mmopt.codegen.packed_conv`);
-* ``layout``: the data layout convolutions run in (``None``: the target's preferred layout).
+* ``layout``: the data layout convolutions run in (``None``: the target's preferred layout);
+* ``fast_math``: float32 exp/erf/tanh/sigmoid/softmax on CPUs computed with vectorizable
+  arithmetic instead of the C library's scalar functions (:mod:`mmopt.codegen.fast_math`).
 
 The environment variables of earlier releases (``MMOPT_WINOGRAD=0``, ``MMOPT_PACK_WEIGHTS=0``,
 ``MMOPT_CONV_LAYOUT=NCHW``) still work as defaults for the command line and the Python API; what
@@ -31,6 +33,7 @@ class CodegenOptions:
     winograd: bool = True
     pack_weights: bool = True
     layout: str | None = None
+    fast_math: bool = True
 
     def __post_init__(self):
         if self.layout is not None and self.layout not in LAYOUTS:

@@ -108,10 +108,17 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     return passes
 
 
-def _legalize():
+def _legalize(target: Target, options: CodegenOptions):
+    """Relax operators -> TIR (on CPUs with vectorizable transcendental functions when
+    ``options.fast_math``: :mod:`mmopt.codegen.fast_math`), then operator fusion."""
     from tvm import relax
 
-    return [
+    fast = []
+    if target.device == "cpu" and options.fast_math:
+        from mmopt.codegen.fast_math import fast_math_pass
+
+        fast = [fast_math_pass()]
+    return fast + [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -183,7 +190,7 @@ def tuning_module(mod, target: Target, options: CodegenOptions | None = None):
     options = options or CodegenOptions()
     with target.tvm_target():
         return tvm.transform.Sequential(_library_dispatch() + _layout(target, options)
-                                        + _legalize())(mod)
+                                        + _legalize(target, options))(mod)
 
 
 def relax_pipeline(target: Target, database=None, options: CodegenOptions | None = None):
@@ -203,7 +210,7 @@ def relax_pipeline(target: Target, database=None, options: CodegenOptions | None
     def _pipeline(mod, _ctx):
         with tvm_target, (database if database is not None else contextlib.nullcontext()):
             passes = (_library_dispatch() + _layout(target, options or CodegenOptions())
-                      + _legalize()
+                      + _legalize(target, options or CodegenOptions())
                       + (_apply_database() if database is not None else [])
                       + SCHEDULES[target.device]() + _lower(target.device))
             return tvm.transform.Sequential(passes)(mod)
