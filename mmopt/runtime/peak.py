@@ -16,7 +16,8 @@ workers, and is cached per ``(target, threads)`` in this process.
 
 What the number means: the FMA throughput of ``threads`` cores that each run the kernel whenever
 they run, i.e. the flops of a burst divided by the CPU time its threads got, times ``threads``; the
-90th percentile of 40 short bursts. On an idle machine this equals the wall-clock rate
+median of 10 bursts of 0.1 s each, or the best wall-clock rate when that is higher. On an idle
+machine this equals the wall-clock rate
 (``wall_gflops``, also reported). On a shared machine the wall-clock rate of several threads
 depends on whether the other processes leave all the cores free at once (measured: 46 instead of
 ~225 GFLOP/s for 2 threads on a 2-core machine at load average 8), while the per-CPU-second rate
@@ -47,9 +48,13 @@ logger = logging.getLogger(__name__)
 #: the API (the rest serves ``mmopt profile``'s worker process and the tests)
 __all__ = ["PeakMeasurement", "fma_peak_gflops", "measure_peak"]
 
-#: one timed burst lasts about this long; the best of ``_BURSTS`` bursts is kept
-_BURST_S = 0.004
-_BURSTS = 40
+#: one timed burst lasts about this long. Long enough that the kernel's accounting of the other
+#: threads' CPU time, which on an idle machine is brought up to date only at scheduler ticks (up
+#: to 4 ms late), cannot make a burst's CPU time look short: with 4 ms bursts, some bursts showed
+#: the second thread's time missing and the 2-thread AVX-512 peak came out twice the true one
+#: (441 instead of 227 GFLOP/s on a Zen 4 with two cores)
+_BURST_S = 0.1
+_BURSTS = 10
 #: registers kept free of accumulators: the two loop-invariant operands, and room to spare
 _FREE_REGISTERS = 4
 
@@ -232,9 +237,9 @@ def measure_in_this_process(target_name: str, threads: int) -> PeakMeasurement:
                      cpu / (wall * threads)) for wall, cpu in (timed(n) for _ in range(_BURSTS)))
     rates = [wall_rate for wall_rate, _cpu_rate, _share in bursts]
     wall_best, _, share = bursts[-1]
-    # the 90th percentile rather than the maximum: one burst's CPU accounting can be off
+    # the median rather than the maximum: one burst's CPU accounting can be off
     cpu_rates = sorted(cpu_rate for _, cpu_rate, _ in bursts)
-    best = max(cpu_rates[int(0.9 * (len(cpu_rates) - 1))], wall_best)
+    best = max(cpu_rates[len(cpu_rates) // 2], wall_best)
     if not np.all(np.isfinite(y.numpy())):
         raise MmoptError(f"FMA peak kernel for {target_name} produced non-finite values")
     implied = best / (threads * units * lanes * 2)
