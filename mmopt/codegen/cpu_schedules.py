@@ -19,7 +19,8 @@ Per PrimFunc, blocks are scheduled by kind:
 * **reduction** (pooling, mean, softmax/layernorm statistics): spatial loops outside, reduction
   loops inside, the contiguous output axis innermost and vectorized; outer loops parallel.
 * **injective** (element-wise, pad, transpose, concat, ...): outer loops fused and parallel,
-  innermost axis vectorized when it divides evenly.
+  innermost axis vectorized (when no vector width divides it, its largest multiple of the
+  vector width is, and the remainder runs as a scalar loop).
 
 Tile sizes are chosen to divide the loop extents exactly, so no predicates end up in vector loops.
 Where an extent has no good divisor (a transformer's 197 tokens: prime), a matmul-like contraction
@@ -616,6 +617,13 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         outer_part, vec_loop = sch.split(inner, factors=[None, vec])
         sch.vectorize(vec_loop)
         loops = loops[:-1] + [outer_part]
+    elif extents[-1] > lanes and len(loops) > 1:
+        # no vector width divides the innermost extent (197 tokens): the first multiple of
+        # ``lanes`` elements of each row runs in vectors, the rest as a scalar loop of its own
+        head, _tail = sch.loop_partition(inner, [extents[-1] // lanes * lanes, None])
+        _, vec_loop = sch.split(head, factors=[None, lanes])
+        sch.vectorize(vec_loop)
+        loops = loops[:-1]
     if total >= _MIN_PARALLEL_ELEMENTS:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         sch.parallel(fused)

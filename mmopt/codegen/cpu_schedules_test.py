@@ -77,6 +77,19 @@ def test_prime_extents_are_padded_to_a_full_register_tile(target):
     np.testing.assert_allclose(got, arrays[0] @ arrays[1] * 0.125, rtol=1e-4, atol=1e-4)
 
 
+def test_injective_with_a_prime_innermost_extent_is_vectorized(target):
+    """[40, 197] element-wise: 192 of each row's 197 elements in vectors, 5 in a scalar loop."""
+    from tvm import te
+
+    x = te.placeholder((40, 197), name="x")
+    out = te.compute((40, 197), lambda i, j: x[i, j] * 2.0 + 1.0, name="affine")
+    func = te.create_prim_func([x, out])
+    xs = np.random.default_rng(4).standard_normal((40, 197)).astype("float32")
+    script, got = _build_and_run(func, target, [xs, np.zeros((40, 197), "float32")])
+    assert "T.vectorized(8)" in script and "range(192, 197)" in script
+    np.testing.assert_allclose(got, xs * 2 + 1, rtol=1e-6)
+
+
 def test_nhwc_conv_with_odd_channels(target):
     from tvm import te
 
