@@ -161,8 +161,9 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         database = open_database(db, tgt, allow_emulated=allow_emulated_records)
     step(f"generating code for {tgt.name}")
     from mmopt.codegen.cpu_schedules import record_fallbacks
+    from mmopt.codegen.quantized import record_int8_kernels
 
-    with record_fallbacks() as fallbacks:
+    with record_fallbacks() as fallbacks, record_int8_kernels() as int8_kernels:
         executable = _build.build(mod, tgt, database, codegen)
     timings["codegen"] = time.perf_counter() - t0
     tuning = None
@@ -197,6 +198,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         codegen=codegen.resolved(tgt),
         extra={**({"tuning": tuning} if tuning else {}),
                **({"schedule_fallbacks": fallbacks} if fallbacks else {}),
+               **({"int8_kernels": int8_kernels} if int8_kernels else {}),
                **_random_weights(reference)},
     )
 

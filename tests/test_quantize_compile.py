@@ -23,6 +23,11 @@ def test_int8_digits_artifact_agrees_with_onnxruntime(tmp_path):
     qdq, _ = quantize(fixed, calib, method="entropy")
     result = mmopt.compile(qdq, "x86", tmp_path / "digits_int8")
     assert result.verification.passed
+    # the artifact JSON says which arithmetic each conv/matmul kernel runs
+    kernels = result.meta.extra["int8_kernels"]
+    assert kernels and all(k["path"] in ("vnni", "vnni256", "pmaddwd", "sdot", "integer-loop",
+                                         "float") for k in kernels)
+    assert any(k["path"] != "float" for k in kernels)
     compiled = mmopt.load(result.library)
     session = ort.session(qdq, label="int8 digits")  # reference semantics
     xs, ys = splits.test_x.astype(np.float32), splits.test_y

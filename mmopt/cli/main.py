@@ -157,6 +157,16 @@ def _print_compile_report(result) -> None:
         out.print("  [yellow]weights[/]   random (--random-weights"
                   + (f", seed {seed}" if seed is not None else "")
                   + "): the outputs are meaningless; verification only compares compilers")
+    int8_kernels = meta.extra.get("int8_kernels") or []
+    if int8_kernels:
+        from collections import Counter
+
+        paths = Counter(k["path"] for k in int8_kernels)
+        out.print("  int8      " + ", ".join(f"{n} {p}" for p, n in paths.most_common())
+                  + " (kernels by arithmetic; the JSON lists each under extra.int8_kernels)")
+        if paths.get("float"):
+            out.print(f"  [yellow]note[/]      {paths['float']} matmul/conv kernel(s) run in float "
+                      "(not quantized, or activation x activation)")
     fallbacks = meta.extra.get("schedule_fallbacks") or []
     if fallbacks:
         shown = ", ".join(f"{f['block']} ({f['reason']})" for f in fallbacks[:3])
