@@ -342,8 +342,8 @@ def test_cli_max_drop_spellings_and_eval_engine(tmp_path, cnn):
     assert json.loads((tmp_path / "r.json").read_text())["eval_engine"] == "onnxruntime"
     result = run()
     assert "eval engine  reference (onnxruntime, graph optimizations off" in result.output
-    result = run("--eval-engine", "artifact")
-    assert result.exit_code == 2 and "'artifact' is not one of" in result.output
+    result = run("--eval-engine", "tvm")
+    assert result.exit_code == 2 and "'tvm' is not one of" in result.output
 
 
 def test_evaluation_runs_on_the_chosen_engine(cnn, monkeypatch):
@@ -366,5 +366,27 @@ def test_evaluation_runs_on_the_chosen_engine(cnn, monkeypatch):
         assert report.eval_engine == engine and report.to_dict()["eval_engine"] == engine
     _, report = quantize(cnn, _data(8))
     assert report.eval_engine is None
-    with pytest.raises(MmoptError, match="--eval-engine artifact: use one of"):
-        quantize(cnn, _data(8), eval_data=_data(4), eval_engine="artifact")
+    with pytest.raises(MmoptError, match="--eval-engine tvm: use one of"):
+        quantize(cnn, _data(8), eval_data=_data(4), eval_engine="tvm")
+
+
+def test_artifact_engine_scores_the_compiled_model(cnn, tmp_path):
+    """``--eval-engine artifact``: the int8 candidate is compiled for the target and run here; its
+    score equals the reference semantics' up to the integer kernels' rounding, and the CLI names
+    the engine and target."""
+    _, ref = quantize(cnn, _data(16), eval_data=_data(12, seed=1), metric="cosine")
+    _, art = quantize(cnn, _data(16), eval_data=_data(12, seed=1), metric="cosine",
+                      eval_engine="artifact", target="x86-avx2")
+    assert art.eval_engine == "artifact" and art.to_dict()["eval_target"] == "x86-avx2"
+    assert abs(art.evaluation.drop - ref.evaluation.drop) < 0.05, (art.evaluation, ref.evaluation)
+    assert art.evaluation.cosine > 0.99
+    np.savez(tmp_path / "c.npz", **_data(8))
+    np.savez(tmp_path / "e.npz", **_data(6, seed=2))
+    onnx.save(cnn, tmp_path / "m.onnx")
+    result = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m.onnx"), "-o",
+                                      str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "c.npz"),
+                                      "--eval", str(tmp_path / "e.npz"), "--metric", "cosine",
+                                      "--eval-engine", "artifact", "--target", "x86-avx2"])
+    assert result.exit_code == 0, result.output
+    assert "eval engine artifact (the compiled mmopt artifact for target x86-avx2" in \
+        " ".join(result.output.split())

@@ -15,7 +15,8 @@ from mmopt.quantize.calibrate import DEFAULT_PERCENTILE, METHODS
 from mmopt.quantize.evaluate import METRICS
 from mmopt.quantize.pipeline import DEFAULT_ACTIVATIONS, DEFAULT_METHOD, DTYPES
 from mmopt.quantize.qdq import ACTIVATION_TYPES
-from mmopt.runtime.ort import DEFAULT_ENGINE, ENGINE_DESCRIPTIONS, ENGINES
+from mmopt.quantize.evaluate import ENGINES, describe_engine
+from mmopt.runtime.ort import DEFAULT_ENGINE
 
 _STAGES = {"calibrate": "calibrating", "sensitivity": "ranking layers",
            "fallback": "keeping layers in float"}
@@ -93,7 +94,11 @@ def _dims(text: str | None, option: str):
               help="How --eval runs the models: reference = onnxruntime with graph optimizations "
                    "off (QDQ as dequantize -> float op -> quantize, the same on every CPU, what "
                    "mmopt's int8 kernels compute); onnxruntime = its default optimizations (fused "
-                   "int8 kernels, CPU-dependent; for models shipped on onnxruntime).")
+                   "int8 kernels, CPU-dependent; for models shipped on onnxruntime); artifact = "
+                   "each candidate compiled with mmopt for --target and run here (what is "
+                   "deployed; one compile per candidate).")
+@click.option("-t", "--target", default="x86", show_default=True,
+              help="Target --eval-engine artifact compiles for (it must run on this machine).")
 @input_shape_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the report as JSON.")
@@ -102,7 +107,7 @@ def _dims(text: str | None, option: str):
 def quantize_cmd(model, output, calib, method, percentile, per_channel, activations, exclude,
                  samples, dtype, weight_only, preprocess_file, resize, crop, mean, std, scale,
                  channel_order, layout, eval_data, eval_samples, metric, max_drop, eval_engine,
-                 input_shapes, report_path, as_json):
+                 target, input_shapes, report_path, as_json):
     """Quantize MODEL and write the result as ONNX (QDQ int8 by default).
 
     \b
@@ -137,7 +142,8 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
             activations=activations, exclude=exclude, samples=samples, percentile=percentile,
             dtype=dtype, weight_only=weight_only, preprocess=preprocess,
             input_shapes=shapes(input_shapes), eval_data=eval_data, eval_samples=eval_samples,
-            metric=metric, max_drop=max_drop, eval_engine=eval_engine, progress=progress)
+            metric=metric, max_drop=max_drop, eval_engine=eval_engine, target=target,
+            progress=progress)
     mir.save(qmodel, output)
     data = report.to_dict()
     if report_path:
@@ -187,7 +193,7 @@ def _print(report, output) -> None:
         out.print(f"  evaluation   drop {ev.drop:.3f} ({ev.metric}); cosine {ev.cosine:.5f}, "
                   f"SNR {ev.snr_db:.1f} dB{top}")
         out.print(f"  eval engine  {report.eval_engine} "
-                  f"({ENGINE_DESCRIPTIONS[report.eval_engine]})", markup=False)
+                  f"({describe_engine(report.eval_engine, report.eval_target)})", markup=False)
     aa = report.accuracy_aware
     if aa is not None:
         verdict = "[green]met[/]" if aa.met else "[red]NOT met[/]"

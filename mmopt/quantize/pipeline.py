@@ -67,6 +67,8 @@ class QuantizeReport:
     evaluation: Score | None = None
     #: how the evaluation ran the models (``--eval-engine``); None without evaluation
     eval_engine: str | None = None
+    #: the target the ``artifact`` eval engine compiled for
+    eval_target: str | None = None
     accuracy_aware: accuracy_aware.AccuracyAwareReport | None = None
     details: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -118,6 +120,7 @@ def quantize(
     metric: str | None = None,
     max_drop: float | str | None = None,
     eval_engine: str = ort.DEFAULT_ENGINE,
+    target: str = "x86",
     batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
@@ -126,7 +129,8 @@ def quantize(
     ``calib_data``: see :mod:`mmopt.quantize.data` (files, directories, arrays, iterables).
     ``exclude``: node names or op types kept in float. ``samples``: use at most this many
     calibration samples. ``eval_data`` + ``metric`` score the result against the float model, both
-    run on ``eval_engine`` (``"reference"`` or ``"onnxruntime"``, see :mod:`mmopt.runtime.ort`);
+    run on ``eval_engine`` (``"reference"``, ``"onnxruntime"`` or ``"artifact"``: compiled for
+    ``target`` and run here; see :mod:`mmopt.quantize.evaluate`);
     ``max_drop`` turns on accuracy-aware mode. It is read as ``mmopt check --max-drop`` reads it
     (:func:`mmopt.check.thresholds.parse_max_drop`): ``"0.5%"`` is half a percentage point of the
     metric's drop (see :mod:`mmopt.quantize.evaluate`), a bare number below 1 a fraction
@@ -143,7 +147,9 @@ def quantize(
                          f"{', '.join(qdq.ACTIVATION_TYPES)}")
     if not 0 < percentile <= 100:
         raise MmoptError(f"--percentile {percentile}: must be in (0, 100]")
-    eval_engine = ort.check_engine(eval_engine)
+    from mmopt.quantize.evaluate import check_engine
+
+    eval_engine = check_engine(eval_engine)
     if max_drop is not None:
         from mmopt.check.thresholds import parse_max_drop
 
@@ -222,7 +228,7 @@ def quantize(
         if eval_data is not None:
             t0 = time.perf_counter()
             evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric,
-                                   eval_engine)
+                                   eval_engine, target)
             score = evaluator.score(out)
             report.evaluation = score
             timings["evaluate"] = time.perf_counter() - t0
@@ -241,19 +247,21 @@ def quantize(
                     steps=[accuracy_aware.Step("all int8", [], score, True)])
     if eval_data is not None and report.evaluation is None:
         evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric,
-                               eval_engine)
+                               eval_engine, target)
         report.evaluation = evaluator.score(out)
     if eval_data is not None:
         report.eval_engine = eval_engine
+        report.eval_target = target if eval_engine == "artifact" else None
     report.ops_after = _ops(out)
     report.timings = timings
     return out, report
 
 
-def _evaluator(prepared, eval_data, inputs, preprocess, limit, metric, engine) -> Evaluator:
+def _evaluator(prepared, eval_data, inputs, preprocess, limit, metric, engine,
+               target="x86") -> Evaluator:
     src = qdata.open_data(eval_data, inputs, preprocess=preprocess, what="--eval")
     feeds, labels = qdata.materialize(src, limit)
     if metric == "top1" and labels is None:
         logger.info("--eval data has no labels: top1 is measured as agreement with the float model")
     return Evaluator(prepared, feeds, labels, metric,
-                     batchable=all(s.batchable for s in inputs), engine=engine)
+                     batchable=all(s.batchable for s in inputs), engine=engine, target=target)

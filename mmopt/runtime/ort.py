@@ -11,8 +11,8 @@ Two ways of executing an ONNX model matter to mmopt; ``--eval-engine`` names the
   set: on AVX2 without VNNI, uint8 x int8 products are summed in saturating int16 pairs, so the same
   QDQ model scores differently on different CPUs.
 
-(A third engine, ``artifact``, the compiled mmopt artifact, is not offered yet; it would run through
-:mod:`mmopt.runtime.artifact`, not through this module.)
+A third engine of ``quantize --eval-engine``, ``artifact`` (the candidate compiled by mmopt and run
+here), goes through :mod:`mmopt.runtime.artifact`, not this module (:mod:`mmopt.quantize.evaluate`).
 
     from mmopt.runtime import ort
     session = ort.session(model, label="candidate model.int8.onnx")          # reference
