@@ -639,12 +639,15 @@ def record_fallbacks():
     """Collect, while the block runs, every block a default schedule could not handle: a list of
     ``{"block", "schedule", "reason"}``. Such a block runs as generated (correct, but a plain
     loop nest: not parallel, not vectorized), which a compile report must say."""
+    outer = _FALLBACKS.get()
     found: list[dict] = []
     token = _FALLBACKS.set(found)
     try:
         yield found
     finally:
         _FALLBACKS.reset(token)
+        if outer is not None:  # nested (a caller records around mmopt.compile): it sees them too
+            outer.extend(found)
 
 
 def note_fallback(block: str, schedule: str, exc: BaseException) -> None:

@@ -819,12 +819,15 @@ def record_int8_kernels():
     ``"float"`` (a contraction left in float: not quantized, or activation x activation). Stays
     empty for a model without integer kernels. ``kernel`` is the fused function's name, as
     profilers show it."""
+    outer = _INT8_KERNELS.get()
     found: list[dict] = []
     token = _INT8_KERNELS.set(found)
     try:
         yield found
     finally:
         _INT8_KERNELS.reset(token)
+        if outer is not None:  # nested (a caller records around mmopt.compile): it sees them too
+            outer.extend(found)
 
 
 def kernel_path(func, dots) -> dict | None:
