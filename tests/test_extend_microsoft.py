@@ -357,6 +357,104 @@ def test_llama_block_rms_norm_and_rotary_embeddings(tmp_path):
     assert report.passed, report.to_dict()
 
 
+def _gpt2_decoder(path: Path) -> None:
+    """A 2-layer GPT-2-style decoder (Conv1D projections, causal mask from a tril buffer, the past
+    keys and values of each layer as an input ``[2, batch, heads, past, head size]`` and the
+    present ones as an output) exported by PyTorch's TorchScript exporter."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class Conv1D(nn.Module):
+        def __init__(self, outputs: int, inputs: int):
+            super().__init__()
+            self.outputs = outputs
+            self.weight = nn.Parameter(torch.randn(inputs, outputs) * 0.1)
+            self.bias = nn.Parameter(torch.randn(outputs) * 0.1)
+
+        def forward(self, x):
+            y = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+            return y.view(*(x.size()[:-1] + (self.outputs,)))
+
+    class Attention(nn.Module):
+        def __init__(self, d: int, heads: int, context: int = 64):
+            super().__init__()
+            self.heads, self.d = heads, d
+            self.register_buffer("bias", torch.tril(torch.ones(context, context)).view(
+                1, 1, context, context))
+            self.c_attn, self.c_proj = Conv1D(3 * d, d), Conv1D(d, d)
+
+        def split(self, x, key=False):
+            x = x.view(*(x.size()[:-1] + (self.heads, x.size(-1) // self.heads)))
+            return x.permute(0, 2, 3, 1) if key else x.permute(0, 2, 1, 3)
+
+        def forward(self, x, past):
+            q, k, v = self.c_attn(x).split(self.d, dim=2)
+            q, k, v = self.split(q), self.split(k, key=True), self.split(v)
+            k = torch.cat((past[0].transpose(-2, -1), k), dim=-1)
+            v = torch.cat((past[1], v), dim=-2)
+            present = torch.stack((k.transpose(-2, -1), v))
+            w = torch.matmul(q, k) / (float(v.size(-1)) ** 0.5)
+            nd, ns = w.size(-2), w.size(-1)
+            b = self.bias[:, :, ns - nd:ns, :ns]
+            w = nn.Softmax(dim=-1)(w * b - 1e4 * (1 - b))
+            a = torch.matmul(w, v).permute(0, 2, 1, 3).contiguous()
+            return self.c_proj(a.view(*(a.size()[:-2] + (a.size(-2) * a.size(-1),)))), present
+
+    class Block(nn.Module):
+        def __init__(self, d: int, heads: int):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.attn, self.fc, self.proj = Attention(d, heads), Conv1D(4 * d, d), Conv1D(d, 4 * d)
+
+        def forward(self, x, past):
+            a, present = self.attn(self.ln_1(x), past)
+            x = x + a
+            return x + self.proj(nn.functional.gelu(self.fc(self.ln_2(x)),
+                                                    approximate="tanh")), present
+
+    class Decoder(nn.Module):
+        def __init__(self, d: int = 64, heads: int = 4):
+            super().__init__()
+            self.h = nn.ModuleList(Block(d, heads) for _ in range(2))
+            self.ln_f = nn.LayerNorm(d)
+
+        def forward(self, x, past_0, past_1):
+            presents = []
+            for block, past in zip(self.h, (past_0, past_1)):
+                x, present = block(x, past)
+                presents.append(present)
+            return (self.ln_f(x), *presents)
+
+    torch.manual_seed(0)
+    past = torch.randn(2, 1, 4, 5, 16)
+    axes = {"x": {0: "batch", 1: "sequence"}, "past_0": {1: "batch", 3: "past"},
+            "past_1": {1: "batch", 3: "past"}}
+    torch.onnx.export(Decoder().eval(), (torch.randn(1, 1, 64), past, past), str(path),
+                      input_names=["x", "past_0", "past_1"],
+                      output_names=["y", "present_0", "present_1"], opset_version=17,
+                      dynamo=False, dynamic_axes=axes)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_gpt2_decoder_with_past_state_gpt2_optimizer(tmp_path, steps):
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    source = tmp_path / "gpt2.onnx"
+    _gpt2_decoder(source)
+    optimized = optimize_model(str(source), model_type="gpt2", num_heads=4, hidden_size=64,
+                               opt_level=0)
+    path = tmp_path / "gpt2.opt.onnx"
+    optimized.save_model_to_file(str(path))
+    assert _ms_ops(path) == {"Attention": 2, "SkipLayerNormalization": 4, "FastGelu": 2}
+    attention = next(n for n in onnx.load(path).graph.node if n.op_type == "Attention")
+    assert attention.input[4] == "past_0" and attention.output[1] == "present_0"
+    # a decoding step (one new token) and a prompt chunk (three) after 5 cached positions
+    shapes = {"x": (1, steps, 64), "past_0": (2, 1, 4, 5, 16), "past_1": (2, 1, 4, 5, 16)}
+    _assert_decomposed_by_mmopt(path, ["Attention", "SkipLayerNormalization", "FastGelu"],
+                                **shapes)
+    _compile_verified(path, tmp_path / "out" / "gpt2", input_shapes=shapes)
+
+
 # --------------------------------------------------------------------------------------------------
 # (d) MatMulNBitsQuantizer
 
