@@ -7,6 +7,7 @@
     python benchmarks/speed_suite.py --tune-trials 64     # + fp32 tuned here first (64 trials/task)
     python benchmarks/speed_suite.py --tune-trials 64 --db tuning_db   # ... kept in tuning_db
     python benchmarks/speed_suite.py --int8               # + int8 (QDQ) models (and int8/fp32)
+    python benchmarks/speed_suite.py --nbits --models transformer_block   # + 4-bit MatMulNBits
 
 Models: the zoo's (``mmopt zoo list``) and, when the rapidocr-onnxruntime wheel is installed, its
 PP-OCR models (``ocr_det``, ``ocr_rec``, ``ocr_cls``). ``NAME@SIZE`` runs a detector at SIZExSIZE:
@@ -25,6 +26,12 @@ engines, and achieved GFLOP/s (model FLOPs = ``mmopt inspect`` MACs x 2, over th
 with, once ``mmopt.runtime.peak`` exists, the percentage of the FMA peak. This is a benchmark, not a
 test: numbers depend on the machine and on what else runs on it; compare ratios, which are
 measured side by side.
+
+``--nbits`` adds a ``q4`` variant of models with MatMul weights: onnxruntime's
+``MatMulNBitsQuantizer`` (4-bit blocks of 32, asymmetric) replaces them by com.microsoft
+``MatMulNBits``, which mmopt compiles as a kernel reading the packed weights; onnxruntime runs the
+same q4 file. Its rows carry ``q4_vs_fp32`` (the mmopt q4 artifact's median latency over the mmopt
+fp32 one's). Every row records its artifact's size (``artifact_bytes``).
 """
 
 from __future__ import annotations
@@ -218,7 +225,7 @@ def _throughput(flops: int | None, median_ms: float, peak: float | None) -> dict
 
 def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: bool,
         out_dir: Path, tune_trials: int | None = None, search: str = "knobs",
-        rounds: int = 1, isas: list[str] | None = None) -> list[dict]:
+        rounds: int = 1, isas: list[str] | None = None, nbits: bool = False) -> list[dict]:
     """Compile every model for every ISA (and variant), time them with onnxruntime; write
     speed.json and speed.png to ``out_dir``.
 
@@ -265,6 +272,15 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                 int8_path = tmp / f"{label}-int8.onnx"  # onnxruntime runs the same QDQ model
                 mir.save(quantized, int8_path)
                 variants.append(("int8", quantized, None, int8_path))
+            if nbits:
+                q4 = _nbits(reference)
+                if q4 is None:
+                    print(f"{name:<22} q4         no MatMul with constant weights: no q4 variant",
+                          flush=True)
+                else:
+                    q4_path = tmp / f"{label}-q4.onnx"  # onnxruntime runs the same q4 model
+                    mir.save(q4, q4_path)
+                    variants.append(("q4", q4, None, q4_path))
             compiled = []  # (variant, isa, database, result, reference path, compile seconds)
             for isa in isas:
                 tune_s = (_tune(reference, name, isa, db, tune_trials, search) if tune_trials
@@ -309,6 +325,7 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                        "min_ratio": mm_t.min_ms / ort_t.min_ms,
                        "round_ratios": [round(r, 3) for r in ratios],
                        "compile_s": compile_s, "flops": flops,
+                       "artifact_bytes": result.library.stat().st_size,
                        "throughput": {
                            "mmopt": _throughput(flops, mm_t.median_ms, peaks[isa]),
                            "onnxruntime": _throughput(flops, ort_t.median_ms, host_peak)},
@@ -319,13 +336,13 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                                      "tune_s": tune_s,
                                      **{k: v for k, v in (result.meta.extra or {})
                                         .get("tuning", {}).items() if k.startswith("kernels")}}
-                if variant == "int8":  # the compiled int8 artifact against the compiled fp32 one
+                if variant in ("int8", "q4"):  # the compiled artifact against the fp32 one
                     fp32 = next((j for j, c in enumerate(compiled)
                                  if c[0] == "fp32" and c[1] == isa), None)
                     if fp32 is not None:
                         speedups = sorted(mm[i].median_ms / mm[fp32].median_ms
                                           for mm, _ in per_round)
-                        row["int8_vs_fp32"] = round(speedups[(len(speedups) - 1) // 2], 3)
+                        row[f"{variant}_vs_fp32"] = round(speedups[(len(speedups) - 1) // 2], 3)
                 rows.append(row)
                 print(_line(row, rounds), flush=True)
     load_after = _check_load("after the run", warnings)
@@ -354,8 +371,10 @@ def _line(row: dict, rounds: int) -> str:
         if t_mm["pct_of_peak"] is not None and t_ort["pct_of_peak"] is not None:
             text += f" ({t_mm['pct_of_peak']:.0f}% / {t_ort['pct_of_peak']:.0f}% of peak)"
     text += f" | compile {row['compile_s']:5.1f}s"
-    if "int8_vs_fp32" in row:
-        text += f" | int8/fp32 {row['int8_vs_fp32']:.2f}"
+    text += f" | {row['artifact_bytes'] / 1e6:.2f} MB"
+    for variant in ("int8", "q4"):
+        if f"{variant}_vs_fp32" in row:
+            text += f" | {variant}/fp32 {row[f'{variant}_vs_fp32']:.2f}"
     if rounds > 1:
         text += f" | rounds {row['round_ratios']}"
     return text
@@ -386,6 +405,22 @@ def _quantized(model):
     calib = [{k: rng.random(v.shape, dtype=np.float32).astype(v.dtype) for k, v in feeds.items()}
              for _ in range(16)]
     quantized, _report = quantize(model, calib, method="percentile")
+    return quantized
+
+
+def _nbits(model):
+    """``model`` with its MatMuls of constant 2-D weights as 4-bit ``MatMulNBits`` (onnxruntime's
+    quantizer, blocks of 32, asymmetric), or None when it has none."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # the quantizer rewrites the model it is given
+    quantizer = MatMulNBitsQuantizer(copy, block_size=32, is_symmetric=False)
+    quantizer.process()
+    quantized = quantizer.model.model
+    if not any(n.op_type == "MatMulNBits" for n in quantized.graph.node):
+        return None
     return quantized
 
 
@@ -432,6 +467,9 @@ def main() -> None:
     parser.add_argument("--search", default="knobs", choices=["knobs", "metaschedule", "both"],
                         help="tuning search for --tune-trials (see mmopt tune --search)")
     parser.add_argument("--int8", action="store_true", help="add an int8 (QDQ) variant")
+    parser.add_argument("--nbits", action="store_true",
+                        help="add a q4 variant (4-bit MatMulNBits weights, onnxruntime's "
+                             "quantizer) of models with MatMul weights")
     parser.add_argument("--rounds", type=int, default=1, metavar="N",
                         help="time every engine N times (fresh processes) and keep, per row, the "
                              "round with the median ratio: steadier numbers on a shared machine")
@@ -448,7 +486,7 @@ def main() -> None:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     run(names, threads=args.threads, repeat=args.repeat, warmup=args.warmup, db=args.db,
         int8=args.int8, out_dir=Path(args.out), tune_trials=args.tune_trials, search=args.search,
-        rounds=args.rounds, isas=isas)
+        rounds=args.rounds, isas=isas, nbits=args.nbits)
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
         verification = source_verification = None
         source_skipped = ""
         if verify:
-            step("verifying against onnxruntime")
+            step("verifying against a reference run")
             t0 = time.perf_counter()
             verification = verify_artifact(tmp_lib, reference, atol=atol, rtol=rtol, seed=seed)
             meta.verification = verification.to_dict()
@@ -268,7 +268,9 @@ def front_end(model, input_shapes=None, opt_level: int = DEFAULT_LEVEL, *,
 
 def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAULT_ATOL,
                     rtol: float = DEFAULT_RTOL, seed: int = 0) -> VerifyReport:
-    """Run ``artifact`` and onnxruntime (on ``reference``) on the same seeded random inputs."""
+    """Run ``artifact`` and onnxruntime (on ``reference``) on the same seeded random inputs; the
+    report's ``engine`` says what computed the reference when onnxruntime could not run a plugin's
+    ops (:func:`mmopt.extend.reference.run_reference`)."""
     from mmopt.runtime.verify import QDQ_TOLERANCE_STEPS, quantized_output_step
 
     step = quantized_output_step(reference)
@@ -292,6 +294,7 @@ def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAU
     report = compare(expected, got, atol=atol, rtol=rtol)
     report.seed = seed
     report.note = note
+    report.engine = expected.engine
     return report
 
 

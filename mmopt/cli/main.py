@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 from rich.table import Table
+from rich.text import Text
 
 from mmopt import __version__
 from mmopt._logging import configure as configure_logging
@@ -186,8 +187,9 @@ def _print_compile_report(result) -> None:
             table.add_row(o.name, str(o.shape), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
                           "[green]ok[/]" if o.passed else "[red]MISMATCH[/]")
         verdict = "[green]PASS[/]" if v.passed else "[red]FAIL[/]"
-        out.print(f"  verify    {verdict} vs onnxruntime (atol {v.atol:g}, rtol {v.rtol:g}, "
-                  f"seed {v.seed})" + (f"; {v.note}" if v.note else ""))
+        out.print(Text.from_markup(f"  verify    {verdict} vs ") + Text(v.engine)
+                  + Text(f" (atol {v.atol:g}, rtol {v.rtol:g}, seed {v.seed})"
+                         + (f"; {v.note}" if v.note else "")))
         out.print(table)
     src = result.source_verification
     if src is not None:
@@ -345,8 +347,6 @@ def inspect_cmd(model, input_shapes, support, target, as_json):
             raise
         logger.info("shapes stay symbolic (%s)", exc.message)
     if support:
-        from rich.text import Text
-
         from mmopt.codegen.relax_import import support_report
 
         with err.status("checking operator support"):
@@ -354,7 +354,7 @@ def inspect_cmd(model, input_shapes, support, target, as_json):
         if as_json:
             out.print_json(json.dumps(result.to_dict()))
         else:
-            colors = {"native": "green", "decomposed": "cyan", "folded": "cyan",
+            colors = {"native": "green", "decomposed": "cyan", "kernel": "cyan", "folded": "cyan",
                       "partly": "yellow", "unsupported": "red"}
             table = Table(title=f"Operator support for target {result.target}", box=None,
                           padding=(0, 2))

@@ -79,7 +79,11 @@ def test_builder_function_and_check_reason(plugin):
     assert report.counts == {"scale": 1}
     np.testing.assert_allclose(run_reference(out, {"x": _x()})["y"], 3 * _x(), rtol=1e-6)
     # no numpy reference: verification decomposes the op (its definition) and runs onnxruntime
-    np.testing.assert_allclose(run_reference(model, {"x": _x()})["y"], 3 * _x(), rtol=1e-6)
+    reference = run_reference(model, {"x": _x()})
+    np.testing.assert_allclose(reference["y"], 3 * _x(), rtol=1e-6)
+    assert reference.engine == ("onnxruntime (test.ext::Scale through its extension's "
+                                "decomposition)")
+    assert run_reference(out, {"x": _x()}).engine == "onnxruntime"
 
     unsupported = support_report(_model("y = test.ext.Scale (x)"), "x86", try_import=False)
     (row,) = unsupported.ops
@@ -153,8 +157,10 @@ def test_te_kernel_compiles_with_and_without_its_schedule(plugin, scheduled):
     got = compile_and_run(model, {"x": x})["y"]
     np.testing.assert_allclose(got, _rows_numpy(x, 0.5), rtol=1e-5, atol=1e-5)
     # verification's reference: onnxruntime cannot run the op; the registered numpy reference runs
-    np.testing.assert_allclose(run_reference(model, {"x": x})["y"], _rows_numpy(x, 0.5),
-                               rtol=1e-6)
+    reference = run_reference(model, {"x": x})
+    np.testing.assert_allclose(reference["y"], _rows_numpy(x, 0.5), rtol=1e-6)
+    assert reference.engine == ("onnx's reference evaluator with numpy references of "
+                                "test.ext::Rows")
 
 
 def test_relax_kernel(plugin):

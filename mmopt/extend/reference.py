@@ -10,7 +10,9 @@ onnx's reference evaluator, where
   decomposition is its definition);
 * a kernel-only op without a reference cannot be verified: a one-line error says so.
 
-Models onnxruntime can run (com.microsoft ops included) run there, as before.
+Models onnxruntime can run (com.microsoft ops included) run there, as before. The outputs say which
+engine computed them (:attr:`ReferenceOutputs.engine`): reports name it instead of assuming
+onnxruntime.
 """
 
 from __future__ import annotations
@@ -31,6 +33,24 @@ ONNXRUNTIME_DOMAINS = frozenset({
     "", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
     "com.microsoft.experimental", "ai.onnx.preview.training", "ai.onnx.training",
     "org.pytorch.aten"})
+
+
+#: the engine name of outputs onnxruntime computed from the model as given
+ONNXRUNTIME = "onnxruntime"
+
+
+class ReferenceOutputs(dict):
+    """Output arrays by name, plus ``engine``: what computed them, in words (``"onnxruntime"``,
+    ``"onnxruntime (acme.ops::Swish through its extension's decomposition)"``, ``"onnx's reference
+    evaluator with numpy references of acme.ops::RMSNorm"``)."""
+
+    def __init__(self, values, engine: str = ONNXRUNTIME):
+        super().__init__(values)
+        self.engine = engine
+
+
+def _names(ops) -> str:
+    return ", ".join(f"{d}::{o}" for d, o in sorted(ops))
 
 
 def _foreign_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -54,14 +74,14 @@ def _opset(model: onnx.ModelProto, domain: str) -> int:
 
 
 def run_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
-                  label: str = "onnxruntime reference") -> dict[str, np.ndarray]:
+                  label: str = "onnxruntime reference") -> ReferenceOutputs:
     """The model's outputs on ``feeds``: onnxruntime when it runs every op, else onnx's reference
     evaluator with the extensions' references (see the module docstring)."""
     from mmopt.runtime.verify import run_onnxruntime
 
     foreign = _foreign_nodes(model)
     if not foreign:
-        return run_onnxruntime(model, feeds, label=label)
+        return ReferenceOutputs(run_onnxruntime(model, feeds, label=label))
     from mmopt.extend._registry import registry
 
     reg = registry()
@@ -72,31 +92,38 @@ def run_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
 
     references = references_of(foreign)
     missing = {op for op, fn in references.items() if fn is None}
+    decomposed = ""
     if missing:
         model = _decompose(model, missing)
         references = references_of(_foreign_nodes(model))
         left = sorted(op for op, fn in references.items() if fn is None)
         if left:
-            names = ", ".join(f"{d}::{o}" for d, o in left)
+            names = _names(left)
             raise MmoptError(f"{label}: no reference implementation for {names} (onnxruntime "
                              "cannot run it and its extension registers no reference= or "
                              "decomposition); compile with --no-verify")
+        whose = "its extension's decomposition" if len(missing) == 1 else \
+            "their extensions' decompositions"
+        decomposed = f"{_names(missing)} through {whose}"
         if not references:  # every foreign op decomposed into ops onnxruntime has
-            return run_onnxruntime(model, feeds, label=label)
+            return ReferenceOutputs(run_onnxruntime(model, feeds, label=label),
+                                    f"{ONNXRUNTIME} ({decomposed})")
     ops = set(references)
     from onnx.reference import ReferenceEvaluator
 
     new_ops = [_op_run(domain, op_type, references[(domain, op_type)])
                for domain, op_type in sorted(ops)]
     logger.info("%s: onnxruntime cannot run %s; using onnx's reference evaluator with the "
-                "extensions' references", label, ", ".join(f"{d}::{o}" for d, o in sorted(ops)))
+                "extensions' references", label, _names(ops))
     try:
         evaluator = ReferenceEvaluator(model, new_ops=new_ops)
         names = [o.name for o in model.graph.output]
         values = evaluator.run(None, dict(feeds))
     except Exception as exc:  # noqa: BLE001 - the evaluator and the references raise anything
         raise MmoptError(f"{label}: the reference evaluator failed ({summarize(exc)})") from exc
-    return dict(zip(names, (np.asarray(v) for v in values)))
+    engine = f"onnx's reference evaluator with numpy references of {_names(ops)}"
+    return ReferenceOutputs(zip(names, (np.asarray(v) for v in values)),
+                            engine + (f"; {decomposed}" if decomposed else ""))
 
 
 def _decompose(model: onnx.ModelProto, ops: set[tuple[str, str]]) -> onnx.ModelProto:

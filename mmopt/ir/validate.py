@@ -9,7 +9,9 @@ In order, cheapest first; the first problem found is the error:
 2. well-formedness of the main graph and every subgraph, in Python with node names: at least one
    output; each node reads only values defined before it (graph inputs, initializers, earlier
    nodes, enclosing scopes); no value is written twice; each graph output is defined;
-3. ``onnx.checker`` (attribute types, unknown attributes, opset imports, tensor data);
+3. ``onnx.checker`` (attribute types, unknown attributes, opset imports, tensor data); an op of
+   ONNX's own domain it has no schema for is left to onnxruntime, which defines a few there
+   (``SimplifiedLayerNormalization``): accepted when onnxruntime accepts the model;
 4. onnxruntime as the oracle of what a runtime accepts: a CPU session with graph optimizations off
    resolves the graph (ONNX shape and type inference, strict about attribute values) and
    constructs every kernel, each of which validates its attributes. What it refuses is refused,
@@ -48,13 +50,23 @@ def validate(model: onnx.ModelProto, where: str, *, serialized: bytes | None = N
     fits = serialized is not None or _fits(model)
     if fits and serialized is None:
         serialized = model.SerializeToString()
-    _check_onnx(serialized if fits else model, where, full=False)
+    unknown = None
+    try:
+        _check_onnx(serialized if fits else model, where, full=False)
+    except ModelLoadError as exc:
+        if not fits or not _NO_SCHEMA.search(exc.message):
+            raise
+        # an op of ONNX's own domain that onnx has no schema for: onnxruntime defines some
+        # (SimplifiedLayerNormalization, written by its transformers optimizer); it judges
+        unknown = exc
     if not fits:
         logger.info("%s: past the 2 GiB protobuf limit: onnxruntime's check is skipped", where)
         return
     verdict = _onnxruntime_verdict(serialized)
     if verdict is None:
         return
+    if unknown is not None:
+        raise unknown
     if verdict == "not implemented":
         _check_onnx(serialized, where, full=True)
         return
@@ -197,6 +209,8 @@ def _check_onnx(model, where: str, *, full: bool) -> None:
 # 4. onnxruntime
 
 
+#: onnx.checker's refusal of an op of ONNX's domain it has no schema for
+_NO_SCHEMA = re.compile(r"No Op registered for ")
 #: onnxruntime's refusal of an op it has no schema for (a custom domain's): not a defect either
 _UNKNOWN_OP = re.compile(r"is not a registered function/op")
 #: onnxruntime failures that state a limit of onnxruntime or of this machine, not a defect of the

@@ -189,3 +189,21 @@ def test_what_onnxruntime_says_it_does_not_support_is_not_a_defect():
     with pytest.raises(MmoptError, match="not supported"):
         ort.session(model, label="x")  # onnxruntime's own verdict
     assert mir.load(model) is model
+
+
+def test_an_op_of_onnx_domain_that_only_onnxruntime_defines_is_accepted():
+    """onnxruntime's transformers optimizer writes SimplifiedLayerNormalization (RMSNorm) in ONNX's
+    own domain: onnx's checker has no schema for it, onnxruntime has. An op nobody defines there
+    stays refused with the checker's line."""
+    def model(op_type):
+        graph = helper.make_graph(
+            [helper.make_node(op_type, ["x", "s"], ["y"], name="n", epsilon=1e-5)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+            initializer=[onnx.numpy_helper.from_array(np.ones(4, np.float32), "s")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    rms = model("SimplifiedLayerNormalization")
+    assert mir.load(rms) is rms
+    with pytest.raises(ModelLoadError, match="No Op registered for NoSuchNorm"):
+        mir.load(model("NoSuchNorm"))

@@ -68,6 +68,9 @@ class VerifyReport:
     seed: int | None = None
     #: why the tolerance is what it is, when it is not the one asked for
     note: str = ""
+    #: what computed the reference outputs (onnxruntime unless a plugin op made it run elsewhere,
+    #: see mmopt.extend.reference)
+    engine: str = "onnxruntime"
 
     @property
     def passed(self) -> bool:
@@ -84,7 +87,7 @@ class VerifyReport:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "seed": self.seed,
                 "max_abs": self.max_abs, "max_rel": self.max_rel,
-                "outputs": [asdict(o) for o in self.outputs],
+                "engine": self.engine, "outputs": [asdict(o) for o in self.outputs],
                 **({"note": self.note} if self.note else {})}
 
 

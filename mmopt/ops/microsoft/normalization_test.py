@@ -51,3 +51,51 @@ def test_embed_layer_norm(with_mask, with_segments, with_positions):
     names = [i.name for i in model.graph.input]
     check_decomposition(model, {k: v for k, v in feeds.items() if k in names},
                         "decompose_embed_layer_norm", rtol=1e-4)
+
+
+def _onnx_domain_model(body: str, inputs: str, outputs: str, **initializers):
+    """Like ``ms_model``, without onnx's checker: ``SimplifiedLayerNormalization`` is an op of
+    ONNX's own domain that only onnxruntime defines."""
+    import onnx
+
+    from mmopt import ir as mir
+
+    model = onnx.parser.parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+    g ({inputs}) => ({outputs}) {{ {body} }}""")
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k)
+                                   for k, v in initializers.items())
+    return mir.infer_shapes(model)
+
+
+@pytest.mark.parametrize("axis, outputs", [(-1, 2), (-2, 1)])
+def test_simplified_layer_norm(axis, outputs):
+    scale_shape = (5, 32) if axis == -2 else (32,)
+    out = "y, inv" if outputs == 2 else "y"
+    inv_shape = "float[2,5,1]" if axis == -1 else "float[2,1,1]"
+    model = _onnx_domain_model(
+        f"{out} = SimplifiedLayerNormalization <axis = {axis}, epsilon = 0.000001> (x, scale)",
+        "float[2,5,32] x", "float[2,5,32] y" + (f", {inv_shape} inv" if outputs == 2 else ""),
+        scale=rand(*scale_shape, seed=1))
+    check_decomposition(model, {"x": rand(2, 5, 32, scale=2.0)}, "decompose_simplified_layer_norm",
+                        rtol=1e-4)
+
+
+def test_skip_simplified_layer_norm_with_bias_and_the_input_sum():
+    model = ms_model(
+        'y, "", inv, total = com.microsoft.SkipSimplifiedLayerNormalization <epsilon = 0.00001> '
+        "(x, skip, gamma, bias)",
+        "float[2,5,32] x, float[2,5,32] skip",
+        "float[2,5,32] y, float[2,5,1] inv, float[2,5,32] total",
+        gamma=rand(32, seed=1), bias=rand(32, seed=3))
+    check_decomposition(model, {"x": rand(2, 5, 32), "skip": rand(2, 5, 32, seed=4)},
+                        "decompose_skip_simplified_layer_norm", rtol=1e-4)
+
+
+def test_skip_simplified_layer_norm_mean_output_is_declined():
+    from mmopt.ops.microsoft._testing import declined
+
+    model = ms_model("y, mean = com.microsoft.SkipSimplifiedLayerNormalization (x, skip, gamma)",
+                     "float[2,5,16] x, float[2,5,16] skip", "float[2,5,16] y, float[2,5,1] mean",
+                     gamma=rand(16, seed=1))
+    assert "mean" in declined(model, "decompose_skip_simplified_layer_norm")

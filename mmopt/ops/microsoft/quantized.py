@@ -14,6 +14,12 @@ products are exact; what may differ from onnxruntime is float rounding of ``x / 
 the final scaling, far below one quantization step.
 
 * ``DynamicQuantizeMatMul(A, B, b_scale, b_zero_point?, bias?)`` = the above.
+* ``MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zero_point?, b_zero_point?, bias?)``: ``A`` is
+  already quantized: ``y = float(MatMulInteger(A, B, a_zero_point, b_zero_point)) · (a_scale ·
+  b_scale) + bias`` (onnxruntime's graph optimizer writes it for ``MatMulInteger -> Cast -> Mul``
+  chains whose input quantization it does not fuse too, e.g. a ``DynamicQuantizeLinear`` feeding
+  several products). ``a_scale`` and ``a_zero_point`` must be scalars; ``b_scale`` and
+  ``b_zero_point`` scalars or one per output column.
 * ``DynamicQuantizeLSTM(X, W, R, B?, sequence_lens?, initial_h?, initial_c?, P?, W_scale,
   W_zero_point, R_scale, R_zero_point)``: the LSTM of
   :class:`mmopt.codegen.decompose.decompose_rnn.UnrollRecurrence` with its two products quantized
@@ -31,7 +37,16 @@ import onnx_ir as ir
 
 from mmopt import extend
 from mmopt.codegen.decompose.decompose_rnn import UnrollRecurrence
-from mmopt.extend.rules import Decomposition, attr, constant, op, present, reduce
+from mmopt.extend.rules import (
+    Decomposition,
+    attr,
+    constant,
+    dtype_of,
+    op,
+    present,
+    reduce,
+    static_shape,
+)
 
 DOMAIN = "com.microsoft"
 
@@ -93,6 +108,42 @@ class DecomposeDynamicQuantizeMatMul(Decomposition):
         return [op(tape, "Add", y, bias) if bias is not None else y]
 
 
+def _size(value: ir.Value | None) -> int | None:
+    shape = static_shape(value)
+    return None if shape is None else int(np.prod(shape, dtype=np.int64))
+
+
+class DecomposeMatMulIntegerToFloat(Decomposition):
+    name = "decompose_matmul_integer_to_float"
+    domain = DOMAIN
+    op_types = ("MatMulIntegerToFloat",)
+
+    def check(self, node, ctx):
+        for index, what in ((2, "a_scale"), (4, "a_zero_point")):
+            value = present(node, index)
+            if value is not None and _size(value) != 1:
+                return f"{what} is not known to be a scalar (per-column A scales are not supported)"
+        if dtype_of(node.inputs[2]) not in (None, ir.DataType.FLOAT):
+            return "only float32 scales are supported"
+        if present(node, 4) is None and present(node, 5) is not None and dtype_of(
+                node.inputs[0]) is None:
+            return "A's type is unknown (needed for its zero point)"
+        return None
+
+    def rewrite(self, node, tape, ctx):
+        a, b, a_scale, b_scale = node.inputs[:4]
+        a_zero, b_zero, bias = present(node, 4), present(node, 5), present(node, 6)
+        inputs = [a, b]
+        if a_zero is not None or b_zero is not None:
+            if a_zero is None:  # MatMulInteger's inputs are positional: a zero of A's type
+                a_zero = constant(tape, np.zeros((), dtype_of(a).numpy()))
+            inputs += [a_zero] + ([b_zero] if b_zero is not None else [])
+        acc = tape.op("MatMulInteger", inputs)
+        y = op(tape, "Mul", op(tape, "Cast", acc, to=ir.DataType.FLOAT),
+               op(tape, "Mul", a_scale, b_scale))
+        return [op(tape, "Add", y, bias) if bias is not None else y]
+
+
 class UnrollDynamicQuantizeLSTM(UnrollRecurrence):
     """DynamicQuantizeLSTM unrolled like ONNX's LSTM, with quantized products."""
 
@@ -137,4 +188,5 @@ class UnrollDynamicQuantizeLSTM(UnrollRecurrence):
 
 
 extend.register(DecomposeDynamicQuantizeMatMul())
+extend.register(DecomposeMatMulIntegerToFloat())
 extend.register(UnrollDynamicQuantizeLSTM())

@@ -64,3 +64,26 @@ def test_dynamic_quantize_lstm(direction, per_channel):
     check_decomposition(model, {"x": rand(steps, batch, features), "h0": rand(dirs, batch, hidden,
                                                                               seed=4)},
                         "unroll_dynamic_quantize_lstm", atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("b_type, per_column, zero_points, bias", [
+    (np.int8, True, "b", True), (np.uint8, False, "ab", False), (np.int8, False, "", False)])
+def test_matmul_integer_to_float(b_type, per_column, zero_points, bias):
+    rng = np.random.default_rng(0)
+    w = rand(16, 6, seed=1)
+    wq, w_scale, w_zero = _quantized(w, b_type, axis=0 if per_column else None)
+    inits = {"wq": wq, "a_scale": np.array(0.05, np.float32), "b_scale": w_scale}
+    args = ["a", "wq", "a_scale", "b_scale"]
+    if zero_points:
+        inits["a_zero"] = np.array(rng.integers(100, 150), np.uint8)
+        args.append("a_zero" if "a" in zero_points else '""')
+        inits["b_zero"] = w_zero
+        args.append("b_zero")
+    if bias:
+        args += ['""'] * (6 - len(args)) + ["bias"]
+        inits["bias"] = rand(6, seed=2)
+    inits = {k: v for k, v in inits.items() if k in args}
+    model = ms_model(f"y = com.microsoft.MatMulIntegerToFloat ({', '.join(args)})",
+                     "uint8[2,5,16] a", "float[2,5,6] y", **inits)
+    check_decomposition(model, {"a": rng.integers(0, 256, (2, 5, 16)).astype(np.uint8)},
+                        "decompose_matmul_integer_to_float", atol=1e-5, rtol=1e-5)
