@@ -24,6 +24,7 @@ from mmopt.codegen.relax_import import to_relax
 from mmopt.errors import MmoptError
 from mmopt.passes import DEFAULT_LEVEL, PipelineReport, optimize as _optimize
 from mmopt.runtime.artifact import ArtifactMeta, CompiledModel, TensorSpec, artifact_paths
+from mmopt.runtime.inputs import random_inputs
 from mmopt.runtime.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, compare, run_onnxruntime
 
 logger = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAU
     from mmopt.extend.reference import run_reference  # plugin ops onnxruntime lacks: references
     from mmopt.quantize.fp16 import output_tolerance
 
-    feeds = mir.random_inputs(reference, seed)
+    feeds = random_inputs(reference, seed)
     # a model computing in fp16 is judged at fp16 precision (onnxruntime's CPU kernels compute
     # most fp16 ops in fp32); None for the others
     fp16 = output_tolerance(reference, feeds)
@@ -330,7 +331,7 @@ def verify_against_source(source, artifact, reference: onnx.ModelProto, *,
     module = entry.load()
     if not hasattr(module, "reference_outputs"):
         return None, f"mmopt cannot run {entry.name} models itself"
-    feeds = mir.random_inputs(reference, seed)
+    feeds = random_inputs(reference, seed)
     try:
         expected = module.reference_outputs(path, reference, feeds)
     except ImportError as exc:

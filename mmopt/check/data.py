@@ -4,8 +4,8 @@ DATA is one of:
 
 ``random:N``
     N seeded random samples shaped like the reference's inputs (floats uniform in [0, 1), integers
-    in [0, 4), as :func:`mmopt.ir.random_inputs`). A symbolic leading dim becomes 1; other symbolic
-    dims need ``--input-shape``. For smoke tests only: random data says little about accuracy.
+    in [0, 4), booleans coin flips: :mod:`mmopt.runtime.inputs`). A symbolic leading dim becomes 1;
+    other symbolic dims need ``--input-shape``. For smoke tests only: random data says little about accuracy.
 ``FILE.npz``
     One array per model input, keyed by input name, each with a leading *sample* axis: for an input
     ``[1, 3, 32, 32]`` store ``[N, 3, 32, 32]`` (each sample gets the batch axis back) or
@@ -35,6 +35,7 @@ import numpy as np
 
 from mmopt.check.runners import InputSpec
 from mmopt.errors import MmoptError
+from mmopt.runtime.inputs import random_feeds
 
 #: a description of DATA in error messages
 _DATA = "--data"
@@ -236,20 +237,8 @@ def _random(text: str, specs: Sequence[InputSpec], seed: int,
         static[spec.name] = tuple(dims)
 
     def get(i: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([seed, i])
-        feeds = {}
-        for spec in specs:
-            dims, dtype = static[spec.name], np.dtype(spec.dtype)
-            if dtype.kind == "f":
-                feeds[spec.name] = rng.random(dims, dtype=np.float32).astype(dtype)
-            elif dtype.kind in "iu":
-                feeds[spec.name] = rng.integers(0, 4, size=dims).astype(dtype)
-            elif dtype.kind == "b":
-                feeds[spec.name] = rng.random(dims) < 0.5
-            else:
-                raise MmoptError(f"{_DATA} {text}: cannot generate random data of dtype {dtype} "
-                                 f"for input {spec.name}")
-        return feeds
+        return random_feeds(((s.name, static[s.name], s.dtype) for s in specs), [seed, i],
+                            where=f"{_DATA} {text}: ")
 
     get(0)
     return Dataset(f"random ({n} samples, seed {seed})", [f"random[{i}]" for i in range(n)], get)

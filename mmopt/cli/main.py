@@ -260,10 +260,9 @@ def run_cmd(artifact, inputs, output, seed, device_key, farm, farm_secret, nativ
     meta = read_meta(artifact)
     feeds = _parse_inputs(inputs)
     if not feeds:
-        rng = np.random.default_rng(seed)
-        feeds = {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
-                 if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
-                 for s in meta.inputs}
+        from mmopt.runtime.inputs import random_feeds
+
+        feeds = random_feeds(meta.inputs, seed)
         logger.warning("no --input given: running on seeded random inputs (seed %d)", seed)
     if device_key:
         from mmopt.tuning.remote import run_remote

@@ -65,7 +65,7 @@ def nhwc_depth_to_space():
     from tvm import relax
     from tvm.relax.dpl import is_op, wildcard
 
-    from mmopt.codegen.quantized import pattern_pass
+    from mmopt.codegen.relax_util import pattern_pass
 
     to_nchw = is_op("relax.permute_dims")(wildcard())
     split = is_op("relax.reshape")(to_nchw, wildcard())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmopt.codegen.quantized import _dtype, rewrite_dense_nhwc_convs
+from mmopt.codegen.relax_util import rewrite_dense_nhwc_convs, tensor_dtype
 
 #: block name of the packed float convolution
 PACKED_BLOCK = "mmopt_conv2d_nhwc_packed"
@@ -81,7 +81,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
             if new is not None:
                 return new
         attrs = call.attrs
-        if (_dtype(call.args[0]) != "float32" or w.dtype != np.float32
+        if (tensor_dtype(call.args[0]) != "float32" or w.dtype != np.float32
                 or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
             return None
         kh, kw, ic, oc = w.shape

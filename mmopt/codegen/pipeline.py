@@ -36,7 +36,7 @@ def _clip_to_min_max():
     from tvm import relax
     from tvm.relax.dpl import is_op, wildcard
 
-    from mmopt.codegen.quantized import pattern_pass
+    from mmopt.codegen.relax_util import pattern_pass
 
     pattern = is_op("relax.clip")(wildcard(), wildcard(), wildcard())
 
@@ -61,7 +61,7 @@ def _when_module_uses(ops: tuple[str, ...], inner):
     convolutions only adds risk: it aborts on data-dependent shapes such as Unique's.)"""
     import tvm
 
-    from mmopt.codegen.quantized import module_uses
+    from mmopt.codegen.relax_util import module_uses
 
     @tvm.transform.module_pass(opt_level=0, name=f"mmopt_when_{'_'.join(ops)}")
     def _pass(mod, _ctx):

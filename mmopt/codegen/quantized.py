@@ -44,27 +44,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt.codegen.relax_util import (
+    bindings,
+    const_array,
+    module_uses,
+    op_name,
+    pattern_pass,
+    rewrite_dense_nhwc_convs,
+    tensor_dtype,
+)
+
 _UNSIGNED_SHIFT = 128
-
-
-def _const_array(expr):
-    """The numpy value of a constant (``None`` for anything else)."""
-    value = getattr(expr, "value", None)
-    if value is None or not hasattr(value, "numpy"):
-        return None
-    try:
-        return np.asarray(value.numpy())
-    except Exception:  # noqa: BLE001 - not a tensor constant
-        return None
-
-
-def _op_name(expr) -> str | None:
-    op = getattr(expr, "op", None)
-    return getattr(op, "name", None) if op is not None else None
-
-
-def _dtype(expr) -> str:
-    return str(expr.ty.dtype)
 
 
 def _scalar(arr) -> float | None:
@@ -97,10 +87,10 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
 
         # -- activations: quantize / dequantize -> element-wise arithmetic ---------------------
         def _activation_qdq(self, call):
-            name = _op_name(call)
+            name = op_name(call)
             data, scale, zero = call.args
-            s, z = _scalar(_const_array(scale)), _scalar(_const_array(zero))
-            value = _const_array(data)
+            s, z = _scalar(const_array(scale)), _scalar(const_array(zero))
+            value = const_array(data)
             if (name == "relax.dequantize" and value is not None and value.size == 1
                     and s is not None and z is not None):
                 # a quantized scalar operand (HardSwish's 1/6, ...): a float scalar constant, which
@@ -116,7 +106,7 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
                     x = self.builder_.emit(relax.op.subtract(x, relax.const(float(z), out)))
                 return relax.op.multiply(x, relax.const(float(s), out))
             dtype = str(call.attrs.out_dtype)
-            if dtype not in ("uint8", "int8") or _dtype(data) != "float32":
+            if dtype not in ("uint8", "int8") or tensor_dtype(data) != "float32":
                 return None
             lo, hi = (0.0, 255.0) if dtype == "uint8" else (-128.0, 127.0)
             # times the reciprocal: a division per element costs ~1/3 of a small convolution's
@@ -135,11 +125,11 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
         def _activation(self, expr):
             """``(xq, sx, zx)`` of a per-tensor dequantized activation, else None."""
             deq = self._bound(expr)
-            if _op_name(deq) != "relax.dequantize":
+            if op_name(deq) != "relax.dequantize":
                 return None
             xq, sx, zx = deq.args
-            sx, zx = _scalar(_const_array(sx)), _scalar(_const_array(zx))
-            if sx is None or zx is None or _dtype(xq) not in ("uint8", "int8"):
+            sx, zx = _scalar(const_array(sx)), _scalar(const_array(zx))
+            if sx is None or zx is None or tensor_dtype(xq) not in ("uint8", "int8"):
                 return None
             return xq, sx, int(zx)
 
@@ -147,9 +137,9 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
             """``(w int8, per-channel scale)`` of a dequantized constant, quantized along ``axis``
             (symmetric), else None."""
             deq = self._bound(expr)
-            if _op_name(deq) != "relax.dequantize":
+            if op_name(deq) != "relax.dequantize":
                 return None
-            w, sw, zw = (_const_array(a) for a in deq.args)
+            w, sw, zw = (const_array(a) for a in deq.args)
             if w is None or sw is None or zw is None or w.dtype != np.int8 or np.any(zw != 0):
                 return None
             if sw.size != 1 and (int(deq.attrs.axis) % w.ndim != axis % w.ndim
@@ -160,7 +150,7 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
         def _data(self, xq, zx):
             """The activation in the type the integer kernels read, and its zero point."""
             x = xq = self.visit_expr(xq)
-            if _dtype(xq) != data_dtype:  # move by 128 (and the zero point with it): exact
+            if tensor_dtype(xq) != data_dtype:  # move by 128 (and the zero point with it): exact
                 shift = _UNSIGNED_SHIFT if data_dtype == "uint8" else -_UNSIGNED_SHIFT
                 x = self.builder_.emit(relax.op.astype(
                     relax.op.add(relax.op.astype(xq, "int16"), relax.const(shift, "int16")),
@@ -230,7 +220,7 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
                 return None
             act = self._activation(call.args[0])
             rhs = self._bound(call.args[1])
-            if _op_name(rhs) == "relax.permute_dims" and [int(a) for a in rhs.attrs.axes] == [1, 0]:
+            if op_name(rhs) == "relax.permute_dims" and [int(a) for a in rhs.attrs.axes] == [1, 0]:
                 weights = self._weights(rhs.args[0], 0)
                 weights = None if weights is None else (weights[0].T, weights[1])
             else:
@@ -255,14 +245,14 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
         def visit_call_(self, call):
             # the integer conv looks at the original operands (their dequantize calls), before
             # those are rewritten to arithmetic
-            if _op_name(call) in ("relax.nn.conv2d", "relax.matmul"):
-                rewrite = (self._integer_conv if _op_name(call) == "relax.nn.conv2d"
+            if op_name(call) in ("relax.nn.conv2d", "relax.matmul"):
+                rewrite = (self._integer_conv if op_name(call) == "relax.nn.conv2d"
                            else self._integer_matmul)
                 new = rewrite(call)
                 if new is not None:
                     return new
             call = self.visit_expr_post_order(call)
-            if _op_name(call) in ("relax.quantize", "relax.dequantize"):
+            if op_name(call) in ("relax.quantize", "relax.dequantize"):
                 new = self._activation_qdq(call)
                 if new is not None:
                     return new
@@ -271,7 +261,7 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
         def transform(self):
             for gvar, func in self.mod_.functions.items():
                 if isinstance(func, relax.Function):
-                    self.original = _bindings(func)
+                    self.original = bindings(func)
                     self.builder_.update_func(gvar, self.visit_expr(func))
             return self.builder_.get()
 
@@ -282,33 +272,6 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
         return relax.transform.DeadCodeElimination()(_Lower(mod).transform())
 
     return _pass
-
-
-def _bindings(func) -> dict:
-    """Every ``var -> value`` binding of a Relax function (all blocks)."""
-    from tvm import relax
-
-    table = {}
-    body = func.body
-    if isinstance(body, relax.SeqExpr):
-        for block in body.blocks:
-            for binding in block.bindings:
-                if isinstance(binding, relax.VarBinding):
-                    table[binding.var] = binding.value
-    return table
-
-
-def module_uses(mod, ops) -> bool:
-    """Whether any Relax function of ``mod`` calls one of the operators named in ``ops``."""
-    from tvm import relax
-
-    wanted = set(ops)
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            for value in _bindings(func).values():
-                if _op_name(value) in wanted:
-                    return True
-    return False
 
 
 def fold_pad_transposes():
@@ -334,22 +297,6 @@ def fold_pad_transposes():
                                float(pad_call.attrs.pad_value))
 
     return pattern_pass("mmopt_fold_pad_transposes", pattern, rewrite)
-
-
-def pattern_pass(name: str, pattern, rewrite):
-    """A module pass applying ``rewrite_call(pattern, rewrite, ...)`` to every Relax function."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.dpl import rewrite_call
-
-    @tvm.transform.module_pass(opt_level=0, name=name)
-    def _pass(mod, _ctx):
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gvar] = rewrite_call(pattern, rewrite, func)
-        return mod
-
-    return _pass
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,25 +490,6 @@ def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes, operand_d
         name=DOT_BLOCK)
 
 
-def _hwio_weight(expr, lookup):
-    """The int8 HWIO weight of an NHWC conv as numpy (a constant, maybe behind permute_dims)."""
-    from tvm import relax
-
-    while isinstance(expr, relax.Var):
-        value = lookup(expr)
-        if value is None:
-            return None
-        expr = value
-    arr = _const_array(expr)
-    if arr is not None:
-        return arr
-    if _op_name(expr) == "relax.permute_dims":
-        inner = _hwio_weight(expr.args[0], lookup)
-        if inner is not None:
-            return np.transpose(inner, [int(a) for a in expr.attrs.axes])
-    return None
-
-
 def pack_dot_convs():
     """Integer NHWC conv2d (data of the instruction's type, constant s8 HWIO weights, int32 out,
     groups 1, IC % k == 0, OC % lanes == 0) -> a packed-weight convolution that
@@ -574,7 +502,7 @@ def pack_dot_convs():
 
     def pack(call, w, builder, dots):
         attrs = call.attrs
-        if (str(attrs.out_dtype) != "int32" or _dtype(call.args[0]) != dots[0].data_dtype
+        if (str(attrs.out_dtype) != "int32" or tensor_dtype(call.args[0]) != dots[0].data_dtype
                 or any(int(p) for p in attrs.padding) or w.dtype != np.int8):
             return None
         kh, kw, ic, oc = w.shape
@@ -598,42 +526,6 @@ def pack_dot_convs():
         return rewrite_dense_nhwc_convs(mod, lambda call, w, bb: pack(call, w, bb, dots))
 
     return _pass
-
-
-def rewrite_dense_nhwc_convs(mod, rewrite):
-    """Apply ``rewrite(call, hwio_weight_array, block_builder) -> expr | None`` to every NHWC/HWIO
-    ``conv2d`` with ``groups == 1`` and constant weights in ``mod`` (None keeps the call)."""
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-
-    @mutator
-    class _Rewrite(PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.mod_ = mod
-
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if _op_name(call) != "relax.nn.conv2d":
-                return call
-            attrs = call.attrs
-            if (str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO"
-                    or int(attrs.groups) != 1 or str(attrs.out_layout) not in ("", "NHWC")
-                    or len(call.args[0].ty.shape) != 4):
-                return call
-            w = _hwio_weight(call.args[1], self.lookup_binding)
-            new = rewrite(call, w, self.builder_) if w is not None and w.ndim == 4 else None
-            return call if new is None else new
-
-        def transform(self):
-            for gvar, func in self.mod_.functions.items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gvar, self.visit_expr(func))
-            return self.builder_.get()
-
-    if not module_uses(mod, ("relax.nn.conv2d",)):
-        return mod
-    return relax.transform.DeadCodeElimination()(_Rewrite(mod).transform())
 
 
 def _register_intrinsic(dot: DotProduct) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 
 from mmopt.codegen.cpu_schedules import _pick_lanes
 from mmopt.codegen.packed_conv import output_tile
-from mmopt.codegen.quantized import _dtype
+from mmopt.codegen.relax_util import tensor_dtype
 
 #: block names (the GEMM is what the schedules and tuning see as a contraction)
 INPUT_BLOCK = "mmopt_winograd_input"
@@ -199,10 +199,10 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
 
 
 def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int):
-    """For :func:`mmopt.codegen.quantized.rewrite_dense_nhwc_convs`: the Winograd form of ``call``,
+    """For :func:`mmopt.codegen.relax_util.rewrite_dense_nhwc_convs`: the Winograd form of ``call``,
     or None where it does not apply (see the module docstring)."""
     attrs = call.attrs
-    if (_dtype(call.args[0]) != "float32" or w.dtype != np.float32
+    if (tensor_dtype(call.args[0]) != "float32" or w.dtype != np.float32
             or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
         return None
     x_shape = [int(d) for d in call.args[0].ty.shape]

@@ -250,6 +250,7 @@ def verify(path, model: onnx.ModelProto, *, seed: int = 0,
     source framework's runtime is not available (e.g. OpenCV for Caffe).
     """
     from mmopt import ir as mir
+    from mmopt.runtime.inputs import random_inputs
     from mmopt.runtime.verify import compare, run_onnxruntime
 
     path = Path(path)
@@ -258,7 +259,7 @@ def verify(path, model: onnx.ModelProto, *, seed: int = 0,
     if not hasattr(module, "reference_outputs"):
         return None
     fixed = mir.fix_input_shapes(model, input_shapes)
-    feeds = mir.random_inputs(fixed, seed)
+    feeds = random_inputs(fixed, seed)
     reference = module.reference_outputs(path, model, feeds, **options)
     if reference is None:
         return None

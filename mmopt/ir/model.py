@@ -319,28 +319,6 @@ def input_specs(model: onnx.ModelProto) -> dict[str, tuple[tuple, np.dtype]]:
     return {v.name: (tuple(dims_of(v)), dtype_of(v)) for v in graph_inputs(model)}
 
 
-def random_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs for a model with static input shapes.
-
-    Floats are uniform in [0, 1) (image-like), integers in [0, 4) (small enough to be valid indices),
-    booleans fair coin flips.
-    """
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for name, (dims, dtype) in input_specs(model).items():
-        if not is_static(dims):
-            raise MmoptError(f"input {name} has dynamic shape {_fmt_dims(dims)}; fix it first")
-        if dtype.kind == "f":
-            feeds[name] = rng.random(dims, dtype=np.float32).astype(dtype)
-        elif dtype.kind in "iu":
-            feeds[name] = rng.integers(0, 4, size=dims).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[name] = rng.random(dims) < 0.5
-        else:
-            raise MmoptError(f"input {name}: cannot generate random data of dtype {dtype}")
-    return feeds
-
-
 def prepare(
     source,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -368,7 +346,6 @@ __all__ = [
     "opset_of",
     "parse_shape_option",
     "prepare",
-    "random_inputs",
     "save",
     "sha256_of",
 ]

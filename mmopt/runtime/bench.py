@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmopt.runtime.inputs import random_feeds
+
 
 @dataclass
 class Timing:
@@ -263,13 +265,10 @@ def _mmopt_runner(artifact: str, feeds):
 
 
 def _ort_runner(model_path: str, feeds, threads: int):
-    import onnxruntime as ort
+    from mmopt.runtime import ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    session = ort.session(model_path, label="onnxruntime", optimization="all", threads=threads,
+                          inter_op_threads=1)
     return lambda: session.run(None, feeds)
 
 
@@ -335,15 +334,6 @@ def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threa
     """Time one engine (``"mmopt"`` on an artifact path, ``"onnxruntime"`` on an .onnx path)."""
     return time_engines([(engine, target)], feeds, threads=threads, warmup=warmup,
                         repeat=repeat)[0]
-
-
-def random_feeds(specs, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs for an artifact's input specs (``meta.inputs``): floats uniform in
-    [0, 1), integers in [0, 4), as :func:`mmopt.ir.random_inputs` makes them for a model."""
-    rng = np.random.default_rng(seed)
-    return {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
-            if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
-            for s in specs}
 
 
 def bench(artifact, reference_onnx=None, feeds=None, *, threads: int = 2, warmup: int = 5,

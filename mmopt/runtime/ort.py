@@ -57,7 +57,8 @@ def check_engine(engine: str, option: str = "--eval-engine") -> str:
 def session(model: onnx.ModelProto | str | os.PathLike | bytes, *, label: str,
             optimization: str = "off", threads: int | None = None,
             inter_op_threads: int | None = None,
-            optimized_model_path: str | os.PathLike | None = None):
+            optimized_model_path: str | os.PathLike | None = None,
+            profile_prefix: str | os.PathLike | None = None):
     """An ``onnxruntime.InferenceSession`` on the CPU provider.
 
     ``model``: a ``ModelProto``, a path to an ``.onnx`` file, or serialized model bytes.
@@ -65,7 +66,9 @@ def session(model: onnx.ModelProto | str | os.PathLike | bytes, *, label: str,
     default), ``"basic"`` (standard-op rewrites only: constant folding, BatchNormalization into Conv)
     or ``"all"`` (onnxruntime's default; what the ``onnxruntime`` engine runs).
     ``threads``/``inter_op_threads``: onnxruntime's intra-/inter-op pool sizes (None: onnxruntime's
-    default). ``optimized_model_path``: also write the optimized graph there. ``label`` starts the
+    default). ``optimized_model_path``: also write the optimized graph there. ``profile_prefix``:
+    record onnxruntime's profile, written under that prefix by ``session.end_profiling()``
+    (:mod:`mmopt.runtime.profile`). ``label`` starts the
     one-line :class:`MmoptError` raised when onnxruntime cannot load the model.
     """
     import onnxruntime as ort
@@ -85,6 +88,9 @@ def session(model: onnx.ModelProto | str | os.PathLike | bytes, *, label: str,
         options.inter_op_num_threads = inter_op_threads
     if optimized_model_path is not None:
         options.optimized_model_filepath = os.fspath(optimized_model_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.fspath(profile_prefix)
     try:
         if hasattr(model, "SerializeToString"):
             source = model.SerializeToString()

@@ -496,21 +496,14 @@ def onnxruntime_profile(model, feeds: Mapping[str, np.ndarray], *, threads: int,
     per op type (the time of all its nodes in one inference, median over runs)."""
     import json
 
-    import onnxruntime as ort
-
     from mmopt.errors import summarize
+    from mmopt.runtime import ort
 
     with tempfile.TemporaryDirectory(prefix="mmopt-ort-profile-") as tmp:
-        options = ort.SessionOptions()
-        # mmopt.runtime.ort.session has no profiling switch: the one session opened elsewhere
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "ort")
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+        session = ort.session(model, label="onnxruntime profile", optimization="all",
+                              threads=threads, inter_op_threads=1,
+                              profile_prefix=os.path.join(tmp, "ort"))
         try:
-            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
             for _ in range(warmup + runs):
                 session.run(None, dict(feeds))
             trace = session.end_profiling()
@@ -603,7 +596,8 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
     from mmopt import targets
     from mmopt.passes import DEFAULT_LEVEL
     from mmopt.runtime.artifact import read_meta
-    from mmopt.runtime.bench import call_in_child, random_feeds
+    from mmopt.runtime.bench import call_in_child
+    from mmopt.runtime.inputs import random_feeds
 
     step = progress or (lambda _msg: None)
     if threads < 1 or runs < 1 or warmup < 0:

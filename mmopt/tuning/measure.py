@@ -16,6 +16,7 @@ from mmopt import ir as mir
 from mmopt import targets as _targets
 from mmopt.errors import MmoptError
 from mmopt.passes import DEFAULT_LEVEL
+from mmopt.runtime.inputs import random_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,11 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
         # Time with the threads a deployed model gets (mmopt bench, the speed suite: the physical
         # cores), not TVM's default (half the logical cores on x86). Read when TVM's thread pool
         # starts in this process, so set before anything runs.
-        from mmopt.tuning.tune import _local_cores
+        from mmopt.tuning.workers import local_cores
 
-        os.environ["TVM_NUM_THREADS"] = str(_local_cores())
+        os.environ["TVM_NUM_THREADS"] = str(local_cores())
     mod, reference = relax_module(model, input_shapes, opt_level)
-    feeds = mir.random_inputs(reference, 0)
+    feeds = random_inputs(reference, 0)
     db = open_database(database, tgt, allow_emulated=allow_emulated_records)
     with tempfile.TemporaryDirectory(prefix="mmopt-latency-") as tmp:
         paths = {}

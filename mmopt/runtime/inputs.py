@@ -1,0 +1,65 @@
+"""Seeded random inputs: what mmopt feeds a model or an artifact when the user gives no data.
+
+Verification (``compile``, ``import``, tuning's end-to-end check), ``run`` without ``--input``,
+``bench``, ``profile`` and ``check --data random:N`` all draw their inputs here, so one seed means
+the same tensors everywhere. Per input, in order, from one ``numpy.random.default_rng(seed)``:
+
+* floats: uniform in [0, 1) (image-like), drawn in float32 and cast to the input's type;
+* integers: uniform in [0, 4) (small enough to be valid indices and sizes);
+* booleans: fair coin flips.
+
+Verification results depend on these values: changing them changes every recorded
+``verification`` of an artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from mmopt.errors import MmoptError
+
+
+def random_array(rng: np.random.Generator, dims: Sequence[int], dtype) -> np.ndarray:
+    """One tensor of ``dims`` and ``dtype`` drawn from ``rng`` (see the module docs); a
+    :class:`TypeError` for a dtype that has no random data (strings, objects)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.random(dims, dtype=np.float32).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 4, size=dims).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(dims) < 0.5
+    raise TypeError(f"cannot generate random data of dtype {dtype}")
+
+
+def random_feeds(specs: Iterable, seed=0, *, where: str = "") -> dict[str, np.ndarray]:
+    """``{name: array}`` for ``specs``, in their order, from ``numpy.random.default_rng(seed)``.
+
+    ``specs``: ``(name, dims, dtype)`` triples with static dims, or an artifact's input specs
+    (:class:`mmopt.runtime.artifact.TensorSpec`: ``name``, ``shape``, ``dtype``). ``seed``: anything
+    ``default_rng`` takes (an int, or ``[seed, sample]`` for one sample of a data set). ``where``
+    starts the :class:`MmoptError` for an input of a dtype with no random data.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        name, dims, dtype = spec if isinstance(spec, tuple) else (spec.name, spec.shape, spec.dtype)
+        try:
+            feeds[name] = random_array(rng, dims, dtype)
+        except TypeError as exc:
+            raise MmoptError(f"{where}input {name}: {exc}") from None
+    return feeds
+
+
+def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs for an ONNX model with static input shapes (its real graph inputs, in
+    graph order)."""
+    from mmopt.ir.model import _fmt_dims, input_specs, is_static
+
+    specs = input_specs(model)
+    for name, (dims, _dtype) in specs.items():
+        if not is_static(dims):
+            raise MmoptError(f"input {name} has dynamic shape {_fmt_dims(dims)}; fix it first")
+    return random_feeds(((name, dims, dtype) for name, (dims, dtype) in specs.items()), seed)

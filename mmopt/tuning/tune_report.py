@@ -1,0 +1,118 @@
+"""What a tuning run is asked and what it reports: the measuring settings, each task's progress,
+and the live report that progress callbacks receive and :func:`mmopt.tuning.tune.tune` returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: How candidates are found. ``knobs``: variants of mmopt's own default schedule (register tile,
+#: loop order, reduction split of each task's main contraction; a few to a few dozen per task,
+#: see :func:`mmopt.codegen.cpu_schedules.contraction_knob_space`); ``metaschedule``:
+#: MetaSchedule's evolutionary search over its own design space; ``both``: the knob variants
+#: first, then MetaSchedule with the rest of the trials. CPU targets only for knobs (other
+#: devices always use MetaSchedule).
+SEARCHES = ("knobs", "metaschedule", "both")
+DEFAULT_SEARCH = "knobs"
+
+
+@dataclass
+class Measurement:
+    """How candidates are timed (MetaSchedule's EvaluatorConfig) and how long things may take."""
+
+    number: int = 3
+    repeat: int = 1
+    min_repeat_ms: int = 100
+    build_timeout_s: float = 60.0
+    run_timeout_s: float = 60.0
+    #: farm: how long a candidate waits for a free device before it counts as failed
+    device_wait_s: float = 120.0
+    builder_workers: int | None = None
+
+
+@dataclass
+class TaskState:
+    name: str
+    workload: str
+    weight: int
+    #: records in the database before this run, and trials measured by this run
+    trials_before: int = 0
+    trials: int = 0
+    errors: int = 0
+    #: the default (untuned) schedule's time, measured once as the task's first record
+    default_s: float | None = None
+    best_before_s: float | None = None
+    best_s: float | None = None
+    #: trials this run plans for the task
+    planned: int = 0
+    exhausted: bool = False
+    #: knob variants of the task's default schedule (0: nothing to vary; see SEARCHES)
+    knob_space: int = 0
+    #: what tasks.json keeps as "exhausted" (MetaSchedule's search space; a knob-only run
+    #: leaves it as it was)
+    persisted_exhausted: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.exhausted or self.trials >= self.planned
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in (
+            "name", "workload", "weight", "trials_before", "trials", "errors", "default_s",
+            "best_before_s", "best_s", "planned", "exhausted", "knob_space")}
+
+
+@dataclass
+class TuneReport:
+    """State of a tuning run; updated live (progress callbacks get it) and returned at the end."""
+
+    model: str
+    target: str
+    database: str
+    sub_database: str
+    runner: str
+    num_cores: int
+    search: str = DEFAULT_SEARCH
+    tasks: list[TaskState] = field(default_factory=list)
+    planned: int = 0
+    started: float = field(default_factory=time.monotonic)
+    elapsed_s: float = 0.0
+    #: None when tuning ran to completion; otherwise why it stopped (records are kept)
+    stopped: str | None = None
+    current: int | None = None
+    #: the device key measured on (farm runs), and whether those devices are emulated: then the
+    #: records go to the database's emulated part (see mmopt.tuning.database)
+    key: str | None = None
+    emulated: bool = False
+    #: things the user should know about this run (e.g. a fallback to emulated devices)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trials(self) -> int:
+        return sum(t.trials for t in self.tasks)
+
+    #: records the database holds for these tasks (set at the end of the run)
+    records: int = 0
+
+    @property
+    def eta_s(self) -> float | None:
+        elapsed = time.monotonic() - self.started
+        if not self.trials or elapsed <= 0:
+            return None
+        return max(self.planned - self.trials, 0) * elapsed / self.trials
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "target": self.target, "database": self.database,
+                "sub_database": self.sub_database, "runner": self.runner,
+                "num_cores": self.num_cores, "search": self.search, "planned": self.planned,
+                "trials": self.trials, "key": self.key, "emulated": self.emulated,
+                "notes": self.notes,
+                "records": self.records, "elapsed_s": self.elapsed_s, "stopped": self.stopped,
+                "tasks": [t.to_dict() for t in self.tasks]}
+
+
+#: progress callback: ``(report, event)`` with event "start", "task" (a task's batch begins),
+#: "measured" (a batch was recorded) or "end"
+OnUpdate = Callable[[TuneReport, str], None]
+
