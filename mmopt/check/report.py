@@ -18,6 +18,7 @@ from mmopt.check.metrics import OutputMetrics
 from mmopt.check.per_layer import PerLayerReport
 from mmopt.check.thresholds import CheckResult, format_limit, format_value
 from mmopt.errors import MmoptError
+from mmopt.report.data import finite
 from mmopt.runtime.ort import ENGINE_DESCRIPTIONS
 
 
@@ -51,8 +52,8 @@ class CheckReport:
         return next(m for m in self.outputs if m.name == name)
 
     def to_dict(self) -> dict:
-        return _finite({
-            "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
+        return finite({
+            "kind": "check", "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
             "data": self.data, "samples": self.samples, "labels": self.labels,
             "eval_engine": self.eval_engine, "thresholds": self.thresholds,
             "checks": [c.to_dict() for c in self.checks],
@@ -72,17 +73,6 @@ class CheckReport:
 
     def write_junit(self, path) -> Path:
         return _write(path, self.to_junit())
-
-
-def _finite(value):
-    """JSON-safe copy: non-finite floats become "inf", "-inf" or "nan"."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _write(path, text: str) -> Path:

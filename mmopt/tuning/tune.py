@@ -113,6 +113,14 @@ class TaskState:
     #: what tasks.json keeps as "exhausted" (MetaSchedule's search space; a knob-only run
     #: leaves it as it was)
     persisted_exhausted: bool = False
+    #: ``[trials, best seconds]`` as this run went: the baseline (at the trials recorded before),
+    #: then after every trial (trials counted as in ``trials_before + trials``)
+    history: list[list] = field(default_factory=list)
+
+    def mark(self) -> None:
+        """Add the task's trials and best time so far to :attr:`history`."""
+        if self.best_s is not None:
+            self.history.append([self.trials_before + self.trials, self.best_s])
 
     @property
     def done(self) -> bool:
@@ -121,7 +129,7 @@ class TaskState:
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in (
             "name", "workload", "weight", "trials_before", "trials", "errors", "default_s",
-            "best_before_s", "best_s", "planned", "exhausted", "knob_space")}
+            "best_before_s", "best_s", "planned", "exhausted", "knob_space", "history")}
 
 
 @dataclass
@@ -148,6 +156,10 @@ class TuneReport:
     emulated: bool = False
     #: things the user should know about this run (e.g. a fallback to emulated devices)
     notes: list[str] = field(default_factory=list)
+    #: the whole model as this run went, after every measured batch: ``{"trials", "elapsed_s",
+    #: "latency_s", "tasks"}``; ``latency_s`` is the sum over the ``tasks`` that have a time of
+    #: weight x best time (the kernels' share of the model's latency, as tuning sees it)
+    history: list[dict] = field(default_factory=list)
 
     @property
     def trials(self) -> int:
@@ -163,14 +175,23 @@ class TuneReport:
             return None
         return max(self.planned - self.trials, 0) * elapsed / self.trials
 
+    def mark(self) -> None:
+        """Add the model's estimated latency now to :attr:`history`."""
+        timed = [t for t in self.tasks if t.best_s is not None]
+        self.history.append({"trials": self.trials,
+                             "elapsed_s": time.monotonic() - self.started,
+                             "latency_s": sum(t.weight * t.best_s for t in timed),
+                             "tasks": len(timed)})
+
     def to_dict(self) -> dict:
-        return {"model": self.model, "target": self.target, "database": self.database,
+        return {"kind": "tune", "model": self.model, "target": self.target,
+                "database": self.database,
                 "sub_database": self.sub_database, "runner": self.runner,
                 "num_cores": self.num_cores, "search": self.search, "planned": self.planned,
                 "trials": self.trials, "key": self.key, "emulated": self.emulated,
                 "notes": self.notes,
                 "records": self.records, "elapsed_s": self.elapsed_s, "stopped": self.stopped,
-                "tasks": [t.to_dict() for t in self.tasks]}
+                "tasks": [t.to_dict() for t in self.tasks], "history": self.history}
 
 
 #: progress callback: ``(report, event)`` with event "start", "task" (a task's batch begins),
@@ -317,7 +338,14 @@ class _Run:
         self.secret = secret
         self.deadline = deadline
         self.stop_event = stop
-        self.on_update = on_update or (lambda _r, _e: None)
+        user_update = on_update or (lambda _r, _e: None)
+
+        def update(report: TuneReport, event: str) -> None:
+            if event == "measured":
+                report.mark()
+            user_update(report, event)
+
+        self.on_update = update
         self.stop_reason: str | None = None
         self.batch_measured = 0
         self.batch_errors = 0
@@ -420,6 +448,7 @@ class _Run:
             self.db.commit_tuning_record(TuningRecord(candidate.sch.trace, workload, run_secs,
                                                       ctx.target, candidate.args_info))
             state.trials += 1
+            state.mark()
             self.batch_measured += 1
 
 
@@ -794,6 +823,7 @@ def _measure_defaults(run: _Run, extracted, builder, runner) -> None:
         secs[trace] = min(secs.get(trace, math.inf), state.default_s)
         if state.best_s is None or state.default_s < state.best_s:
             state.best_s = state.default_s
+        state.mark()
     run.save_tasks()
     run.on_update(report, "measured")
 
@@ -879,6 +909,7 @@ def _knob_rounds(run: _Run, extracted, builder, runner, batch: int, final: bool)
                             seen.add(key)
                             _commit(run, mod, sch, [FloatImm("float32", FAILED_RUN_SECS)])
                             state.trials += 1
+                            state.mark()
                         elif key not in retried:  # the device may be to blame: once more
                             retried.add(key)
                             items.append((knobs, sch, key))
@@ -893,6 +924,7 @@ def _knob_rounds(run: _Run, extracted, builder, runner, batch: int, final: bool)
                     if mean < best[0]:
                         best = (mean, knobs)
                     state.trials += 1
+                    state.mark()
                 run.on_update(report, "measured")
                 if stopping:
                     return
@@ -1006,6 +1038,7 @@ def _recheck(run: _Run, extracted, builder, runner) -> None:
             if is_default:
                 state.default_s = _mean(run_secs)
             state.best_s = min(state.best_s or math.inf, _mean(run_secs))
+        state.mark()
     run.save_tasks()
     run.on_update(report, "measured")
 
