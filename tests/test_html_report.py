@@ -46,6 +46,8 @@ CHARTS = {
 }
 
 SCREENSHOTS = os.environ.get("MMOPT_REPORT_SCREENSHOTS")
+#: trials of the tune run: a few, or enough for a picture when the screenshots are kept
+TUNE_TRIALS = 12 if SCREENSHOTS else 2
 
 
 def _cli(*args) -> list[str]:
@@ -87,7 +89,7 @@ def _commands() -> dict[str, tuple[list[str], str]]:
                          "--html", "compile.html"), "stdout"),
         "profile": (_cli("profile", "digits.onnx", "--runs", "3", "--warmup", "1", "--vs", "onnxruntime",
                          "--json", "profile.json", "--html", "profile.html"), "profile.json"),
-        "tune": (_cli("tune", "digits.onnx", "--db", "db", "--trials", "2", "--json",
+        "tune": (_cli("tune", "digits.onnx", "--db", "db", "--trials", TUNE_TRIALS, "--json",
                       "--html", "tune.html"), "stdout"),
         "quantize": (_cli("quantize", "hostile.onnx", "-o", "hostile.aa.onnx", "--calib",
                           "calib.npz", "--method", "minmax", "--eval", "eval.npz", "--max-drop",
@@ -108,15 +110,25 @@ EXIT = {"check": 1}
 
 @pytest.fixture(scope="module")
 def runs(work) -> dict[str, tuple[dict, Path]]:
-    """Every verb run once with ``--html`` (all at once: they wait on processes and devices as
-    much as they compute): kind -> (its JSON report, its HTML page)."""
-    procs = {kind: (subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True), where)
-             for kind, (cmd, where) in _commands().items()}
+    """Every verb run once with ``--html``: kind -> (its JSON report, its HTML page). All at once
+    (they wait on processes and devices as much as they compute); one after the other when the
+    screenshots are kept, so that the timings they show are the machine's, not the runs'."""
+    def start(cmd):
+        return subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def finish(proc):
+        return (*proc.communicate(timeout=900), proc.returncode)
+
+    if SCREENSHOTS:
+        done = {kind: finish(start(cmd)) for kind, (cmd, _where) in _commands().items()}
+    else:
+        started = {kind: start(cmd) for kind, (cmd, _where) in _commands().items()}
+        done = {kind: finish(proc) for kind, proc in started.items()}
     results = {}
-    for kind, (proc, where) in procs.items():
-        stdout, stderr = proc.communicate(timeout=900)
-        assert proc.returncode == EXIT.get(kind, 0), f"{kind}: {stdout}\n{stderr}"
+    for kind, (_cmd, where) in _commands().items():
+        stdout, stderr, returncode = done[kind]
+        assert returncode == EXIT.get(kind, 0), f"{kind}: {stdout}\n{stderr}"
         text = stdout if where == "stdout" else (work / where).read_text()
         data = json.loads(text)
         assert data["kind"] == kind
@@ -394,12 +406,16 @@ CHART_CHECKS = {"compile": _compile_charts, "profile": _profile_charts, "tune": 
                 "quantize": _quantize_charts, "check": _check_charts, "bench": _bench_charts}
 
 
-def _screenshot(browser, name: str, tmp_path: Path, height: int = 1500) -> Path:
-    """The top of the page (1280 x ``height``) as a small PNG (256 colours); kept in
-    ``$MMOPT_REPORT_SCREENSHOTS`` when set."""
+def _screenshot(browser, name: str, tmp_path: Path, height: int | None = None) -> Path:
+    """The page (1100 wide; ``height`` high, else all of it up to 2600) as a small PNG (256
+    colours); kept in ``$MMOPT_REPORT_SCREENSHOTS`` when set."""
     from PIL import Image
 
-    browser.set_window_size(1280, height)
+    if height is None:
+        height = min(2600, browser.execute_script("return document.documentElement.scrollHeight")
+                     + 140)  # the window's own bars
+    browser.set_window_size(1100, height)
+    time.sleep(0.5)  # plotly redraws responsive charts at the new width
     raw = tmp_path / f"{name}.raw.png"
     browser.save_screenshot(str(raw))
     browser.set_window_size(1280, 1400)
@@ -407,7 +423,7 @@ def _screenshot(browser, name: str, tmp_path: Path, height: int = 1500) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"report-{name}.png"
     with Image.open(raw) as image:
-        assert image.size[0] >= 1000 and len(image.getcolors(1 << 24) or []) > 8  # not blank
+        assert image.size[0] >= 900 and len(image.getcolors(1 << 24) or []) > 8  # not blank
         image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
             path, optimize=True)
     return path

@@ -76,6 +76,7 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
                 mir.save(fixed, reference)
         with err.status(f"timing ({repeat} runs, {threads} threads)"):
             res = bench(artifact, reference, threads=threads, warmup=warmup, repeat=repeat)
+        res.model = model  # as given (a model is compiled into a directory that is gone now)
     data = res.to_dict()
     if html_path:
         write_html(data, html_path, quiet=as_json)

@@ -4,6 +4,8 @@ table of all of them."""
 
 from __future__ import annotations
 
+import functools
+
 from mmopt.report.charts import COLORS, figure, height_for, hover
 from mmopt.report.page import Page, Section, esc
 from mmopt.runtime.profile import describe_nodes
@@ -26,7 +28,7 @@ def add_profile(page: Page, section: Section, *prefix) -> None:
     """The profile at ``prefix`` in the page's JSON: summary, the kernel chart, the kernel table,
     the notes; onnxruntime's per-op profile when there is one."""
     profile = page.get(*prefix)
-    v = lambda *path, **kw: page.value(*prefix, *path, **kw)  # noqa: E731
+    v = functools.partial(page.value, *prefix)
     peak = profile.get("peak")
     rows = [("total latency (median)", v("total_median_ms", spec=".4f", unit=" ms")),
             ("total latency (min)", v("total_min_ms", spec=".4f", unit=" ms")),

@@ -185,7 +185,7 @@ class Page:
         value = lookup(self.data, path)
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if numeric or value in ("inf", "-inf", "nan"):
-            text = fmt_number(value, spec, scale) + (unit if value is not None else "")
+            text = fmt_number(value, spec, scale) + unit
         elif isinstance(value, bool):
             text = "yes" if value else "no"
         elif value is None:

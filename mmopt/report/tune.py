@@ -64,7 +64,8 @@ def _model(page: Page) -> None:
     if history:
         total = len(d.get("tasks") or [])
         fig = figure(height=340, showlegend=False, xaxis_title="trials in this run",
-                     yaxis_title="sum of weight x best kernel time (ms)",
+                     yaxis={"title": "sum of weight x best kernel time (ms)",
+                            "rangemode": "tozero"},
                      title="estimated model latency as tuning went")
         fig.add_scatter(x=[h["trials"] for h in history], y=[h["latency_s"] * 1e3 for h in history],
                         mode="lines+markers", line={"shape": "hv", "color": COLORS["tuned"]},
