@@ -1,5 +1,6 @@
-"""HTML reports: what ``compile``, ``profile``, ``tune``, ``quantize``, ``check`` and ``bench`` found,
-as one self-contained page each, and the optimized graph in Netron (:mod:`mmopt.report.netron`).
+"""HTML reports: what ``compile``, ``profile``, ``tune``, ``quantize``, ``check`` and ``bench``
+found, as one self-contained page each, and the optimized graph in Netron
+(:mod:`mmopt.report.netron`).
 
 One path for every verb: the verb's report as JSON (the dict its ``--json`` prints) ->
 :func:`render` -> HTML. ``--html FILE`` on the verb and ``mmopt report RUN.json -o FILE.html``

@@ -18,7 +18,8 @@ def build(page: Page) -> None:
     d = page.data
     target = d.get("target") or {}
     page.title = f"mmopt compile: {d.get('source_model', '?')} for {target.get('name', '?')}"
-    page.subtitle = f"artifact {d.get('library') or d.get('name', '')}, made {d.get('created', '?')}"
+    page.subtitle = (f"artifact {d.get('library') or d.get('name', '')}, "
+                     f"made {d.get('created', '?')}")
     verification = d.get("verification")
     passed = d.get("passed", verification.get("passed") if verification else None)
     page.verdict = badge(passed, unknown="not verified")
@@ -55,27 +56,29 @@ def _summary(page: Page) -> None:
                                   f"{cpu.get('vector_registers')} registers"))
     for key in sorted(d.get("codegen") or {}):
         rows.append((f"codegen: {key}", page.value("codegen", key)))
-    s.kv(rows)
-    s.heading("Inputs and outputs")
-    s.table(["kind", "name", "dtype", "shape"],
-            [[kind, page.value(kind + "s", i, "name"), page.value(kind + "s", i, "dtype"),
-              page.value(kind + "s", i, "shape")]
-             for kind in ("input", "output") for i in range(len(d.get(kind + "s") or []))],
-            name="io")
+    settings = page.scratch().kv(rows)
+    io = page.scratch().heading("Inputs and outputs")
+    io.table(["kind", "name", "dtype", "shape"],
+             [[kind, page.value(kind + "s", i, "name"), page.value(kind + "s", i, "dtype"),
+               page.value(kind + "s", i, "shape")]
+              for kind in ("input", "output") for i in range(len(d.get(kind + "s") or []))],
+             name="io")
     if d.get("timings"):
-        s.heading("Time per stage")
-        s.table(["stage", "seconds"], [[k, page.value("timings", k, spec=".2f")]
-                                       for k in d["timings"]], name="timings")
+        io.heading("Time per stage")
+        io.table(["stage", "seconds"], [[k, page.value("timings", k, spec=".2f")]
+                                        for k in d["timings"]], name="timings")
+    s.columns(settings, io)
 
 
 def _passes(page: Page) -> None:
     d = page.data
     rep = d["passes"]
     s = page.section("Graph passes", "passes")
+    applied = [p["name"] for p in rep.get("passes") or [] if p["modified"]]
     s.kv([("level", page.value("passes", "level")),
-          ("nodes", f"{rep['nodes_before']} -> {rep['nodes_after']}"),
           ("nodes before", page.value("passes", "nodes_before")),
-          ("nodes after", page.value("passes", "nodes_after"))])
+          ("nodes after", page.value("passes", "nodes_after")),
+          ("passes that changed the graph", ", ".join(applied) or "none")])
     passes = rep.get("passes") or []
     if passes:
         labels = ["(imported)"] + [p["name"] for p in passes]
@@ -88,14 +91,17 @@ def _passes(page: Page) -> None:
                         line={"shape": "hv", "color": COLORS["mmopt"]},
                         customdata=labels, hovertemplate=hover("%{customdata}: %{y} nodes"))
         s.chart(fig, "pass-nodes")
-        s.table(["#", "pass", "changed", "nodes before", "nodes after", "seconds", "rules fired"],
-                ([str(i + 1), page.value("passes", "passes", i, "name"),
-                  badge(p["modified"], "changed", "no change"),
-                  page.value("passes", "passes", i, "nodes_before"),
-                  page.value("passes", "passes", i, "nodes_after"),
-                  page.value("passes", "passes", i, "seconds", spec=".3f"),
-                  ", ".join(f"{k} x{n}" for k, n in (p.get("rules") or {}).items())]
-                 for i, p in enumerate(passes)), name="passes")
+        table = page.scratch()
+        table.table(["#", "pass", "changed", "nodes before", "nodes after", "seconds",
+                     "rules fired"],
+                    ([str(i + 1), page.value("passes", "passes", i, "name"),
+                      badge(True, "changed") if p["modified"] else badge(None, unknown="no change"),
+                      page.value("passes", "passes", i, "nodes_before"),
+                      page.value("passes", "passes", i, "nodes_after"),
+                      page.value("passes", "passes", i, "seconds", spec=".3f"),
+                      ", ".join(f"{k} x{n}" for k, n in (p.get("rules") or {}).items())]
+                     for i, p in enumerate(passes)), name="passes")
+        s.details(f"each of the {len(passes)} passes: nodes, time, rules fired", table)
     ops = sorted(set(rep.get("ops_before") or {}) | set(rep.get("ops_after") or {}),
                  key=lambda op: -(rep["ops_before"].get(op, 0)))
     if ops:

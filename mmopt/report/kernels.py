@@ -15,7 +15,7 @@ CHART_KERNELS = 40
 
 
 def kernel_label(kernel: dict) -> str:
-    """A kernel call's name on the chart's axis (the same kernel may be called at several places)."""
+    """A kernel call's name on the chart's axis (a kernel may be called at several places)."""
     return f"#{kernel['index']} {kernel['name']}"
 
 

@@ -4,7 +4,7 @@ the layers that lost the most in a table."""
 
 from __future__ import annotations
 
-from mmopt.report.charts import COLORS, figure, finite_or_none, hover
+from mmopt.report.charts import COLORS, finite_or_none, hover
 from mmopt.report.page import Page, Section, badge
 
 #: layers listed in the table (the largest drops)
@@ -35,7 +35,8 @@ def add_layers(page: Page, section: Section, *prefix) -> None:
     rows = page.scratch()
     rows.table(["#", "node", "op", "tensor", "SNR dB", "input SNR dB", "drop dB", "cosine",
                 "max abs err"],
-               ([page.value(*prefix, "layers", i, "index"), page.value(*prefix, "layers", i, "node"),
+               ([page.value(*prefix, "layers", i, "index"),
+                 page.value(*prefix, "layers", i, "node"),
                  page.value(*prefix, "layers", i, "op_type"),
                  page.value(*prefix, "layers", i, "tensor"),
                  page.value(*prefix, "layers", i, "snr_db", spec=".2f"),
@@ -85,7 +86,8 @@ def layer_chart(per: dict):
     fig.update_yaxes(title_text="cosine", secondary_y=True)
     culprit = per.get("culprit")
     if culprit:
-        fig.add_vline(x=culprit["index"], line={"color": COLORS["jump"], "width": 2, "dash": "dash"})
+        fig.add_vline(x=culprit["index"],
+                      line={"color": COLORS["jump"], "width": 2, "dash": "dash"})
         fig.add_annotation(x=culprit["index"], yref="paper", y=1.0, showarrow=False,
                            text=f"first jump: {culprit['node']}", xanchor="left",
                            font={"color": COLORS["jump"]})

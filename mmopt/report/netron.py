@@ -1,5 +1,6 @@
-"""The optimized graph in Netron (the ``netron`` package: a graph viewer served from this machine),
-each node annotated with the kernel that computes it and that kernel's time, where a profile says so.
+"""The optimized graph in Netron (the ``netron`` package: a graph viewer served from this
+machine), each node annotated with the kernel that computes it and that kernel's time, where a
+profile says so.
 
 ``mmopt view`` comes here. What is shown is the ONNX graph mmopt compiles (after its passes), saved
 as a copy whose nodes carry, in ``metadata_props`` (Netron lists them in the node's properties) and

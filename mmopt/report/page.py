@@ -48,9 +48,11 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monosp
          font-size: 12px; color: #fff; }
 .badge.ok { background: var(--ok); } .badge.bad { background: var(--bad); }
 .badge.warn { background: var(--warn); } .badge.info { background: var(--muted); }
-.note { margin: 6px 0; padding: 6px 10px; border-left: 3px solid var(--muted); background: var(--bg2); }
+.note { margin: 6px 0; padding: 6px 10px; border-left: 3px solid var(--muted);
+        background: var(--bg2); }
 .note.warn { border-color: var(--warn); } .note.bad { border-color: var(--bad); }
 .note.ok { border-color: var(--ok); }
+.cols { display: flex; flex-wrap: wrap; gap: 8px 32px; align-items: flex-start; }
 .chart { margin: 8px 0 14px; border: 1px solid var(--line); border-radius: 6px; padding: 4px; }
 details > summary { cursor: pointer; color: var(--accent); margin: 6px 0; }
 pre { background: var(--bg2); padding: 10px; overflow: auto; max-height: 480px; }
@@ -137,12 +139,18 @@ class Section:
         head = "".join(f"<th>{esc(h)}</th>" for h in headers)
         body = "".join("<tr>" + "".join(cell(c).html() for c in row) + "</tr>" for row in rows)
         attr = f' data-table="{esc(name)}"' if name else ""
-        return self.html(f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        return self.html(f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+                         "</table>")
 
     def details(self, summary: str, inner: Section) -> Section:
         """``inner``'s parts folded under ``summary`` (long tables)."""
         return self.html(f"<details><summary>{esc(summary)}</summary>{''.join(inner.parts)}"
                          "</details>")
+
+    def columns(self, *parts: Section) -> Section:
+        """``parts`` (sections from :meth:`Page.scratch`) side by side, wrapping on narrow pages."""
+        inner = "".join(f"<div>{''.join(p.parts)}</div>" for p in parts)
+        return self.html(f'<div class="cols">{inner}</div>')
 
     def chart(self, figure, name: str) -> Section:
         """A plotly figure (see :mod:`mmopt.report.charts`), named for tests and links."""
@@ -181,8 +189,12 @@ class Page:
 
     def value(self, *path, spec: str = ".4g", scale: float = 1.0, unit: str = "") -> Cell:
         """The JSON value at ``path``, formatted (numbers by ``spec`` after x ``scale``, then
-        ``unit``), carrying its path and exact value for anyone who checks the page."""
-        value = lookup(self.data, path)
+        ``unit``), carrying its path and exact value for anyone who checks the page. A path the
+        JSON does not have (a report from an older mmopt) shows as "-"."""
+        try:
+            value = lookup(self.data, path)
+        except (KeyError, IndexError, TypeError):
+            return Cell("-")
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if numeric or value in ("inf", "-inf", "nan"):
             text = fmt_number(value, spec, scale) + unit
@@ -199,7 +211,7 @@ class Page:
                  + (f' data-scale="{scale!r}"' if numeric and scale != 1.0 else ""))
         return Cell(esc(text), "num" if numeric else "", attrs)
 
-    # -- the document --------------------------------------------------------------------------------
+    # -- the document ------------------------------------------------------------------------------
 
     def render(self) -> str:
         from mmopt.report.charts import library_script

@@ -1,6 +1,6 @@
-"""The quantize report (``mmopt quantize --json`` / ``--report``): the settings, the accuracy against
-the float model, the accuracy-aware search step by step against its budget, where along the network
-the error jumps (``--per-layer``), and the range calibration chose for each tensor."""
+"""The quantize report (``mmopt quantize --json`` / ``--report``): the settings, the accuracy
+against the float model, the accuracy-aware search step by step against its budget, where along the
+network the error jumps (``--per-layer``), and the range calibration chose for each tensor."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The tune report (``mmopt tune --json``): whether tuning is still improving -- each task's best time
-against its trials, the model's estimated latency against all trials -- what it gained per kernel
-(default schedule vs best record), the model timed both ways, and where it was measured."""
+"""The tune report (``mmopt tune --json``): whether tuning is still improving -- each task's best
+time against its trials, the model's estimated latency against all trials -- what it gained per
+kernel (default schedule vs best record), the model timed both ways, and where it was measured."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from mmopt.report.page import Page, badge
 def build(page: Page) -> None:
     d = page.data
     page.title = f"mmopt tune: {d.get('model', '?')} for {d.get('target', '?')}"
-    page.subtitle = f"database {d.get('database')} ({d.get('sub_database')}), search {d.get('search')}"
+    page.subtitle = (f"database {d.get('database')} ({d.get('sub_database')}), "
+                     f"search {d.get('search')}")
     stopped = d.get("stopped")
     page.verdict = badge(stopped is None or stopped == "time budget reached",
                          "complete" if stopped is None else "stopped: " + str(stopped),
