@@ -620,40 +620,36 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
 
     step = progress or (lambda _msg: None)
     _check_options(threads, runs, warmup, versus)
+    if not _is_artifact_path(model):
+        # compiled here, and profiled by the compile, which has the graph and the kernels' FLOPs
+        import mmopt
+
+        tgt = targets.get(target)
+        _require_runs_here(tgt)
+        with tempfile.TemporaryDirectory(prefix="mmopt-profile-") as tmp:
+            result = mmopt.compile(model, tgt.name, Path(tmp) / "model",
+                                   input_shapes=input_shapes,
+                                   opt_level=DEFAULT_LEVEL if opt_level is None else opt_level,
+                                   verify=False, db=db, codegen=codegen, progress=step,
+                                   profile={"threads": threads, "runs": runs, "warmup": warmup,
+                                            "versus": versus, "seed": seed})
+        return result.profile
+    meta = read_meta(model)
+    tgt = targets.get(meta.target.get("name", "?"))
+    _require_runs_here(tgt)
     notes: list[str] = []
     reference = optimized = None
     flops: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="mmopt-profile-") as tmp:
-        if _is_artifact_path(model):
-            artifact = str(model)
-            meta = read_meta(artifact)
-            tgt = targets.get(meta.target.get("name", "?"))
-            _require_runs_here(tgt)
-            source = Path(meta.source_model)
-            if source.exists() and mir.sha256_of(source) == meta.source_sha256:
-                step("re-deriving the kernels from the source model")
-                reference, optimized, flops = rederive(source, meta, tgt)
-            else:
-                notes.append(f"the artifact's source model {source} is not available (or changed): "
-                             "no ONNX nodes, no FLOPs")
-        else:
-            import mmopt
-
-            tgt = targets.get(target)
-            _require_runs_here(tgt)
-            with counting_kernel_flops() as flops:
-                result = mmopt.compile(model, tgt.name, Path(tmp) / "model",
-                                       input_shapes=input_shapes,
-                                       opt_level=DEFAULT_LEVEL if opt_level is None else opt_level,
-                                       verify=False, save_onnx=True, db=db, codegen=codegen,
-                                       progress=step)
-            artifact = str(result.library)
-            meta = result.meta
-            optimized = mir.load(result.onnx_path)
-            reference = _reference(model, input_shapes, meta)
-        return profile_artifact(artifact, meta, reference, optimized, flops, threads=threads,
-                                runs=runs, warmup=warmup, versus=versus, seed=seed,
-                                progress=step, notes=notes)
+    source = Path(meta.source_model)
+    if source.exists() and mir.sha256_of(source) == meta.source_sha256:
+        step("re-deriving the kernels from the source model")
+        reference, optimized, flops = rederive(source, meta, tgt)
+    else:
+        notes.append(f"the artifact's source model {source} is not available (or changed): "
+                     "no ONNX nodes, no FLOPs")
+    return profile_artifact(str(model), meta, reference, optimized, flops, threads=threads,
+                            runs=runs, warmup=warmup, versus=versus, seed=seed, progress=step,
+                            notes=notes)
 
 
 def profile_artifact(artifact, meta, reference, optimized, flops: Mapping[str, int], *,
@@ -726,15 +722,6 @@ def _require_runs_here(tgt) -> None:
     if not tgt.runs_here():
         raise MmoptError(f"target {tgt.name} cannot run here ({tgt.why_not_here()}); profile runs "
                          "the model on this machine")
-
-
-def _reference(model, input_shapes, meta):
-    """The source model as onnxruntime runs it for ``--vs onnxruntime`` (as ``mmopt bench``)."""
-    from mmopt import frontends
-    from mmopt import ir as mir
-
-    return mir.prepare(frontends.to_onnx(model, input_shapes=input_shapes),
-                       {s.name: s.shape for s in meta.inputs})
 
 
 def rederive(source: Path, meta, tgt):
