@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from mmopt.report.data import KINDS, kind_of, load
+from mmopt.report.data import KINDS, kind_of, load, write_text
 
 
 def render(data: dict) -> str:
@@ -35,18 +35,7 @@ def render(data: dict) -> str:
 
 def write_html(data: dict, path) -> Path:
     """Render ``data`` and write it to ``path`` (atomically: a failure leaves no partial page)."""
-    from mmopt.errors import MmoptError
-
-    path = Path(path)
-    text = render(data)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        raise MmoptError(f"{path}: cannot write the HTML report ({exc.strerror or exc})") from exc
-    return path
+    return write_text(path, render(data), "the HTML report")
 
 
 __all__ = ["KINDS", "kind_of", "load", "render", "write_html"]

@@ -76,3 +76,17 @@ def load(path) -> dict:
     except MmoptError as exc:
         raise MmoptError(f"{path}: {exc.message}") from None
     return {**data, "kind": kind}
+
+
+def write_text(path, text: str, what: str = "the report") -> Path:
+    """Write ``text`` to ``path`` atomically (a failure leaves no partial file), making its
+    folder; :class:`MmoptError` naming ``path`` and ``what`` when it cannot."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise MmoptError(f"{path}: cannot write {what} ({exc.strerror or exc})") from exc
+    return path
