@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 
 from rich.logging import RichHandler
 
@@ -21,3 +23,21 @@ def configure(verbose: int = 0, debug: bool = False) -> None:
         warnings.filterwarnings("ignore", module=r"tvm\..*")
         warnings.filterwarnings("ignore", module=r"onnx\..*")
         warnings.filterwarnings("ignore", category=UserWarning)
+
+
+@contextlib.contextmanager
+def capture_warnings() -> Iterator[list[str]]:
+    """Within this block, every warning (or worse) that mmopt logs is also appended, as its message,
+    to the list this yields (reports keep them; the log shows them as before)."""
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

@@ -47,11 +47,26 @@ class CompileResult:
     source_verification: VerifyReport | None = None
     #: why the source framework was not consulted (empty when it was, or the model is ONNX)
     source_skipped: str = ""
+    #: the artifact profiled kernel by kernel (``compile(..., profile=True)``)
+    profile: object | None = None
+    #: what mmopt logged as warnings while compiling, in order
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         """No verification that ran failed."""
         return all(v is None or v.passed for v in (self.verification, self.source_verification))
+
+    def to_dict(self) -> dict:
+        """The compile report: ``mmopt compile --json`` prints it, ``--html`` and ``mmopt report``
+        render it. The artifact JSON's fields, plus the pass-by-pass report, the stage timings,
+        the profile (or None) and the warnings."""
+        return {"kind": "compile", "library": str(self.library), "meta": str(self.meta_path),
+                "timings": self.timings, **self.meta.to_dict(), "passed": self.passed,
+                "passes": self.passes.to_dict(),
+                "onnx": str(self.onnx_path) if self.onnx_path else None,
+                "profile": self.profile.to_dict() if self.profile is not None else None,
+                "warnings": self.warnings}
 
 
 def _import(model, input_shapes=None) -> onnx.ModelProto:
@@ -110,6 +125,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     db=None,
     allow_emulated_records: bool = False,
     codegen: CodegenOptions | None = None,
+    profile: bool | Mapping = False,
     progress: Progress | None = None,
 ) -> CompileResult:
     """Compile an ONNX model (path or ModelProto) into ``OUTPUT.so`` + ``OUTPUT.json`` for ``target``.
@@ -123,15 +139,14 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     exists); the report says which kernels used them or had only them.
     ``codegen``: :class:`mmopt.codegen.options.CodegenOptions` (default: from the environment,
     else all on); recorded in the artifact JSON.
+    ``profile``: also profile the artifact kernel by kernel (``result.profile``, a
+    :class:`mmopt.runtime.profile.ProfileResult`; the target must run here); a mapping gives
+    :func:`mmopt.runtime.profile.profile_artifact`'s options (``threads``, ``runs``, ...).
+    ``result.warnings`` holds what mmopt logged as warnings meanwhile.
     Raises :class:`MmoptError` for bad input; a failed verification is reported in the result (and
     the CLI exits 1), not raised.
     """
-    import time
-
-    import tvm
-
     step = progress or (lambda _msg: None)
-    timings: dict[str, float] = {}
     tgt = _targets.get(target)
     _targets.require_toolchain(tgt)  # fail before any work
     if verify is None:
@@ -139,6 +154,26 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     elif verify and not tgt.runs_here():
         raise MmoptError(f"--verify: target {tgt.name} cannot run here ({tgt.why_not_here()}); "
                          "use --no-verify, or verify on a device")
+    if profile and not tgt.runs_here():
+        raise MmoptError(f"--profile: target {tgt.name} cannot run here ({tgt.why_not_here()})")
+    from mmopt._logging import capture_warnings
+
+    with capture_warnings() as warnings:
+        result = _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, seed,
+                          save_onnx, db, allow_emulated_records, codegen, profile, step)
+    result.warnings = warnings
+    return result
+
+
+def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, seed, save_onnx, db,
+             allow_emulated_records, codegen, profile, step) -> CompileResult:
+    import time
+
+    import tvm
+
+    from mmopt.runtime.profile import counting_kernel_flops
+
+    timings: dict[str, float] = {}
 
     prefix = Path(output) if output is not None else default_output(model, tgt.name)
     library, meta_path = artifact_paths(prefix)
@@ -164,7 +199,9 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     from mmopt.codegen.cpu_schedules import record_fallbacks
     from mmopt.codegen.quantized import record_int8_kernels
 
-    with record_fallbacks() as fallbacks, record_int8_kernels() as int8_kernels:
+    flops_counter = counting_kernel_flops() if profile else contextlib.nullcontext({})
+    with record_fallbacks() as fallbacks, record_int8_kernels() as int8_kernels, \
+            flops_counter as flops:
         executable = _build.build(mod, tgt, database, codegen)
     timings["codegen"] = time.perf_counter() - t0
     tuning = None
@@ -235,8 +272,16 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
             os.replace(path, prefix.parent / path.name)
             if onnx_path and path.name == onnx_path.name and (tmp / (path.name + ".data")).exists():
                 os.replace(tmp / (path.name + ".data"), prefix.parent / (path.name + ".data"))
+    profiled = None
+    if profile:
+        from mmopt.runtime.profile import profile_artifact
+
+        t0 = time.perf_counter()
+        profiled = profile_artifact(library, meta, reference, optimized, flops, progress=step,
+                                    **(profile if isinstance(profile, Mapping) else {}))
+        timings["profile"] = time.perf_counter() - t0
     return CompileResult(library, meta_path, meta, report, verification, onnx_path, timings,
-                         source_verification, source_skipped)
+                         source_verification, source_skipped, profiled)
 
 
 def _random_weights(model: onnx.ModelProto) -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything mmopt needs on a fresh Debian/Ubuntu machine with Python 3.11:
-#   - Debian packages: the aarch64 cross compiler (for --target arm) and g++ (for `mmopt package`),
-#     when missing;
+#   - Debian packages: the aarch64 cross compiler (for --target arm), g++ (for `mmopt package`) and
+#     headless Chromium with its driver (the HTML report tests load each page in it), when missing;
 #   - the mmopt package (editable) with its pinned dependencies, every frontend's framework
 #     (the [all] extra: PyTorch CPU build, OpenCV 4 headless) and the test tools;
 #   - test data: the OCR models that ship inside the rapidocr-onnxruntime wheel
@@ -20,6 +20,10 @@ command -v aarch64-linux-gnu-g++ >/dev/null || missing+=(g++-aarch64-linux-gnu)
 # the bundle's example with make
 command -v g++ >/dev/null || missing+=(g++)
 command -v make >/dev/null || missing+=(make)
+# the HTML report tests (tests/test_html_report.py) load every page in headless Chromium, driven
+# by selenium through Debian's chromedriver (same version as the browser; nothing is downloaded)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq

@@ -11,6 +11,7 @@ thresholds sit at the top level, per-output overrides in ``[output."NAME"]`` tab
     min-cosine = 0.99
     report = "build/check.json"
     junit = "build/check.xml"
+    html = "build/check.html"
 
     [output."boxes"]
     min-snr = 25
@@ -30,7 +31,7 @@ from mmopt.errors import MmoptError
 #: the file ``mmopt check`` reads from the current directory when no --config is given
 CONFIG_NAME = "mmopt-check.toml"
 
-_PATHS = ("reference", "candidate", "data", "labels", "report", "junit")
+_PATHS = ("reference", "candidate", "data", "labels", "report", "junit", "html")
 _OPTIONS = {
     **{k: str for k in _PATHS},
     "metric": list, "output_name": list, "input_shape": list,

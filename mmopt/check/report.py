@@ -17,7 +17,7 @@ from pathlib import Path
 from mmopt.check.metrics import OutputMetrics
 from mmopt.check.per_layer import PerLayerReport
 from mmopt.check.thresholds import CheckResult, format_limit, format_value
-from mmopt.errors import MmoptError
+from mmopt.report.data import finite, write_text
 from mmopt.runtime.ort import ENGINE_DESCRIPTIONS
 
 
@@ -51,8 +51,9 @@ class CheckReport:
         return next(m for m in self.outputs if m.name == name)
 
     def to_dict(self) -> dict:
-        return _finite({
-            "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
+        return finite({
+            "kind": "check", "passed": self.passed, "reference": self.reference,
+            "candidate": self.candidate,
             "data": self.data, "samples": self.samples, "labels": self.labels,
             "eval_engine": self.eval_engine, "thresholds": self.thresholds,
             "checks": [c.to_dict() for c in self.checks],
@@ -65,36 +66,13 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
     def write_json(self, path) -> Path:
-        return _write(path, self.to_json())
+        return write_text(path, self.to_json())
 
     def to_junit(self) -> str:
         return junit_xml(self)
 
     def write_junit(self, path) -> Path:
-        return _write(path, self.to_junit())
-
-
-def _finite(value):
-    """JSON-safe copy: non-finite floats become "inf", "-inf" or "nan"."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _write(path, text: str) -> Path:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        raise MmoptError(f"{path}: cannot write the report ({exc.strerror or exc})") from exc
-    return path
+        return write_text(path, self.to_junit())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +81,7 @@ def _write(path, text: str) -> Path:
 
 def write_junit_error(path, message: str) -> Path:
     """A JUnit file with one errored test case: CI shows why the check could not run (exit 2)."""
-    return _write(path, junit_xml(None, error=message))
+    return write_text(path, junit_xml(None, error=message))
 
 
 def junit_xml(report: CheckReport | None, *, error: str | None = None, seconds: float = 0.0) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mmopt.cli.common import err, import_options, input_shape_option, model_path, out, shapes
+from mmopt.cli.common import (err, html_option, import_options, input_shape_option, model_path,
+                              out, shapes, write_html)
 
 logger = logging.getLogger("mmopt")
 
@@ -27,8 +28,9 @@ logger = logging.getLogger("mmopt")
 @click.option("--warmup", type=click.IntRange(0, 10_000), default=5, show_default=True)
 @click.option("--repeat", type=click.IntRange(1, 100_000), default=30, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@html_option
 @import_options
-def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_json):
+def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_json, html_path):
     """Benchmark MODEL (compiled here, untuned) or a compiled ARTIFACT against onnxruntime.
 
     Reports latency min / median / p90, throughput and each engine's memory: the high-water mark
@@ -74,8 +76,12 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
                 mir.save(fixed, reference)
         with err.status(f"timing ({repeat} runs, {threads} threads)"):
             res = bench(artifact, reference, threads=threads, warmup=warmup, repeat=repeat)
+        res.model = model  # as given (a model is compiled into a directory that is gone now)
+    data = res.to_dict()
+    if html_path:
+        write_html(data, html_path, quiet=as_json)
     if as_json:
-        out.print_json(json.dumps(res.to_dict()))
+        out.print_json(json.dumps(data))
         return
     table = Table(box=None, padding=(0, 2))
     for col in ("engine", "threads", "min ms", "median ms", "p90 ms", "inf/s", "peak RSS MB",

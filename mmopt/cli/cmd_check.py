@@ -9,7 +9,7 @@ import click
 from mmopt.check.api import DEFAULT_PER_LAYER_SAMPLES
 from mmopt.check.config import CONFIG_NAME
 from mmopt.check.per_layer import DEFAULT_JUMP_DB
-from mmopt.cli.common import err, import_options, input_shape_option, out, shapes
+from mmopt.cli.common import err, html_option, import_options, input_shape_option, out, shapes
 from mmopt.errors import MmoptError
 from mmopt.runtime.ort import DEFAULT_ENGINE, ENGINES
 
@@ -61,11 +61,12 @@ from mmopt.runtime.ort import DEFAULT_ENGINE, ENGINES
 @click.option("--config", "config_path", metavar="FILE",
               help=f"Settings file. [default: ./{CONFIG_NAME} when present]")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+@html_option
 @import_options
 def check_cmd(reference, candidate, data, labels, metrics, max_drop, min_top1, min_top5,
               min_cosine, min_snr, atol, rtol, output_names, per_layer, per_layer_samples,
               jump_db, eval_engine, input_shapes, seed, report_path, junit_path, config_path,
-              as_json):
+              as_json, html_path):
     """Accuracy gate: compare CAND with REF on DATA; exit 0 pass, 1 a threshold failed, 2 error.
 
     \b
@@ -86,7 +87,7 @@ def check_cmd(reference, candidate, data, labels, metrics, max_drop, min_top1, m
              "per_layer": per_layer, "per_layer_samples": per_layer_samples, "jump_db": jump_db,
              "eval_engine": eval_engine, "input_shape": list(input_shapes) or None, "seed": seed,
              "report": report_path,
-             "junit": junit_path}
+             "junit": junit_path, "html": html_path}
     junit = junit_path
     try:
         path = cfg.find_config(config_path)
@@ -130,11 +131,15 @@ def _run(options: dict, config, cli_thresholds: dict, as_json: bool) -> None:
         report.write_json(options["report"])
     if options.get("junit"):
         report.write_junit(options["junit"])
+    if options.get("html"):
+        from mmopt.report import write_html
+
+        write_html(report.to_dict(), options["html"])
     if as_json:
         click.echo(report.to_json(), nl=False)  # raw: a console would wrap long strings
     else:
         render(report, out)
-        written = [options[k] for k in ("report", "junit") if options.get(k)]
+        written = [options[k] for k in ("report", "junit", "html") if options.get(k)]
         if written:
             out.print("wrote " + ", ".join(written))
     if not report.passed:

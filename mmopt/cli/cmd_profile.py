@@ -9,21 +9,14 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from mmopt.cli.common import (codegen_from, codegen_options, err, input_shape_option, model_path,
-                              out, shapes)
+from mmopt.cli.common import (codegen_from, codegen_options, err, html_option, input_shape_option,
+                              model_path, out, shapes, write_html)
 
 
 def _nodes_cell(kernel) -> str:
-    """The ONNX nodes of a kernel, short: ``first node +N (Op+Op)`` (``(helper)`` in front for a
-    step of a decomposed op; the JSON lists them all)."""
-    if kernel.mapping == "copy":
-        return f"(layout copy of {kernel.onnx_value})"
-    if not kernel.onnx_nodes:
-        return "?"
-    ops = "+".join(dict.fromkeys(kernel.onnx_ops))
-    text = kernel.onnx_nodes[0] + (f" +{len(kernel.onnx_nodes) - 1}"
-                                    if len(kernel.onnx_nodes) > 1 else "") + f" ({ops})"
-    return f"(helper) {text}" if kernel.mapping == "helper" else text
+    from mmopt.runtime.profile import describe_nodes
+
+    return describe_nodes(kernel.mapping, kernel.onnx_nodes, kernel.onnx_ops, kernel.onnx_value)
 
 
 def _number(value, fmt: str) -> str:
@@ -107,8 +100,9 @@ def ort_table(ort: dict) -> Table:
               help="Show only the slowest N kernels (the JSON has all).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write everything (kernels, machine, peak, onnxruntime) to this JSON file.")
+@html_option
 def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, winograd,
-                pack_weights, layout, db, versus, top, json_path):
+                pack_weights, layout, db, versus, top, json_path, html_path):
     """Profile MODEL (compiled here) or a compiled ARTIFACT kernel by kernel.
 
     Per kernel: the ONNX nodes it computes, output shape, median and min ms, % of the total,
@@ -126,10 +120,11 @@ def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, w
 
     with err.status("profiling") as status:
         result = run(status)
+    data = result.to_dict()
     if json_path:
         path = Path(json_path)
         tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         tmp.replace(path)
     machine = result.machine
     out.print(f"[bold]profile[/] {result.model} ({result.artifact})")
@@ -162,6 +157,8 @@ def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, w
                   if ort["total_median_ms"] else "")
     if json_path:
         out.print(f"wrote {json_path}")
+    if html_path:
+        write_html(data, html_path)
 
 
 command = profile_cmd

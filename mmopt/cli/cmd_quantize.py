@@ -9,7 +9,8 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmopt.cli.common import err, import_options, input_shape_option, model_path, out, shapes
+from mmopt.cli.common import (err, html_option, import_options, input_shape_option, model_path,
+                              out, shapes, write_html)
 from mmopt.errors import MmoptError
 from mmopt.quantize.calibrate import DEFAULT_PERCENTILE, METHODS
 from mmopt.quantize.evaluate import METRICS
@@ -100,14 +101,19 @@ def _dims(text: str | None, option: str):
 @click.option("-t", "--target", default="x86", show_default=True,
               help="Target --eval-engine artifact compiles for (it must run on this machine).")
 @input_shape_option
+@click.option("--per-layer/--no-per-layer", "per_layer", default=None,
+              help="Compare every tensor of the float and the quantized model on the first "
+                   "samples of --eval (else --calib) and name the first layer where the error "
+                   "jumps (as `mmopt check --per-layer`). [default: on with --html]")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Also write the report as JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@html_option
 @import_options
 def quantize_cmd(model, output, calib, method, percentile, per_channel, activations, exclude,
                  samples, dtype, weight_only, preprocess_file, resize, crop, mean, std, scale,
                  channel_order, layout, eval_data, eval_samples, metric, max_drop, eval_engine,
-                 target, input_shapes, report_path, as_json):
+                 target, input_shapes, per_layer, report_path, as_json, html_path):
     """Quantize MODEL and write the result as ONNX (QDQ int8 by default).
 
     \b
@@ -143,13 +149,15 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
             dtype=dtype, weight_only=weight_only, preprocess=preprocess,
             input_shapes=shapes(input_shapes), eval_data=eval_data, eval_samples=eval_samples,
             metric=metric, max_drop=max_drop, eval_engine=eval_engine, target=target,
-            progress=progress)
+            per_layer=bool(html_path) if per_layer is None else per_layer, progress=progress)
     mir.save(qmodel, output)
-    data = report.to_dict()
+    data = {"output": str(output), **report.to_dict()}
     if report_path:
         Path(report_path).write_text(json.dumps(data, indent=2) + "\n")
+    if html_path:
+        write_html(data, html_path, quiet=as_json)
     if as_json:
-        out.print_json(json.dumps({"output": str(output), **data}))
+        out.print_json(json.dumps(data))
     else:
         _print(report, output)
     aa = report.accuracy_aware

@@ -17,8 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mmopt.cli.cmd_farm import secret_option
-from mmopt.cli.common import (codegen_from, codegen_options, err, import_options,
-                              input_shape_option, model_path, out, shapes)
+from mmopt.cli.common import (codegen_from, codegen_options, err, html_option, import_options,
+                              input_shape_option, model_path, out, shapes, write_html)
 
 
 def _us(seconds: float | None) -> str:
@@ -159,10 +159,11 @@ def _ctrl_c_stops(stop: threading.Event):
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="After tuning, time the model with default schedules and with the records.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@html_option
 @import_options
 def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm, key,
              farm_secret, input_shapes, opt_level, winograd, pack_weights, layout, task_filter,
-             search, dry_run, compare, as_json):
+             search, dry_run, compare, as_json, html_path):
     """Tune every task of MODEL for TARGET; records go to the --db directory.
 
     \b
@@ -199,14 +200,16 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
                                          farm=farm, key=report.key or key, codegen=codegen,
                                          farm_secret=farm_secret,
                                          allow_emulated_records=report.emulated)
+    data = report.to_dict()
+    data["latency"] = comparison.to_dict() if comparison else None
+    if html_path:
+        write_html(data, html_path, quiet=as_json)
     if dry_run and not as_json:
         out.print(_task_table(report))
         out.print(f"dry run: {report.planned} trial(s) would be measured; {report.records} "
                   f"record(s) for these tasks in {report.database}")
         return
     if as_json:
-        data = report.to_dict()
-        data["latency"] = comparison.to_dict() if comparison else None
         out.print_json(json.dumps(data))
     else:
         out.print(_task_table(report))

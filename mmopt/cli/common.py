@@ -27,6 +27,21 @@ def model_path(path: str) -> str:
     return path
 
 
+html_option = click.option(
+    "--html", "html_path", type=click.Path(dir_okay=False), metavar="FILE.html",
+    help="Also write the report as one self-contained HTML page (tables and charts, no network "
+         "needed to view it; `mmopt report` renders a saved JSON report the same way).")
+
+
+def write_html(data: dict, path, *, quiet: bool = False) -> None:
+    """``--html``: the verb's JSON report as a page (:func:`mmopt.report.write_html`); says so on
+    stdout, or on stderr when stdout carries JSON (``quiet``)."""
+    from mmopt.report import write_html as _write
+
+    _write(data, path)
+    (err if quiet else out).print(f"wrote {path}")
+
+
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
     help="Fix an input's shape (repeatable), e.g. --input-shape x:1,3,224,224. A symbolic leading "

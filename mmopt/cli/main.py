@@ -19,8 +19,8 @@ from rich.text import Text
 from mmopt import __version__
 from mmopt._logging import configure as configure_logging
 from mmopt.cli.cmd_farm import secret_option
-from mmopt.cli.common import (codegen_from, codegen_options, err, import_options,
-                              input_shape_option, model_path, out, shapes)
+from mmopt.cli.common import (codegen_from, codegen_options, err, html_option, import_options,
+                              input_shape_option, model_path, out, shapes, write_html)
 from mmopt.errors import MmoptError
 
 logger = logging.getLogger("mmopt")
@@ -99,27 +99,38 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.option("--allow-emulated-records", is_flag=True,
               help="With --db: also apply records measured on an emulated device (`mmopt farm "
                    "emulate`; not hardware timings) to kernels without a real record.")
+@click.option("--profile/--no-profile", "profile", default=None,
+              help="Also time the artifact kernel by kernel, each kernel with its ONNX nodes "
+                   "(as `mmopt profile`; in the JSON and HTML reports). [default: with --html, "
+                   "when the target runs here]")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@html_option
 @import_options
 def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_weights, layout,
-                verify, atol, rtol, save_onnx, db, allow_emulated_records, as_json):
+                verify, atol, rtol, save_onnx, db, allow_emulated_records, profile, as_json,
+                html_path):
     """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
     import mmopt
+    from mmopt import targets
 
     model = model_path(model)
+    if profile is None:
+        profile = bool(html_path) and targets.get(target).runs_here()
     with err.status("compiling") as status:
         result = mmopt.compile(
             model, target, output, input_shapes=shapes(input_shapes), opt_level=opt_level,
             verify=verify, atol=atol, rtol=rtol, save_onnx=save_onnx, db=db,
             allow_emulated_records=allow_emulated_records,
-            codegen=codegen_from(winograd, pack_weights, layout),
+            codegen=codegen_from(winograd, pack_weights, layout), profile=profile,
             progress=lambda msg: status.update(msg),
         )
+    data = result.to_dict()
     if as_json:
-        out.print_json(json.dumps({"library": str(result.library), "meta": str(result.meta_path),
-                                   "timings": result.timings, **result.meta.to_dict()}))
+        out.print_json(json.dumps(data))
     else:
         _print_compile_report(result)
+    if html_path:
+        write_html(data, html_path, quiet=as_json)
     if not result.passed:
         sys.exit(1)
 
@@ -176,6 +187,13 @@ def _print_compile_report(result) -> None:
     out.print("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.onnx_path:
         out.print(f"  onnx      {result.onnx_path}")
+    if result.profile is not None:
+        p = result.profile
+        slowest = p.sorted_kernels()[0] if p.kernels else None
+        out.print(f"  profile   {p.total_median_ms:.3f} ms per inference ({p.threads} thread(s)), "
+                  f"{len(p.kernels)} kernel calls"
+                  + (f"; slowest {slowest.name} {slowest.median_ms:.3f} ms "
+                     f"({slowest.percent:.0f}%)" if slowest else ""))
     v = result.verification
     if v is None:
         out.print("  verify    [yellow]skipped[/] (target does not run here)")

@@ -10,7 +10,11 @@ int8 (static QDQ), the default:
 4. with ``eval_data``: score int8 against float on ``eval_engine`` (``reference`` by default: the
    QDQ definition, identical on every CPU; ``onnxruntime``: its optimized, CPU-dependent int8
    kernels; :mod:`mmopt.runtime.ort`); with ``max_drop`` too, and a drop over it, keep the fewest
-   layers in float until it fits (:mod:`mmopt.quantize.accuracy_aware`).
+   layers in float until it fits (:mod:`mmopt.quantize.accuracy_aware`);
+5. with ``per_layer``: every intermediate tensor of the float and the quantized model compared
+   (:func:`mmopt.check.per_layer.compare_layers`, as ``mmopt check --per-layer`` does) on the first
+   samples of the evaluation data (else of the calibration data): where along the network the
+   error jumps.
 
 ``dtype="fp16"``: prepare, then fp16 with fp32 islands (:mod:`mmopt.quantize.fp16`); calibration
 data, when given, only guards against fp16 overflow. ``weight_only=True``: int8 MatMul/Gemm weights
@@ -29,6 +33,7 @@ import numpy as np
 import onnx
 
 from mmopt import ir as mir
+from mmopt.check.per_layer import PerLayerReport
 from mmopt.errors import MmoptError
 from mmopt.quantize import accuracy_aware, calibrate as cal, data as qdata, qdq
 from mmopt.quantize.evaluate import Evaluator, Score
@@ -70,16 +75,26 @@ class QuantizeReport:
     #: the target the ``artifact`` eval engine compiled for
     eval_target: str | None = None
     accuracy_aware: accuracy_aware.AccuracyAwareReport | None = None
+    #: per calibrated tensor (graph order): ``{"tensor", "min", "max", "lo", "hi"}``, the values
+    #: seen over the calibration data and the range ``method`` chose from them
+    calibration_ranges: list[dict] = field(default_factory=list)
+    #: float vs quantized model tensor by tensor (``per_layer=True``)
+    per_layer: PerLayerReport | None = None
     details: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items()
-               if k not in ("evaluation", "accuracy_aware")}
+        """JSON-safe (non-finite numbers as the strings "inf", "-inf", "nan", as ``mmopt check``
+        writes them); ``kind`` says it is a quantize report (``mmopt report`` reads it)."""
+        from mmopt.report.data import finite
+
+        out = {"kind": "quantize", **{k: v for k, v in self.__dict__.items()
+                                      if k not in ("evaluation", "accuracy_aware", "per_layer")}}
         out["evaluation"] = self.evaluation.to_dict() if self.evaluation else None
         out["accuracy_aware"] = self.accuracy_aware.to_dict() if self.accuracy_aware else None
+        out["per_layer"] = self.per_layer.to_dict() if self.per_layer else None
         out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
-        return out
+        return finite(out)
 
 
 def _ops(model: onnx.ModelProto) -> dict[str, int]:
@@ -122,6 +137,7 @@ def quantize(
     eval_engine: str = ort.DEFAULT_ENGINE,
     target: str = "x86",
     batch_size: int | None = None,
+    per_layer: bool | int = False,
     progress: Progress | None = None,
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
     """Quantize ``model`` (path or ModelProto); returns the new model and a report.
@@ -134,7 +150,10 @@ def quantize(
     ``max_drop`` turns on accuracy-aware mode. It is read as ``mmopt check --max-drop`` reads it
     (:func:`mmopt.check.thresholds.parse_max_drop`): ``"0.5%"`` is half a percentage point of the
     metric's drop (see :mod:`mmopt.quantize.evaluate`), a bare number below 1 a fraction
-    (``0.005`` = ``"0.5%"``), a bare number >= 1 an error.
+    (``0.005`` = ``"0.5%"``), a bare number >= 1 an error. ``per_layer``: compare the float and
+    the quantized model tensor by tensor on the first samples (``True``: as many as
+    ``mmopt check --per-layer`` takes; a number: that many) of ``eval_data``, else of
+    ``calib_data`` (``report.per_layer``).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -213,6 +232,11 @@ def quantize(
                                histogram=method != "minmax", total=src.count(samples),
                                progress=stage("calibrate"))
         ranges = result.ranges(method, unsigned=activations == "uint8", percentile=percentile)
+        report.calibration_ranges = [
+            {"tensor": name, "min": float(result.stats[name].min),
+             "max": float(result.stats[name].max),
+             "lo": float(ranges[name][0]), "hi": float(ranges[name][1])}
+            for name in tensors if name in ranges and result.stats[name].count]
         report.samples, report.batches = result.samples, result.batches
         report.tensors_calibrated = len(tensors)
         report.calibration_bytes = result.summary_bytes
@@ -252,9 +276,29 @@ def quantize(
     if eval_data is not None:
         report.eval_engine = eval_engine
         report.eval_target = target if eval_engine == "artifact" else None
+    if per_layer:
+        t0 = time.perf_counter()
+        report.per_layer = _per_layer(prepared, out, eval_data, calib_data, inputs, preprocess,
+                                      per_layer)
+        timings["per_layer"] = time.perf_counter() - t0
     report.ops_after = _ops(out)
     report.timings = timings
     return out, report
+
+
+def _per_layer(prepared, out, eval_data, calib_data, inputs, preprocess,
+               samples: bool | int) -> PerLayerReport:
+    from mmopt.check.api import DEFAULT_PER_LAYER_SAMPLES
+    from mmopt.check.per_layer import compare_layers
+
+    data = eval_data if eval_data is not None else calib_data
+    if data is None:
+        raise MmoptError("--per-layer needs samples to compare on: --eval DATA or --calib DATA")
+    count = DEFAULT_PER_LAYER_SAMPLES if samples is True else int(samples)
+    src = qdata.open_data(data, inputs, preprocess=preprocess,
+                          what="--eval" if eval_data is not None else "--calib")
+    feeds, _labels = qdata.materialize(src, count)
+    return compare_layers(prepared, out, feeds, labels=("float model", "quantized model"))
 
 
 def _evaluator(prepared, eval_data, inputs, preprocess, limit, metric, engine,

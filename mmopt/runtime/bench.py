@@ -26,7 +26,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,8 @@ class Timing:
     workspace_mb: float | None = None
     #: how peak_rss_mb was measured ("VmHWM", or "ru_maxrss" where /proc is missing)
     memory_source: str = "VmHWM"
+    #: every timed call's latency, in call order (the distribution the summary comes from)
+    samples_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,13 +79,14 @@ class BenchResult:
         return self.mmopt.median_ms / self.onnxruntime.median_ms
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "mmopt": self.mmopt.to_dict(),
+        return {"kind": "bench", "model": self.model, "mmopt": self.mmopt.to_dict(),
                 "onnxruntime": self.onnxruntime.to_dict() if self.onnxruntime else None,
                 "ratio": self.ratio}
 
 
 def _summarize(engine: str, threads: int, seconds: list[float], memory: dict) -> Timing:
-    ms = sorted(s * 1e3 for s in seconds)
+    in_order = [s * 1e3 for s in seconds]
+    ms = sorted(in_order)
     p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
     median = statistics.median(ms)
     workspace = memory.get("workspace_bytes")
@@ -95,7 +98,7 @@ def _summarize(engine: str, threads: int, seconds: list[float], memory: dict) ->
                   1e3 / median if median > 0 else float("inf"), memory["peak_kb"] / 1024.0,
                   mb(memory.get("baseline_kb")), mb(memory.get("rss_kb")),
                   mb(memory.get("anon_kb")), workspace / 2**20 if workspace is not None else None,
-                  memory["source"])
+                  memory["source"], in_order)
 
 
 # --------------------------------------------------------------------------------------------------

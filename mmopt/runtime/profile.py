@@ -97,6 +97,20 @@ class KernelProfile:
     onnx_flops: int | None = None
 
 
+def describe_nodes(mapping: str, onnx_nodes: Sequence[str], onnx_ops: Sequence[str],
+                   onnx_value: str | None) -> str:
+    """A kernel's ONNX nodes, short: ``first node +N (Op+Op)``; ``(helper)`` in front for a step of
+    a decomposed op, ``(layout copy of VALUE)`` for a copy, ``?`` when unknown (the JSON lists them
+    all). ``mmopt profile``'s table and the HTML reports show this."""
+    if mapping == "copy":
+        return f"(layout copy of {onnx_value})"
+    if not onnx_nodes:
+        return "?"
+    ops = "+".join(dict.fromkeys(onnx_ops))
+    text = onnx_nodes[0] + (f" +{len(onnx_nodes) - 1}" if len(onnx_nodes) > 1 else "") + f" ({ops})"
+    return f"(helper) {text}" if mapping == "helper" else text
+
+
 @dataclass
 class OrtOpProfile:
     """onnxruntime's time for one op type (all its nodes), per inference."""
@@ -152,7 +166,7 @@ class ProfileResult:
         return sorted(self.kernels, key=lambda k: (-k.median_ms, k.index))
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        data = {"kind": "profile", **asdict(self)}
         data["kernels"] = [asdict(k) for k in self.sorted_kernels()]
         data["kernel_sum_ms"] = self.kernel_sum_ms
         data["peak_gflops"] = self.peak_gflops
@@ -596,48 +610,63 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
     from mmopt import targets
     from mmopt.passes import DEFAULT_LEVEL
     from mmopt.runtime.artifact import read_meta
+
+    step = progress or (lambda _msg: None)
+    _check_options(threads, runs, warmup, versus)
+    if not _is_artifact_path(model):
+        # compiled here, and profiled by the compile, which has the graph and the kernels' FLOPs
+        import mmopt
+
+        tgt = targets.get(target)
+        _require_runs_here(tgt)
+        with tempfile.TemporaryDirectory(prefix="mmopt-profile-") as tmp:
+            result = mmopt.compile(model, tgt.name, Path(tmp) / "model",
+                                   input_shapes=input_shapes,
+                                   opt_level=DEFAULT_LEVEL if opt_level is None else opt_level,
+                                   verify=False, db=db, codegen=codegen, progress=step,
+                                   profile={"threads": threads, "runs": runs, "warmup": warmup,
+                                            "versus": versus, "seed": seed})
+        return result.profile
+    meta = read_meta(model)
+    tgt = targets.get(meta.target.get("name", "?"))
+    _require_runs_here(tgt)
+    notes: list[str] = []
+    reference = optimized = None
+    flops: dict[str, int] = {}
+    source = Path(meta.source_model)
+    if source.exists() and mir.sha256_of(source) == meta.source_sha256:
+        step("re-deriving the kernels from the source model")
+        reference, optimized, flops = rederive(source, meta, tgt)
+    else:
+        notes.append(f"the artifact's source model {source} is not available (or changed): "
+                     "no ONNX nodes, no FLOPs")
+    return profile_artifact(str(model), meta, reference, optimized, flops, threads=threads,
+                            runs=runs, warmup=warmup, versus=versus, seed=seed, progress=step,
+                            notes=notes)
+
+
+def profile_artifact(artifact, meta, reference, optimized, flops: Mapping[str, int], *,
+                     threads: int = 2, runs: int = 10, warmup: int = 3,
+                     versus: str | None = None, seed: int = 0,
+                     progress: Callable[[str], None] | None = None,
+                     notes: Sequence[str] = ()) -> ProfileResult:
+    """Profile a compiled ``artifact`` whose graph is known: ``meta`` its
+    :class:`~mmopt.runtime.artifact.ArtifactMeta`, ``reference`` the source model as onnxruntime
+    runs it and ``optimized`` the ONNX graph that was compiled (either None when not known: no
+    ONNX nodes, no ``--vs``), ``flops`` the kernels' :func:`contraction_flops` by name (from
+    :func:`counting_kernel_flops` around the compile). :func:`profile` comes here, and so does
+    ``mmopt.compile(..., profile=True)``, which has all of these at hand."""
+    from mmopt import targets
     from mmopt.runtime.bench import call_in_child
     from mmopt.runtime.inputs import random_feeds
 
     step = progress or (lambda _msg: None)
-    if threads < 1 or runs < 1 or warmup < 0:
-        raise MmoptError("profile: threads and runs must be >= 1, warmup >= 0")
-    if versus not in (None, "none", "onnxruntime"):
-        raise MmoptError(f"--vs {versus}: use onnxruntime or none")
+    _check_options(threads, runs, warmup, versus)
+    tgt = targets.get(meta.target.get("name", "?"))
+    _require_runs_here(tgt)
+    notes = list(notes)
     machine = machine_info()
-    notes: list[str] = []
-    reference = optimized = None
-    flops: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="mmopt-profile-") as tmp:
-        if _is_artifact_path(model):
-            artifact = str(model)
-            meta = read_meta(artifact)
-            tgt = targets.get(meta.target.get("name", "?"))
-            _require_runs_here(tgt)
-            source = Path(meta.source_model)
-            if source.exists() and mir.sha256_of(source) == meta.source_sha256:
-                step("re-deriving the kernels from the source model")
-                reference, optimized, flops = _rederive(source, meta, tgt)
-            else:
-                notes.append(f"the artifact's source model {source} is not available (or changed): "
-                             "no ONNX nodes, no FLOPs")
-            source_name = meta.source_model
-        else:
-            import mmopt
-
-            tgt = targets.get(target)
-            _require_runs_here(tgt)
-            with counting_kernel_flops() as flops:
-                result = mmopt.compile(model, tgt.name, Path(tmp) / "model",
-                                       input_shapes=input_shapes,
-                                       opt_level=DEFAULT_LEVEL if opt_level is None else opt_level,
-                                       verify=False, save_onnx=True, db=db, codegen=codegen,
-                                       progress=step)
-            artifact = str(result.library)
-            meta = result.meta
-            optimized = mir.load(result.onnx_path)
-            reference = _reference(model, input_shapes, meta)
-            source_name = meta.source_model
         feeds = random_feeds(meta.inputs, seed)
         inputs_path = os.path.join(tmp, "inputs.npz")
         np.savez(inputs_path, **feeds)
@@ -647,7 +676,7 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
         measure = tgt.device == "cpu" and known_peak is None
         step(f"profiling ({runs} runs, {threads} threads)"
              + (" and measuring the FMA peak" if measure else ""))
-        raw = call_in_child(_profile_worker, artifact, inputs_path, warmup, runs,
+        raw = call_in_child(_profile_worker, str(artifact), inputs_path, warmup, runs,
                             optimized is not None, tgt.name if measure else None,
                             threads, threads=threads, what="profile run")
     if raw["peak"] is not None:
@@ -672,8 +701,15 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
             ort_profile = onnxruntime_profile(reference, feeds, threads=threads, warmup=warmup,
                                               runs=runs)
     machine["load_average_after"] = machine_info()["load_average"]
-    return _assemble(source_name, artifact, tgt.name, threads, runs, warmup, raw, flops, mapping,
-                     ort_profile, machine, notes)
+    return _assemble(meta.source_model, str(artifact), tgt.name, threads, runs, warmup, raw,
+                     dict(flops), mapping, ort_profile, machine, notes)
+
+
+def _check_options(threads: int, runs: int, warmup: int, versus: str | None) -> None:
+    if threads < 1 or runs < 1 or warmup < 0:
+        raise MmoptError("profile: threads and runs must be >= 1, warmup >= 0")
+    if versus not in (None, "none", "onnxruntime"):
+        raise MmoptError(f"--vs {versus}: use onnxruntime or none")
 
 
 def _require_runs_here(tgt) -> None:
@@ -682,16 +718,7 @@ def _require_runs_here(tgt) -> None:
                          "the model on this machine")
 
 
-def _reference(model, input_shapes, meta):
-    """The source model as onnxruntime runs it for ``--vs onnxruntime`` (as ``mmopt bench``)."""
-    from mmopt import frontends
-    from mmopt import ir as mir
-
-    return mir.prepare(frontends.to_onnx(model, input_shapes=input_shapes),
-                       {s.name: s.shape for s in meta.inputs})
-
-
-def _rederive(source: Path, meta, tgt):
+def rederive(source: Path, meta, tgt):
     """``(reference, optimized, kernel FLOPs)`` of an artifact's source model: its graph passes and
     fused kernels as the compile produced them (same shapes, level and code-generation settings;
     the kernels' names do not depend on schedules or tuning records)."""

@@ -84,6 +84,7 @@ def measure_defaults(run: TuneRun, extracted, builder, runner) -> None:
         secs[trace] = min(secs.get(trace, math.inf), state.default_s)
         if state.best_s is None or state.default_s < state.best_s:
             state.best_s = state.default_s
+        state.mark()
     run.save_tasks()
     run.on_update(report, "measured")
 
@@ -170,6 +171,7 @@ def knob_rounds(run: TuneRun, extracted, builder, runner, batch: int, final: boo
                             seen.add(key)
                             commit_record(run, mod, sch, [FloatImm("float32", FAILED_RUN_SECS)])
                             state.trials += 1
+                            state.mark()
                         elif key not in retried:  # the device may be to blame: once more
                             retried.add(key)
                             items.append((knobs, sch, key))
@@ -184,6 +186,7 @@ def knob_rounds(run: TuneRun, extracted, builder, runner, batch: int, final: boo
                     if mean < best[0]:
                         best = (mean, knobs)
                     state.trials += 1
+                    state.mark()
                 run.on_update(report, "measured")
                 if stopping:
                     return
@@ -238,6 +241,7 @@ def recheck(run: TuneRun, extracted, builder, runner) -> None:
             if is_default:
                 state.default_s = mean_secs(run_secs)
             state.best_s = min(state.best_s or math.inf, mean_secs(run_secs))
+        state.mark()
     run.save_tasks()
     run.on_update(report, "measured")
 

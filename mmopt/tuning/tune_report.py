@@ -52,6 +52,14 @@ class TaskState:
     #: what tasks.json keeps as "exhausted" (MetaSchedule's search space; a knob-only run
     #: leaves it as it was)
     persisted_exhausted: bool = False
+    #: ``[trials, best seconds]`` as this run went: the baseline (at the trials recorded before),
+    #: then after every trial (trials counted as in ``trials_before + trials``)
+    history: list[list] = field(default_factory=list)
+
+    def mark(self) -> None:
+        """Add the task's trials and best time so far to :attr:`history`."""
+        if self.best_s is not None:
+            self.history.append([self.trials_before + self.trials, self.best_s])
 
     @property
     def done(self) -> bool:
@@ -60,7 +68,7 @@ class TaskState:
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in (
             "name", "workload", "weight", "trials_before", "trials", "errors", "default_s",
-            "best_before_s", "best_s", "planned", "exhausted", "knob_space")}
+            "best_before_s", "best_s", "planned", "exhausted", "knob_space", "history")}
 
 
 @dataclass
@@ -87,6 +95,10 @@ class TuneReport:
     emulated: bool = False
     #: things the user should know about this run (e.g. a fallback to emulated devices)
     notes: list[str] = field(default_factory=list)
+    #: the whole model as this run went, after every measured batch: ``{"trials", "elapsed_s",
+    #: "latency_s", "tasks"}``; ``latency_s`` is the sum over the ``tasks`` that have a time of
+    #: weight x best time (the kernels' share of the model's latency, as tuning sees it)
+    history: list[dict] = field(default_factory=list)
 
     @property
     def trials(self) -> int:
@@ -102,14 +114,22 @@ class TuneReport:
             return None
         return max(self.planned - self.trials, 0) * elapsed / self.trials
 
+    def mark(self) -> None:
+        """Add the model's estimated latency now to :attr:`history`."""
+        timed = [t for t in self.tasks if t.best_s is not None]
+        self.history.append({"trials": self.trials,
+                             "elapsed_s": time.monotonic() - self.started,
+                             "latency_s": sum(t.weight * t.best_s for t in timed),
+                             "tasks": len(timed)})
+
     def to_dict(self) -> dict:
-        return {"model": self.model, "target": self.target, "database": self.database,
+        return {"kind": "tune", "model": self.model, "target": self.target, "database": self.database,
                 "sub_database": self.sub_database, "runner": self.runner,
                 "num_cores": self.num_cores, "search": self.search, "planned": self.planned,
                 "trials": self.trials, "key": self.key, "emulated": self.emulated,
                 "notes": self.notes,
                 "records": self.records, "elapsed_s": self.elapsed_s, "stopped": self.stopped,
-                "tasks": [t.to_dict() for t in self.tasks]}
+                "tasks": [t.to_dict() for t in self.tasks], "history": self.history}
 
 
 #: progress callback: ``(report, event)`` with event "start", "task" (a task's batch begins),

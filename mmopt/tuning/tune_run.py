@@ -36,7 +36,14 @@ class TuneRun:
         self.secret = secret
         self.deadline = deadline
         self.stop_event = stop
-        self.on_update = on_update or (lambda _r, _e: None)
+        user_update = on_update or (lambda _r, _e: None)
+
+        def update(report, event: str) -> None:
+            if event == "measured":
+                report.mark()
+            user_update(report, event)
+
+        self.on_update = update
         self.stop_reason: str | None = None
         self.batch_measured = 0
         self.batch_errors = 0
@@ -139,6 +146,7 @@ class TuneRun:
             self.db.commit_tuning_record(TuningRecord(candidate.sch.trace, workload, run_secs,
                                                       ctx.target, candidate.args_info))
             state.trials += 1
+            state.mark()
             self.batch_measured += 1
 
 
