@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,7 +212,22 @@ def served(model: onnx.ModelProto, name: str, *, port: int = 0, browse: bool = F
             address = netron.serve(str(path), None, address=(HOST, port), browse=browse)
         except OSError as exc:
             raise MmoptError(f"cannot serve on {HOST}:{port} ({exc.strerror or exc})") from exc
+        _daemon_request_threads(address)
         try:
             yield f"http://{address[0]}:{address[1]}"
         finally:
             netron.stop(address)
+
+
+def _daemon_request_threads(address) -> None:
+    """Let the process end while a browser still holds a connection to the server.
+
+    Netron answers each request on a thread of a ``socketserver.ThreadingMixIn`` server whose
+    request threads are not daemons, and the interpreter joins every such thread at exit.
+    Chromium opens speculative (preconnect) sockets that never send a request; the thread serving
+    one waits on it forever, so after Ctrl-C ``mmopt view`` would hang until the browser closed.
+    Marking the server's request threads as daemons ends them with the process instead."""
+    for thread in threading.enumerate():
+        server = getattr(thread, "server", None)
+        if server is not None and getattr(server, "server_address", None) == tuple(address):
+            server.daemon_threads = True

@@ -92,3 +92,30 @@ def test_annotate_names_each_nodes_kernel_and_time():
     onnx.checker.check_model(annotated, full_check=True)
     again, _ = annotate(annotated, profile)  # annotating twice replaces, not repeats
     assert len(again.graph.node[1].metadata_props) == 5
+
+
+_IDLE_CLIENT = """
+import socket
+from onnx import TensorProto, helper
+from mmopt.report.netron import served
+graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+with served(helper.make_model(graph), "m") as url:
+    host, port = url.removeprefix("http://").split(":")
+    idle = socket.create_connection((host, int(port)))
+print("left the block", flush=True)
+"""
+
+
+def test_server_ends_while_a_client_holds_an_idle_connection():
+    """A browser's preconnect socket (open, no request) must not keep ``mmopt view`` alive after
+    Ctrl-C: before the fix the interpreter joined the request thread waiting on it forever."""
+    pytest.importorskip("netron")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _IDLE_CLIENT], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "left the block" in done.stdout
