@@ -113,7 +113,19 @@ def _is_contraction(block) -> bool:
     if len(inputs) < 2 or _kind(block.body) != "BufferStore":
         return False
     value = block.body.value
-    return _kind(value) == "Add" and "Mul" in (_kind(value.a), _kind(value.b))
+    if not (_kind(value) == "Add" and "Mul" in (_kind(value.a), _kind(value.b))):
+        return False
+    # a product of two tensors summed over a shared axis (``A[i, k] * B[k, j]``): at least two
+    # inputs vary with the reduction; a row's sum of squares (``(x[i, k] - m[i])^2``) does not
+    return sum(1 for r in inputs if _varies_with_reduction(block, r)) >= 2
+
+
+def _varies_with_reduction(block, region) -> bool:
+    from tvm import tirx
+
+    reduce_vars = {iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.CommReduce}
+    return any(any(v in reduce_vars for v in tirx.analysis.undefined_vars(rng.min))
+               for rng in region.region)
 
 
 def _loops_match_iters(sch, block_rv) -> bool:
@@ -376,6 +388,11 @@ def contraction_knob_space(shape: _ContractionShape, registers: int,
     return out
 
 
+#: parallel iterations a contraction's tile loop should have at least (up to 2 per core on a
+#: 32-core server) before its row tiles are spread over the threads as well
+_MIN_PARALLEL_TILES = 64
+
+
 def schedule_contraction(sch, name: str, lanes: int, registers: int,
                          knobs: ContractionKnobs | None = None) -> None:
     block_rv = _pad_contraction(sch, sch.get_sblock(name), lanes, registers)
@@ -420,8 +437,17 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     order += ([r_i] if r_axis is not None else []) + [v_i]
     sch.reorder(*order)
 
+    # Threads share the parallel loop's iterations statically, so too few of them leave cores
+    # idle: a transformer's matmul (1 x 197 x 768 by 768 x 192) has 192 / 64 = 3 column tiles,
+    # two for one core and one for the other (65% of the FMA peak at 2 threads, against 91% on
+    # one). Below _MIN_PARALLEL_TILES the row tiles join the parallel loop too.
+    parallel_ext = 1
+    for lp in outer:
+        parallel_ext *= _extent(sch, lp) or 1
+    if r_axis is not None and parallel_ext < _MIN_PARALLEL_TILES:
+        outer.append(r_o)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    tile_loop = r_o if r_axis is not None else fused
+    tile_loop = r_o if r_axis is not None and not r_o.same_as(outer[-1]) else fused
 
     # a depthwise convolution: its only channel "reduction" has extent 1
     depthwise = bool(red_extents) and red_extents[-1] == 1
@@ -600,6 +626,79 @@ def schedule_reduction(sch, name: str, lanes: int) -> None:
         sch.vectorize(sch.get_loops(init)[-1])
 
 
+def _row_reduction_loop(sch, block_rv, lanes: int):
+    """The loop :func:`schedule_row_reduction` splits, or None: the block's innermost reduction
+    loop when it walks the last (contiguous) dimension of an input, its extent is a multiple of
+    ``lanes`` of at least two vectors, and the output's own last dimension cannot be vectorized."""
+    block = sch.get(block_rv)
+    if not _loops_match_iters(sch, block_rv) or len(block.writes) != 1:
+        return None
+    kinds = _iter_kinds(block)
+    region = block.writes[0].region
+    v_axis = _index_iter(block, region[-1]) if region else None
+    loops = sch.get_loops(block_rv)
+    if v_axis is not None and kinds[v_axis] == "S":
+        ext = _extent(sch, loops[v_axis])
+        if ext is not None and _pick_lanes(ext, lanes) > 1:
+            return None  # schedule_reduction vectorizes the output instead
+    reductions = [i for i, k in enumerate(kinds) if k == "R"]
+    if len(reductions) != 1 or reductions[0] != len(kinds) - 1:
+        return None  # one reduction, innermost: the loop layout schedule_row_reduction expects
+    last = reductions[0]
+    ext = _extent(sch, loops[last])
+    if ext is None or ext % lanes or ext < 2 * lanes:
+        return None
+    out = _buffer(block.writes[0])
+    contiguous = any(not _buffer(r).same_as(out) and r.region
+                     and _index_iter(block, r.region[-1]) == last for r in block.reads)
+    return loops[last] if contiguous else None
+
+
+def _parallel_rows(sch, rows) -> None:
+    if rows:
+        fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+        if (_extent(sch, fused) or 0) > 1:
+            sch.parallel(fused)
+
+
+def schedule_row_reduction(sch, name: str, lanes: int):
+    """A reduction along rows (LayerNorm's mean and variance, softmax's max and sum, ReduceMean
+    over the last axis) as ``lanes`` partial reductions in a vector, then one short scalar one.
+
+    As generated, each output element sums its row one element at a time: a chain of dependent
+    scalar additions (4 cycles each) and no vector use. Splitting the row ``k = ko*lanes + ki`` and
+    factoring out ``ki`` (``rfactor``) keeps ``lanes`` running partials side by side: the
+    ``ko`` loop adds whole vectors, and the last step folds ``lanes`` partials per row. The sum is
+    reassociated (partials, then their total), which changes float rounding by a few ulps.
+
+    Returns the scheduled copy, or None where the block is not such a reduction (rows whose length
+    is not a multiple of ``lanes`` stay with :func:`schedule_reduction`: a split with a remainder
+    needs a predicate, which the vectorized partials cannot carry).
+    """
+    trial = sch.copy()
+    block_rv = trial.get_sblock(name)
+    loop = _row_reduction_loop(trial, block_rv, lanes)
+    if loop is None:
+        return None
+    try:
+        outer, inner = trial.split(loop, factors=[None, lanes])
+        out_dims = len(trial.get(block_rv).writes[0].region)
+        rf = trial.rfactor(inner, factor_axis=out_dims)
+        # partials: (rows..., ko, ki) with ki now spatial -- rows in parallel, ki in a vector
+        *rows, ko, ki = trial.get_loops(rf)
+        _parallel_rows(trial, rows)
+        trial.vectorize(ki)
+        init = trial.decompose_reduction(rf, ko)
+        trial.vectorize(trial.get_loops(init)[-1])
+        # the fold of each row's partials: (rows..., ki)
+        *rows, _ = trial.get_loops(block_rv)
+        _parallel_rows(trial, rows)
+    except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
+        logger.debug("row reduction %s left to schedule_reduction: %s", name, exc)
+        return None
+    return trial
+
+
 def schedule_injective(sch, name: str, lanes: int) -> None:
     block_rv = sch.get_sblock(name)
     loops = sch.get_loops(block_rv)
@@ -727,7 +826,8 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
                                     and _in_scheduled_loops(sch, block_rv)):
             continue
         if "R" in _iter_kinds(block):
-            sch = _try(sch, schedule_reduction, name, lanes)
+            sch = (schedule_row_reduction(sch, name, lanes)
+                   or _try(sch, schedule_reduction, name, lanes))
         else:
             sch = _try(sch, schedule_injective, name, lanes)
     return sch

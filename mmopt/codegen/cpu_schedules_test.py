@@ -126,6 +126,61 @@ def test_reduction_and_injective(target):
     np.testing.assert_array_equal(got, xs.max(axis=(1, 2)))
 
 
+def test_row_reductions_run_as_vector_partials(target):
+    """LayerNorm's mean and variance (sums along the contiguous last axis, 197 rows of 192): each
+    row is summed as one vector of partials (``rfactor``) then folded, not as a scalar chain;
+    the sum of squares ``(x - m)^2`` is a reduction, not a two-input contraction. Exact to float
+    rounding of the reassociated sums."""
+    from tvm import te
+
+    from mmopt.codegen.cpu_schedules import schedule_row_reduction  # noqa: F401 - the path tested
+
+    rows, width = 197, 192
+    x = te.placeholder((rows, width), name="x")
+    k1, k2 = te.reduce_axis((0, width), "k1"), te.reduce_axis((0, width), "k2")
+    total = te.compute((rows,), lambda i: te.sum(x[i, k1], axis=k1), name="total")
+    mean = te.compute((rows,), lambda i: total[i] / width, name="mean")
+    sq = te.compute((rows,), lambda i: te.sum((x[i, k2] - mean[i]) * (x[i, k2] - mean[i]),
+                                             axis=k2), name="sq")
+    out = te.compute((rows, width), lambda i, j: (x[i, j] - mean[i]) * te.rsqrt(sq[i] / width + 1e-5),
+                     name="norm")
+    func = te.create_prim_func([x, out])
+    xs = np.random.default_rng(5).standard_normal((rows, width)).astype("float32") * 3 + 1
+    script, got = _build_and_run(func, target, [xs, np.zeros((rows, width), "float32")])
+    for name in ("total_rf", "sq_rf"):
+        assert f'sblock("{name}_update")' in script, script
+        body = script.split(f'sblock("{name}_update")')[0].rsplit("for ", 2)[-1]
+        assert "T.vectorized" in body, (name, script)
+    x64 = xs.astype(np.float64)
+    expected = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_few_column_tiles_spread_their_rows_over_the_threads():
+    """A transformer's second MLP matmul (197 x 768 by 768 x 192) has only 3 tiles of 64 output
+    columns on AVX-512: its row tiles are parallel too (99 tiles for any thread count, not 2 for
+    one core and 1 for the other), and the result is unchanged."""
+    import re
+
+    from tvm import te
+
+    from mmopt import targets
+
+    m, k, n = 197, 768, 192
+    a = te.placeholder((m, k), name="A")
+    b = te.placeholder((k, n), name="B")
+    r = te.reduce_axis((0, k), name="k")
+    mm = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="matmul")
+    func = te.create_prim_func([a, b, mm])
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal((m, k)).astype("float32"),
+              rng.standard_normal((k, n)).astype("float32"), np.zeros((m, n), "float32")]
+    script, got = _build_and_run(func, targets.get("x86-avx512").tvm_target(), arrays)
+    # the column tiles (j_0) and the row tiles (i_0) fused into one parallel loop of 3 x 33
+    assert re.search(r"j_0_i_0_fused in T\.parallel\(99\)", script), script
+    np.testing.assert_allclose(got, arrays[0] @ arrays[1], rtol=1e-4, atol=1e-4)
+
+
 def test_contraction_knob_variants_stay_exact(target):
     """Every knob variant tuning may measure computes the same conv (tiles, orders, splits)."""
     import tvm

@@ -92,3 +92,27 @@ def test_no_libm_calls_with_fast_math_and_libm_without(tmp_path):
     assert "<expf" not in fast and "expf@plt" not in fast
     assert "vfmadd" in fast or "vmulps" in fast
     assert "expf" in slow  # the C library's scalar exponential, one call per element
+
+
+@pytest.mark.parametrize("width", [197, 32, 31])
+def test_softmax_rows_of_any_width(width, tmp_path):
+    """Softmax over rows whose width is not a multiple of the partials (197: ViT's tokens), is one
+    (32) or is too narrow for them (31: topi's softmax): same as float64 within float rounding,
+    every row summing to 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import mmopt
+
+    shape = [2, 3, 5, width]
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "softmax",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    result = mmopt.compile(model, "x86-avx2", tmp_path / "softmax", verify=False)
+    x = np.random.default_rng(width).uniform(-30, 30, shape).astype(np.float32)
+    x[..., -1] = 40.0  # the row's maximum in the tail that the partials do not cover
+    got = mmopt.load(result.library)(x=x)["y"].astype(np.float64)
+    np.testing.assert_allclose(got, _reference("Softmax", x), rtol=2e-6, atol=1e-9)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
