@@ -18,7 +18,7 @@ The transforms are sums with fixed small coefficients (0, +-1, +-1/2), so F(2x2,
 a few float32 ulps of the direct sum. Used only where it pays: output sizes at least
 :data:`MIN_PIXELS` pixels and even, both channel counts at least :data:`MIN_CHANNELS` (small layers
 are dominated by the transforms) and transformed tensors of at most :data:`MAX_TRANSFORMED_BYTES`.
-``MMOPT_WINOGRAD=0`` turns it off.
+The compile option ``--no-winograd`` (``CodegenOptions.winograd``) turns it off.
 """
 
 from __future__ import annotations
