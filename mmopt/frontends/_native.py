@@ -99,8 +99,11 @@ def native_output_captured() -> Iterator[list[str]]:
 
 
 def replay(captured: list[str]) -> None:
-    """Pass output captured by :func:`native_output_captured` on to stderr, where it was going."""
-    text = "".join(captured)
-    if text:
-        sys.stderr.write(text)
-        sys.stderr.flush()
+    """Pass output captured by :func:`native_output_captured` on to file descriptor 2, where it
+    was going (not ``sys.stderr``, which a caller may have replaced)."""
+    data = "".join(captured).encode()
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:
+        pass
