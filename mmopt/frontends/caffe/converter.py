@@ -643,6 +643,9 @@ def _batch_norm(ctx: _Context, layer) -> None:
     if p.HasField("use_global_stats") and not p.use_global_stats:
         logger.warning("%s: layer '%s': use_global_stats is false (batch statistics); converting "
                        "with the stored statistics, as inference does", ctx.where, layer.name)
+    if not (np.isfinite(p.eps) and p.eps >= 0):  # as the ONNX front door (mmopt.ir.validate)
+        raise ModelLoadError(f"{ctx.where}: layer '{layer.name}' (type BatchNorm): eps is "
+                             f"{p.eps:g}; it must be a finite number >= 0")
     c = shape[1]
     mean = ctx.blob(0, (c,), "mean")
     var = ctx.blob(1, (c,), "var")
