@@ -7,7 +7,11 @@ from pathlib import Path
 
 from mmopt.codegen.pipeline import relax_pipeline
 from mmopt.errors import MmoptError, summarize
-from mmopt.frontends._native import native_output_captured, release_native_objects, replay
+from mmopt.frontends._native import (
+    native_output_captured,
+    release_native_objects,
+    replay,
+)
 from mmopt.targets import Target, require_toolchain
 
 logger = logging.getLogger(__name__)

@@ -220,12 +220,12 @@ def _check_values(model: onnx.ModelProto, where: str) -> None:
         if not node.op_type.endswith("Normalization"):
             continue
         for attr in node.attribute:
-            if attr.name == "epsilon" and attr.type == onnx.AttributeProto.FLOAT:
-                if not (math.isfinite(attr.f) and attr.f >= 0):
-                    raise ModelLoadError(
-                        f"{where}: invalid model: node {node.name or '(unnamed)'} ({node.op_type}): "
-                        f"epsilon is {attr.f:g}; it must be a finite number >= 0 (it is added to "
-                        "the variance to keep the divisor positive)")
+            if (attr.name == "epsilon" and attr.type == onnx.AttributeProto.FLOAT
+                    and not (math.isfinite(attr.f) and attr.f >= 0)):
+                raise ModelLoadError(
+                    f"{where}: invalid model: node {node.name or '(unnamed)'} ({node.op_type}): "
+                    f"epsilon is {attr.f:g}; it must be a finite number >= 0 (it is added to the "
+                    "variance to keep the divisor positive)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -222,10 +222,10 @@ def test_a_normalization_epsilon_that_is_not_finite_and_non_negative_is_refused(
     onnx.save(model, tmp_path / "model.onnx")
     result = _cli("compile", tmp_path / "model.onnx", "--target", "x86", "-o", tmp_path / "out")
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip().splitlines() == [
-        f"mmopt: error: {tmp_path / 'model.onnx'}: invalid model: node {bn.name} "
-        f"(BatchNormalization): epsilon is {epsilon:g}; it must be a finite number >= 0 (it is "
-        "added to the variance to keep the divisor positive)"]
+    expected = (f"mmopt: error: {tmp_path / 'model.onnx'}: invalid model: node {bn.name} "
+                f"(BatchNormalization): epsilon is {epsilon:g}; it must be a finite number >= 0 "
+                "(it is added to the variance to keep the divisor positive)")
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 def test_a_zero_epsilon_is_still_accepted():

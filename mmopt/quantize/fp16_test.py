@@ -148,9 +148,9 @@ def test_fp16_conversion_of_if_branches_keeps_the_casts_in_the_branches(named):
 
 
 def test_zoo_vad_lstm_if_quantizes_to_fp16(tmp_path):
-    import models_zoo
     from click.testing import CliRunner
 
+    import models_zoo
     from mmopt.cli.main import cli
 
     path = tmp_path / "vad.onnx"
