@@ -48,6 +48,12 @@ def one_line(text: str) -> str:
 
 
 def summarize(exc: BaseException) -> str:
-    """One line from a third-party exception: the last non-empty line (where C++ errors put the cause)."""
+    """One line from a third-party exception: the last non-empty line (where C++ errors put the cause).
+
+    A TVM pass that fails on the module puts its cause first instead, then ``Error in pass: X`` and
+    a dump of the module (ending ``(... 20 lines skipped ...)``): then the cause and the pass."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines[1:]:
+        if line.startswith("Error in pass:"):
+            return f"{lines[0]} ({line[len('Error in pass:'):].strip()} pass)"
     return lines[-1] if lines else type(exc).__name__

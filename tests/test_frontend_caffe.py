@@ -401,6 +401,33 @@ def test_several_caffemodels_and_none_matching_is_an_error(tmp_path):
         caffe.to_onnx(prototxt)
 
 
+def test_a_layer_with_more_caffemodel_blobs_than_its_parameters_take_is_refused(tmp_path):
+    """Fuzzing (caffe/mobilenet_v1/delete_line/592): a Scale layer's ``bias_term: true`` deleted,
+    its bias blob still in the caffemodel. Caffe refuses such a net; mmopt dropped the blob and
+    compiled, and OpenCV, the verification reference, failed an assertion: an internal error."""
+    text = caffe_models.prototxt("mobilenet_v1")
+    assert text.count("bias_term: true") > 1
+    (tmp_path / "deploy.prototxt").write_text(text.replace("bias_term: true", "", 1))
+    (tmp_path / "deploy.caffemodel").write_bytes(caffe_models.caffemodel("mobilenet_v1"))
+    with pytest.raises(ModelLoadError, match=r"deploy.prototxt: layer '[^']+' \(type Scale\) has 2 "
+                                             r"weight blobs in the caffemodel, but its prototxt "
+                                             r"parameters take 1"):
+        caffe.to_onnx(tmp_path / "deploy.prototxt")
+
+
+@pytest.mark.parametrize("eps", ["-1", "nan"])
+def test_a_batchnorm_eps_that_is_not_finite_and_non_negative_is_refused_with_its_layer(tmp_path,
+                                                                                       eps):
+    """As an ONNX BatchNormalization's epsilon (fuzzing: conv_bn_relu/bad_attribute_value/134);
+    the converted model's check named only ``<ModelProto>``."""
+    text = caffe_models.prototxt("mobilenet_v1")
+    (tmp_path / "deploy.prototxt").write_text(text.replace("eps: 1e-05", f"eps: {eps}", 1))
+    (tmp_path / "deploy.caffemodel").write_bytes(caffe_models.caffemodel("mobilenet_v1"))
+    with pytest.raises(ModelLoadError, match=rf"deploy.prototxt: layer '[^']+' \(type BatchNorm\): "
+                                             rf"eps is {eps}; it must be a finite number >= 0"):
+        caffe.to_onnx(tmp_path / "deploy.prototxt")
+
+
 def test_weights_from_a_caffemodel_are_not_marked_random(zoo_dir):
     assert not frontends.has_random_weights(caffe.to_onnx(zoo_dir / "lenet.prototxt"))
 

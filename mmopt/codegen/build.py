@@ -7,6 +7,11 @@ from pathlib import Path
 
 from mmopt.codegen.pipeline import relax_pipeline
 from mmopt.errors import MmoptError, summarize
+from mmopt.frontends._native import (
+    native_output_captured,
+    release_native_objects,
+    replay,
+)
 from mmopt.targets import Target, require_toolchain
 
 logger = logging.getLogger(__name__)
@@ -22,10 +27,18 @@ def build(mod, target: Target, database=None, options=None):
     import tvm
 
     try:
-        return tvm.compile(mod, target=target.tvm_target(),
-                           relax_pipeline=relax_pipeline(target, database, options))
+        # a pass that fails mid-function destroys its C++ BlockBuilder unwinding, which warns on
+        # fd 2: TVM's output is passed on after a success, only logged (--debug) after a failure
+        with native_output_captured() as native:
+            executable = tvm.compile(mod, target=target.tvm_target(),
+                                     relax_pipeline=relax_pipeline(target, database, options))
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types from C++
+        if "".join(native).strip():
+            logger.debug("TVM's output before the failure:\n%s", "".join(native).rstrip())
+        release_native_objects(exc)  # a BlockBuilder left mid-function warns when destroyed
         raise MmoptError(f"code generation for target {target.name} failed: {summarize(exc)}") from exc
+    replay(native)
+    return executable
 
 
 def export(executable, target: Target, path: Path) -> None:

@@ -9,8 +9,11 @@ applied.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -18,6 +21,7 @@ import onnx
 
 from mmopt import ir as mir
 from mmopt.errors import MmoptError, UnsupportedModelError, summarize
+from mmopt.frontends._native import release_native_objects
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +140,18 @@ def to_relax(model: onnx.ModelProto, where: str = "model"):
     specs = mir.input_specs(model)
     shape_dict = {name: list(dims) for name, (dims, _) in specs.items()}
     dtype_dict = {name: str(dtype) for name, (_, dtype) in specs.items()}
+    printed = io.StringIO()  # on a failure the importer prints the node's inputs (a Relax dump)
     try:
-        with importer_overrides():
-            return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict,
-                             opset=mir.opset_of(model), keep_params_in_input=False)
+        with importer_overrides(), contextlib.redirect_stdout(printed):
+            mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict,
+                            opset=mir.opset_of(model), keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises anything from Python or C++
+        if printed.getvalue().strip():
+            logger.debug("TVM's ONNX importer printed: %s", printed.getvalue().strip())
+        release_native_objects(exc)  # its BlockBuilder, which warns from C++ when destroyed
         raise UnsupportedModelError(f"{where}: TVM's ONNX importer failed: {summarize(exc)}") from exc
+    sys.stdout.write(printed.getvalue())
+    return mod
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ In order, cheapest first; the first problem found is the error:
 3. ``onnx.checker`` (attribute types, unknown attributes, opset imports, tensor data); an op of
    ONNX's own domain it has no schema for is left to onnxruntime, which defines a few there
    (``SimplifiedLayerNormalization``): accepted when onnxruntime accepts the model;
+3b. attribute values that onnxruntime accepts but that make the model compute NaN: a
+   normalization's ``epsilon`` must be a finite number >= 0 (onnxruntime takes -1 or NaN and
+   computes NaN, which compiled code need not reproduce: a ReLU after it may give 0);
 4. onnxruntime as the oracle of what a runtime accepts: a CPU session with graph optimizations off
    resolves the graph (ONNX shape and type inference, strict about attribute values) and
    constructs every kernel, each of which validates its attributes. What it refuses is refused,
@@ -27,6 +30,7 @@ Models past the 2 GiB protobuf limit get steps 1-2 and the checker on what it ca
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 
@@ -59,6 +63,7 @@ def validate(model: onnx.ModelProto, where: str, *, serialized: bytes | None = N
         # an op of ONNX's own domain that onnx has no schema for: onnxruntime defines some
         # (SimplifiedLayerNormalization, written by its transformers optimizer); it judges
         unknown = exc
+    _check_values(model, where)
     if not fits:
         logger.info("%s: past the 2 GiB protobuf limit: onnxruntime's check is skipped", where)
         return
@@ -203,6 +208,24 @@ def _check_onnx(model, where: str, *, full: bool) -> None:
         # the checker's message quotes bytes of the model that are not text
         raise ModelLoadError(f"{where}: corrupt model: onnx.checker rejects it and its message "
                              "quotes bytes that are not valid text (the file is damaged)") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# 3b. attribute values
+
+
+def _check_values(model: onnx.ModelProto, where: str) -> None:
+    """Attribute values outside what the operator means, which onnxruntime computes with anyway."""
+    for node in _all_nodes(model.graph):
+        if not node.op_type.endswith("Normalization"):
+            continue
+        for attr in node.attribute:
+            if (attr.name == "epsilon" and attr.type == onnx.AttributeProto.FLOAT
+                    and not (math.isfinite(attr.f) and attr.f >= 0)):
+                raise ModelLoadError(
+                    f"{where}: invalid model: node {node.name or '(unnamed)'} ({node.op_type}): "
+                    f"epsilon is {attr.f:g}; it must be a finite number >= 0 (it is added to the "
+                    "variance to keep the divisor positive)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -207,3 +207,30 @@ def test_an_op_of_onnx_domain_that_only_onnxruntime_defines_is_accepted():
     assert mir.load(rms) is rms
     with pytest.raises(ModelLoadError, match="No Op registered for NoSuchNorm"):
         mir.load(model("NoSuchNorm"))
+
+
+@pytest.mark.parametrize("epsilon", [-1.0, float("nan"), -1e30, float("inf")])
+def test_a_normalization_epsilon_that_is_not_finite_and_non_negative_is_refused(tmp_path, epsilon):
+    """Fuzzing (conv_bn_relu/bad_attribute_value/134, 446): onnxruntime accepts a BatchNormalization
+    with epsilon -1 or NaN and computes NaN; the compiled model, whose ReLU turns NaN into 0, gave
+    finite outputs and failed verification. Such an epsilon is refused up front, with the node."""
+    model = build("conv_bn_relu")
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    _set(bn, "epsilon", epsilon)
+    with pytest.raises(ModelLoadError, match=rf"node {bn.name} \(BatchNormalization\): epsilon is "):
+        mir.load(model)
+    onnx.save(model, tmp_path / "model.onnx")
+    result = _cli("compile", tmp_path / "model.onnx", "--target", "x86", "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    expected = (f"mmopt: error: {tmp_path / 'model.onnx'}: invalid model: node {bn.name} "
+                f"(BatchNormalization): epsilon is {epsilon:g}; it must be a finite number >= 0 "
+                "(it is added to the variance to keep the divisor positive)")
+    assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_a_zero_epsilon_is_still_accepted():
+    model = build("conv_bn_relu")
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            _set(node, "epsilon", 0.0)
+    assert mir.load(model) is model

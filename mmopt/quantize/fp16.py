@@ -80,8 +80,8 @@ def convert_fp16(model: onnx.ModelProto, *, keep_ops: Iterable[str] = FP32_OPS,
         for node in model.graph.node:
             if hot & {*node.input, *node.output}:
                 keep[node.name] = None
-    for node in model.graph.node:
-        if node.op_type in keep_ops:
+    for node in (n for graph in _graphs(model.graph) for n in graph.node):  # If/Loop bodies too
+        if node.op_type in keep_ops and node.name:  # (by type: the converter's op_block_list)
             keep[node.name] = None
     report.kept_fp32 = list(keep)
     try:
@@ -90,8 +90,8 @@ def convert_fp16(model: onnx.ModelProto, *, keep_ops: Iterable[str] = FP32_OPS,
             disable_shape_infer=False)
     except Exception as exc:  # noqa: BLE001 - the converter raises plain errors
         raise MmoptError(f"fp16 conversion failed ({summarize(exc)})") from exc
-    converted = _sorted(converted)  # the converter appends its Cast nodes at the end
-    report.fp16_nodes = sum(1 for n in converted.graph.node
+    converted = _sorted(_casts_into_subgraphs(converted))  # its Casts: where they belong, in order
+    report.fp16_nodes = sum(1 for graph in _graphs(converted.graph) for n in graph.node
                             if n.op_type != "Cast" and n.name not in keep)
     try:
         onnx.checker.check_model(converted)
@@ -100,12 +100,100 @@ def convert_fp16(model: onnx.ModelProto, *, keep_ops: Iterable[str] = FP32_OPS,
     return converted, report
 
 
-def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnx_ir as ir
+def _casts_into_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each Cast of a subgraph's value moved into that subgraph.
 
-    work = ir.serde.deserialize_model(model)
-    work.graph.sort()
-    return ir.serde.serialize_model(work)
+    For a node inside an If or Loop body that stays fp32, the converter writes the Cast nodes
+    around it into the main graph, where the value they read does not exist (the zoo's
+    vad_lstm_if: "the fp16 model is invalid (... is not output of any previous nodes.)"). Such a
+    Cast goes into the graph that writes its input, which also reads its output; a Cast of such
+    a Cast's output follows it there (the converter chains them: back to fp16, then to fp32 for a
+    second fp32 reader)."""
+    main = model.graph
+    while True:
+        # rebuilt each round: rewriting the main graph's node list copies its subgraphs
+        where: dict[str, onnx.GraphProto] = {}
+        for graph in _graphs(main)[1:]:
+            for node in graph.node:
+                for name in node.output:
+                    where.setdefault(name, graph)
+        defined = ({v.name for v in main.input} | {t.name for t in main.initializer}
+                   | {name for node in main.node for name in node.output})
+        kept = []
+        for node in main.node:
+            home = where.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+            if home is not None and node.input[0] in defined:
+                home = None  # the main graph writes it too: not the converter's misplaced Cast
+            if home is not None:
+                home.node.append(node)
+            else:
+                kept.append(node)
+        if len(kept) == len(main.node):
+            return model
+        del main.node[:]
+        main.node.extend(kept)
+
+
+def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the nodes of every graph, subgraphs included, in topological order.
+
+    The converter appends its Cast nodes at the end of the graph they belong to, in If/Loop
+    bodies too, and a Cast of a main-graph value may feed a subgraph (an outer-scope read). This
+    sorts on the protobuf: onnx_ir's sort saw neither the out-of-order subgraphs (its reader
+    drops a subgraph's read of a value written later in the same subgraph) nor a subgraph's reads
+    of the enclosing graph (an If was left before the Cast it reads through its branches)."""
+    # innermost first: sorting a graph copies its nodes, subgraphs included, into new messages
+    for graph in reversed(_graphs(model.graph)):
+        _sort_graph(graph)
+    return model
+
+
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    out = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                out.extend(_graphs(sub))
+    return out
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The values ``node`` reads: its inputs and, through its subgraphs, outer-scope values."""
+    names = {name for name in node.input if name}
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for inner in sub.node:
+                names |= _reads(inner)
+            names |= {value.name for value in sub.output}
+    return names
+
+
+def _sort_graph(graph: onnx.GraphProto) -> None:
+    """Stable topological order (Kahn's, by original position); a cycle is left as it is, for the
+    checker to name."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
+    waits = [{producer[name] for name in _reads(node) if name in producer} - {i}
+             for i, node in enumerate(nodes)]
+    readers: dict[int, list[int]] = {}
+    for i, deps in enumerate(waits):
+        for dep in deps:
+            readers.setdefault(dep, []).append(i)
+    ready = [i for i, deps in enumerate(waits) if not deps]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for reader in readers.get(i, ()):
+            waits[reader].discard(i)
+            if not waits[reader]:
+                heapq.heappush(ready, reader)
+    if len(order) == len(nodes) and order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,7 +50,22 @@ def random_feeds(specs: Iterable, seed=0, *, where: str = "") -> dict[str, np.nd
             feeds[name] = random_array(rng, dims, dtype)
         except TypeError as exc:
             raise MmoptError(f"{where}input {name}: {exc}") from None
+        except (MemoryError, ValueError) as exc:
+            # fuzzing (mlp_gelu/wrong_dims/726): a static dim of 2^40 compiled, then its random
+            # verification input (256 TiB) ended in an internal error
+            size = int(np.prod(dims, dtype=np.float64) * np.dtype(dtype).itemsize)
+            raise MmoptError(f"{where}input {name}: no memory for random data of shape "
+                             f"{list(dims)} ({_bytes(size)}; {exc.__class__.__name__}); check the "
+                             "input's shape or set it with --input-shape") from None
     return feeds
+
+
+def _bytes(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.3g} {unit}"
+        size /= 1024
+    return ""
 
 
 def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:

@@ -53,3 +53,11 @@ def test_refusals_name_the_input():
         random_inputs(_model(("N", 3)), 0)
     with pytest.raises(MmoptError, match=r"^--data random:1: input s: cannot generate"):
         random_feeds([("s", (2,), np.dtype("<U3"))], 0, where="--data random:1: ")
+
+
+def test_an_input_too_large_to_allocate_is_a_one_line_error():
+    """Fuzzing (mlp_gelu/wrong_dims/726): an input dim of 2^40 compiled, then drawing its random
+    verification input raised MemoryError: an internal error (exit 3)."""
+    with pytest.raises(MmoptError, match=r"^input x: no memory for random data of shape "
+                                         r"\[1099511627776, 64\] \(256 TiB; MemoryError\)"):
+        random_feeds([("x", [1 << 40, 64], "float32")])

@@ -81,7 +81,10 @@ def session(model: onnx.ModelProto | str | os.PathLike | bytes, *, label: str,
              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
     options = ort.SessionOptions()
     options.graph_optimization_level = level
-    options.log_severity_level = 3
+    # fatal only: onnxruntime's errors come back as exceptions (mmopt's one-line errors), and
+    # logged from C++ as well they were a second, colored line on stderr (fuzzing:
+    # transformer_block/wrong_dims/765, a Reshape failing at run time in ``mmopt check``)
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
     if inter_op_threads:

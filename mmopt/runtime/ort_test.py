@@ -102,3 +102,22 @@ def test_errors_are_one_line_and_name_the_label(tmp_path):
     with pytest.raises(MmoptError, match="--eval-engine artifact: use one of reference, "
                                          "onnxruntime"):
         ort.check_engine("artifact")
+
+
+def test_a_run_failure_is_one_line_with_nothing_logged_from_cpp(capfd):
+    """Fuzzing (transformer_block/wrong_dims/765, ``mmopt check``): a Reshape whose input lost a
+    dim loads and fails at run time; onnxruntime also logged the failure from C++ (a colored
+    ``[E:onnxruntime:, sequential_executor.cc ...]`` line on stderr) next to mmopt's error."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array([1, 16, 4, 16], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.session(model, label="m.onnx")
+    with pytest.raises(MmoptError, match=r"^m.onnx: onnxruntime failed to run .*Reshape"):
+        ort.run(session, {"x": np.zeros((1, 64), np.float32)}, label="m.onnx")
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from mmopt.errors import ModelLoadError
 from mmopt.extend.rules import (
     Context,
     Decomposition,
@@ -66,6 +67,32 @@ _ACTIVATIONS = {
 
 #: op -> (gates, default activations per direction)
 _CELLS = {"RNN": (1, ["Tanh"]), "GRU": (3, ["Sigmoid", "Tanh"]), "LSTM": (4, ["Sigmoid", "Tanh", "Tanh"])}
+
+
+def check_states(node: ir.Node, op_type: str) -> None:
+    """Raise :class:`ModelLoadError` when a static ``initial_h``/``initial_c`` (inputs 5, 6) does
+    not have the state shape ``[directions, batch, hidden]`` (``[batch, directions, hidden]`` with
+    ``layout=1``). Nothing reads that shape before the recurrence does: onnxruntime only fails when
+    the node runs (an If branch it did not take), and the fused kernel squeezed such a state into
+    a TVM error at code generation (fuzzing: a Gather's axis 0 -> -1 in front of initial_c)."""
+    if node.domain not in ("", "ai.onnx"):  # a variant's weights are laid out otherwise
+        return
+    x_shape, r_shape = static_shape(node.inputs[0]), static_shape(present(node, 2))
+    if x_shape is None or len(x_shape) != 3 or r_shape is None or len(r_shape) != 3:
+        return
+    layout = attr(node, "layout", 0)
+    batch = x_shape[0] if layout else x_shape[1]
+    hidden = attr(node, "hidden_size", None) or r_shape[2]  # R: [directions, gates·hidden, hidden]
+    directions = 2 if attr(node, "direction", "forward") == "bidirectional" else 1
+    expected = (batch, directions, hidden) if layout else (directions, batch, hidden)
+    names = ("initial_h", "initial_c") if op_type == "LSTM" else ("initial_h",)
+    for index, name in enumerate(names, start=5):
+        shape = static_shape(present(node, index))
+        if shape is not None and shape != expected:
+            order = "batch, directions, hidden" if layout else "directions, batch, hidden"
+            raise ModelLoadError(
+                f"invalid model: node {node.name or '(unnamed)'} ({node.op_type}): {name} has shape "
+                f"{list(shape)}, expected {list(expected)} ([{order}])")
 
 
 class _Builder:
@@ -176,6 +203,7 @@ class UnrollRecurrence(Decomposition):
         per_direction = len(_CELLS[self.cell(node)][1])
         if len(acts) != per_direction * directions:
             return f"expected {per_direction * directions} activations, got {len(acts)}"
+        check_states(node, self.cell(node))
         return None
 
     def rewrite(self, node: ir.Node, tape: ir.tape.Tape, ctx: Context) -> Sequence[ir.Value | None]:
@@ -357,6 +385,7 @@ class FuseLSTM(Decomposition):
         w_shape = static_shape(node.inputs[1])
         if x_shape is None or len(x_shape) != 3 or w_shape is None or len(w_shape) != 3:
             return "no static shapes"
+        check_states(node, "LSTM")
         if dtype_of(node.inputs[0]) != ir.DataType.FLOAT:
             return "not float32"
         if attr(node, "direction", "forward") not in ("forward", "reverse"):

@@ -6,6 +6,8 @@ zoo's LSTM and GRU models are compiled end to end.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -13,6 +15,7 @@ from onnx import helper
 
 from mmopt import ir as mir
 from mmopt.codegen.relax_import import supported_ops
+from mmopt.errors import ModelLoadError
 from mmopt.runtime.verify import run_onnxruntime
 from mmopt.codegen.decompose._testing import (
     assert_same_on_onnxruntime,
@@ -166,3 +169,42 @@ def test_other_lstms_are_still_unrolled():
     model, _ = _model("LSTM", directions=2, initial=True, outputs=3)
     _decomposed, report = run_decompose(model)
     assert report.counts["unroll_recurrence"] == 1 and not report.counts.get("fuse_lstm")
+
+
+def _lstm_with_initial_c(shape) -> onnx.ModelProto:
+    model, _ = _model("LSTM", initial=True, outputs=3)
+    (c0,) = [v for v in model.graph.input if v.name == "c0"]
+    c0.CopyFrom(helper.make_tensor_value_info("c0", onnx.TensorProto.FLOAT, shape))
+    del model.graph.value_info[:]
+    return mir.infer_shapes(model)
+
+
+@pytest.mark.parametrize("supported", ["fused", "unrolled"])
+@pytest.mark.parametrize("shape", [[1, B, 1], [2, B, H]])
+def test_an_initial_state_of_the_wrong_shape_is_a_one_line_error(supported, shape):
+    """Fuzzing (vad_lstm_if/bad_attribute_value/192): a Gather's axis 0 -> -1 in an If branch
+    gave an LSTM's initial_c the shape [2, 2, 1]. onnxruntime only fails when the node runs; the
+    fused kernel failed in TVM's CallTIRRewrite pass ("code generation failed: (... 20 lines
+    skipped ...)" and a C++ warning), the unrolled form read c0[0] of a [2, B, H] state."""
+    model = _lstm_with_initial_c(shape)
+    with pytest.raises(ModelLoadError, match=re.escape(
+            f"invalid model: node lstm0 (LSTM): initial_c has shape {shape}, expected [1, {B}, {H}] "
+            "([directions, batch, hidden])")):
+        run_decompose(model, UNROLL_ONLY if supported == "unrolled" else None)
+
+
+def test_a_code_generation_failure_is_one_line_with_its_cause_and_no_tvm_output(
+        tmp_path, monkeypatch, capfd):
+    """The same state shape let through to code generation: TVM's pass error puts its cause first
+    (the last line was "(... 20 lines skipped ...)"), and the pass's C++ BlockBuilder, destroyed
+    while unwinding, wrote "Warning: BlockBuilder destroyed with remaining blocks!" to fd 2."""
+    import mmopt
+    from mmopt.codegen.decompose import decompose_rnn
+    from mmopt.errors import MmoptError
+
+    monkeypatch.setattr(decompose_rnn, "check_states", lambda *args: None)
+    with pytest.raises(MmoptError, match=r"^code generation for target x86 failed: Argument 3 type "
+                                         r"mismatch: .* \(CallTIRRewrite pass\)$"):
+        mmopt.compile(_lstm_with_initial_c([1, B, 1]), "x86", tmp_path / "lstm")
+    captured = capfd.readouterr()
+    assert "BlockBuilder" not in captured.err + captured.out

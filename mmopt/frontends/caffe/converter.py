@@ -98,6 +98,8 @@ class _Context:
     layer: object = None
     #: when set (and weights is None), generated blobs are stored here: {layer: {index: array}}
     record: dict | None = None
+    #: how many weight blobs the current layer's parameters give it (1 + the highest index read)
+    blob_span: int = 0
 
     # -- errors ---------------------------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class _Context:
         """
         shape = tuple(int(d) for d in shape)
         count = int(np.prod(shape, dtype=np.int64))
+        self.blob_span = max(self.blob_span, index + 1)
         if self.weights is None:
             value = _generate(self.rng, init, shape, fan_in)
             if self.record is not None:
@@ -195,6 +198,7 @@ class _Context:
         return value.reshape(shape).astype(np.float32)
 
     def has_blob(self, index: int) -> bool:
+        self.blob_span = max(self.blob_span, index + 1)
         if self.weights is None:
             return True
         return len(self.weights.get(self.layer.name, ())) > index
@@ -326,8 +330,25 @@ def convert(net, *, where: str, weights: Mapping[str, list[np.ndarray]] | None =
         if layer.type == "Input":
             continue
         ctx.layer = layer
+        ctx.blob_span = 0
         CONVERTERS[layer.type](ctx, layer)
+        _check_blob_count(ctx, layer)
     return _finish(ctx, net)
+
+
+def _check_blob_count(ctx: _Context, layer) -> None:
+    """A caffemodel layer with more weight blobs than the prototxt's layer takes: Caffe refuses
+    the net ("Incompatible number of blobs"), and so did OpenCV, the verification reference, with
+    an assertion (fuzzing: caffe/mobilenet_v1/delete_line/592 deleted a Scale's ``bias_term: true``;
+    mmopt dropped the bias blob and compiled)."""
+    if ctx.weights is None:
+        return
+    count = len(ctx.weights.get(layer.name, ()))
+    if count > ctx.blob_span:
+        raise ModelLoadError(
+            f"{ctx.where}: layer '{layer.name}' (type {layer.type}) has {count} weight blobs in the "
+            f"caffemodel, but its prototxt parameters take {ctx.blob_span} (a bias_term that does "
+            "not match the weights?)")
 
 
 def _legacy_inputs(net, where: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -622,6 +643,9 @@ def _batch_norm(ctx: _Context, layer) -> None:
     if p.HasField("use_global_stats") and not p.use_global_stats:
         logger.warning("%s: layer '%s': use_global_stats is false (batch statistics); converting "
                        "with the stored statistics, as inference does", ctx.where, layer.name)
+    if not (np.isfinite(p.eps) and p.eps >= 0):  # as the ONNX front door (mmopt.ir.validate)
+        raise ModelLoadError(f"{ctx.where}: layer '{layer.name}' (type BatchNorm): eps is "
+                             f"{p.eps:g}; it must be a finite number >= 0")
     c = shape[1]
     mean = ctx.blob(0, (c,), "mean")
     var = ctx.blob(1, (c,), "var")
