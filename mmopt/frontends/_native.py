@@ -9,13 +9,10 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def native_output_silenced() -> Iterator[None]:
-    """Silence file descriptors 1 and 2 for the block.
-
-    TensorFlow, TFLite and torch's TorchScript exporter log from C++ (e.g. ``Torch IR graph at
-    exception: ...``), past Python's ``sys.stdout``/``sys.stderr``; mmopt's errors must stay one line.
-    If the descriptors cannot be duplicated (no real fds), the block runs unsilenced.
-    """
+def _std_fds_to(target_fd: int) -> Iterator[bool]:
+    """Point file descriptors 1 and 2 at ``target_fd`` for the block, then restore them (Python's
+    streams flushed on both sides). Yields False, and redirects nothing, where the descriptors
+    cannot be duplicated (no real fds)."""
     saved: dict[int, int] = {}
     try:
         for stream in (sys.stdout, sys.stderr):
@@ -25,17 +22,31 @@ def native_output_silenced() -> Iterator[None]:
     except (OSError, ValueError, AttributeError):
         for dup in saved.values():
             os.close(dup)
-        yield
+        yield False
         return
     try:
-        with open(os.devnull, "w") as devnull:
-            for fd in saved:
-                os.dup2(devnull.fileno(), fd)
-            yield
+        for fd in saved:
+            os.dup2(target_fd, fd)
+        yield True
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
         for fd, dup in saved.items():
             os.dup2(dup, fd)
             os.close(dup)
+
+
+@contextlib.contextmanager
+def native_output_silenced() -> Iterator[None]:
+    """Silence file descriptors 1 and 2 for the block.
+
+    TensorFlow, TFLite and torch's TorchScript exporter log from C++ (e.g. ``Torch IR graph at
+    exception: ...``), past Python's ``sys.stdout``/``sys.stderr``; mmopt's errors must stay one line.
+    If the descriptors cannot be duplicated (no real fds), the block runs unsilenced.
+    """
+    with open(os.devnull, "w") as devnull, _std_fds_to(devnull.fileno()):
+        yield
 
 
 def release_native_objects(exc: BaseException) -> None:
@@ -71,29 +82,11 @@ def native_output_captured() -> Iterator[list[str]]:
     import tempfile
 
     captured: list[str] = []
-    saved: dict[int, int] = {}
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        for fd in (1, 2):
-            saved[fd] = os.dup(fd)
-    except (OSError, ValueError, AttributeError):
-        for dup in saved.values():
-            os.close(dup)
-        yield captured
-        return
     with tempfile.TemporaryFile() as sink:
         try:
-            for fd in saved:
-                os.dup2(sink.fileno(), fd)
-            yield captured
+            with _std_fds_to(sink.fileno()):
+                yield captured
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(OSError, ValueError):
-                    stream.flush()
-            for fd, dup in saved.items():
-                os.dup2(dup, fd)
-                os.close(dup)
             sink.seek(0)
             captured.append(sink.read().decode(errors="replace"))
 
