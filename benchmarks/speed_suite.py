@@ -7,6 +7,7 @@
     python benchmarks/speed_suite.py --tune-trials 64     # + fp32 tuned here first (64 trials/task)
     python benchmarks/speed_suite.py --tune-trials 64 --db tuning_db   # ... kept in tuning_db
     python benchmarks/speed_suite.py --int8               # + int8 (QDQ) models (and int8/fp32)
+    python benchmarks/speed_suite.py --int8 --weight-bits 8   # int8 with full-range weights
     python benchmarks/speed_suite.py --nbits --models transformer_block   # + 4-bit MatMulNBits
 
 Models: the zoo's (``mmopt zoo list``) and, when the rapidocr-onnxruntime wheel is installed, its
@@ -26,6 +27,12 @@ engines, and achieved GFLOP/s (model FLOPs = ``mmopt inspect`` MACs x 2, over th
 with, once ``mmopt.runtime.peak`` exists, the percentage of the FMA peak. This is a benchmark, not a
 test: numbers depend on the machine and on what else runs on it; compare ratios, which are
 measured side by side.
+
+``--int8`` quantizes each model once (random calibration data, percentile ranges) with 7-bit
+weights by default (``--weight-bits``; ``mmopt quantize --weight-bits 7``), the setting for x86
+CPUs without VNNI, where they run on ``vpmaddubsw``; VNNI and ``sdot`` kernels run any weights at
+the same speed. onnxruntime runs the same QDQ file. Int8 rows carry ``int8_vs_fp32`` (the mmopt
+int8 artifact's median latency over the mmopt fp32 one's, same ISA) and ``weight_bits``.
 
 ``--nbits`` adds a ``q4`` variant of models with MatMul weights: onnxruntime's
 ``MatMulNBitsQuantizer`` (4-bit blocks of 32, asymmetric) replaces them by com.microsoft
@@ -225,7 +232,8 @@ def _throughput(flops: int | None, median_ms: float, peak: float | None) -> dict
 
 def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: bool,
         out_dir: Path, tune_trials: int | None = None, search: str = "knobs",
-        rounds: int = 1, isas: list[str] | None = None, nbits: bool = False) -> list[dict]:
+        rounds: int = 1, isas: list[str] | None = None, nbits: bool = False,
+        weight_bits: int = 7) -> list[dict]:
     """Compile every model for every ISA (and variant), time them with onnxruntime; write
     speed.json and speed.png to ``out_dir``.
 
@@ -268,7 +276,7 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
             if db:
                 variants.append(("fp32-tuned", reference, db, ref_path))
             if int8:
-                quantized = _quantized(reference)
+                quantized = _quantized(reference, weight_bits)
                 int8_path = tmp / f"{label}-int8.onnx"  # onnxruntime runs the same QDQ model
                 mir.save(quantized, int8_path)
                 variants.append(("int8", quantized, None, int8_path))
@@ -336,6 +344,8 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                                      "tune_s": tune_s,
                                      **{k: v for k, v in (result.meta.extra or {})
                                         .get("tuning", {}).items() if k.startswith("kernels")}}
+                if variant == "int8":
+                    row["weight_bits"] = weight_bits
                 if variant in ("int8", "q4"):  # the compiled artifact against the fp32 one
                     fp32 = next((j for j, c in enumerate(compiled)
                                  if c[0] == "fp32" and c[1] == isa), None)
@@ -394,7 +404,7 @@ def _tune(model, name: str, target: str, db: str, trials_per_task: int, search: 
     return round(seconds, 1)
 
 
-def _quantized(model):
+def _quantized(model, weight_bits: int = 7):
     import numpy as np
 
     from mmopt import ir as mir
@@ -404,7 +414,7 @@ def _quantized(model):
     rng = np.random.default_rng(0)
     calib = [{k: rng.random(v.shape, dtype=np.float32).astype(v.dtype) for k, v in feeds.items()}
              for _ in range(16)]
-    quantized, _report = quantize(model, calib, method="percentile")
+    quantized, _report = quantize(model, calib, method="percentile", weight_bits=weight_bits)
     return quantized
 
 
@@ -467,6 +477,9 @@ def main() -> None:
     parser.add_argument("--search", default="knobs", choices=["knobs", "metaschedule", "both"],
                         help="tuning search for --tune-trials (see mmopt tune --search)")
     parser.add_argument("--int8", action="store_true", help="add an int8 (QDQ) variant")
+    parser.add_argument("--weight-bits", type=int, choices=[7, 8], default=7,
+                        help="int8 weight grid (mmopt quantize --weight-bits; default 7: "
+                             "vpmaddubsw kernels on x86 without VNNI)")
     parser.add_argument("--nbits", action="store_true",
                         help="add a q4 variant (4-bit MatMulNBits weights, onnxruntime's "
                              "quantizer) of models with MatMul weights")
@@ -485,7 +498,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - bad arguments: one line, exit 2
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     run(names, threads=args.threads, repeat=args.repeat, warmup=args.warmup, db=args.db,
-        int8=args.int8, out_dir=Path(args.out), tune_trials=args.tune_trials, search=args.search,
+        int8=args.int8, weight_bits=args.weight_bits, out_dir=Path(args.out), tune_trials=args.tune_trials, search=args.search,
         rounds=args.rounds, isas=isas, nbits=args.nbits)
 
 

@@ -32,11 +32,12 @@ def test_artifact_records_settings_and_cpu_facts(conv_model, tmp_path):
 
     result = CliRunner().invoke(cli, ["compile", str(conv_model), "--target", "x86-avx2",
                                       "--no-winograd", "--layout", "NHWC", "--no-fast-math",
-                                      "--no-verify", "-o", str(tmp_path / "a")])
+                                      "--no-lookup-tables", "--no-verify", "-o",
+                                      str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "a.json").read_text())
     assert meta["codegen"] == {"winograd": False, "pack_weights": True, "layout": "NHWC",
-                               "fast_math": False}
+                               "fast_math": False, "lookup_tables": False}
     assert meta["target"]["cpu"]["isa"] == "avx2"
     assert meta["target"]["cpu"]["vector_bits"] == 256
     assert meta["target"]["cpu"]["vector_registers"] == 16

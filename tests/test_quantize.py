@@ -123,6 +123,36 @@ def test_per_tensor_weights(cnn):
     assert scales and all(s.ndim == 0 for s in scales)
 
 
+def _weight_magnitudes(model) -> list[int]:
+    inits = _initializers(model)
+    return [int(np.abs(inits[n.input[0]].astype(np.int16)).max()) for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+            and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim >= 2]
+
+
+def test_seven_bit_weights(cnn, tmp_path):
+    """--weight-bits 7: every weight in [-64, 64] (the range vpmaddubsw multiplies exactly), the
+    largest of each tensor reaching it; 8 bits use the full grid; other values are refused."""
+    full, report = quantize(cnn, _data(8))
+    seven, report7 = quantize(cnn, _data(8), weight_bits=7)
+    assert report.weight_bits == 8 and report7.weight_bits == 7
+    assert max(_weight_magnitudes(full)) == 127
+    assert _weight_magnitudes(seven) and set(_weight_magnitudes(seven)) == {64}
+    x = _data(4, seed=3)
+    ref = run_onnxruntime(cnn, x)["y"]
+    assert _cosine(run_onnxruntime(seven, x)["y"], ref) > 0.99
+    with pytest.raises(MmoptError, match="--weight-bits 6"):
+        quantize(cnn, _data(8), weight_bits=6)
+    onnx.save(cnn, tmp_path / "net.onnx")
+    np.savez(tmp_path / "calib.npz", **_data(8))
+    result = CliRunner().invoke(cli, ["quantize", str(tmp_path / "net.onnx"), "-o",
+                                      str(tmp_path / "q.onnx"), "--calib",
+                                      str(tmp_path / "calib.npz"), "--weight-bits", "7"])
+    assert result.exit_code == 0, result.output
+    assert "7-bit weights" in result.output
+    assert set(_weight_magnitudes(onnx.load(tmp_path / "q.onnx"))) == {64}
+
+
 def test_quantization_is_deterministic(cnn, quantized):
     again, _ = quantize(cnn, _data(32), method="entropy")
     assert again.SerializeToString() == quantized[0].SerializeToString()

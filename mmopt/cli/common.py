@@ -48,19 +48,25 @@ input_shape_option = click.option(
          "(batch) dim defaults to 1.")
 
 
-def _remember_fast_math(ctx, _param, value):
-    ctx.meta["mmopt.fast_math"] = value
+def _remember(ctx, param, value):
+    ctx.meta[f"mmopt.{param.name}"] = value
     return value
 
 
 def codegen_options(func):
-    """``--winograd/--no-winograd``, ``--pack-weights/--no-pack-weights``, ``--layout`` and
-    ``--fast-math/--no-fast-math``: the code-generation settings of :mod:`mmopt.codegen.options`,
-    the same on every verb that generates code. Unset flags fall back to the ``MMOPT_*``
-    environment, then to on. (``--fast-math`` reaches :func:`codegen_from` through the click
-    context, so the verbs' signatures carry only the older three.)"""
+    """``--winograd/--no-winograd``, ``--pack-weights/--no-pack-weights``, ``--layout``,
+    ``--fast-math/--no-fast-math`` and ``--lookup-tables/--no-lookup-tables``: the code-generation
+    settings of :mod:`mmopt.codegen.options`, the same on every verb that generates code. Unset
+    flags fall back to the ``MMOPT_*`` environment, then to on. (The last two reach
+    :func:`codegen_from` through the click context, so the verbs' signatures carry only the older
+    three.)"""
+    func = click.option("--lookup-tables/--no-lookup-tables", "lookup_tables", default=None,
+                        expose_value=False, callback=_remember,
+                        help="Quantized models: long element-wise chains on 8-bit tensors (a "
+                             "QDQ hard-swish) read a 256-entry table computed at compile time "
+                             "[default: on].")(func)
     func = click.option("--fast-math/--no-fast-math", "fast_math", default=None,
-                        expose_value=False, callback=_remember_fast_math,
+                        expose_value=False, callback=_remember,
                         help="Vectorizable exp/erf/tanh/sigmoid/softmax on CPUs, a few float32 "
                              "ulps from the C library's [default: on].")(func)
     func = click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None,
@@ -78,9 +84,10 @@ def codegen_from(winograd, pack_weights, layout):
     from mmopt.codegen.options import CodegenOptions
 
     ctx = click.get_current_context(silent=True)
-    fast_math = ctx.meta.get("mmopt.fast_math") if ctx is not None else None
+    meta = ctx.meta if ctx is not None else {}
     return CodegenOptions.from_env(winograd=winograd, pack_weights=pack_weights, layout=layout,
-                                   fast_math=fast_math)
+                                   fast_math=meta.get("mmopt.fast_math"),
+                                   lookup_tables=meta.get("mmopt.lookup_tables"))
 
 
 def import_options(func):

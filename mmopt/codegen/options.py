@@ -11,7 +11,10 @@ says so instead of silently applying fewer records.
   micro-kernel's access order (:mod:`mmopt.codegen.packed_conv`);
 * ``layout``: the data layout convolutions run in (``None``: the target's preferred layout);
 * ``fast_math``: float32 exp/erf/tanh/sigmoid/softmax on CPUs computed with vectorizable
-  arithmetic instead of the C library's scalar functions (:mod:`mmopt.codegen.fast_math`).
+  arithmetic instead of the C library's scalar functions (:mod:`mmopt.codegen.fast_math`);
+* ``lookup_tables``: long element-wise chains on 8-bit tensors of quantized models (a QDQ
+  hard-swish) read a 256-entry table computed at compile time
+  (:mod:`mmopt.codegen.quantized_lut`).
 
 The environment variables of earlier releases (``MMOPT_WINOGRAD=0``, ``MMOPT_PACK_WEIGHTS=0``,
 ``MMOPT_CONV_LAYOUT=NCHW``) still work as defaults for the command line and the Python API; what
@@ -34,6 +37,7 @@ class CodegenOptions:
     pack_weights: bool = True
     layout: str | None = None
     fast_math: bool = True
+    lookup_tables: bool = True
 
     def __post_init__(self):
         if self.layout is not None and self.layout not in LAYOUTS:

@@ -76,7 +76,9 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     (``options.layout``, default the target's preferred one; weights re-laid out at compile time by
     FoldConstant) and, on CPUs, convolutions on weights pre-packed for the kernels' access order
     (integer: ``pack_dot_convs``; float: :mod:`mmopt.codegen.packed_conv` when
-    ``options.pack_weights``, with Winograd when ``options.winograd``)."""
+    ``options.pack_weights``, with Winograd when ``options.winograd``); last, long element-wise
+    chains on 8-bit tensors become table reads (:mod:`mmopt.codegen.quantized_lut`, when
+    ``options.lookup_tables``)."""
     from tvm import relax
 
     options = options or CodegenOptions()
@@ -105,6 +107,10 @@ def _layout(target: Target, options: CodegenOptions | None = None):
             facts = cpu_facts(target.tvm_target())
             passes.append(pack_float_convs(max(4, facts.lanes), facts.vector_registers,
                                            options.winograd))
+    if target.device == "cpu" and options.lookup_tables:
+        from mmopt.codegen.quantized_lut import lookup_tables
+
+        passes.append(lookup_tables())
     return passes
 
 
@@ -118,9 +124,15 @@ def _legalize(target: Target, options: CodegenOptions):
         from mmopt.codegen.fast_math import fast_math_pass
 
         fast = [fast_math_pass()]
+    tables = []
+    if target.device == "cpu" and options.lookup_tables:
+        from mmopt.codegen.quantized_lut import mark_elementwise
+
+        tables = [mark_elementwise()]
     return fast + [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        *tables,
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),

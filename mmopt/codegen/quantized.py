@@ -327,6 +327,18 @@ class DotProduct:
     temporaries: int = 1
     mnemonic: str = ""  #: the instruction's assembly name (``objdump`` shows it)
     tiles: str = "rows"  #: register tile policy (:meth:`register_tile`)
+    #: largest weight magnitude the instruction multiplies exactly (None: any int8)
+    weight_limit: int | None = None
+
+    def accepts(self, weights: np.ndarray) -> bool:
+        """Whether the instruction computes a convolution with these int8 ``weights`` exactly."""
+        return self.weight_limit is None or (
+            weights.size == 0 or int(np.abs(weights.astype(np.int16)).max()) <= self.weight_limit)
+
+    def packs(self, lanes: int, block: int, weight_dtype: str) -> bool:
+        """Whether packed weights ``[..., lanes, block]`` of ``weight_dtype`` are this
+        instruction's layout."""
+        return (self.lanes, self.block, self.weight_dtype) == (lanes, block, weight_dtype)
 
     @property
     def operand(self) -> str:
@@ -506,7 +518,7 @@ def pack_dot_convs():
                 or any(int(p) for p in attrs.padding) or w.dtype != np.int8):
             return None
         kh, kw, ic, oc = w.shape
-        fitting = [d for d in dots if oc % d.lanes == 0 and ic % d.block == 0]
+        fitting = [d for d in dots if oc % d.lanes == 0 and ic % d.block == 0 and d.accepts(w)]
         if not fitting:
             return None
         dot = fitting[0]
@@ -625,14 +637,15 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
     return None
 
 
-def _packed_lanes(block) -> int | None:
-    """Output channels per instruction of a packed convolution block (its weights' 5th dim)."""
+def _packed_layout(block) -> tuple[int, int, str] | None:
+    """``(lanes, block, weight dtype)`` of a packed convolution block's weights
+    ``[OC/lanes, KH, KW, IC/block, lanes, block]``: which :class:`DotProduct` packed them."""
     from mmopt.codegen.cpu_schedules import _buffer
 
     for region in block.reads:
         buf = _buffer(region)
         if len(buf.shape) == 6:
-            return int(buf.shape[4])
+            return int(buf.shape[4]), int(buf.shape[5]), str(buf.dtype)
     return None
 
 
@@ -668,8 +681,8 @@ def dot_schedule_pass():
                 if len(blocks) != 1:
                     return None
                 name = sch.get(blocks[0]).name_hint
-                lanes = _packed_lanes(sch.get(blocks[0]))
-                dot = next(d for d in dots if d.lanes == lanes)
+                layout = _packed_layout(sch.get(blocks[0]))
+                dot = next(d for d in dots if layout is not None and d.packs(*layout))
                 instruction_loop = schedule_dot_conv(sch, blocks[0], dot, tensorize=False)
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
                 cs.logger.debug("dot-product schedule failed: %s", exc)

@@ -33,13 +33,14 @@ def _float_model(ic, oc, *, groups=1, stride=1, pad=1, hw=12, seed=0) -> onnx.Mo
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _quantized(model, activations, hw=12, ic=None):
+def _quantized(model, activations, hw=12, ic=None, weight_bits=8):
     from mmopt.quantize import quantize
 
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     rng = np.random.default_rng(1)
     calib = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(8)]
-    qdq, _ = quantize(model, calib, method="minmax", activations=activations)
+    qdq, _ = quantize(model, calib, method="minmax", activations=activations,
+                      weight_bits=weight_bits)
     return qdq
 
 
@@ -73,16 +74,18 @@ def _output_step(qdq) -> float:
 
 
 CASES = {
-    # name: (ic, oc, groups, stride, activations)
-    "vnni-u8": (16, 32, 1, 1, "uint8"),
-    "vnni-int8-activations": (16, 32, 1, 2, "int8"),
-    "odd-channels": (3, 24, 1, 1, "uint8"),
-    "depthwise": (16, 16, 16, 1, "uint8"),
+    # name: (ic, oc, groups, stride, activations, weight bits)
+    "vnni-u8": (16, 32, 1, 1, "uint8", 8),
+    "vnni-int8-activations": (16, 32, 1, 2, "int8", 8),
+    "odd-channels": (3, 24, 1, 1, "uint8", 8),
+    "depthwise": (16, 16, 16, 1, "uint8", 8),
+    # weights on [-64, 64]: vpmaddubsw on x86 without VNNI
+    "7-bit-weights": (16, 32, 1, 1, "uint8", 7),
 }
 
 #: x86 targets whose integer kernels are tested: this machine's CPU (VNNI where it has it), AVX2
-#: (vpmaddwd on ymm: every x86-64 CI machine of the last decade runs it) and AVX-512 without VNNI
-#: (vpmaddwd on zmm)
+#: (vpmaddubsw / vpmaddwd on ymm: every x86-64 CI machine of the last decade runs it) and AVX-512
+#: without VNNI (the same on zmm)
 X86_TARGETS = ["x86", "x86-avx2", "x86-avx512"]
 
 
@@ -101,11 +104,13 @@ def _dot(target):
     return dot_product_for(target.tvm_target())
 
 
-def _path(target, out_channels: int) -> str:
-    """The path a dense integer convolution with ``out_channels`` takes on ``target``."""
+def _path(target, out_channels: int, weight_bits: int = 8) -> str:
+    """The path a dense integer convolution with ``out_channels`` takes on ``target`` (weights
+    quantized on the full int8 grid reach beyond [-64, 64]; 7-bit ones do not)."""
     from mmopt.codegen.quantized import dot_products_for
 
-    fitting = [d for d in dot_products_for(target.tvm_target()) if out_channels % d.lanes == 0]
+    fitting = [d for d in dot_products_for(target.tvm_target()) if out_channels % d.lanes == 0
+               and (d.weight_limit is None or weight_bits == 7)]
     return fitting[0].name if fitting else "integer-loop"
 
 
@@ -116,8 +121,9 @@ def test_integer_conv_matches_onnxruntime(case, target_name, tmp_path):
     from mmopt.codegen.quantized import record_int8_kernels
 
     target = _target(target_name)
-    ic, oc, groups, stride, activations = CASES[case]
-    qdq = _quantized(_float_model(ic, oc, groups=groups, stride=stride), activations)
+    ic, oc, groups, stride, activations, weight_bits = CASES[case]
+    qdq = _quantized(_float_model(ic, oc, groups=groups, stride=stride), activations,
+                     weight_bits=weight_bits)
     text = _lowered(qdq, target_name).script(show_meta=False)
     # every conv became an integer conv; no quantize/dequantize op is left for the activations
     packed = text.count("R.call_tir(cls.mmopt_qconv_dot")
@@ -131,7 +137,8 @@ def test_integer_conv_matches_onnxruntime(case, target_name, tmp_path):
     assert result.verification.passed
     # the path each kernel took: the instruction, and the depthwise conv on plain integer code
     paths = sorted(k["path"] for k in kernels)
-    want = sorted([_path(target, oc), "integer-loop" if groups > 1 else _path(target, oc)])
+    path = _path(target, oc, weight_bits)
+    want = sorted([path, "integer-loop" if groups > 1 else path])
     assert paths == want, kernels
     rng = np.random.default_rng(7)
     step = _output_step(qdq)
@@ -151,11 +158,14 @@ def _host_has_vnni() -> bool:
     return dot_product_for(get("x86").tvm_target()) is VNNI
 
 
+@pytest.mark.parametrize("limit", [128, 64], ids=["8-bit-weights", "7-bit-weights"])
 @pytest.mark.parametrize("target_name", X86_TARGETS)
-def test_dot_kernel_is_tensorized_and_exact(target_name, tmp_path):
-    """The packed convolution runs the target's instruction (vpdpbusd with VNNI, else vpmaddwd,
-    never the saturating vpmaddubsw) and equals numpy's integer convolution bit for bit, also at
-    the extremes (255 x -128: a pair sum that overflows int16)."""
+def test_dot_kernel_is_tensorized_and_exact(target_name, limit, tmp_path):
+    """The packed convolution runs the target's instruction (vpdpbusd with VNNI; else vpmaddubsw
+    when every weight is in [-64, 64], vpmaddwd otherwise, never the saturating vpmaddubsw on
+    larger weights) and equals numpy's integer convolution bit for bit, also at the extremes
+    (255 x -128: a pair sum that overflows int16; 255 x -64 and 255 x 64: the largest that do
+    not)."""
     import tvm
     from tvm import relax
 
@@ -163,15 +173,16 @@ def test_dot_kernel_is_tensorized_and_exact(target_name, tmp_path):
     from mmopt.codegen.build import build
 
     target = _target(target_name)
-    dot = _dot(target)
-    if dot is None:
+    if _dot(target) is None:
         pytest.skip(f"{target_name} has no integer dot-product instruction")
     rng = np.random.default_rng(0)
     n, h, w, ic, oc, k, stride = 1, 9, 11, 8, 32, 3, 2
     data = rng.integers(0, 256, (n, h, w, ic), dtype=np.uint8)
-    weight = rng.integers(-128, 128, (k, k, ic, oc), dtype=np.int8)
+    weight = rng.integers(-limit, min(limit + 1, 128), (k, k, ic, oc), dtype=np.int8)
     data[0, :4] = 255
-    weight[..., :8] = -128
+    weight[..., :8] = -limit
+    weight[..., 8:16] = min(limit, 127)
+    dot = next(d for d in q.dot_products_for(target.tvm_target()) if d.accepts(weight))
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((n, h, w, ic), "uint8"))
     with bb.function("main", [x]):
@@ -201,7 +212,8 @@ def test_dot_kernel_is_tensorized_and_exact(target_name, tmp_path):
         disassembly = subprocess.run([objdump, "-d", str(lib_path)], capture_output=True,
                                      text=True, check=True).stdout
         assert dot.mnemonic in disassembly
-        assert "pmaddubsw" not in disassembly
+        if limit > 64:
+            assert "pmaddubsw" not in disassembly
         if dot.lanes == 16:  # 512-bit registers
             assert any("zmm" in line for line in disassembly.splitlines() if dot.mnemonic in line)
 
@@ -210,10 +222,10 @@ def test_register_tiles_fit_the_registers():
     """Every tile a dot-product schedule may choose fits the ISA's vector registers: the
     accumulators, one weight vector per column, and the instruction's temporaries (vpmaddwd: the
     broadcast and the product; AVX2 has 16 registers)."""
-    from mmopt.codegen.int8_x86 import PMADDWD_256, PMADDWD_512
+    from mmopt.codegen.int8_x86 import PMADDUBSW_256, PMADDUBSW_512, PMADDWD_256, PMADDWD_512
     from mmopt.codegen.quantized import SDOT, VNNI, VNNI_256
 
-    for dot in (VNNI, VNNI_256, SDOT, PMADDWD_256, PMADDWD_512):
+    for dot in (VNNI, VNNI_256, SDOT, PMADDWD_256, PMADDWD_512, PMADDUBSW_256, PMADDUBSW_512):
         for blocks in (1, 2, 3, 4, 6, 8, 12, 16, 20, 48, 125):
             for width in (1, 7, 12, 14, 28, 56, 112):
                 for window, steps in ((9, 288), (1, 8), (1, 512)):

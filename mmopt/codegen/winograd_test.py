@@ -72,7 +72,8 @@ def test_switched_off_by_option_or_environment(monkeypatch, tmp_path):
     # what the environment chose is recorded in the artifact
     result = mmopt.compile(model, "x86", tmp_path / "off")
     recorded = json.loads(result.meta_path.read_text())["codegen"]
-    assert recorded == {"winograd": False, "pack_weights": True, "layout": "NHWC", "fast_math": True}
+    assert recorded == {"winograd": False, "pack_weights": True, "layout": "NHWC", "fast_math": True,
+                        "lookup_tables": True}
 
 
 def test_accuracy_is_that_of_the_direct_sum(tmp_path):

@@ -9,7 +9,10 @@ Stages (in order; each returns a valid ONNX model that onnxruntime runs):
    included (the weights that actually run) and no float BN sits between a Conv and its QDQ.
 3. shape inference and a unique name for every node (exclusion and reports go by node name).
 4. ``write_qdq``: onnxruntime's QDQ writer (``QDQQuantizer``), fed with mmopt's calibrated ranges
-   instead of onnxruntime's calibrators. Weights: symmetric int8, per channel (or per tensor).
+   instead of onnxruntime's calibrators. Weights: symmetric int8, per channel (or per tensor), on
+   the full grid ``[-127, 127]`` or, with ``weight_bits=7``, on ``[-64, 64]`` (onnxruntime's
+   ``reduce_range``: x86 CPUs without VNNI then multiply u8 x s8 byte pairs with ``vpmaddubsw``,
+   whose int16 pair sums cannot saturate on such weights, see :mod:`mmopt.codegen.int8_x86`).
    Activations: int8 symmetric (zero point 0) or uint8 asymmetric. Bias: int32 with scale
    ``input_scale * weight_scale`` and zero point 0.
 
@@ -37,6 +40,8 @@ logger = logging.getLogger(__name__)
 _INFER_TAG = ("onnx.infer", "onnxruntime.quant")
 #: activation types: name -> symmetric?
 ACTIVATION_TYPES = {"int8": True, "uint8": False}
+#: weight grids: bits -> largest magnitude (8: onnxruntime's symmetric int8; 7: its reduce_range)
+WEIGHT_LIMITS = {8: 127, 7: 64}
 
 
 def quantizable_ops() -> list[str]:
@@ -164,6 +169,7 @@ def write_qdq(
     activations: str = "int8",
     exclude: Iterable[str] = (),
     op_types: Iterable[str] | None = None,
+    weight_bits: int = 8,
 ) -> onnx.ModelProto:
     """The QDQ model of a prepared ``model`` with activation ``ranges`` (see the module docs)."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
@@ -171,6 +177,9 @@ def write_qdq(
 
     if activations not in ACTIVATION_TYPES:
         raise MmoptError(f"--activations {activations}: use one of {', '.join(ACTIVATION_TYPES)}")
+    if weight_bits not in WEIGHT_LIMITS:
+        raise MmoptError(f"--weight-bits {weight_bits}: use one of "
+                         f"{', '.join(str(b) for b in WEIGHT_LIMITS)}")
     exclude = list(exclude)
     op_types = list(op_types) if op_types is not None else quantizable_ops()
     needed = calibration_tensors(model, exclude, op_types)
@@ -192,7 +201,7 @@ def write_qdq(
     }
     try:
         quantizer = QDQQuantizer(
-            work, per_channel, False, QuantType.QInt8,
+            work, per_channel, weight_bits == 7, QuantType.QInt8,
             QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
             data, [], exclude, op_types, extra)
         quantizer.quantize_model()
