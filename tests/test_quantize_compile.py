@@ -11,23 +11,32 @@ import mmopt
 from mmopt import ir as mir
 
 
-def test_int8_digits_artifact_agrees_with_onnxruntime(tmp_path):
+@pytest.mark.parametrize(("target", "weight_bits"), [("x86", 8), ("x86-avx2", 7)])
+def test_int8_digits_artifact_agrees_with_onnxruntime(target, weight_bits, tmp_path):
+    """This machine's int8 kernels, and AVX2's vpmaddubsw ones on 7-bit weights (x86-avx2 runs on
+    every x86-64 CI machine)."""
     pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
     from mmopt.quantize import quantize
     from mmopt.runtime import ort
+    from mmopt.targets import get
     from models_zoo.digits import train_digits_cnn
 
+    if not get(target).runs_here():
+        pytest.skip(f"{target} cannot run here")
     model, splits = train_digits_cnn()
     fixed = mir.fix_input_shapes(model, {"input": (1, 1, 8, 8)})
     calib = [{"input": x[None].astype(np.float32)} for x in splits.calib_x]
-    qdq, _ = quantize(fixed, calib, method="entropy")
-    result = mmopt.compile(qdq, "x86", tmp_path / "digits_int8")
+    qdq, _ = quantize(fixed, calib, method="entropy", weight_bits=weight_bits)
+    result = mmopt.compile(qdq, target, tmp_path / "digits_int8")
     assert result.verification.passed
     # the artifact JSON says which arithmetic each conv/matmul kernel runs
     kernels = result.meta.extra["int8_kernels"]
-    assert kernels and all(k["path"] in ("vnni", "vnni256", "pmaddwd", "sdot", "integer-loop",
-                                         "float") for k in kernels)
+    assert kernels and all(k["path"] in ("vnni", "vnni256", "pmaddubsw", "pmaddwd", "sdot",
+                                         "integer-loop", "float") for k in kernels)
     assert any(k["path"] != "float" for k in kernels)
+    if target == "x86-avx2":  # 7-bit weights: no widening to int16
+        assert any(k["path"] == "pmaddubsw" for k in kernels)
+        assert not any(k["path"] == "pmaddwd" for k in kernels), kernels
     compiled = mmopt.load(result.library)
     session = ort.session(qdq, label="int8 digits")  # reference semantics
     xs, ys = splits.test_x.astype(np.float32), splits.test_y
