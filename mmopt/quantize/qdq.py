@@ -110,9 +110,14 @@ def _drop_unused_opsets(model: onnx.ModelProto) -> None:
 
 
 def float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Float tensors of the main graph: its inputs and what its nodes compute. (value_info may
+    still describe tensors that folding removed, e.g. a Conv's output before its BatchNorm was
+    folded in: asking onnxruntime for those makes it refuse the model.)"""
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    live = {name for node in model.graph.node for name in node.output if name}
+    live |= {v.name for v in model.graph.input}
     values = [*model.graph.value_info, *model.graph.input, *model.graph.output]
-    return {v.name for v in values if v.type.tensor_type.elem_type in floats}
+    return {v.name for v in values if v.type.tensor_type.elem_type in floats and v.name in live}
 
 
 def quantized_nodes(model: onnx.ModelProto, exclude: Iterable[str] = (),
