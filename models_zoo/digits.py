@@ -19,14 +19,12 @@ Network (38k parameters)::
 Training is plain numpy (float32, im2col convolutions, Adam, cross-entropy, random +-1 pixel shifts
 for augmentation), seeded, on the training split only: about ten seconds on two cores. Only the
 recipe is stored: the trained ONNX file is cached under ``$MMOPT_CACHE`` (default
-``~/.cache/mmopt``) in ``zoo/digits_cnn-<RECIPE_VERSION>.onnx``; change :data:`RECIPE_VERSION` whenever
-anything here changes what is trained.
+``~/.cache/mmopt``) in ``zoo/digits_cnn-<RECIPE_VERSION>.onnx`` (:mod:`models_zoo._cache`); change
+:data:`RECIPE_VERSION` whenever anything here changes what is trained.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 
-logger = logging.getLogger(__name__)
+from . import _cache
 
 #: bump when the data split, architecture or training changes: it keys the cache
 RECIPE_VERSION = "1"
@@ -79,29 +77,14 @@ def load_splits() -> DigitsSplits:
 
 
 def cache_path() -> Path:
-    base = os.environ.get("MMOPT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mmopt")
-    return Path(base) / "zoo" / f"digits_cnn-{RECIPE_VERSION}.onnx"
+    return _cache.cache_path("digits_cnn", RECIPE_VERSION)
 
 
 def train_digits_cnn(cache: bool = True) -> tuple[onnx.ModelProto, DigitsSplits]:
     """The trained digits CNN as ONNX and its data splits; trained once, then read from the cache."""
     splits = load_splits()
-    path = cache_path()
-    if cache and path.exists():
-        try:
-            model = onnx.load(str(path))
-            onnx.checker.check_model(model)
-            return model, splits
-        except Exception as exc:  # noqa: BLE001 - a corrupt cache entry is rebuilt, not fatal
-            logger.warning("digits cache %s unreadable (%s); training again", path, exc)
-    params = train(splits.train_x, splits.train_y)
-    model = to_onnx(params)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        onnx.save(model, str(tmp))
-        tmp.replace(path)
+    model = _cache.cached_onnx("digits_cnn", RECIPE_VERSION,
+                               lambda: to_onnx(train(splits.train_x, splits.train_y)), cache=cache)
     return model, splits
 
 

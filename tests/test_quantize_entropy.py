@@ -4,7 +4,7 @@
 never come near zero, and hard-swish activations. The textbook KL search clipped such tensors to a
 constant (cosine 0.30 against the float model with uint8 activations here, 0.91 with int8;
 chance-level top-1 on a trained PP-LCNet); the unit tests of the search are in
-``test_quantize_calibrate.py``.
+``test_quantize_calibrate.py``, the trained-model regression (top-1) in ``test_quantize_trained.py``.
 """
 
 from __future__ import annotations
