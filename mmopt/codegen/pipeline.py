@@ -72,7 +72,8 @@ def _when_module_uses(ops: tuple[str, ...], inner):
 
 def _layout(target: Target, options: CodegenOptions | None = None):
     """Inference-only decompositions (BatchNorm -> scale/shift, so it fuses into the conv epilogue),
-    QDQ -> integer kernels (:mod:`mmopt.codegen.quantized`), then the data layout for convolutions
+    QDQ -> integer kernels (:mod:`mmopt.codegen.quantized`), fp16 products summed in float32
+    (:mod:`mmopt.codegen.fp16_accumulate`), then the data layout for convolutions
     (``options.layout``, default the target's preferred one; weights re-laid out at compile time by
     FoldConstant) and, on CPUs, convolutions on weights pre-packed for the kernels' access order
     (integer: ``pack_dot_convs``; float: :mod:`mmopt.codegen.packed_conv` when
@@ -90,6 +91,11 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     dot = dot_product_for(target.tvm_target())
     passes = ([lower_qdq(dot.data_dtype, 4) if dot else lower_qdq()] if target.device == "cpu"
               else [])
+    if target.device == "cpu":
+        # fp16 models: sums in float32 (mmopt.codegen.fp16_accumulate)
+        from mmopt.codegen.fp16_accumulate import accumulate_in_fp32
+
+        passes.append(accumulate_in_fp32())
     passes += [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
                relax.transform.CanonicalizeBindings()]
     if options.layout_for(target) == "NHWC":
