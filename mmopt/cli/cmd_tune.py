@@ -17,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mmopt.cli.cmd_farm import secret_option
-from mmopt.cli.common import (codegen_from, codegen_options, err, import_options,
+from mmopt.cli.common import (buckets as parse_buckets, codegen_from, codegen_options,
+                              dims as parse_dims, dynamic_options, err, import_options,
                               input_shape_option, model_path, out, shapes)
 
 
@@ -145,6 +146,7 @@ def _ctrl_c_stops(stop: threading.Event):
               "device has it, its emulated key (arm64-qemu for ARM targets)]")
 @secret_option
 @input_shape_option
+@dynamic_options
 @click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
               help="Graph optimization level: must match the one you compile with.")
 @codegen_options
@@ -161,8 +163,8 @@ def _ctrl_c_stops(stop: threading.Event):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @import_options
 def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm, key,
-             farm_secret, input_shapes, opt_level, winograd, pack_weights, layout, task_filter,
-             search, dry_run, compare, as_json):
+             farm_secret, input_shapes, dims, buckets, opt_level, winograd, pack_weights, layout,
+             task_filter, search, dry_run, compare, as_json):
     """Tune every task of MODEL for TARGET; records go to the --db directory.
 
     \b
@@ -184,7 +186,8 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
                           trials_per_task=trials_per_task, trials=trials, time_budget=budget,
                           farm=farm, key=key, on_update=display, stop=stop,
                           tasks=task_filter or None, dry_run=dry_run, search=search,
-                          codegen=codegen, farm_secret=farm_secret)
+                          codegen=codegen, farm_secret=farm_secret,
+                          dims=parse_dims(dims), buckets=parse_buckets(buckets))
     finally:
         if isinstance(display, _Display):
             display.close()
@@ -198,7 +201,8 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
                                          input_shapes=shapes(input_shapes), opt_level=opt_level,
                                          farm=farm, key=report.key or key, codegen=codegen,
                                          farm_secret=farm_secret,
-                                         allow_emulated_records=report.emulated)
+                                         allow_emulated_records=report.emulated,
+                                         dims=parse_dims(dims), buckets=parse_buckets(buckets))
     if dry_run and not as_json:
         out.print(_task_table(report))
         out.print(f"dry run: {report.planned} trial(s) would be measured; {report.records} "

@@ -18,7 +18,8 @@ from rich.table import Table
 from mmopt import __version__
 from mmopt._logging import configure as configure_logging
 from mmopt.cli.cmd_farm import secret_option
-from mmopt.cli.common import (codegen_from, codegen_options, err, import_options,
+from mmopt.cli.common import (buckets as parse_buckets, codegen_from, codegen_options,
+                              dims as parse_dims, dynamic_options, err, import_options,
                               input_shape_option, model_path, out, shapes)
 from mmopt.errors import MmoptError
 
@@ -82,6 +83,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Artifact prefix: writes OUTPUT.so and OUTPUT.json. [default: MODEL.TARGET]")
 @input_shape_option
+@dynamic_options
 @click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
               help="Graph optimization level (0: none, 1: simplify, 2: + eliminations; 3: as 2 "
                    "here: the kernels' layout is --layout, the model's inputs keep theirs).")
@@ -100,8 +102,9 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
                    "emulate`; not hardware timings) to kernels without a real record.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @import_options
-def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_weights, layout,
-                verify, atol, rtol, save_onnx, db, allow_emulated_records, as_json):
+def compile_cmd(model, target, output, input_shapes, dims, buckets, opt_level, winograd,
+                pack_weights, layout, verify, atol, rtol, save_onnx, db, allow_emulated_records,
+                as_json):
     """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
     import mmopt
 
@@ -113,6 +116,7 @@ def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_w
             allow_emulated_records=allow_emulated_records,
             codegen=codegen_from(winograd, pack_weights, layout),
             progress=lambda msg: status.update(msg),
+            dims=parse_dims(dims), buckets=parse_buckets(buckets),
         )
     if as_json:
         out.print_json(json.dumps({"library": str(result.library), "meta": str(result.meta_path),
@@ -121,6 +125,10 @@ def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_w
         _print_compile_report(result)
     if not result.passed:
         sys.exit(1)
+
+
+def _bucket_label(bucket: dict) -> str:
+    return ";".join(f"{k}:{','.join(map(str, v))}" for k, v in bucket["inputs"].items())
 
 
 def _print_compile_report(result) -> None:
@@ -157,6 +165,14 @@ def _print_compile_report(result) -> None:
         out.print("  [yellow]weights[/]   random (--random-weights"
                   + (f", seed {seed}" if seed is not None else "")
                   + "): the outputs are meaningless; verification only compares compilers")
+    if meta.dims:
+        out.print("  dynamic   " + ", ".join(
+            f"{n}={r['min']}..{r['max']}" + (f":{r['multiple']}" if r["multiple"] > 1 else "")
+            for n, r in meta.dims.items())
+            + (f"; buckets {', '.join(_bucket_label(b) for b in meta.buckets)}"
+               if meta.buckets else ""))
+        for d in (meta.extra.get("dynamic_kernels") or {}).get("degradations", []):
+            out.print(f"  [yellow]note[/]      dynamic kernels: {d['what']} ({d['count']})")
     fallbacks = meta.extra.get("schedule_fallbacks") or []
     if fallbacks:
         shown = ", ".join(f"{f['block']} ({f['reason']})" for f in fallbacks[:3])
@@ -177,8 +193,13 @@ def _print_compile_report(result) -> None:
                           "[green]ok[/]" if o.passed else "[red]MISMATCH[/]")
         verdict = "[green]PASS[/]" if v.passed else "[red]FAIL[/]"
         out.print(f"  verify    {verdict} vs onnxruntime (atol {v.atol:g}, rtol {v.rtol:g}, "
-                  f"seed {v.seed})" + (f"; {v.note}" if v.note else ""))
+                  f"seed {v.seed})" + (f"; {v.note}" if v.note else "")
+                  + (f"; {len(v.runs)} sizes, worst per output shown" if v.runs else ""))
         out.print(table)
+        for r in v.runs:
+            sizes = ",".join(f"{k}={x}" for k, x in r["sizes"].items())
+            out.print(f"    {'[green]ok[/]' if r['passed'] else '[red]MISMATCH[/]'}  {sizes}  "
+                      f"({r['function']}) max abs err {r['max_abs']:.3g}")
     src = result.source_verification
     if src is not None:
         verdict = "[green]PASS[/]" if src.passed else "[red]FAIL[/]"
@@ -239,7 +260,8 @@ def _load_array(name: str, path: Path) -> dict[str, np.ndarray]:
 @click.option("--native", is_flag=True,
               help="Run through the artifact's native bundle (`mmopt package`, cached): its "
                    "mmopt-run binary, no Python; aarch64 bundles under qemu-aarch64 on x86.")
-def run_cmd(artifact, inputs, output, seed, device_key, farm, farm_secret, native):
+@input_shape_option
+def run_cmd(artifact, inputs, output, seed, device_key, farm, farm_secret, native, input_shapes):
     """Run a compiled ARTIFACT (NAME, NAME.so or NAME.json) here, or on a farm device."""
     from mmopt.runtime import read_meta
 
@@ -248,11 +270,18 @@ def run_cmd(artifact, inputs, output, seed, device_key, farm, farm_secret, nativ
     meta = read_meta(artifact)
     feeds = _parse_inputs(inputs)
     if not feeds:
-        rng = np.random.default_rng(seed)
-        feeds = {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
-                 if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
-                 for s in meta.inputs}
+        from mmopt.runtime.bench import random_feeds
+
+        given = shapes(input_shapes)
+        unknown = [n for n in given if n not in {s.name for s in meta.inputs}]
+        if unknown:
+            raise MmoptError(f"--input-shape names unknown input(s) {', '.join(unknown)}; the "
+                             f"artifact's inputs are: {', '.join(s.name for s in meta.inputs)}")
+        feeds = random_feeds(meta.inputs, seed, given)
         logger.warning("no --input given: running on seeded random inputs (seed %d)", seed)
+    elif input_shapes:
+        raise MmoptError("--input-shape gives the shapes of random inputs; with --input the "
+                         "arrays' own shapes are used")
     if device_key:
         from mmopt.tuning.remote import run_remote
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmopt.codegen.cpu_schedules import static_extent
 from mmopt.codegen.quantized import _dtype, rewrite_dense_nhwc_convs
 
 #: block name of the packed float convolution
@@ -39,7 +40,8 @@ def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int)
 def _packed_conv_te(data, packed, strides, padding, dilation, out_channels):
     from tvm import te, tirx
 
-    n, h, w, ic = (int(d) for d in data.shape)
+    n, h, w = data.shape[:3]  # batch, height, width may be symbolic
+    ic = int(data.shape[3])
     _, kh, kw, _, tile = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
@@ -85,7 +87,8 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
                 or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
             return None
         kh, kw, ic, oc = w.shape
-        out_width = int(call.ty.shape[2])  # NHWC: the rows of the schedule's register tile
+        # NHWC: the rows of the schedule's register tile (symbolic: tiled as the schedule does)
+        out_width = static_extent(call.ty.shape[2])
         tile = output_tile(oc, out_width, lanes, registers)
         if tile == 1 or oc % tile:
             return None

@@ -119,10 +119,15 @@ def decompose_for_import(model: onnx.ModelProto):
         return model, DecomposeReport()
 
 
-def to_relax(model: onnx.ModelProto, where: str = "model"):
-    """Import a static-shaped ONNX model into a Relax ``IRModule`` with weights bound as constants.
+def to_relax(model: onnx.ModelProto, where: str = "model", dims=None):
+    """Import an ONNX model into a Relax ``IRModule`` with weights bound as constants.
 
-    The model is first decomposed (:func:`decompose_for_import`) into operators TVM converts.
+    Input shapes are static, except the symbolic dims ``dims`` (``{name: DimRange}``,
+    :mod:`mmopt.ir.dims`) gives ranges for: each becomes one ``int64`` symbolic variable of
+    ``main`` (shared by every input axis of that name), with its range recorded as the function's
+    ``tir_var_lower_bound``/``tir_var_upper_bound`` (memory planning allocates for the maximum
+    once instead of per call). The model is first decomposed (:func:`decompose_for_import`) into
+    operators TVM converts.
     """
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -134,14 +139,43 @@ def to_relax(model: onnx.ModelProto, where: str = "model"):
     check_supported(model, where, report.rejections)
     model = legalize_for_import(model)
     specs = mir.input_specs(model)
-    shape_dict = {name: list(dims) for name, (dims, _) in specs.items()}
+    variables = symbolic_vars(dims or {})
+    shape_dict = {name: [variables[d] if isinstance(d, str) else d for d in shape]
+                  for name, (shape, _) in specs.items()}
+    missing = sorted({d for shape, _ in specs.values() for d in shape
+                      if isinstance(d, str) and d not in variables}
+                     | {"?" for shape, _ in specs.values() for d in shape if d is None})
+    if missing:
+        raise UnsupportedModelError(f"{where}: input dims {', '.join(missing)} are symbolic but "
+                                    "have no range (--dim NAME=MIN..MAX)")
     dtype_dict = {name: str(dtype) for name, (_, dtype) in specs.items()}
     try:
         with importer_overrides():
-            return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict,
-                             opset=mir.opset_of(model), keep_params_in_input=False)
+            mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict,
+                            opset=mir.opset_of(model), keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises anything from Python or C++
         raise UnsupportedModelError(f"{where}: TVM's ONNX importer failed: {summarize(exc)}") from exc
+    if dims:
+        mod = with_dim_bounds(mod, dims)
+    return mod
+
+
+def symbolic_vars(dims) -> dict:
+    """``{name: tirx.Var}``: one int64 symbolic variable per dim name."""
+    from tvm import tirx
+
+    return {name: tirx.Var(name, "int64") for name in dims}
+
+
+def with_dim_bounds(mod, dims, func_name: str = "main"):
+    """``mod`` with the ranges of ``dims`` annotated on ``func_name`` (``tir_var_lower_bound``,
+    ``tir_var_upper_bound``: TVM's memory planner sizes buffers for the upper bounds)."""
+    func = mod[func_name]
+    lower = {name: int(r.min) for name, r in dims.items()}
+    upper = {name: int(r.max) for name, r in dims.items()}
+    func = func.with_attr("tir_var_lower_bound", lower).with_attr("tir_var_upper_bound", upper)
+    mod[func_name] = func
+    return mod
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmopt.errors import MmoptError
+
 
 @dataclass
 class Timing:
@@ -248,7 +250,7 @@ def _mmopt_runner(artifact: str, feeds):
 
     model = CompiledModel(artifact)
     args = model._arguments((), feeds)  # noqa: SLF001 - convert once, time only the call
-    main = model._main  # noqa: SLF001
+    main = model._function  # noqa: SLF001 - the function these shapes run (dynamic: or a bucket)
     device = model.device
 
     def run():
@@ -337,13 +339,23 @@ def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threa
                         repeat=repeat)[0]
 
 
-def random_feeds(specs, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(specs, seed: int = 0, shapes=None) -> dict[str, np.ndarray]:
     """Seeded random inputs for an artifact's input specs (``meta.inputs``): floats uniform in
-    [0, 1), integers in [0, 4), as :func:`mmopt.ir.random_inputs` makes them for a model."""
+    [0, 1), integers in [0, 4), as :func:`mmopt.ir.random_inputs` makes them for a model.
+    ``shapes`` (``{input: shape}``) gives the shapes of inputs with symbolic dims (a dynamic
+    artifact); a symbolic input without one is a one-line error."""
     rng = np.random.default_rng(seed)
-    return {s.name: rng.random(s.shape, dtype=np.float32).astype(s.dtype)
-            if np.dtype(s.dtype).kind == "f" else rng.integers(0, 4, s.shape).astype(s.dtype)
-            for s in specs}
+    shapes = dict(shapes or {})
+    feeds = {}
+    for s in specs:
+        shape = shapes.get(s.name, s.shape)
+        if not all(isinstance(d, int) for d in shape):
+            raise MmoptError(f"input {s.name} has symbolic dims {list(s.shape)} (a dynamic "
+                             f"artifact): give its shape with --input-shape {s.name}:D1,D2,...")
+        feeds[s.name] = (rng.random(shape, dtype=np.float32).astype(s.dtype)
+                         if np.dtype(s.dtype).kind == "f"
+                         else rng.integers(0, 4, shape).astype(s.dtype))
+    return feeds
 
 
 def bench(artifact, reference_onnx=None, feeds=None, *, threads: int = 2, warmup: int = 5,
