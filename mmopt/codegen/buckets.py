@@ -93,11 +93,14 @@ def add_buckets(mod, buckets: Sequence[Bucket]):
     if not buckets:
         return mod
     from tvm import tirx
+    from tvm.relax.utils import copy_with_new_vars
 
     main = mod["main"]
     for bucket in buckets:
-        bound = main.bind_symbolic_vars({name: tirx.const(int(size), "int64")
-                                         for name, size in bucket.sizes.items()})
+        # fresh variables: a Relax variable is bound once per module (bindings whose type has no
+        # symbolic dim would otherwise be shared with main, and FuseOps refuses that)
+        bound = copy_with_new_vars(main).bind_symbolic_vars(
+            {name: tirx.const(int(size), "int64") for name, size in bucket.sizes.items()})
         for key in ("tir_var_lower_bound", "tir_var_upper_bound"):
             bound = bound.without_attr(key)
         mod[bucket.function] = bound.with_attr("global_symbol", bucket.function)

@@ -564,9 +564,15 @@ def schedule_reduction(sch, name: str, lanes: int) -> None:
     # parallel/vectorize while the block still has its init (a complete reduction block), then
     # split the init out and vectorize it too
     if outer:
-        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-        if _extent(sch, fused) is None or _extent(sch, fused) > 1:  # None: symbolic
-            sch.parallel(fused)
+        symbolic = [lp for lp in outer if _extent(sch, lp) is None]
+        if symbolic:
+            # as in schedule_injective: no fusion of symbolic loops
+            big = [lp for lp in outer if _extent(sch, lp) is None or _extent(sch, lp) > 1]
+            sch.parallel(big[0])
+        else:
+            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+            if _extent(sch, fused) > 1:
+                sch.parallel(fused)
     if vec_loop is not None:
         ext = _extent(sch, vec_loop)
         vec = _pick_lanes(ext, lanes)
@@ -594,6 +600,14 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         sch.vectorize(vec_loop)
         loops = loops[:-1] + [outer_part]
     if total >= _MIN_PARALLEL_ELEMENTS:
+        if any(e is None for e in extents):
+            # symbolic extents: fusing them makes index arithmetic TVM's lowering cannot prove
+            # divisible (a padded pool's ``(h // 2 + 2) * (w // 2 + 2)``); the first loop that is
+            # not a unit loop runs in parallel
+            outer = [lp for lp, e in zip(loops, extents) if e is None or e > 1]
+            if outer:
+                sch.parallel(outer[0])
+            return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         sch.parallel(fused)
 

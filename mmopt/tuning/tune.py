@@ -618,7 +618,15 @@ def _static_task(task) -> bool:
     func = task.dispatched[0]["main"] if "main" in task.dispatched[0] else None
     if func is None:
         return True
-    return all(hasattr(d, "value") for buf in func.buffer_map.values() for d in buf.shape)
+    from tvm import tirx
+
+    for param in func.params:
+        if isinstance(param, tirx.Buffer):
+            if not all(hasattr(d, "value") for d in param.shape):
+                return False
+        elif str(param.dtype).startswith("int"):
+            return False  # a symbolic extent passed as a scalar argument
+    return True
 
 
 def _trace_key(trace) -> str:
