@@ -8,7 +8,10 @@
   5-D tensor and reduces.) Non-constant bounds keep the stock converter, including its NaN-bound
   handling.
 
-The override is installed only for the duration of one import (:func:`importer_overrides`).
+* ``Cast`` of a symbolic shape to an integer type stays a shape expression (see
+  :func:`_cast_converter`), so shape computations of dynamic models reach ``Reshape`` as shapes.
+
+The overrides are installed only for the duration of one import (:func:`importer_overrides`).
 
 Two ONNX-level rewrites run on a copy of the model just before import (:func:`legalize_for_import`);
 both are exact and keep the model runnable on onnxruntime:
@@ -77,6 +80,28 @@ def _clip_converter(stock):
     return Clip
 
 
+def _cast_converter(stock):
+    """``Cast`` of a symbolic shape (a ``relax.ShapeExpr``: ``Shape`` of a tensor with symbolic
+    dims) to int32 or int64 keeps the shape expression. The stock converter turns it into a
+    tensor, after which the ``Shape -> Cast(int32) -> Slice -> Cast(int64) -> Concat -> Reshape``
+    chains of Paddle exports reach ``Reshape`` as a tensor, which it refuses ("Reshape requires
+    the input new shape to be Shape"). Dims are below 2**31, so the casts are exact."""
+    from tvm import relax
+
+    class Cast(stock):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            from tvm.relax.frontend.onnx.onnx_frontend import get_type
+
+            if (isinstance(inputs[0], relax.ShapeExpr)
+                    and str(get_type(attr["to"])) in ("int32", "int64")
+                    and not all(hasattr(d, "value") for d in inputs[0].values)):
+                return inputs[0]
+            return super()._impl_v13(bb, inputs, attr, params)
+
+    return Cast
+
+
 @contextlib.contextmanager
 def importer_overrides():
     """Install mmopt's converter overrides into TVM's ONNX importer for one import."""
@@ -89,6 +114,7 @@ def importer_overrides():
     def patched():
         table = dict(original())
         table["Clip"] = _clip_converter(table["Clip"])
+        table["Cast"] = _cast_converter(table["Cast"])
         decompose_converters.install(table)  # see mmopt/codegen/decompose/converters.py
         return table
 
