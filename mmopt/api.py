@@ -171,7 +171,7 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
 
     t0 = time.perf_counter()
     step("importing into TVM Relax")
-    mod = add_buckets(to_relax(optimized, where=source, dims=ranges), resolved)
+    mod = add_buckets(to_relax(optimized, where=source, dims=ranges), resolved, ranges)
     codegen = codegen or CodegenOptions.from_env()
     database = None
     if db is not None:

@@ -87,20 +87,25 @@ def resolve_buckets(buckets: Sequence[Mapping[str, Sequence[int]]],
     return out
 
 
-def add_buckets(mod, buckets: Sequence[Bucket]):
+def add_buckets(mod, buckets: Sequence[Bucket], dims):
     """``mod`` with one statically specialized copy of ``main`` per bucket (see the module
-    docstring). The copies have no symbolic variables left and no bound annotations."""
+    docstring). The copies have no symbolic variables left and no bound annotations; they keep
+    ``main``'s parameters (a leading block-count shape, when some dim has a multiple: see
+    :func:`mmopt.codegen.relax_import.with_block_argument`)."""
     if not buckets:
         return mod
     from tvm import tirx
     from tvm.relax.utils import copy_with_new_vars
+
+    from mmopt.codegen.relax_import import symbol_values
 
     main = mod["main"]
     for bucket in buckets:
         # fresh variables: a Relax variable is bound once per module (bindings whose type has no
         # symbolic dim would otherwise be shared with main, and FuseOps refuses that)
         bound = copy_with_new_vars(main).bind_symbolic_vars(
-            {name: tirx.const(int(size), "int64") for name, size in bucket.sizes.items()})
+            {name: tirx.const(value, "int64")
+             for name, value in symbol_values(bucket.sizes, dims).items()})
         for key in ("tir_var_lower_bound", "tir_var_upper_bound"):
             bound = bound.without_attr(key)
         mod[bucket.function] = bound.with_attr("global_symbol", bucket.function)

@@ -15,6 +15,8 @@ Depthwise and grouped convolutions keep their HWIO weights (already one contiguo
 
 from __future__ import annotations
 
+import contextvars
+
 import numpy as np
 
 from mmopt.codegen.cpu_schedules import static_extent
@@ -22,6 +24,11 @@ from mmopt.codegen.quantized import _dtype, rewrite_dense_nhwc_convs
 
 #: block name of the packed float convolution
 PACKED_BLOCK = "mmopt_conv2d_nhwc_packed"
+
+#: whether convolutions with symbolic shapes are packed too (see :func:`mmopt.codegen.build.build`:
+#: off for a second attempt when TVM's FuseTIR fails on a dynamic model's packed convolutions)
+PACK_SYMBOLIC: contextvars.ContextVar[bool] = contextvars.ContextVar("mmopt_pack_symbolic",
+                                                                      default=True)
 
 
 def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int) -> int:
@@ -87,6 +94,12 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
                 or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
             return None
         kh, kw, ic, oc = w.shape
+        if not PACK_SYMBOLIC.get() and not all(hasattr(d, "value") for d in call.ty.shape):
+            from mmopt.codegen.cpu_schedules import note_skip
+
+            note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "pack_weights",
+                      "symbolic shape: weights not packed (HWIO)")
+            return None
         # NHWC: the rows of the schedule's register tile (symbolic: tiled as the schedule does)
         out_width = static_extent(call.ty.shape[2])
         tile = output_tile(oc, out_width, lanes, registers)

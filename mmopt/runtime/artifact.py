@@ -141,6 +141,9 @@ class CompiledModel:
         self._vm = relax.VirtualMachine(lib, self.device)
         self._main = self._vm["main"]
         self._ranges = self.meta.dim_ranges()
+        #: dims with a multiple are passed to the compiled functions as block counts, in a leading
+        #: shape argument (mmopt.codegen.relax_import.with_block_argument)
+        self._block_dims = [n for n, r in self._ranges.items() if r.multiple > 1]
         self._buckets = {tuple(sorted(b["sizes"].items())): b["function"]
                          for b in self.meta.buckets}
         #: dynamic artifacts: (function, input tensors, numpy views) per input-shape set seen
@@ -235,6 +238,10 @@ class CompiledModel:
         tensors = [tvm.runtime.empty(a.shape, s.dtype, self.device)
                    for s, a in zip(self.meta.inputs, arrays)]
         views = [np.from_dlpack(t) for t in tensors] if self._on_cpu else None
+        if self._block_dims:
+            blocks = tvm.runtime.ShapeTuple([sizes[n] // self._ranges[n].multiple
+                                             for n in self._block_dims])
+            function = _with_leading(function, blocks)
         if len(self._by_shape) >= 8:  # a few shapes stay allocated, not every size ever seen
             self._by_shape.pop(next(iter(self._by_shape)))
         self._by_shape[key] = (function, tensors, views)
@@ -250,6 +257,11 @@ class CompiledModel:
             raise MmoptError(f"{self.so_path}: returned {len(arrays)} output(s), the description "
                              f"lists {len(self.meta.outputs)}")
         return dict(zip(self.output_names, arrays))
+
+
+def _with_leading(function, first):
+    """``function`` with ``first`` passed before the other arguments."""
+    return lambda *args: function(first, *args)
 
 
 def _flatten(value, on_cpu: bool = False) -> list[np.ndarray]:

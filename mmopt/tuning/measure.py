@@ -44,7 +44,8 @@ def relax_module(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
     found = resolve_buckets(list(buckets), specs, ranges) if buckets else []
     if resolved is not None:
         resolved.extend(found)
-    return add_buckets(to_relax(optimized, where=model_name(model), dims=ranges), found), reference
+    return (add_buckets(to_relax(optimized, where=model_name(model), dims=ranges), found, ranges),
+            reference)
 
 
 @dataclass
