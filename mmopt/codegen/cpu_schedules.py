@@ -725,6 +725,13 @@ def _row_reduction_loop(sch, block_rv, lanes: int):
 
 
 def _parallel_rows(sch, rows) -> None:
+    if any(_extent(sch, lp) is None for lp in rows):
+        # as in schedule_injective: symbolic loops are not fused; the first that is not a unit
+        # loop runs in parallel
+        big = [lp for lp in rows if (_extent(sch, lp) or 2) > 1]
+        if big:
+            sch.parallel(big[0])
+        return
     if rows:
         fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
         if (_extent(sch, fused) or 0) > 1:
@@ -785,7 +792,7 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         outer_part, vec_loop = sch.split(inner, factors=[None, vec])
         sch.vectorize(vec_loop)
         loops = loops[:-1] + [outer_part]
-    elif extents[-1] > lanes and len(loops) > 1:
+    elif extents[-1] is not None and extents[-1] > lanes and len(loops) > 1:
         # no vector width divides the innermost extent (197 tokens): the first multiple of
         # ``lanes`` elements of each row runs in vectors, the rest as a scalar loop of its own
         head, _tail = sch.loop_partition(inner, [extents[-1] // lanes * lanes, None])
