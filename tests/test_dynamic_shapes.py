@@ -233,6 +233,58 @@ def test_cnn_compiles_from_the_cli_with_named_axes(cnn):
     assert "contraction" in kinds
 
 
+def _one_line_error(result, starts: str) -> None:
+    """Exit 2, the error in one line (``mmopt: error: ...``, last), no traceback (random inputs
+    are announced by a warning line before it)."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    assert errors == [lines[-1]] and lines[-1].startswith(f"mmopt: error: {starts}"), result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("shape, starts", [
+    ("input:1,3,36,32", "input input: dim 2 (h) is 36, not a multiple of 8"),
+    ("input:1,3,32,72", "input input: dim 3 (w) is 72, outside the compiled range 16..64"),
+    ("input:4,3,32,32", "input input: dim 0 (batch) is 4, outside the compiled range 1..3"),
+    ("input:1,3,32", "input input: rank 3 given [1, 3, 32], the artifact takes rank 4"),
+    ("input:1,4,32,32", "input input: dim 1 is 4, the artifact takes 3 there"),
+])
+def test_cli_run_refuses_bad_shapes_in_one_line(cnn, shape, starts):
+    """Issue 16, must-show 4: a non-multiple size, a size out of range, a wrong rank and a wrong
+    fixed dim are each one line and exit 2, for random inputs and for a given array alike."""
+    out, result = cnn
+    assert result.exit_code == 0, result.output
+    runner = CliRunner()
+    _one_line_error(runner.invoke(cli, ["run", str(out), "--input-shape", shape]), starts)
+    dims = [int(d) for d in shape.split(":")[1].split(",")]
+    array = out.parent / f"x_{'_'.join(map(str, dims))}.npy"
+    np.save(array, np.zeros(dims, np.float32))
+    _one_line_error(runner.invoke(cli, ["run", str(out), "-i", f"input={array}"]), starts)
+
+
+def test_python_call_refuses_a_non_multiple_size(cnn):
+    out, _result = cnn
+    with pytest.raises(MmoptError) as exc:
+        load(out)(input=np.zeros((1, 3, 40, 42), np.float32))
+    assert exc.value.message == ("input input: dim 3 (w) is 42, not a multiple of 8 "
+                                 "(range 16..64 in steps of 8)")
+
+
+def test_cli_run_takes_a_size_with_a_multiple_at_an_odd_block_count(cnn):
+    out, _result = cnn
+    ok = CliRunner().invoke(cli, ["run", str(out), "--input-shape", "input:3,3,56,24"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_native_bundle_refuses_a_dynamic_artifact_in_one_line(cnn, tmp_path):
+    out, _result = cnn
+    _one_line_error(CliRunner().invoke(cli, ["package", str(out), "-o", str(tmp_path / "b")]),
+                    "")
+    assert "symbolic dims" in CliRunner().invoke(
+        cli, ["package", str(out), "-o", str(tmp_path / "b")]).output
+
+
 # ------------------------------------------------------------------------------------------------
 # tuning per bucket
 
