@@ -277,6 +277,17 @@ def test_cli_run_takes_a_size_with_a_multiple_at_an_odd_block_count(cnn):
     assert ok.exit_code == 0, ok.output
 
 
+def test_profile_refuses_a_dynamic_artifact_in_one_line(cnn):
+    out, _result = cnn
+    _one_line_error(CliRunner().invoke(cli, ["profile", str(out)]),
+                    "profiling an artifact with symbolic dims (--dim) is not supported yet")
+    with pytest.raises(MmoptError) as exc:
+        mmopt.compile(build("conv_bn_relu"), "x86", out.parent / "p", profile=True,
+                      input_shapes={"input": (1, 3, "h", "w")},
+                      dims=[parse_dim_option("h=16..64:8"), parse_dim_option("w=16..64:8")])
+    assert exc.value.message.startswith("--profile: profiling an artifact with symbolic dims")
+
+
 def test_native_bundle_refuses_a_dynamic_artifact_in_one_line(cnn, tmp_path):
     out, _result = cnn
     _one_line_error(CliRunner().invoke(cli, ["package", str(out), "-o", str(tmp_path / "b")]),
@@ -363,3 +374,38 @@ def test_ocr_recognizer_one_artifact_for_every_width(tmp_path):
     # the output's time axis follows the width
     steps = {r["sizes"]["width"]: r["shapes"]["softmax_11.tmp_0"][1] for r in v.runs}
     assert steps[1600] > steps[80]
+
+
+# ------------------------------------------------------------------------------------------------
+# the YOLOv8n-style detector exported with dynamic batch, height and width (issue 16, must-show 1;
+# the full range 320..1280 is checked in the commit that adds this test, a smaller one here)
+
+
+def test_detector_one_artifact_for_every_size(tmp_path):
+    """FPN neck (2x nearest up-sampling concatenated with the finer map) and anchors computed from
+    the feature maps: symbolic through import, fusion and the CPU schedules; every degradation of
+    the dynamic kernels is in the artifact JSON (and no block is left unscheduled)."""
+    path = tmp_path / "yolov8n_dynamic.onnx"
+    onnx.save(build("yolov8n_dynamic"), path)
+    result = mmopt.compile(path, "x86", tmp_path / "det",
+                           dims=[parse_dim_option("batch=1..2"),
+                                 parse_dim_option("height=64..256:32"),
+                                 parse_dim_option("width=64..256:32")])
+    v = result.verification
+    assert v.passed, v.to_dict()
+    sizes = [r["sizes"] for r in v.runs]
+    assert len(sizes) >= 5 and any(s["height"] != s["width"] for s in sizes)
+    assert any((s["height"] // 32) % 2 for s in sizes)  # an odd number of 32-pixel blocks
+    # anchors: (h/8)(w/8) + (h/16)(w/16) + (h/32)(w/32) for an input of h x w
+    for r in v.runs:
+        h, w = r["sizes"]["height"], r["sizes"]["width"]
+        anchors = sum((h // s) * (w // s) for s in (8, 16, 32))
+        assert r["shapes"]["model.22.output"] == [r["sizes"]["batch"], 84, anchors]
+    extra = json.loads(result.meta_path.read_text())["extra"]
+    assert "schedule_fallbacks" not in extra
+    whats = [d["what"] for d in extra["dynamic_kernels"]["degradations"]]
+    assert any(w.startswith("winograd:") for w in whats)
+    # a non-multiple height is refused before any kernel runs
+    with pytest.raises(MmoptError) as exc:
+        load(tmp_path / "det")(images=np.zeros((1, 3, 80, 64), np.float32))
+    assert "dim 2 (height) is 80, not a multiple of 32" in exc.value.message

@@ -117,7 +117,7 @@ def compile_cmd(model, target, output, input_shapes, dims, buckets, opt_level, w
     from mmopt import targets
 
     model = model_path(model)
-    if profile is None:  # a dynamic artifact is profiled at a size: `mmopt profile --input-shape`
+    if profile is None:  # not a dynamic artifact (runtime.profile.PROFILE_DYNAMIC)
         profile = bool(html_path) and targets.get(target).runs_here() and not dims
     with err.status("compiling") as status:
         result = mmopt.compile(
