@@ -11,7 +11,6 @@ runtime passes before the inputs (:class:`mmopt.runtime.CompiledModel`) and buck
 
 from __future__ import annotations
 
-
 #: name of ``main``'s leading parameter when some dim has a multiple (see :func:`symbolic_vars`)
 BLOCKS_PARAM = "dim_blocks"
 

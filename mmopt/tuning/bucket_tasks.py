@@ -34,12 +34,11 @@ def bucket_tasks(lowered, extracted: Sequence, buckets: Sequence
 def static_task(task) -> bool:
     """Whether a tuning task's kernel has static buffer shapes (and no symbolic extent passed as
     a scalar argument)."""
-    func = task.dispatched[0]["main"] if "main" in task.dispatched[0] else None
-    if func is None:
+    if "main" not in task.dispatched[0]:
         return True
     from tvm import tirx
 
-    for param in func.params:
+    for param in task.dispatched[0]["main"].params:
         if isinstance(param, tirx.Buffer):
             if not all(hasattr(d, "value") for d in param.shape):
                 return False
