@@ -88,35 +88,37 @@ def _sppf(g: GraphBuilder, x: str, p: str, cin: int, cout: int, k: int = 5) -> s
 def _dynamic_anchors(g: GraphBuilder, levels: list[str], strides: tuple[int, ...], p: str
                      ) -> tuple[str, str]:
     """Anchor points ``[1, 2, A]`` and strides ``[1, A]`` computed from the levels' feature maps
-    (``[N, C, h, w]`` each), for any input size: cell centres (+0.5) counted with a CumSum over a
-    row and a column of ones made from the map itself, row-major like the flattened maps.
-    (Ultralytics' ``make_anchors`` exports ``Shape -> Gather -> Range`` instead; TVM 0.27's
-    FuseTIR fails on the fused ranges of related symbolic extents, see docs/dynamic-shapes.md.)"""
+    (``[N, C, h, w]`` each) the way Ultralytics' ``make_anchors`` exports with ``dynamic=True``:
+    Shape -> Gather -> Range per axis, cell centres (+0.5), row-major like the flattened maps."""
     grids, steps = [], []
-    axis2 = g.param(f"{p}.anchors.axis2", np.array(2, np.int64))
-    axis3 = g.param(f"{p}.anchors.axis3", np.array(3, np.int64))
+    # Unsqueeze axes as their own tensors: [0] and [1] would share the names of the scalars 0, 1
+    axis0 = g.param(f"{p}.anchors.axis0", np.array([0], np.int64))
+    axis1 = g.param(f"{p}.anchors.axis1", np.array([1], np.int64))
     for i, (y, s) in enumerate(zip(levels, strides)):
         q = f"{p}.anchors.{i}"
-        # a row and a column of the map (means over the other axes): [1, 1, 1, w], [1, 1, h, 1]
-        row = g.node("ReduceMean", [y], f"{q}.row", axes=[0, 1, 2], keepdims=1)
-        col = g.node("ReduceMean", [y], f"{q}.col", axes=[0, 1, 3], keepdims=1)
-        row1 = g.node("Add", [g.node("Mul", [row, g.const(0.0)], f"{q}.row.zero"), g.const(1.0)],
-                      f"{q}.row.one")
-        col1 = g.node("Add", [g.node("Mul", [col, g.const(0.0)], f"{q}.col.zero"), g.const(1.0)],
-                      f"{q}.col.one")
-        cx = g.node("Sub", [g.node("CumSum", [row1, axis3], f"{q}.row.count"), g.const(0.5)],
-                    f"{q}.cx")  # [1, 1, 1, w]: 0.5, 1.5, ...
-        cy = g.node("Sub", [g.node("CumSum", [col1, axis2], f"{q}.col.count"), g.const(0.5)],
-                    f"{q}.cy")  # [1, 1, h, 1]
-        zero = g.node("Add", [g.node("Mul", [cx, g.const(0.0)], f"{q}.zero.row"),
-                              g.node("Mul", [cy, g.const(0.0)], f"{q}.zero.col")], f"{q}.zero")
-        gx = g.node("Add", [cx, zero], f"{q}.gx")  # [1, 1, h, w]
-        gy = g.node("Add", [cy, zero], f"{q}.gy")
-        grid = g.node("Concat", [gx, gy], f"{q}.grid", axis=1)  # [1, 2, h, w]
-        grids.append(g.node("Reshape", [grid, g.const([1, 2, -1], "int64")], f"{q}.flat"))
+        shape = g.node("Shape", [y], f"{q}.shape")
+        h = g.node("Gather", [shape, g.const(2, "int64")], f"{q}.h", axis=0)
+        w = g.node("Gather", [shape, g.const(3, "int64")], f"{q}.w", axis=0)
+        ys = g.node("Range", [g.const(0, "int64"), h, g.const(1, "int64")], f"{q}.ys")
+        xs = g.node("Range", [g.const(0, "int64"), w, g.const(1, "int64")], f"{q}.xs")
+        ys = g.node("Add", [g.node("Cast", [ys], f"{q}.ys.float", to=onnx.TensorProto.FLOAT),
+                            g.const(0.5)], f"{q}.cy")
+        xs = g.node("Add", [g.node("Cast", [xs], f"{q}.xs.float", to=onnx.TensorProto.FLOAT),
+                            g.const(0.5)], f"{q}.cx")
+        col = g.node("Unsqueeze", [ys, axis1], f"{q}.cy.col")  # [h, 1]
+        row = g.node("Unsqueeze", [xs, axis0], f"{q}.cx.row")  # [1, w]
+        zero = g.node("Add", [g.node("Mul", [col, g.const(0.0)], f"{q}.zero.col"),
+                              g.node("Mul", [row, g.const(0.0)], f"{q}.zero.row")], f"{q}.zero")
+        gx = g.node("Add", [row, zero], f"{q}.gx")  # [h, w]
+        gy = g.node("Add", [col, zero], f"{q}.gy")
+        grid = g.node("Concat", [g.node("Unsqueeze", [gx, axis0], f"{q}.gx.u"),
+                                 g.node("Unsqueeze", [gy, axis0], f"{q}.gy.u")],
+                      f"{q}.grid", axis=0)  # [2, h, w]
+        grids.append(g.node("Reshape", [grid, g.const([2, -1], "int64")], f"{q}.flat"))
         steps.append(g.node("Add", [g.node("Reshape", [zero, g.const([1, -1], "int64")],
                                            f"{q}.zero.flat"), g.const(float(s))], f"{q}.stride"))
-    anchors = g.node("Concat", grids, f"{p}.anchors", axis=2)  # [1, 2, A]
+    anchors = g.node("Unsqueeze", [g.node("Concat", grids, f"{p}.anchors.cat", axis=1),
+                                   axis0], f"{p}.anchors")  # [1, 2, A]
     return anchors, g.node("Concat", steps, f"{p}.strides", axis=1)  # [1, A]
 
 
