@@ -341,6 +341,21 @@ def test_compile_applies_bucket_records(tuned_buckets):
         "main", "main_bucket0", "main_bucket1"}
 
 
+def test_latency_comparison_times_the_first_bucket(tuned_buckets):
+    """``mmopt tune --compare`` on a dynamic model times its first bucket's function, which takes
+    the block-count shape of the dims with a multiple before the inputs."""
+    from mmopt.tuning.measure import compare_latency
+
+    db_dir, _report, _compiled = tuned_buckets
+    comparison = compare_latency(db_dir.parent / "conv.onnx", "x86", db_dir, number=1, repeat=1,
+                                 min_repeat_ms=1, input_shapes={"input": (1, 3, "h", "w")},
+                                 dims=[parse_dim_option("h=16..64:8"),
+                                       parse_dim_option("w=16..64:8")],
+                                 buckets=[{"input": (1, 3, 32, 32)}])
+    assert comparison.default_s > 0 and comparison.tuned_s > 0
+    assert comparison.tasks_tuned >= 1
+
+
 def test_tuning_a_dynamic_model_needs_buckets(tmp_path):
     from mmopt.tuning.tune import tune
 
