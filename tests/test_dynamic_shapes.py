@@ -420,6 +420,9 @@ def test_detector_one_artifact_for_every_size(tmp_path):
     assert "schedule_fallbacks" not in extra
     whats = [d["what"] for d in extra["dynamic_kernels"]["degradations"]]
     assert any(w.startswith("winograd:") for w in whats)
+    # the up-sampled map's size is simplified like the finer map's: FuseTIR fuses the packed
+    # convolutions after the concatenations (no fallback to unpacked weights)
+    assert not any(w.startswith("pack_weights:") for w in whats), whats
     # a non-multiple height is refused before any kernel runs
     with pytest.raises(MmoptError) as exc:
         load(tmp_path / "det")(images=np.zeros((1, 3, 80, 64), np.float32))

@@ -133,6 +133,8 @@ def _resize_converter(stock):
     the size of the map the result is concatenated with, so the concatenation loses its shape."""
     from tvm import relax
 
+    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
+
     normalized = _normalizing_converter(stock)
 
     class Resize(normalized):
@@ -159,8 +161,13 @@ def _resize_converter(stock):
                     or any(f < 1 or f != int(f) for f in factors[2:])):
                 return super()._impl_v18(bb, [x, *inputs[1:]], attr, params)
             mode = attr.get("mode", b"nearest").decode("ascii")
+            # simplified: ``(2 * h_blocks) * 2`` as ``h_blocks * 4``, the form every other
+            # producer of that size has (FuseTIR matches parameter shapes structurally and
+            # refused ``4`` against ``2`` when a packed convolution fused with the concatenation)
+            simplify = Analyzer().simplify
+            size = [simplify(shape[2] * int(factors[2])), simplify(shape[3] * int(factors[3]))]
             return relax.op.image.resize2d(
-                x, size=relax.ShapeExpr([shape[2] * int(factors[2]), shape[3] * int(factors[3])]),
+                x, size=relax.ShapeExpr(size),
                 roi=[0.0, 0.0, 0.0, 0.0], layout="NCHW",
                 method="nearest_neighbor" if mode == "nearest" else mode,
                 coordinate_transformation_mode=attr.get(
