@@ -132,7 +132,6 @@ def _resize_converter(stock):
     converter computes ``int64(float32(scale) * float32(dim))``, which TVM cannot prove equal to
     the size of the map the result is concatenated with, so the concatenation loses its shape."""
     from tvm import relax
-
     from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
 
     normalized = _normalizing_converter(stock)
