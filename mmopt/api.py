@@ -127,6 +127,8 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     codegen: CodegenOptions | None = None,
     profile: bool | Mapping = False,
     progress: Progress | None = None,
+    dims=None,
+    buckets: Sequence[Mapping[str, Sequence[int]]] = (),
 ) -> CompileResult:
     """Compile an ONNX model (path or ModelProto) into ``OUTPUT.so`` + ``OUTPUT.json`` for ``target``.
 
@@ -143,6 +145,12 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     :class:`mmopt.runtime.profile.ProfileResult`; the target must run here); a mapping gives
     :func:`mmopt.runtime.profile.profile_artifact`'s options (``threads``, ``runs``, ...).
     ``result.warnings`` holds what mmopt logged as warnings meanwhile.
+    ``dims``: symbolic dims that stay symbolic (``--dim``): :class:`mmopt.ir.dims.DimRange` objects
+    (or ``{name: DimRange}``); ``input_shapes`` may name axes (``{"x": (1, 3, 48, "width")}``).
+    The artifact then accepts every size in the ranges and refuses others; verification runs at
+    several sizes (:func:`mmopt.ir.dims.size_sets`). ``buckets``: ``[{input: shape}, ...]``,
+    sizes compiled as statically specialized functions in the same artifact
+    (:mod:`mmopt.codegen.buckets`). See docs/dynamic-shapes.md.
     Raises :class:`MmoptError` for bad input; a failed verification is reported in the result (and
     the CLI exits 1), not raised.
     """
@@ -156,17 +164,22 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
                          "use --no-verify, or verify on a device")
     if profile and not tgt.runs_here():
         raise MmoptError(f"--profile: target {tgt.name} cannot run here ({tgt.why_not_here()})")
+    if profile and dims:
+        from mmopt.runtime.profile import PROFILE_DYNAMIC
+
+        raise MmoptError(f"--profile: {PROFILE_DYNAMIC}")
     from mmopt._logging import capture_warnings
 
     with capture_warnings() as warnings:
         result = _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, seed,
-                          save_onnx, db, allow_emulated_records, codegen, profile, step)
+                          save_onnx, db, allow_emulated_records, codegen, profile, step, dims,
+                          buckets)
     result.warnings = warnings
     return result
 
 
 def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, seed, save_onnx, db,
-             allow_emulated_records, codegen, profile, step) -> CompileResult:
+             allow_emulated_records, codegen, profile, step, dims, buckets) -> CompileResult:
     import time
 
     import tvm
@@ -179,16 +192,27 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
     library, meta_path = artifact_paths(prefix)
     source = _source_name(model)
 
+    from mmopt.ir.dims import dim_ranges
+
+    ranges = dim_ranges(dims)
+    if buckets and not ranges:
+        raise MmoptError("--buckets: the model is compiled with static shapes; buckets need "
+                         "symbolic dims (--dim NAME=MIN..MAX)")
     t0 = time.perf_counter()
     step("loading model")
-    reference, optimized, report = front_end(model, input_shapes, opt_level, progress=step)
+    reference, optimized, report = front_end(model, input_shapes, opt_level, progress=step,
+                                             dims=ranges)
+    specs = {v.name: mir.dims_of(v) for v in mir.graph_inputs(optimized)}
+    from mmopt.codegen.buckets import add_buckets, resolve_buckets
+
+    resolved = resolve_buckets(list(buckets), specs, ranges) if buckets else []
     # hashed after loading, so a missing or unreadable file gets the loader's one-line error
     sha = mir.sha256_of(model if isinstance(model, onnx.ModelProto) else Path(model))
     timings["passes"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     step("importing into TVM Relax")
-    mod = to_relax(optimized, where=source)
+    mod = add_buckets(to_relax(optimized, where=source, dims=ranges), resolved, ranges)
     codegen = codegen or CodegenOptions.from_env()
     database = None
     if db is not None:
@@ -219,12 +243,18 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
 
         target_info["cpu"] = cpu_facts(tgt.tvm_target()).to_dict()
 
+    degraded = [f for f in fallbacks if f.get("kind")]
+    fallbacks = [f for f in fallbacks if not f.get("kind")]
     meta = ArtifactMeta(
         name=prefix.name,
-        inputs=[TensorSpec(v.name, [int(d) for d in mir.dims_of(v)], str(mir.dtype_of(v)))
+        inputs=[TensorSpec(v.name, [d if isinstance(d, int) else str(d) for d in mir.dims_of(v)],
+                           str(mir.dtype_of(v)))
                 for v in mir.graph_inputs(optimized)],
-        outputs=[TensorSpec(v.name, [d if isinstance(d, int) else -1 for d in mir.dims_of(v)],
+        outputs=[TensorSpec(v.name, [d if isinstance(d, int) else d if d in ranges else -1
+                                     for d in mir.dims_of(v)],
                             str(mir.dtype_of(v))) for v in optimized.graph.output],
+        dims={name: r.to_dict() for name, r in ranges.items()},
+        buckets=[b.to_dict() for b in resolved],
         target=target_info,
         source_model=source,
         source_sha256=sha,
@@ -237,6 +267,7 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
         extra={**({"tuning": tuning} if tuning else {}),
                **({"schedule_fallbacks": fallbacks} if fallbacks else {}),
                **({"int8_kernels": int8_kernels} if int8_kernels else {}),
+               **({"dynamic_kernels": _dynamic_summary(degraded)} if ranges else {}),
                **_random_weights(reference)},
     )
 
@@ -252,7 +283,8 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
         if verify:
             step("verifying against a reference run")
             t0 = time.perf_counter()
-            verification = verify_artifact(tmp_lib, reference, atol=atol, rtol=rtol, seed=seed)
+            verification = verify_artifact(tmp_lib, reference, atol=atol, rtol=rtol, seed=seed,
+                                           sizes=_verify_sizes(ranges, resolved))
             meta.verification = verification.to_dict()
             if _is_foreign(model):
                 step("verifying against the source framework")
@@ -284,6 +316,27 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
                          source_verification, source_skipped, profiled)
 
 
+def _verify_sizes(ranges, buckets) -> list[dict] | None:
+    """The size sets a dynamic artifact is verified at: the ranges' (min, middle, max, odd sizes)
+    and each bucket's; None for a static artifact."""
+    if not ranges:
+        return None
+    from mmopt.ir.dims import size_sets
+
+    sets = size_sets(ranges)
+    return sets + [b.sizes for b in buckets if b.sizes not in sets]
+
+
+def _dynamic_summary(degraded: list[dict]) -> dict:
+    """What symbolic shapes cost the dynamic kernels (recorded in the artifact JSON): the kernels
+    that kept a generic form (Winograd skipped, tiles with predicated tails)."""
+    by: dict[str, list[str]] = {}
+    for d in degraded:
+        by.setdefault(f"{d['schedule']}: {d['reason']}", []).append(d["block"])
+    return {"degradations": [{"what": what, "count": len(blocks), "blocks": blocks[:20]}
+                             for what, blocks in by.items()]}
+
+
 def _random_weights(model: onnx.ModelProto) -> dict:
     """``{"random_weights": True, "random_weights_seed": N}`` when a frontend generated the
     weights (``--random-weights``), else ``{}``: the artifact JSON says what was compiled."""
@@ -298,14 +351,21 @@ def _random_weights(model: onnx.ModelProto) -> dict:
 
 
 def front_end(model, input_shapes=None, opt_level: int = DEFAULT_LEVEL, *,
-              progress: Progress | None = None):
+              progress: Progress | None = None, dims=None):
     """``(reference, optimized, pass report)``: the graph half of :func:`compile`.
 
     ``reference`` is the imported model with fixed shapes (what verification runs on onnxruntime);
     ``optimized`` is what goes to TVM. Tuning (``mmopt.tuning``) uses this too: records only apply
-    when tuning and compiling see exactly the same graph.
+    when tuning and compiling see exactly the same graph. ``dims``: symbolic dims kept symbolic
+    (``{name: DimRange}``; both models then keep them).
     """
-    reference = mir.prepare(_import(model, input_shapes), input_shapes)
+    static = {k: v for k, v in (input_shapes or {}).items()
+              if all(isinstance(d, int) for d in v)}
+    if dims or len(static) != len(input_shapes or {}):
+        if _is_foreign(model):
+            raise MmoptError("--dim and named dims in --input-shape apply to ONNX models: import "
+                             "the model first (`mmopt import`), then compile the .onnx")
+    reference = mir.prepare(_import(model, static or None), input_shapes, dims=dims)
     if progress is not None:
         progress(f"optimizing (-O{opt_level})")
     optimized, report = _optimize(reference, opt_level)
@@ -313,10 +373,29 @@ def front_end(model, input_shapes=None, opt_level: int = DEFAULT_LEVEL, *,
 
 
 def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAULT_ATOL,
-                    rtol: float = DEFAULT_RTOL, seed: int = 0) -> VerifyReport:
+                    rtol: float = DEFAULT_RTOL, seed: int = 0,
+                    sizes: Sequence[Mapping[str, int]] | None = None) -> VerifyReport:
     """Run ``artifact`` and onnxruntime (on ``reference``) on the same seeded random inputs; the
     report's ``engine`` says what computed the reference when onnxruntime could not run a plugin's
-    ops (:func:`mmopt.extend.reference.run_reference`)."""
+    ops (:func:`mmopt.extend.reference.run_reference`).
+
+    ``sizes``: for a dynamic artifact, the symbolic dims' sizes of each call to verify
+    (``[{dim: size}, ...]``); the report lists every call and keeps each output's worst."""
+    if sizes:
+        model = CompiledModel(artifact)
+        runs = []
+        for one in sizes:
+            feeds = random_inputs(reference, seed, one)
+            report = _verify_once(model, reference, feeds, atol, rtol, seed)
+            runs.append((one, model.function_for({k: v.shape for k, v in feeds.items()}),
+                         report))
+        return VerifyReport.merged(runs)
+    return _verify_once(CompiledModel(artifact), reference, random_inputs(reference, seed),
+                        atol, rtol, seed)
+
+
+def _verify_once(model: CompiledModel, reference: onnx.ModelProto, feeds, atol: float,
+                 rtol: float, seed: int) -> VerifyReport:
     from mmopt.runtime.verify import QDQ_TOLERANCE_STEPS, quantized_output_step
 
     step = quantized_output_step(reference)
@@ -328,7 +407,6 @@ def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAU
     from mmopt.extend.reference import run_reference  # plugin ops onnxruntime lacks: references
     from mmopt.quantize.fp16 import output_tolerance
 
-    feeds = random_inputs(reference, seed)
     # a model computing in fp16 is judged at fp16 precision (onnxruntime's CPU kernels compute
     # most fp16 ops in fp32); None for the others
     fp16 = output_tolerance(reference, feeds)
@@ -336,7 +414,7 @@ def verify_artifact(artifact, reference: onnx.ModelProto, *, atol: float = DEFAU
         atol, note = fp16
 
     expected = run_reference(reference, feeds)
-    got = CompiledModel(artifact)(**feeds)
+    got = model(**feeds)
     report = compare(expected, got, atol=atol, rtol=rtol)
     report.seed = seed
     report.note = note

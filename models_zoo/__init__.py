@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .detectors import build_yolov8n_style, build_yolox_style
+from .detectors import build_yolov8n_dynamic, build_yolov8n_style, build_yolox_style
 from .digits import train_digits_cnn
 from .onnx_models import MODELS, ZooEntry, build, names
 from .rnn_models import build_gru_tagger, build_lstm_classifier
@@ -37,6 +37,9 @@ for _entry in (
     ZooEntry("yolov8n_style", build_yolov8n_style,
              "YOLOv8n detector: C2f, SPPF, PAN neck, DFL head + box decode, 640x640 (imgsz=320 too) "
              "-> [N,84,8400]", {"images": (1, 3, 640, 640)}),
+    ZooEntry("yolov8n_dynamic", build_yolov8n_dynamic,
+             "yolov8n_style exported with dynamic axes: images [batch,3,height,width], anchors "
+             "computed in the graph (dynamic shapes)", {"images": (1, 3, 640, 640)}),
     ZooEntry("yolox_style", build_yolox_style,
              "YOLOX-Tiny detector: Focus, CSPDarknet, SPP, PAFPN, decoupled head + decode, 416x416 "
              "-> [N,3549,85]", {"images": (1, 3, 416, 416)}),

@@ -85,8 +85,46 @@ def _sppf(g: GraphBuilder, x: str, p: str, cin: int, cout: int, k: int = 5) -> s
     return conv_bn_silu(g, concat(g, ys, f"{p}.concat"), f"{p}.cv2", 4 * c, cout, 1)
 
 
+def _dynamic_anchors(g: GraphBuilder, levels: list[str], strides: tuple[int, ...], p: str
+                     ) -> tuple[str, str]:
+    """Anchor points ``[1, 2, A]`` and strides ``[1, A]`` computed from the levels' feature maps
+    (``[N, C, h, w]`` each) the way Ultralytics' ``make_anchors`` exports with ``dynamic=True``:
+    Shape -> Gather -> Range per axis, cell centres (+0.5), row-major like the flattened maps."""
+    grids, steps = [], []
+    # Unsqueeze axes as their own tensors: [0] and [1] would share the names of the scalars 0, 1
+    axis0 = g.param(f"{p}.anchors.axis0", np.array([0], np.int64))
+    axis1 = g.param(f"{p}.anchors.axis1", np.array([1], np.int64))
+    for i, (y, s) in enumerate(zip(levels, strides)):
+        q = f"{p}.anchors.{i}"
+        shape = g.node("Shape", [y], f"{q}.shape")
+        h = g.node("Gather", [shape, g.const(2, "int64")], f"{q}.h", axis=0)
+        w = g.node("Gather", [shape, g.const(3, "int64")], f"{q}.w", axis=0)
+        ys = g.node("Range", [g.const(0, "int64"), h, g.const(1, "int64")], f"{q}.ys")
+        xs = g.node("Range", [g.const(0, "int64"), w, g.const(1, "int64")], f"{q}.xs")
+        ys = g.node("Add", [g.node("Cast", [ys], f"{q}.ys.float", to=onnx.TensorProto.FLOAT),
+                            g.const(0.5)], f"{q}.cy")
+        xs = g.node("Add", [g.node("Cast", [xs], f"{q}.xs.float", to=onnx.TensorProto.FLOAT),
+                            g.const(0.5)], f"{q}.cx")
+        col = g.node("Unsqueeze", [ys, axis1], f"{q}.cy.col")  # [h, 1]
+        row = g.node("Unsqueeze", [xs, axis0], f"{q}.cx.row")  # [1, w]
+        zero = g.node("Add", [g.node("Mul", [col, g.const(0.0)], f"{q}.zero.col"),
+                              g.node("Mul", [row, g.const(0.0)], f"{q}.zero.row")], f"{q}.zero")
+        gx = g.node("Add", [row, zero], f"{q}.gx")  # [h, w]
+        gy = g.node("Add", [col, zero], f"{q}.gy")
+        grid = g.node("Concat", [g.node("Unsqueeze", [gx, axis0], f"{q}.gx.u"),
+                                 g.node("Unsqueeze", [gy, axis0], f"{q}.gy.u")],
+                      f"{q}.grid", axis=0)  # [2, h, w]
+        grids.append(g.node("Reshape", [grid, g.const([2, -1], "int64")], f"{q}.flat"))
+        steps.append(g.node("Add", [g.node("Reshape", [zero, g.const([1, -1], "int64")],
+                                           f"{q}.zero.flat"), g.const(float(s))], f"{q}.stride"))
+    anchors = g.node("Unsqueeze", [g.node("Concat", grids, f"{p}.anchors.cat", axis=1),
+                                   axis0], f"{p}.anchors")  # [1, 2, A]
+    return anchors, g.node("Concat", steps, f"{p}.strides", axis=1)  # [1, A]
+
+
 def _v8_detect(
-    g: GraphBuilder, feats: list[str], chans: list[int], imgsz: int, nc: int, reg_max: int = 16
+    g: GraphBuilder, feats: list[str], chans: list[int], imgsz: int | None, nc: int,
+    reg_max: int = 16
 ) -> str:
     """Decoupled Detect head with DFL and box decode -> [N, 4 + nc, A] (xywh in pixels, class probs).
 
@@ -95,13 +133,14 @@ def _v8_detect(
     concatenated and split into box/class parts. DFL: Reshape [N, 4, reg_max, A] -> Transpose ->
     Softmax over the reg_max bins -> 1x1 Conv with weights 0..reg_max-1 (the expected bin) ->
     [N, 4, A] distances (l, t, r, b). Decode: x1y1 = anchor - lt, x2y2 = anchor + rb, centre and
-    size times the level's stride. Classes: Sigmoid.
+    size times the level's stride. Classes: Sigmoid. ``imgsz=None``: the anchors are computed in
+    the graph from the feature maps' shapes (:func:`_dynamic_anchors`), for any input size.
     """
     p = "model.22"
     strides = (8, 16, 32)
     c2, c3 = max(16, chans[0] // 4, reg_max * 4), max(chans[0], min(nc, 100))
     no = 4 * reg_max + nc
-    flat = []
+    flat, levels = [], []
     for i, (x, ch) in enumerate(zip(feats, chans)):
         b = conv_bn_silu(g, x, f"{p}.cv2.{i}.0", ch, c2, 3)
         b = conv_bn_silu(g, b, f"{p}.cv2.{i}.1", c2, c2, 3)
@@ -110,6 +149,7 @@ def _v8_detect(
         c = conv_bn_silu(g, c, f"{p}.cv3.{i}.1", c3, c3, 3)
         c = _pred_conv(g, c, f"{p}.cv3.{i}.2", c3, nc)
         y = concat(g, [b, c], f"{p}.concat.{i}")
+        levels.append(y)
         flat.append(g.node("Reshape", [y, g.const([0, no, -1], "int64")], f"{p}.flatten.{i}"))
     y = g.node("Concat", flat, f"{p}.concat", axis=2)  # [N, no, A]
     box, cls = split(g, y, f"{p}.split", [4 * reg_max, nc])
@@ -121,20 +161,32 @@ def _v8_detect(
     d = g.node("Conv", [d, g.param(f"{p}.dfl.conv.weight", bins)], f"{p}.dfl.conv", kernel_shape=[1, 1])
     d = g.node("Reshape", [d, g.const([0, 4, -1], "int64")], f"{p}.dfl.distances")  # [N, 4, A]
 
-    cx, cy, stride = _grid_cells(imgsz, strides)
-    anchors = g.param(f"{p}.anchors", np.stack([cx + 0.5, cy + 0.5])[None])  # [1, 2, A]
+    if imgsz is None:
+        anchors, stride_row = _dynamic_anchors(g, levels, strides, p)
+    else:
+        cx, cy, stride = _grid_cells(imgsz, strides)
+        anchors = g.param(f"{p}.anchors", np.stack([cx + 0.5, cy + 0.5])[None])  # [1, 2, A]
+        stride_row = g.param(f"{p}.strides", stride[None])
     lt, rb = split(g, d, f"{p}.dist.split", [2, 2])
     x1y1 = g.node("Sub", [anchors, lt], f"{p}.decode.x1y1")
     x2y2 = g.node("Add", [anchors, rb], f"{p}.decode.x2y2")
     centre = g.node("Div", [g.node("Add", [x1y1, x2y2], f"{p}.decode.sum"), g.const(2.0)], f"{p}.decode.xy")
     size = g.node("Sub", [x2y2, x1y1], f"{p}.decode.wh")
     xywh = g.node("Concat", [centre, size], f"{p}.decode.xywh", axis=1)
-    boxes = g.node("Mul", [xywh, g.param(f"{p}.strides", stride[None])], f"{p}.decode.boxes")  # [N, 4, A]
+    boxes = g.node("Mul", [xywh, stride_row], f"{p}.decode.boxes")  # [N, 4, A]
     probs = sigmoid(g, cls, f"{p}.cls.sigmoid")
     return g.node("Concat", [boxes, probs], f"{p}.output", axis=1)
 
 
-def build_yolov8n_style(seed: int = 0, imgsz: int = 640, num_classes: int = 80, batch: Dim = "N") -> onnx.ModelProto:
+def build_yolov8n_dynamic(seed: int = 0, num_classes: int = 80) -> onnx.ModelProto:
+    """:func:`build_yolov8n_style` exported as with ``dynamic=True``: input
+    ``[batch, 3, height, width]`` (any multiple of 32), anchors computed in the graph from the
+    feature maps' shapes; the same weights as the static model."""
+    return build_yolov8n_style(seed, None, num_classes, "batch")
+
+
+def build_yolov8n_style(seed: int = 0, imgsz: int | None = 640, num_classes: int = 80,
+                        batch: Dim = "N") -> onnx.ModelProto:
     """YOLOv8n (depth 0.33, width 0.25): Conv-BN-SiLU, C2f, SPPF, PAN neck, decoupled DFL head.
 
     Backbone: Conv 3/2 (16) -> Conv 3/2 (32) -> C2f x1 -> Conv 3/2 (64) -> C2f x2 [P3] -> Conv 3/2
@@ -143,10 +195,12 @@ def build_yolov8n_style(seed: int = 0, imgsz: int = 640, num_classes: int = 80, 
     P4 and P5. Head: see :func:`_v8_detect`. Output [N, 4 + nc, A], A = sum (imgsz/s)^2 over
     s = 8, 16, 32 (8400 at 640).
     """
-    _check_imgsz(imgsz)
+    if imgsz is not None:
+        _check_imgsz(imgsz)
     g = GraphBuilder("yolov8n_style", seed)
     calibration = _V8_CALIBRATION
-    x = g.input("images", [batch, 3, imgsz, imgsz], calibration_shape=calibration, image_like=True)
+    hw = [imgsz, imgsz] if imgsz is not None else ["height", "width"]
+    x = g.input("images", [batch, 3, *hw], calibration_shape=calibration, image_like=True)
     x = conv_bn_silu(g, x, "model.0", 3, 16, 3, stride=2)  # P1/2
     x = conv_bn_silu(g, x, "model.1", 16, 32, 3, stride=2)  # P2/4
     x = _c2f(g, x, "model.2", 32, 32, 1, True)
@@ -168,6 +222,9 @@ def build_yolov8n_style(seed: int = 0, imgsz: int = 640, num_classes: int = 80, 
     x = concat(g, [conv_bn_silu(g, out4, "model.19", 128, 128, 3, stride=2), p5], "model.20")
     out5 = _c2f(g, x, "model.21", 384, 256, 1, False)  # P5/32 out
     y = _v8_detect(g, [out3, out4, out5], [64, 128, 256], imgsz, num_classes)
+    if imgsz is None:
+        g.output(y, [batch, 4 + num_classes, "anchors"])
+        return g.model("YOLOv8n-style detector for any input size (C2f, SPPF, PAN, DFL head)")
     anchors = sum((imgsz // s) ** 2 for s in (8, 16, 32))
     g.output(y, [batch, 4 + num_classes, anchors])
     return g.model(f"YOLOv8n-style detector for {imgsz}x{imgsz} inputs (C2f, SPPF, PAN, DFL head)")

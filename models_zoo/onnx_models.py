@@ -241,8 +241,15 @@ def build_mlp_gelu(seed: int = 0, batch: Dim = "N") -> onnx.ModelProto:
 # ======================================================================
 # 7. transformer_block
 # ======================================================================
+def build_transformer_block_dynamic(seed: int = 0) -> onnx.ModelProto:
+    """:func:`build_transformer_block` with symbolic ``batch`` and ``seq`` (reshape targets ``0``
+    and ``-1``, as exporters write them for dynamic axes); the same weights."""
+    return build_transformer_block(seed, batch="batch", seq_len="seq")
+
+
 def build_transformer_block(
-    seed: int = 0, batch: int = 1, seq_len: int = 16, hidden: int = 64, heads: int = 4, ffn: int = 256
+    seed: int = 0, batch: int | str = 1, seq_len: int | str = 16, hidden: int = 64, heads: int = 4,
+    ffn: int = 256
 ) -> onnx.ModelProto:
     """One post-LN encoder block: x = LN(x + MHA(x)); x = LN(x + FFN(x)).
 
@@ -256,8 +263,11 @@ def build_transformer_block(
     g = GraphBuilder("transformer_block", seed)
     x = g.input("input", [batch, seq_len, hidden])
 
+    # symbolic batch/seq: 0 copies the dim, -1 infers it (how exporters write dynamic axes)
+    lead = [batch if isinstance(batch, int) else 0, seq_len if isinstance(seq_len, int) else -1]
+
     def split_heads(t: str, name: str, perm: list[int]) -> str:
-        t = g.node("Reshape", [t, g.const([batch, seq_len, heads, head_dim], "int64")], f"{name}.reshape")
+        t = g.node("Reshape", [t, g.const([*lead, heads, head_dim], "int64")], f"{name}.reshape")
         return g.node("Transpose", [t], f"{name}.transpose", perm=perm)
 
     q = split_heads(linear(g, x, "attn.q_proj", hidden, hidden), "attn.q", [0, 2, 1, 3])  # [B,H,S,D]
@@ -268,7 +278,7 @@ def build_transformer_block(
     probs = g.node("Softmax", [scores], "attn.softmax", axis=-1)
     ctx = g.node("MatMul", [probs, v], "attn.context")  # [B,H,S,D]
     ctx = g.node("Transpose", [ctx], "attn.merge.transpose", perm=[0, 2, 1, 3])
-    ctx = g.node("Reshape", [ctx, g.const([batch, seq_len, hidden], "int64")], "attn.merge.reshape")
+    ctx = g.node("Reshape", [ctx, g.const([*lead, hidden], "int64")], "attn.merge.reshape")
     attn = linear(g, ctx, "attn.out_proj", hidden, hidden)
     x = layernorm(g, g.node("Add", [x, attn], "attn.residual"), "ln1", hidden)
 
@@ -330,6 +340,12 @@ _ENTRIES = [
         build_mlp_gelu,
         "MLP [N,64]->10 with MatMul+Add/Gemm layers and decomposed GELU (erf and tanh forms)",
         {"input": (1, 64)},
+    ),
+    ZooEntry(
+        "transformer_block_dynamic",
+        build_transformer_block_dynamic,
+        "transformer_block with symbolic batch and seq: input [batch,seq,64] (dynamic shapes)",
+        {"input": (1, 16, 64)},
     ),
     ZooEntry(
         "transformer_block",

@@ -46,7 +46,9 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
 
 def _expected_shape(value_info: onnx.ValueInfoProto, bindings: dict[str, int]) -> tuple[int, ...]:
     dims = value_info.type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else bindings[d.dim_param] for d in dims)
+    # a symbolic output dim no input binds (yolov8n_dynamic's anchor count) is not checked: -1
+    return tuple(d.dim_value if d.HasField("dim_value") else bindings.get(d.dim_param, -1)
+                 for d in dims)
 
 
 def _symbol_bindings(model: onnx.ModelProto, entry: ZooEntry) -> dict[str, int]:
@@ -79,8 +81,10 @@ def test_registry_api():
         "lstm_classifier",
         "gru_tagger",
         "transformer_block",
+        "transformer_block_dynamic",
         "vad_lstm_if",
         "yolov8n_style",
+        "yolov8n_dynamic",
         "yolox_style",
         "mobilenet_v3_large",
         "efficientnet_b0_style",
@@ -128,7 +132,9 @@ def test_onnxruntime_output_is_sane(name):
     bindings = _symbol_bindings(model, entry)
     assert len(outputs) == len(model.graph.output)
     for out, info in zip(outputs, model.graph.output):
-        assert out.shape == _expected_shape(info, bindings)
+        expected = _expected_shape(info, bindings)
+        assert len(out.shape) == len(expected)
+        assert all(e in (-1, d) for d, e in zip(out.shape, expected)), (out.shape, expected)
         assert np.all(np.isfinite(out))
         assert np.any(out != 0)
         # neither collapsed to a constant nor blown up

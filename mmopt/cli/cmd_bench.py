@@ -49,14 +49,23 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
 
     with tempfile.TemporaryDirectory(prefix="mmopt-bench-") as tmp:
         reference = None
+        feeds = None
         if model_is_artifact(model):
             artifact = model
             meta = read_meta(model)
             source = Path(meta.source_model)
+            # a dynamic artifact is timed at the shapes --input-shape gives (checked against its
+            # ranges by the first call)
+            given = shapes(input_shapes)
+            concrete = {s.name: tuple(given.get(s.name, s.shape)) for s in meta.inputs}
+            if meta.dynamic:
+                from mmopt.runtime.inputs import random_feeds, with_shapes
+
+                feeds = random_feeds(with_shapes(meta.inputs, given), 0)
+                mmopt.load(artifact).function_for({k: v.shape for k, v in feeds.items()})
             if versus == "onnxruntime":
                 if source.exists() and mir.sha256_of(source) == meta.source_sha256:
-                    fixed = mir.prepare(frontends.to_onnx(source),
-                                        {s.name: s.shape for s in meta.inputs})
+                    fixed = mir.prepare(frontends.to_onnx(source), concrete)
                     reference = Path(tmp) / "reference.onnx"
                     mir.save(fixed, reference)
                 else:
@@ -75,7 +84,8 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
                 reference = Path(tmp) / "reference.onnx"
                 mir.save(fixed, reference)
         with err.status(f"timing ({repeat} runs, {threads} threads)"):
-            res = bench(artifact, reference, threads=threads, warmup=warmup, repeat=repeat)
+            res = bench(artifact, reference, feeds, threads=threads, warmup=warmup,
+                        repeat=repeat)
         res.model = model  # as given (a model is compiled into a directory that is gone now)
     data = res.to_dict()
     if html_path:

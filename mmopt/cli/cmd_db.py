@@ -45,13 +45,19 @@ def show_cmd(directory, as_json):
                   + ("  [yellow]measured on an emulated device[/] (compile applies them only "
                      "with --allow-emulated-records)" if target.emulated else ""))
         table = Table(box=None, padding=(0, 2))
+        bucketed = any(w.buckets for w in target.workloads)
         for col, justify in (("task", "left"), ("workload", "left"), ("records", "right"),
-                             ("valid", "right"), ("best (us)", "right")):
+                             ("valid", "right"), ("best (us)", "right"),
+                             *((("bucket", "left"),) if bucketed else ())):
             table.add_column(col, justify=justify)
         for w in target.workloads:
             table.add_row(w.name, w.workload, str(w.records), str(w.valid),
-                          "-" if w.best_s is None else f"{w.best_s * 1e6:,.1f}")
+                          "-" if w.best_s is None else f"{w.best_s * 1e6:,.1f}",
+                          *((" ".join(w.buckets) or "-",) if bucketed else ()))
         out.print(table)
+        if bucketed:
+            buckets = sorted({b for w in target.workloads for b in w.buckets})
+            out.print(f"  buckets: {', '.join(buckets)} (records keyed by the specialized shapes)")
 
 
 @db_cmd.command("merge")

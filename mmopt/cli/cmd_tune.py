@@ -17,8 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mmopt.cli.cmd_farm import secret_option
-from mmopt.cli.common import (codegen_from, codegen_options, err, html_option, import_options,
-                              input_shape_option, model_path, out, shapes, write_html)
+from mmopt.cli.common import (buckets as parse_buckets, codegen_from, codegen_options,
+                              dims as parse_dims, dynamic_options, err, html_option,
+                              import_options, input_shape_option, model_path, out, shapes,
+                              write_html)
 
 
 def _us(seconds: float | None) -> str:
@@ -145,6 +147,7 @@ def _ctrl_c_stops(stop: threading.Event):
               "device has it, its emulated key (arm64-qemu for ARM targets)]")
 @secret_option
 @input_shape_option
+@dynamic_options
 @click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
               help="Graph optimization level: must match the one you compile with.")
 @codegen_options
@@ -162,8 +165,8 @@ def _ctrl_c_stops(stop: threading.Event):
 @html_option
 @import_options
 def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm, key,
-             farm_secret, input_shapes, opt_level, winograd, pack_weights, layout, task_filter,
-             search, dry_run, compare, as_json, html_path):
+             farm_secret, input_shapes, dims, buckets, opt_level, winograd, pack_weights, layout,
+             task_filter, search, dry_run, compare, as_json, html_path):
     """Tune every task of MODEL for TARGET; records go to the --db directory.
 
     \b
@@ -185,7 +188,8 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
                           trials_per_task=trials_per_task, trials=trials, time_budget=budget,
                           farm=farm, key=key, on_update=display, stop=stop,
                           tasks=task_filter or None, dry_run=dry_run, search=search,
-                          codegen=codegen, farm_secret=farm_secret)
+                          codegen=codegen, farm_secret=farm_secret,
+                          dims=parse_dims(dims), buckets=parse_buckets(buckets))
     finally:
         if isinstance(display, _Display):
             display.close()
@@ -199,7 +203,8 @@ def tune_cmd(model, target, database, trials, trials_per_task, time_budget, farm
                                          input_shapes=shapes(input_shapes), opt_level=opt_level,
                                          farm=farm, key=report.key or key, codegen=codegen,
                                          farm_secret=farm_secret,
-                                         allow_emulated_records=report.emulated)
+                                         allow_emulated_records=report.emulated,
+                                         dims=parse_dims(dims), buckets=parse_buckets(buckets))
     data = report.to_dict()
     data["latency"] = comparison.to_dict() if comparison else None
     if html_path:

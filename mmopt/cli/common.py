@@ -45,7 +45,37 @@ def write_html(data: dict, path, *, quiet: bool = False) -> None:
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
     help="Fix an input's shape (repeatable), e.g. --input-shape x:1,3,224,224. A symbolic leading "
-         "(batch) dim defaults to 1.")
+         "(batch) dim defaults to 1. A dim given as a name (x:1,3,48,width) stays symbolic under "
+         "that name (its range: --dim).")
+
+
+def dims(values: tuple[str, ...]):
+    """``--dim`` values as :class:`mmopt.ir.dims.DimRange` objects, by name."""
+    from mmopt.ir.dims import dim_ranges, parse_dim_option
+
+    return dim_ranges(parse_dim_option(v) for v in values)
+
+
+def dynamic_options(func):
+    """``--dim NAME=MIN..MAX[:MULTIPLE]`` and ``--buckets INPUT:D1,...``: what stays symbolic and
+    which sizes get specialized kernels (docs/dynamic-shapes.md); the same on every verb that
+    compiles."""
+    func = click.option(
+        "--buckets", "buckets", multiple=True, metavar="INPUT:D1,D2,...",
+        help="Also compile statically specialized kernels for these input sizes (repeatable; "
+             "several inputs: a:1,16;b:1,16); calls of exactly those sizes run them.")(func)
+    func = click.option(
+        "--dim", "dims", multiple=True, metavar="NAME=MIN..MAX[:MULTIPLE]",
+        help="Keep the symbolic dim NAME dynamic over MIN..MAX (sizes multiples of MULTIPLE), "
+             "e.g. --dim height=320..1280:32 (repeatable). Sizes outside are refused at run "
+             "time.")(func)
+    return func
+
+
+def buckets(values: tuple[str, ...]) -> list[dict]:
+    from mmopt.codegen.buckets import parse_bucket_option
+
+    return [parse_bucket_option(v) for v in values]
 
 
 def _remember(ctx, param, value):

@@ -19,8 +19,10 @@ from rich.text import Text
 from mmopt import __version__
 from mmopt._logging import configure as configure_logging
 from mmopt.cli.cmd_farm import secret_option
-from mmopt.cli.common import (codegen_from, codegen_options, err, html_option, import_options,
-                              input_shape_option, model_path, out, shapes, write_html)
+from mmopt.cli.common import (buckets as parse_buckets, codegen_from, codegen_options,
+                              dims as parse_dims, dynamic_options, err, html_option,
+                              import_options, input_shape_option, model_path, out, shapes,
+                              write_html)
 from mmopt.errors import MmoptError
 
 logger = logging.getLogger("mmopt")
@@ -83,6 +85,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Artifact prefix: writes OUTPUT.so and OUTPUT.json. [default: MODEL.TARGET]")
 @input_shape_option
+@dynamic_options
 @click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
               help="Graph optimization level (0: none, 1: simplify, 2: + eliminations; 3: as 2 "
                    "here: the kernels' layout is --layout, the model's inputs keep theirs).")
@@ -106,16 +109,16 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @html_option
 @import_options
-def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_weights, layout,
-                verify, atol, rtol, save_onnx, db, allow_emulated_records, profile, as_json,
-                html_path):
+def compile_cmd(model, target, output, input_shapes, dims, buckets, opt_level, winograd,
+                pack_weights, layout, verify, atol, rtol, save_onnx, db, allow_emulated_records,
+                profile, as_json, html_path):
     """Compile MODEL into a deployable library for TARGET, verified against onnxruntime."""
     import mmopt
     from mmopt import targets
 
     model = model_path(model)
-    if profile is None:
-        profile = bool(html_path) and targets.get(target).runs_here()
+    if profile is None:  # not a dynamic artifact (runtime.profile.PROFILE_DYNAMIC)
+        profile = bool(html_path) and targets.get(target).runs_here() and not dims
     with err.status("compiling") as status:
         result = mmopt.compile(
             model, target, output, input_shapes=shapes(input_shapes), opt_level=opt_level,
@@ -123,6 +126,7 @@ def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_w
             allow_emulated_records=allow_emulated_records,
             codegen=codegen_from(winograd, pack_weights, layout), profile=profile,
             progress=lambda msg: status.update(msg),
+            dims=parse_dims(dims), buckets=parse_buckets(buckets),
         )
     data = result.to_dict()
     if as_json:
@@ -133,6 +137,10 @@ def compile_cmd(model, target, output, input_shapes, opt_level, winograd, pack_w
         write_html(data, html_path, quiet=as_json)
     if not result.passed:
         sys.exit(1)
+
+
+def _bucket_label(bucket: dict) -> str:
+    return ";".join(f"{k}:{','.join(map(str, v))}" for k, v in bucket["inputs"].items())
 
 
 def _print_compile_report(result) -> None:
@@ -169,6 +177,14 @@ def _print_compile_report(result) -> None:
         out.print("  [yellow]weights[/]   random (--random-weights"
                   + (f", seed {seed}" if seed is not None else "")
                   + "): the outputs are meaningless; verification only compares compilers")
+    if meta.dims:
+        out.print("  dynamic   " + ", ".join(
+            f"{n}={r['min']}..{r['max']}" + (f":{r['multiple']}" if r["multiple"] > 1 else "")
+            for n, r in meta.dims.items())
+            + (f"; buckets {', '.join(_bucket_label(b) for b in meta.buckets)}"
+               if meta.buckets else ""))
+        for d in (meta.extra.get("dynamic_kernels") or {}).get("degradations", []):
+            out.print(f"  [yellow]note[/]      dynamic kernels: {d['what']} ({d['count']})")
     int8_kernels = meta.extra.get("int8_kernels") or []
     if int8_kernels:
         from collections import Counter
@@ -212,8 +228,13 @@ def _print_compile_report(result) -> None:
         verdict = "[green]PASS[/]" if v.passed else "[red]FAIL[/]"
         out.print(Text.from_markup(f"  verify    {verdict} vs ") + Text(v.engine)
                   + Text(f" (atol {v.atol:g}, rtol {v.rtol:g}, seed {v.seed})"
-                         + (f"; {v.note}" if v.note else "")))
+                         + (f"; {v.note}" if v.note else "")
+                         + (f"; {len(v.runs)} sizes, worst per output shown" if v.runs else "")))
         out.print(table)
+        for r in v.runs:
+            sizes = ",".join(f"{k}={x}" for k, x in r["sizes"].items())
+            out.print(f"    {'[green]ok[/]' if r['passed'] else '[red]MISMATCH[/]'}  {sizes}  "
+                      f"({r['function']}) max abs err {r['max_abs']:.3g}")
     src = result.source_verification
     if src is not None:
         verdict = "[green]PASS[/]" if src.passed else "[red]FAIL[/]"
@@ -274,7 +295,8 @@ def _load_array(name: str, path: Path) -> dict[str, np.ndarray]:
 @click.option("--native", is_flag=True,
               help="Run through the artifact's native bundle (`mmopt package`, cached): its "
                    "mmopt-run binary, no Python; aarch64 bundles under qemu-aarch64 on x86.")
-def run_cmd(artifact, inputs, output, seed, device_key, farm, farm_secret, native):
+@input_shape_option
+def run_cmd(artifact, inputs, output, seed, device_key, farm, farm_secret, native, input_shapes):
     """Run a compiled ARTIFACT (NAME, NAME.so or NAME.json) here, or on a farm device."""
     from mmopt.runtime import read_meta
 
@@ -283,10 +305,18 @@ def run_cmd(artifact, inputs, output, seed, device_key, farm, farm_secret, nativ
     meta = read_meta(artifact)
     feeds = _parse_inputs(inputs)
     if not feeds:
-        from mmopt.runtime.inputs import random_feeds
+        from mmopt.runtime.inputs import random_feeds, with_shapes
 
-        feeds = random_feeds(meta.inputs, seed)
+        given = shapes(input_shapes)
+        unknown = [n for n in given if n not in {s.name for s in meta.inputs}]
+        if unknown:
+            raise MmoptError(f"--input-shape names unknown input(s) {', '.join(unknown)}; the "
+                             f"artifact's inputs are: {', '.join(s.name for s in meta.inputs)}")
+        feeds = random_feeds(with_shapes(meta.inputs, given), seed)
         logger.warning("no --input given: running on seeded random inputs (seed %d)", seed)
+    elif input_shapes:
+        raise MmoptError("--input-shape gives the shapes of random inputs; with --input the "
+                         "arrays' own shapes are used")
     if device_key:
         from mmopt.tuning.remote import run_remote
 

@@ -23,7 +23,40 @@ def build(mod, target: Target, database=None, options=None):
     ``database``: optional MetaSchedule database of tuning records to apply; ``options``: the
     :class:`mmopt.codegen.options.CodegenOptions` (see
     :func:`mmopt.codegen.pipeline.relax_pipeline`).
+
+    A module with symbolic input dims whose first attempt fails in TVM's FuseTIR is compiled again
+    with its dynamic convolutions on unpacked (HWIO) weights (:data:`PACK_SYMBOLIC`): TVM 0.27's
+    FuseTIR fails on some fused groups around packed convolutions with symbolic spatial dims (a
+    YOLOv8 neck). That degradation is recorded (:func:`mmopt.codegen.cpu_schedules.note_skip`),
+    so the compile report and the artifact JSON state it.
     """
+    executable, exc = _attempt(mod, target, database, options)
+    if exc is None:
+        return executable
+    if not (_symbolic(mod) and _fusetir_failed(exc)):
+        raise MmoptError(f"code generation for target {target.name} failed: {summarize(exc)}") from exc
+    from mmopt.codegen.cpu_schedules import note_skip
+    from mmopt.codegen.packed_conv import PACK_SYMBOLIC
+
+    logger.warning("code generation with packed weights failed on symbolic shapes (%s); "
+                   "compiling the dynamic convolutions on unpacked weights (slower)",
+                   summarize(exc))
+    note_skip("dynamic convolutions", "pack_weights",
+              f"TVM FuseTIR failed with packed weights ({summarize(exc)[:120]}): the dynamic "
+              "convolutions run on unpacked HWIO weights")
+    token = PACK_SYMBOLIC.set(False)
+    try:
+        executable, again = _attempt(mod, target, database, options)
+    finally:
+        PACK_SYMBOLIC.reset(token)
+    if again is not None:
+        raise MmoptError(f"code generation for target {target.name} failed: "
+                         f"{summarize(again)}") from again
+    return executable
+
+
+def _attempt(mod, target: Target, database, options):
+    """``(executable, None)``, or ``(None, exception)`` when ``tvm.compile`` failed."""
     import tvm
 
     try:
@@ -36,9 +69,25 @@ def build(mod, target: Target, database=None, options=None):
         if "".join(native).strip():
             logger.debug("TVM's output before the failure:\n%s", "".join(native).rstrip())
         release_native_objects(exc)  # a BlockBuilder left mid-function warns when destroyed
-        raise MmoptError(f"code generation for target {target.name} failed: {summarize(exc)}") from exc
+        return None, exc
     replay(native)
-    return executable
+    return executable, None
+
+
+def _symbolic(mod) -> bool:
+    """Whether ``mod``'s ``main`` has symbolic input dims."""
+    if "main" not in [g.name_hint for g in mod.get_global_vars()]:
+        return False
+    return any(not all(hasattr(d, "value") for d in getattr(p.ty, "shape", None) or [])
+               for p in mod["main"].params)
+
+
+def _fusetir_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` came from TVM's FuseTIR pass (its message or its traceback names it)."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    return "FuseTIR" in text or "Parameter expression" in str(exc)
 
 
 def export(executable, target: Target, path: Path) -> None:

@@ -60,8 +60,21 @@ def tile_fits(rows: int, nv: int, registers: int) -> bool:
 
 
 def _extent(sch, loop) -> int | None:
-    ext = sch.get(loop).extent
-    return int(ext.value) if hasattr(ext, "value") else None
+    """A loop's extent, None when it is symbolic (a dynamic-shape kernel)."""
+    return static_extent(sch.get(loop).extent)
+
+
+#: the row extent a register tile is chosen for when the rows are symbolic (a dynamic height,
+#: width or sequence length): divisible by every row count up to :data:`_MAX_ROWS`, so the tile is
+#: the one a large static extent gets; the last tile of a call is predicated
+SYMBOLIC_ROWS = 840
+
+
+def static_extent(expr) -> int | None:
+    """The integer value of a TIR/Relax extent, None when it is symbolic."""
+    if isinstance(expr, int):
+        return expr
+    return int(expr.value) if hasattr(expr, "value") else None
 
 
 def _kind(expr) -> str:
@@ -188,9 +201,51 @@ def _contraction_axes(sch, block_rv):
     if r_axis is not None and kinds[r_axis] != "S":
         r_axis = None
     extents = [_extent(sch, lp) for lp in loops]
-    if any(e is None for e in extents):
-        raise ValueError("dynamic extents")
+    if extents[v_axis] is None:
+        # the vectorized axis must be static (the output tile's lanes):
+        # :func:`schedule_contraction_symbolic` handles the others
+        raise SymbolicInnermost("symbolic innermost output extent")
     return loops, kinds, v_axis, r_axis, extents
+
+
+class SymbolicInnermost(ValueError):
+    """A contraction whose contiguous output axis is symbolic (attention's ``Q K^T`` over a
+    dynamic sequence): no register tile along it."""
+
+
+def schedule_contraction_symbolic(sch, name: str) -> None:
+    """A contraction whose innermost output axis is symbolic: the other spatial loops fused and
+    parallel, the reductions next, the innermost output axis last and left whole, so that each
+    reduction step is a contiguous row update ``C[.., j] += a * B[.., j]`` over a symbolic extent,
+    which LLVM's loop vectorizer vectorizes with a scalar epilogue. No register tile: the row of
+    ``C`` lives in L1, not in registers."""
+    block_rv = sch.get_sblock(name)
+    block = sch.get(block_rv)
+    if not _loops_match_iters(sch, block_rv):
+        raise ValueError("loop nest does not match block iters")
+    loops = sch.get_loops(block_rv)
+    kinds = _iter_kinds(block)
+    region = block.writes[0].region
+    v_axis = _index_iter(block, region[-1]) if region else None
+    if v_axis is None or kinds[v_axis] != "S":
+        raise ValueError("innermost output dim is not a spatial iter")
+    outer = [loops[i] for i, k in enumerate(kinds) if k == "S" and i != v_axis]
+    reductions = [loops[i] for i, k in enumerate(kinds) if k == "R"]
+    sch.reorder(*outer, *reductions, loops[v_axis])
+    _inline_plain_copies(sch, block_rv)
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    sch.decompose_reduction(block_rv, reductions[0])
+    note_skip(name, "contraction", "symbolic innermost output axis: parallel rows, no register "
+              "tile", kind="symbolic")
+
+
+def _rows_extent(extents, r_axis) -> int | None:
+    """The extent rows are tiled along (:data:`SYMBOLIC_ROWS` for a symbolic one); None: no row
+    axis."""
+    if r_axis is None:
+        return None
+    return extents[r_axis] if extents[r_axis] is not None else SYMBOLIC_ROWS
 
 
 def _contraction_shape(sch, name: str, lanes: int, registers: int) -> _ContractionShape:
@@ -198,6 +253,8 @@ def _contraction_shape(sch, name: str, lanes: int, registers: int) -> _Contracti
     :func:`schedule_contraction` applies (:func:`pad_multiples`)."""
     _loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, sch.get_sblock(name))
     red = [e for e, k in zip(extents, kinds) if k == "R"]
+    if any(e is None for e in extents):
+        raise ValueError("symbolic extents: tuned per bucket, not in the dynamic kernel")
     r_ext = extents[r_axis] if r_axis is not None else None
     pad_v, pad_r = pad_multiples(extents[v_axis], r_ext, lanes, registers)
     v_ext = _round_up(extents[v_axis], pad_v)
@@ -402,13 +459,14 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     v_ext = extents[v_axis]
     red_extents = [e for e, k in zip(extents, kinds) if k == "R"]
     vec = _pick_lanes(v_ext, lanes)
-    shape = _ContractionShape(v_ext, vec, extents[r_axis] if r_axis is not None else None, None, 0,
-                              registers)
+    shape = _ContractionShape(v_ext, vec, _rows_extent(extents, r_axis), None, 0, registers)
     rows, nv = _default_tile(shape, registers)
     if knobs.nv is not None:
         if vec == 1 and knobs.nv != 1 or vec > 1 and (v_ext // vec) % knobs.nv:
             raise ValueError(f"nv={knobs.nv} does not divide {v_ext} by {vec} lanes")
         nv = knobs.nv
+    if any(e is None for e in extents) and knobs != ContractionKnobs():
+        raise ValueError("knobs apply to static kernels only")
     if knobs.rows is not None:
         rows_ext = extents[r_axis] if r_axis is not None else 1
         if rows_ext % knobs.rows:
@@ -443,12 +501,18 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     # one). Below _MIN_PARALLEL_TILES the row tiles join the parallel loop too.
     parallel_ext = 1
     for lp in outer:
-        parallel_ext *= _extent(sch, lp) or 1
+        # a symbolic loop (a dynamic batch or height) counts as enough iterations: fusing it with
+        # the row tiles makes index arithmetic TVM's lowering may not prove divisible
+        parallel_ext *= _extent(sch, lp) or _MIN_PARALLEL_TILES
     if r_axis is not None and parallel_ext < _MIN_PARALLEL_TILES:
         outer.append(r_o)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = r_o if r_axis is not None and not r_o.same_as(outer[-1]) else fused
 
+    if r_axis is not None and extents[r_axis] is None:
+        # symbolic rows: the last tile of a call is partial (a predicated tile)
+        note_skip(name, "contraction", f"symbolic rows: {rows}-row tiles with a predicated tail",
+                  kind="symbolic")
     # a depthwise convolution: its only channel "reduction" has extent 1
     depthwise = bool(red_extents) and red_extents[-1] == 1
     _inline_plain_copies(sch, block_rv, padding=depthwise)
@@ -613,9 +677,15 @@ def schedule_reduction(sch, name: str, lanes: int) -> None:
     # parallel/vectorize while the block still has its init (a complete reduction block), then
     # split the init out and vectorize it too
     if outer:
-        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-        if (_extent(sch, fused) or 0) > 1:
-            sch.parallel(fused)
+        symbolic = [lp for lp in outer if _extent(sch, lp) is None]
+        if symbolic:
+            # as in schedule_injective: no fusion of symbolic loops
+            big = [lp for lp in outer if _extent(sch, lp) is None or _extent(sch, lp) > 1]
+            sch.parallel(big[0])
+        else:
+            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+            if _extent(sch, fused) > 1:
+                sch.parallel(fused)
     if vec_loop is not None:
         ext = _extent(sch, vec_loop)
         vec = _pick_lanes(ext, lanes)
@@ -655,6 +725,13 @@ def _row_reduction_loop(sch, block_rv, lanes: int):
 
 
 def _parallel_rows(sch, rows) -> None:
+    if any(_extent(sch, lp) is None for lp in rows):
+        # as in schedule_injective: symbolic loops are not fused; the first that is not a unit
+        # loop runs in parallel
+        big = [lp for lp in rows if (_extent(sch, lp) or 2) > 1]
+        if big:
+            sch.parallel(big[0])
+        return
     if rows:
         fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
         if (_extent(sch, fused) or 0) > 1:
@@ -705,18 +782,17 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
     if not loops:
         return
     extents = [_extent(sch, lp) for lp in loops]
-    if any(e is None for e in extents):
-        raise ValueError("dynamic extents")
     total = 1
     for e in extents:
-        total *= e
+        # a symbolic extent: assume a large kernel (dynamic dims are image sizes, sequences)
+        total *= e if e is not None else _MIN_PARALLEL_ELEMENTS
     inner = loops[-1]
-    vec = _pick_lanes(extents[-1], lanes)
+    vec = _pick_lanes(extents[-1], lanes) if extents[-1] is not None else 1
     if vec > 1:
         outer_part, vec_loop = sch.split(inner, factors=[None, vec])
         sch.vectorize(vec_loop)
         loops = loops[:-1] + [outer_part]
-    elif extents[-1] > lanes and len(loops) > 1:
+    elif extents[-1] is not None and extents[-1] > lanes and len(loops) > 1:
         # no vector width divides the innermost extent (197 tokens): the first multiple of
         # ``lanes`` elements of each row runs in vectors, the rest as a scalar loop of its own
         head, _tail = sch.loop_partition(inner, [extents[-1] // lanes * lanes, None])
@@ -724,6 +800,14 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         sch.vectorize(vec_loop)
         loops = loops[:-1]
     if total >= _MIN_PARALLEL_ELEMENTS:
+        if any(e is None for e in extents):
+            # symbolic extents: fusing them makes index arithmetic TVM's lowering cannot prove
+            # divisible (a padded pool's ``(h // 2 + 2) * (w // 2 + 2)``); the first loop that is
+            # not a unit loop runs in parallel
+            outer = [lp for lp, e in zip(loops, extents) if e is None or e > 1]
+            if outer:
+                sch.parallel(outer[0])
+            return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         sch.parallel(fused)
 
@@ -747,6 +831,18 @@ def record_fallbacks():
         _FALLBACKS.reset(token)
         if outer is not None:  # nested (a caller records around mmopt.compile): it sees them too
             outer.extend(found)
+
+
+def note_skip(block: str, schedule: str, reason: str, kind: str = "skipped") -> None:
+    """Record that ``schedule`` was not used on ``block`` (or used in a degraded form) for
+    ``reason``: a symbolic shape (Winograd, a tile with a predicated tail), reported with the
+    fallbacks."""
+    logger.debug("%s on %s: %s", schedule, block, reason)
+    found = _FALLBACKS.get()
+    if found is not None:
+        entry = {"block": block, "schedule": schedule, "reason": reason, "kind": kind}
+        if entry not in found:
+            found.append(entry)
 
 
 def note_fallback(block: str, schedule: str, exc: BaseException) -> None:
@@ -813,7 +909,14 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
             schedule_contraction(trial, name, lanes, registers, knobs[name])
             sch = trial
         else:
-            sch = _try(sch, schedule_contraction, name, lanes, registers, knobs.get(name))
+            trial = sch.copy()
+            try:
+                schedule_contraction(trial, name, lanes, registers, knobs.get(name))
+                sch = trial
+            except SymbolicInnermost:
+                sch = _try(sch, schedule_contraction_symbolic, name)
+            except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
+                note_fallback(name, "schedule_contraction", exc)
     sch = _try(sch, _inline_injective_chains, contractions)
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
     root = sch.get_sblock("root")

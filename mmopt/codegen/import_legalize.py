@@ -8,7 +8,14 @@
   5-D tensor and reduces.) Non-constant bounds keep the stock converter, including its NaN-bound
   handling.
 
-The override is installed only for the duration of one import (:func:`importer_overrides`).
+* Symbolic shapes (dynamic models): ``Cast`` of a symbolic shape to an integer type stays a shape
+  expression (:func:`_cast_converter`), so shape computations reach ``Reshape`` as shapes;
+  ``Resize`` by integer scales computes its output size in integers (:func:`_resize_converter`);
+  ``Range`` up to a symbolic dim is ``R.arange`` over that dim (:func:`_range_converter`). Each
+  keeps sizes provably equal where the model relies on it (a concatenation of an up-sampled map
+  with a finer one; anchors added to a flattened map).
+
+The overrides are installed only for the duration of one import (:func:`importer_overrides`).
 
 Two ONNX-level rewrites run on a copy of the model just before import (:func:`legalize_for_import`);
 both are exact and keep the model runnable on onnxruntime:
@@ -77,6 +84,137 @@ def _clip_converter(stock):
     return Clip
 
 
+def _cast_converter(stock):
+    """``Cast`` of a symbolic shape (a ``relax.ShapeExpr``: ``Shape`` of a tensor with symbolic
+    dims) to int32 or int64 keeps the shape expression. The stock converter turns it into a
+    tensor, after which the ``Shape -> Cast(int32) -> Slice -> Cast(int64) -> Concat -> Reshape``
+    chains of Paddle exports reach ``Reshape`` as a tensor, which it refuses ("Reshape requires
+    the input new shape to be Shape"). Dims are below 2**31, so the casts are exact."""
+    from tvm import relax
+
+    class Cast(stock):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            from tvm.relax.frontend.onnx.onnx_frontend import get_type
+
+            if (isinstance(inputs[0], relax.ShapeExpr)
+                    and str(get_type(attr["to"])) in ("int32", "int64")
+                    and not all(hasattr(d, "value") for d in inputs[0].values)):
+                return inputs[0]
+            return super()._impl_v13(bb, inputs, attr, params)
+
+    return Cast
+
+
+def _normalizing_converter(stock):
+    """``stock`` with its first input normalized (its type inferred) before conversion. With
+    symbolic input dims some converters (SiLU's ``Mul``) return calls the importer has not
+    normalized yet, and ``Resize`` reads its input's type (``x.ty.shape``): None there."""
+    from tvm import relax
+
+    def wrap(impl):
+        def converter(cls, bb, inputs, attr, params):
+            inputs = list(inputs)
+            if inputs and isinstance(inputs[0], relax.Call) and inputs[0].ty is None:
+                inputs[0] = bb.normalize(inputs[0])
+            return impl(bb, inputs, attr, params)
+
+        return classmethod(converter)
+
+    methods = {name: wrap(getattr(stock, name)) for name in dir(stock)
+               if name.startswith("_impl_v")}
+    return type(stock.__name__, (stock,), methods)
+
+
+def _resize_converter(stock):
+    """``Resize`` of a 4-D input with symbolic spatial dims by constant integer scales (the 2x
+    nearest up-sampling of FPN necks): the output size is ``dim * scale`` in integers. The stock
+    converter computes ``int64(float32(scale) * float32(dim))``, which TVM cannot prove equal to
+    the size of the map the result is concatenated with, so the concatenation loses its shape."""
+    from tvm import relax
+    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
+
+    normalized = _normalizing_converter(stock)
+
+    class Resize(normalized):
+        @classmethod
+        def _impl_v18(cls, bb, inputs, attr, params):
+            from tvm.relax.frontend.onnx.onnx_frontend import get_constant
+
+            x = inputs[0]
+            if isinstance(x, relax.Call) and x.ty is None:
+                x = bb.normalize(x)
+            shape = getattr(x.ty, "shape", None)
+            roi = inputs[1] if len(inputs) > 1 else None
+            roi = get_constant(roi, params) if roi is not None else None
+            scales = get_constant(inputs[2], params) if len(inputs) > 2 else None
+            sizes = inputs[3] if len(inputs) > 3 else None
+            if (shape is None or len(shape) != 4 or all(hasattr(d, "value") for d in shape)
+                    or sizes is not None or scales is None
+                    or not hasattr(scales, "value") or not hasattr(scales.value, "numpy")
+                    or (roi is not None and (not hasattr(roi, "value")
+                                             or roi.value.numpy().size not in (0,)))):
+                return super()._impl_v18(bb, [x, *inputs[1:]], attr, params)
+            factors = scales.value.numpy().tolist()
+            if (len(factors) != 4 or factors[:2] != [1.0, 1.0]
+                    or any(f < 1 or f != int(f) for f in factors[2:])):
+                return super()._impl_v18(bb, [x, *inputs[1:]], attr, params)
+            mode = attr.get("mode", b"nearest").decode("ascii")
+            # simplified: ``(2 * h_blocks) * 2`` as ``h_blocks * 4``, the form every other
+            # producer of that size has (FuseTIR matches parameter shapes structurally and
+            # refused ``4`` against ``2`` when a packed convolution fused with the concatenation)
+            simplify = Analyzer().simplify
+            size = [simplify(shape[2] * int(factors[2])), simplify(shape[3] * int(factors[3]))]
+            return relax.op.image.resize2d(
+                x, size=relax.ShapeExpr(size),
+                roi=[0.0, 0.0, 0.0, 0.0], layout="NCHW",
+                method="nearest_neighbor" if mode == "nearest" else mode,
+                coordinate_transformation_mode=attr.get(
+                    "coordinate_transformation_mode", b"half_pixel").decode("ascii"),
+                rounding_method=attr.get("nearest_mode", b"round_prefer_floor").decode("ascii"),
+                cubic_alpha=attr.get("cubic_coeff_a", -0.75),
+                cubic_exclude=attr.get("exclude_outside", 0),
+                extrapolation_value=attr.get("extrapolation_value", 0.0))
+
+    return Resize
+
+
+def _range_converter(stock):
+    """``Range(start, limit, delta)`` with constant integer ``start``/``delta`` and a symbolic
+    ``limit`` (``Gather(Shape(x), axis)``: a dim of a tensor with symbolic dims) is
+    ``R.arange(start, limit, delta)``, whose length TVM derives from ``limit`` itself. The stock
+    converter computes the length with tensor ops and binds it to a fresh symbolic variable, which
+    loses its relation to the input's dims (a detector's anchor grid then no longer provably
+    matches the feature maps it is added to)."""
+    from tvm import relax
+
+    class Range(stock):
+        @classmethod
+        def _impl_v12(cls, bb, inputs, attr, params):
+            from tvm.relax.frontend.onnx.onnx_frontend import get_constant
+
+            start, limit, delta = (get_constant(i, params) for i in inputs[:3])
+
+            def integer(x):
+                value = getattr(x, "value", None)
+                if value is None or not hasattr(value, "numpy"):
+                    return None
+                array = value.numpy()
+                return int(array.item()) if array.size == 1 and array.dtype.kind in "iu" else None
+
+            import tvm
+
+            bound = limit if tvm.ir.is_prim_expr(limit) else None
+            lo, step = integer(start), integer(delta)
+            if (bound is None or lo is None or step is None or step <= 0
+                    or hasattr(bound, "value") or str(getattr(bound, "ty", "")) != "int64"):
+                return super()._impl_v12(bb, inputs, attr, params)
+            dtype = str(start.value.numpy().dtype)
+            return relax.op.arange(lo, bound, step, dtype)
+
+    return Range
+
+
 @contextlib.contextmanager
 def importer_overrides():
     """Install mmopt's converter overrides into TVM's ONNX importer for one import."""
@@ -89,6 +227,9 @@ def importer_overrides():
     def patched():
         table = dict(original())
         table["Clip"] = _clip_converter(table["Clip"])
+        table["Cast"] = _cast_converter(table["Cast"])
+        table["Resize"] = _resize_converter(table["Resize"])
+        table["Range"] = _range_converter(table["Range"])
         decompose_converters.install(table)  # see mmopt/codegen/decompose/converters.py
         return table
 

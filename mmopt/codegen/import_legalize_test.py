@@ -72,3 +72,73 @@ def test_low_rank_constants_are_broadcast_to_full_rank():
     add = next(n for n in out.graph.node if n.op_type == "Add")
     assert add.input[1] == "one"  # scalars broadcast fine already: untouched
     np.testing.assert_array_equal(_run(out), _run(model))
+
+
+# ------------------------------------------------------------------------------------------------
+# converters for symbolic dims (dynamic models): Resize by integer scales, Range up to a dim
+
+
+def _resize_range_model():
+    """``x [1, 2, h, w]``: a stride-2 convolution up-sampled 2x and concatenated with ``x`` (an FPN
+    neck), and ``Range(0, w, 1)`` from the input's shape (how detectors exported with dynamic
+    axes compute anchor grids)."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "k"], ["down"], name="down", kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", ["down", "", "scales"], ["up"], name="up", mode="nearest",
+                         coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        helper.make_node("Concat", ["x", "up"], ["cat"], name="cat", axis=1),
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "three"], ["width"], name="width", axis=0),
+        helper.make_node("Range", ["zero", "width", "one"], ["cols"], name="cols"),
+        helper.make_node("Cast", ["cols"], ["grid"], name="grid", to=onnx.TensorProto.FLOAT),
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 2, 3, 3)).astype(np.float32), "k"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             numpy_helper.from_array(np.array(3, np.int64), "three"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array(1, np.int64), "one")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, "h", "w"])],
+        [helper.make_tensor_value_info("cat", onnx.TensorProto.FLOAT, [1, 4, "h", "w"]),
+         helper.make_tensor_value_info("grid", onnx.TensorProto.FLOAT, ["w"])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+_DIMS = ("h=16..64:16", "w=16..80:16")
+
+
+def test_symbolic_resize_and_range_keep_sizes_in_the_input_dims():
+    """The up-sampled map's size is written in the input's dims, equal to the map it is
+    concatenated with (the concatenation keeps a static rank and symbolic shape), and the
+    range's length is ``w`` itself (not a fresh variable). (The simplification of the size
+    matters in deeper necks: tests/test_dynamic_shapes.py's detector test fails without it.)"""
+    from mmopt.codegen.relax_import import to_relax
+    from mmopt.ir.dims import dim_ranges, parse_dim_option
+
+    dims = dim_ranges([parse_dim_option(d) for d in _DIMS])
+    main = to_relax(_resize_range_model(), dims=dims)["main"]
+    lines = main.script().splitlines()
+
+    def binding(op: str) -> str:
+        found = [ln for ln in lines if f"= {op}(" in ln]
+        assert len(found) == 1, lines
+        return found[0]
+
+    assert "R.Tensor((1, 2, h_blocks * 16, w_blocks * 16)" in binding("R.image.resize2d")
+    assert "R.Tensor((1, 4, h_blocks * 16, w_blocks * 16)" in binding("R.concat")
+    assert "R.Tensor((w_blocks * 16,)" in binding("R.arange")
+
+
+def test_symbolic_resize_and_range_match_onnxruntime_at_several_sizes(tmp_path):
+    import mmopt
+    from mmopt.ir.dims import parse_dim_option
+
+    result = mmopt.compile(_resize_range_model(), "x86", tmp_path / "m",
+                           dims=[parse_dim_option(d) for d in _DIMS])
+    v = result.verification
+    assert v.passed and v.max_abs <= 1e-5, v.to_dict()
+    assert len(v.runs) >= 5 and any((r["sizes"]["w"] // 16) % 2 for r in v.runs)
+    whats = [d["what"] for d in result.meta.extra["dynamic_kernels"]["degradations"]]
+    assert not any(w.startswith("pack_weights:") for w in whats), whats

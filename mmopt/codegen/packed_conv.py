@@ -15,12 +15,20 @@ Depthwise and grouped convolutions keep their HWIO weights (already one contiguo
 
 from __future__ import annotations
 
+import contextvars
+
 import numpy as np
 
+from mmopt.codegen.cpu_schedules import static_extent
 from mmopt.codegen.relax_util import rewrite_dense_nhwc_convs, tensor_dtype
 
 #: block name of the packed float convolution
 PACKED_BLOCK = "mmopt_conv2d_nhwc_packed"
+
+#: whether convolutions with symbolic shapes are packed too (see :func:`mmopt.codegen.build.build`:
+#: off for a second attempt when TVM's FuseTIR fails on a dynamic model's packed convolutions)
+PACK_SYMBOLIC: contextvars.ContextVar[bool] = contextvars.ContextVar("mmopt_pack_symbolic",
+                                                                      default=True)
 
 
 def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int) -> int:
@@ -39,7 +47,8 @@ def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int)
 def _packed_conv_te(data, packed, strides, padding, dilation, out_channels):
     from tvm import te, tirx
 
-    n, h, w, ic = (int(d) for d in data.shape)
+    n, h, w = data.shape[:3]  # batch, height, width may be symbolic
+    ic = int(data.shape[3])
     _, kh, kw, _, tile = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
@@ -85,7 +94,14 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
                 or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
             return None
         kh, kw, ic, oc = w.shape
-        out_width = int(call.ty.shape[2])  # NHWC: the rows of the schedule's register tile
+        if not PACK_SYMBOLIC.get() and not all(hasattr(d, "value") for d in call.ty.shape):
+            from mmopt.codegen.cpu_schedules import note_skip
+
+            note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "pack_weights",
+                      "symbolic shape: weights not packed (HWIO)")
+            return None
+        # NHWC: the rows of the schedule's register tile (symbolic: tiled as the schedule does)
+        out_width = static_extent(call.ty.shape[2])
         tile = output_tile(oc, out_width, lanes, registers)
         if tile == 1 or oc % tile:
             return None

@@ -21,6 +21,7 @@ import onnx
 
 from mmopt import ir as mir
 from mmopt.errors import MmoptError, UnsupportedModelError, summarize
+from mmopt.codegen.symbolic_dims import symbolic_vars, with_block_argument, with_dim_bounds
 from mmopt.frontends._native import release_native_objects
 
 logger = logging.getLogger(__name__)
@@ -123,10 +124,15 @@ def decompose_for_import(model: onnx.ModelProto):
         return model, DecomposeReport()
 
 
-def to_relax(model: onnx.ModelProto, where: str = "model"):
-    """Import a static-shaped ONNX model into a Relax ``IRModule`` with weights bound as constants.
+def to_relax(model: onnx.ModelProto, where: str = "model", dims=None):
+    """Import an ONNX model into a Relax ``IRModule`` with weights bound as constants.
 
-    The model is first decomposed (:func:`decompose_for_import`) into operators TVM converts.
+    Input shapes are static, except the symbolic dims ``dims`` (``{name: DimRange}``,
+    :mod:`mmopt.ir.dims`) gives ranges for: each becomes one ``int64`` symbolic variable of
+    ``main`` (shared by every input axis of that name), with its range recorded as the function's
+    ``tir_var_lower_bound``/``tir_var_upper_bound`` (memory planning allocates for the maximum
+    once instead of per call). The model is first decomposed (:func:`decompose_for_import`) into
+    operators TVM converts.
     """
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -138,7 +144,15 @@ def to_relax(model: onnx.ModelProto, where: str = "model"):
     check_supported(model, where, report.rejections)
     model = legalize_for_import(model)
     specs = mir.input_specs(model)
-    shape_dict = {name: list(dims) for name, (dims, _) in specs.items()}
+    variables = symbolic_vars(dims or {})
+    shape_dict = {name: [variables[d] if isinstance(d, str) else d for d in shape]
+                  for name, (shape, _) in specs.items()}
+    missing = sorted({d for shape, _ in specs.values() for d in shape
+                      if isinstance(d, str) and d not in variables}
+                     | {"?" for shape, _ in specs.values() for d in shape if d is None})
+    if missing:
+        raise UnsupportedModelError(f"{where}: input dims {', '.join(missing)} are symbolic but "
+                                    "have no range (--dim NAME=MIN..MAX)")
     dtype_dict = {name: str(dtype) for name, (_, dtype) in specs.items()}
     printed = io.StringIO()  # on a failure the importer prints the node's inputs (a Relax dump)
     try:
@@ -151,6 +165,8 @@ def to_relax(model: onnx.ModelProto, where: str = "model"):
         release_native_objects(exc)  # its BlockBuilder, which warns from C++ when destroyed
         raise UnsupportedModelError(f"{where}: TVM's ONNX importer failed: {summarize(exc)}") from exc
     sys.stdout.write(printed.getvalue())
+    if dims:
+        mod = with_dim_bounds(with_block_argument(mod, variables, dims), dims)
     return mod
 
 

@@ -205,6 +205,15 @@ def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int):
     if (tensor_dtype(call.args[0]) != "float32" or w.dtype != np.float32
             or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
         return None
+    if not all(hasattr(d, "value") for d in call.args[0].ty.shape):
+        # symbolic batch/height/width: the tile count is not a constant; the direct packed
+        # convolution handles it (recorded with the schedule fallbacks)
+        if w.shape[:2] == (3, 3) and all(int(v) == 1 for v in attrs.strides):
+            from mmopt.codegen.cpu_schedules import note_skip
+
+            note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "winograd",
+                      "symbolic input shape: the direct convolution runs instead")
+        return None
     x_shape = [int(d) for d in call.args[0].ty.shape]
     if not applies(x_shape, w.shape, [int(v) for v in attrs.strides],
                    [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation]):

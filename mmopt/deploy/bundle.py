@@ -88,6 +88,10 @@ def _refuse_reason(meta) -> str | None:
         return f"{device} artifacts are not packaged (CPU targets only)"
     if meta.target.get("arch") not in ("x86_64", "aarch64"):
         return f"no native runtime for architecture {meta.target.get('arch')!r}"
+    if getattr(meta, "dims", None):
+        return ("artifacts with symbolic dims (--dim) are not packaged yet: the native runtime "
+                "takes static shapes; run them from Python (mmopt run) or compile with "
+                "--input-shape for the bundle")
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -216,37 +217,55 @@ def is_static(dims: Sequence) -> bool:
     return all(isinstance(d, int) for d in dims)
 
 
-def parse_shape_option(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``name:1,3,224,224`` (also ``name=1x3x224x224``) into ``(name, shape)``."""
+def parse_shape_option(text: str) -> tuple[str, tuple[int | str, ...]]:
+    """Parse ``name:1,3,224,224`` (also ``name=1x3x224x224``) into ``(name, shape)``.
+
+    A dim may be a name instead of a number (``x:1,3,48,width``): the axis stays symbolic under that
+    name, and ``--dim width=MIN..MAX`` gives its range (:mod:`mmopt.ir.dims`)."""
+    from mmopt.ir.dims import valid_dim_name
+
     sep = ":" if ":" in text else "=" if "=" in text else None
     if sep is None:
         raise MmoptError(f"--input-shape {text!r}: expected NAME:D1,D2,... e.g. x:1,3,224,224")
     name, _, dims = text.rpartition(sep)
-    try:
-        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        raise MmoptError(
-            f"--input-shape {text!r}: dims must be positive integers, e.g. {name}:1,3,224,224"
-        ) from None
-    if not name or not shape or any(d <= 0 for d in shape):
+    parts = [d.strip() for d in dims.split(",") if d.strip()]
+    if len(parts) == 1 and re.fullmatch(r"\d+(x\d+)+", parts[0]):
+        parts = parts[0].split("x")  # 1x3x224x224
+    shape: list[int | str] = []
+    for d in parts:
+        if d.lstrip("-").isdigit():
+            shape.append(int(d))
+        elif valid_dim_name(d):
+            shape.append(d)
+        else:
+            raise MmoptError(f"--input-shape {text!r}: dims must be positive integers or dim names, "
+                             f"e.g. {name}:1,3,224,224 or {name}:1,3,height,width")
+    if not name or not shape or any(isinstance(d, int) and d <= 0 for d in shape):
         raise MmoptError(f"--input-shape {text!r}: expected NAME:D1,D2,... with positive dims")
-    return name, shape
+    return name, tuple(shape)
 
 
 def fix_input_shapes(
     model: onnx.ModelProto,
-    shapes: Mapping[str, Sequence[int]] | None = None,
+    shapes: Mapping[str, Sequence[int | str]] | None = None,
     *,
     default_batch: int | None = 1,
+    dims: Mapping | None = None,
 ) -> onnx.ModelProto:
-    """Return a copy of ``model`` whose graph inputs all have static shapes.
+    """Return a copy of ``model`` whose graph inputs have static shapes, except the dims ``dims``
+    keeps symbolic.
 
-    ``shapes`` gives shapes by input name. A symbolic *leading* dim of an input not in ``shapes`` is
-    set to ``default_batch`` (when given); any other unknown dim is an error that names the input and
-    shows the ``--input-shape`` option to use. Intermediate shape annotations are dropped and inferred
-    again so they agree with the new input shapes.
+    ``shapes`` gives shapes by input name; a dim given as a name makes that axis symbolic under the
+    name. ``dims`` (``{name: DimRange}``, :mod:`mmopt.ir.dims`): symbolic dims that stay symbolic
+    (every one needs a range). A symbolic *leading* dim of an input not in ``shapes`` and not in
+    ``dims`` is set to ``default_batch`` (when given); any other unknown dim is an error that names
+    the input and shows the ``--input-shape`` and ``--dim`` options to use. Intermediate shape
+    annotations are dropped and inferred again so they agree with the new input shapes.
     """
+    from mmopt.ir.dims import format_dims
+
     shapes = dict(shapes or {})
+    dims = dict(dims or {})
     inputs = graph_inputs(model)
     names = [i.name for i in inputs]
     unknown = [n for n in shapes if n not in names]
@@ -257,35 +276,57 @@ def fix_input_shapes(
         )
     model = onnx.ModelProto.FromString(model.SerializeToString()) if _fits(model) else model
     changed = False
+    used: set[str] = set()
     for value in graph_inputs(model):
-        dims = dims_of(value)
+        old_dims = dims_of(value)
         if value.name in shapes:
             new = list(shapes[value.name])
-            if dims and len(dims) != len(new):
+            if old_dims and len(old_dims) != len(new):
                 raise MmoptError(
                     f"--input-shape {value.name}: rank {len(new)} given, but the model's input "
-                    f"{value.name} has rank {len(dims)} ({_fmt_dims(dims)})"
+                    f"{value.name} has rank {len(old_dims)} ({_fmt_dims(old_dims)})"
                 )
-            for i, (old, want) in enumerate(zip(dims, new)):
-                if isinstance(old, int) and old != want:
+            for i, (old, want) in enumerate(zip(old_dims, new)):
+                if isinstance(old, int) and isinstance(want, int) and old != want:
                     raise MmoptError(
                         f"--input-shape {value.name}: dim {i} is fixed to {old} in the model, got {want}"
                     )
         else:
-            new = list(dims)
-            if new and not isinstance(new[0], int) and default_batch is not None:
+            new = list(old_dims)
+            if (new and not isinstance(new[0], int) and default_batch is not None
+                    and new[0] not in dims):
                 new[0] = default_batch
-            if not is_static(new) or not value.type.tensor_type.HasField("shape"):
-                raise MmoptError(
-                    f"input {value.name} has dynamic shape ({_fmt_dims(dims)}); give it with "
-                    f"--input-shape {value.name}:{_example_dims(dims)}"
-                )
-        if new != dims:
+        symbolic = [d for d in new if not isinstance(d, int)]
+        unranged = [d for d in symbolic if d is None or d not in dims]
+        if unranged or not value.type.tensor_type.HasField("shape"):
+            hint = ""
+            if symbolic and any(d is None or not _is_name(d) for d in unranged):
+                hint = (f"; to keep a dim the model leaves unnamed dynamic, name it: --input-shape "
+                        f"{value.name}:{_example_named(new)}")
+            named = [d for d in unranged if d is not None and _is_name(d)]
+            raise MmoptError(
+                f"input {value.name} has dynamic shape ({format_dims(old_dims)}); give it with "
+                f"--input-shape {value.name}:{_example_dims(new)}"
+                + (f", or keep it dynamic with --dim {named[0]}=MIN..MAX" if named else "")
+                + hint
+            )
+        used.update(symbolic)
+        if new != old_dims:
             changed = True
             shape = value.type.tensor_type.shape
             del shape.dim[:]
             for d in new:
-                shape.dim.add().dim_value = int(d)
+                if isinstance(d, int):
+                    shape.dim.add().dim_value = int(d)
+                else:
+                    shape.dim.add().dim_param = str(d)
+    unused = [n for n in dims if n not in used]
+    if unused:
+        found = sorted({d for v in graph_inputs(model) for d in dims_of(v) if isinstance(d, str)})
+        raise MmoptError(
+            f"--dim {unused[0]}: no input has a dim named {unused[0]}"
+            + (f" (the model's symbolic dims: {', '.join(found)})" if found else "")
+            + "; name an axis with --input-shape, e.g. x:1,3,height,width")
     if changed:
         del model.graph.value_info[:]
         ranks = {}
@@ -306,6 +347,20 @@ def fix_input_shapes(
     return model
 
 
+def _is_name(d) -> bool:
+    from mmopt.ir.dims import valid_dim_name
+
+    return isinstance(d, str) and d != "?" and valid_dim_name(d)
+
+
+def _example_named(dims: Sequence) -> str:
+    out = []
+    for i, d in enumerate(dims):
+        out.append(str(d) if isinstance(d, int) else d if _is_name(d) else
+                   ("batch" if i == 0 else f"d{i}"))
+    return ",".join(out)
+
+
 def _fmt_dims(dims: Sequence) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
@@ -321,14 +376,16 @@ def input_specs(model: onnx.ModelProto) -> dict[str, tuple[tuple, np.dtype]]:
 
 def prepare(
     source,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: Mapping[str, Sequence[int | str]] | None = None,
     *,
     opset: int = MIN_OPSET,
+    dims: Mapping | None = None,
 ) -> onnx.ModelProto:
-    """Load + normalize opset + fix input shapes + infer shapes: the start of every pipeline."""
+    """Load + normalize opset + fix input shapes + infer shapes: the start of every pipeline.
+    ``dims``: symbolic dims that stay symbolic (see :func:`fix_input_shapes`)."""
     model = load(source)
     model = normalize_opset(model, opset)
-    model = fix_input_shapes(model, input_shapes)
+    model = fix_input_shapes(model, input_shapes, dims=dims)
     return infer_shapes(model)
 
 

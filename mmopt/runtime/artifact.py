@@ -33,8 +33,14 @@ os.environ.setdefault("TVM_BIND_THREADS", "0")
 @dataclass
 class TensorSpec:
     name: str
-    shape: list[int]
+    #: ints, and for symbolic dims their names (``[1, 3, "height", "width"]``; see ``dims``);
+    #: outputs: -1 where the size depends on the inputs in a way not named
+    shape: list
     dtype: str
+
+    @property
+    def static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
 
 
 @dataclass
@@ -55,6 +61,20 @@ class ArtifactMeta:
     codegen: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: symbolic dims (``--dim``): ``{name: {"min", "max", "multiple"}}``; empty: static shapes
+    dims: dict = field(default_factory=dict)
+    #: statically specialized functions (``--buckets``): ``[{"function", "sizes": {dim: size},
+    #: "inputs": {input: shape}}]``; calls of exactly those sizes run them
+    buckets: list = field(default_factory=list)
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.dims)
+
+    def dim_ranges(self) -> dict:
+        from mmopt.ir.dims import DimRange
+
+        return {name: DimRange.from_dict(name, r) for name, r in self.dims.items()}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +140,20 @@ class CompiledModel:
             raise MmoptError(f"{self.so_path}: cannot load the library ({summarize(exc)})") from exc
         self._vm = relax.VirtualMachine(lib, self.device)
         self._main = self._vm["main"]
+        self._ranges = self.meta.dim_ranges()
+        #: dims with a multiple are passed to the compiled functions as block counts, in a leading
+        #: shape argument (mmopt.codegen.symbolic_dims.with_block_argument)
+        from mmopt.codegen.symbolic_dims import block_dims
+
+        self._block_dims = block_dims(self._ranges)
+        self._buckets = {tuple(sorted(b["sizes"].items())): b["function"]
+                         for b in self.meta.buckets}
+        #: dynamic artifacts: (function, input tensors, numpy views) per input-shape set seen
+        self._by_shape: dict[tuple, tuple] = {}
+        if self.meta.dynamic:
+            self._input_tensors = self._input_views = None
+            self._on_cpu = self.device.dlpack_device_type() == 1  # kDLCPU
+            return
         # Per-call cost: on a model of ~5 us, converting numpy arrays to fresh TVM tensors and
         # back cost 28 us. Inputs are copied into tensors allocated once (through a numpy view of
         # their memory on the CPU: np.copyto also casts within a dtype kind and handles strides);
@@ -157,30 +191,80 @@ class CompiledModel:
                 + (f"unknown {', '.join(extra)}; " if extra else "")
                 + f"expected {', '.join(self.input_names)}"
             )
-        for i, spec in enumerate(self.meta.inputs):
-            array = np.asarray(kwargs[spec.name])
-            if list(array.shape) != list(spec.shape):
+        arrays = [np.asarray(kwargs[spec.name]) for spec in self.meta.inputs]
+        tensors, views = self._input_tensors, self._input_views
+        self._function = self._main
+        if self.meta.dynamic:
+            self._function, tensors, views = self._for_shapes(arrays)
+        for i, (spec, array) in enumerate(zip(self.meta.inputs, arrays)):
+            if not self.meta.dynamic and list(array.shape) != list(spec.shape):
                 raise MmoptError(f"input {spec.name}: shape {list(array.shape)} given, the artifact "
                                  f"was compiled for {spec.shape}")
             if array.dtype != np.dtype(spec.dtype) and array.dtype.kind != np.dtype(spec.dtype).kind:
                 raise MmoptError(f"input {spec.name}: dtype {array.dtype} given, expected "
                                  f"{spec.dtype}")
-            if self._input_views is not None:
-                np.copyto(self._input_views[i], array, casting="unsafe")
+            if views is not None:
+                np.copyto(views[i], array, casting="unsafe")
             else:
-                self._input_tensors[i].copyfrom(
+                tensors[i].copyfrom(
                     np.require(array.astype(spec.dtype, copy=False), requirements="C"))
-        return self._input_tensors
+        return tensors
+
+    def function_for(self, shapes) -> str:
+        """Which compiled function a call with input ``shapes`` (``{name: shape}`` or a list in
+        call order) runs: ``"main"`` (the dynamic kernels) or a bucket's function. Raises a
+        one-line :class:`MmoptError` for shapes the artifact does not accept."""
+        if not isinstance(shapes, Mapping):
+            shapes = dict(zip(self.input_names, shapes))
+        sizes = self._sizes({n: list(s) for n, s in shapes.items()})
+        return self._buckets.get(tuple(sorted(sizes.items())), "main")
+
+    def _sizes(self, shapes: Mapping[str, list]) -> dict:
+        from mmopt.ir.dims import bind_sizes
+
+        specs = {s.name: s.shape for s in self.meta.inputs}
+        return bind_sizes(specs, shapes, self._ranges)
+
+    def _for_shapes(self, arrays: list[np.ndarray]):
+        """(function, input tensors, numpy views) for a call of a dynamic artifact with ``arrays``
+        (their shapes checked against the dims' ranges); kept for the shapes seen last."""
+        import tvm
+
+        key = tuple(a.shape for a in arrays)
+        hit = self._by_shape.get(key)
+        if hit is not None:
+            return hit
+        sizes = self._sizes({s.name: list(a.shape) for s, a in zip(self.meta.inputs, arrays)})
+        name = self._buckets.get(tuple(sorted(sizes.items())), "main")
+        function = self._main if name == "main" else self._vm[name]
+        tensors = [tvm.runtime.empty(a.shape, s.dtype, self.device)
+                   for s, a in zip(self.meta.inputs, arrays)]
+        views = [np.from_dlpack(t) for t in tensors] if self._on_cpu else None
+        if self._block_dims:
+            from mmopt.codegen.symbolic_dims import block_counts
+
+            function = _with_leading(function, tvm.runtime.ShapeTuple(block_counts(sizes,
+                                                                                    self._ranges)))
+        if len(self._by_shape) >= 8:  # a few shapes stay allocated, not every size ever seen
+            self._by_shape.pop(next(iter(self._by_shape)))
+        self._by_shape[key] = (function, tensors, views)
+        return self._by_shape[key]
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
         """Run once. Inputs are copied into buffers the model owns, so one ``CompiledModel`` is
         not for concurrent calls from several threads (load one per thread)."""
-        result = self._main(*self._arguments(args, kwargs))
+        tensors = self._arguments(args, kwargs)
+        result = self._function(*tensors)
         arrays = _flatten(result, self._on_cpu)
         if len(arrays) != len(self.meta.outputs):
             raise MmoptError(f"{self.so_path}: returned {len(arrays)} output(s), the description "
                              f"lists {len(self.meta.outputs)}")
         return dict(zip(self.output_names, arrays))
+
+
+def _with_leading(function, first):
+    """``function`` with ``first`` passed before the other arguments."""
+    return lambda *args: function(first, *args)
 
 
 def _flatten(value, on_cpu: bool = False) -> list[np.ndarray]:

@@ -253,7 +253,7 @@ def _mmopt_runner(artifact: str, feeds):
 
     model = CompiledModel(artifact)
     args = model._arguments((), feeds)  # noqa: SLF001 - convert once, time only the call
-    main = model._main  # noqa: SLF001
+    main = model._function  # noqa: SLF001 - the function these shapes run (dynamic: or a bucket)
     device = model.device
 
     def run():

@@ -14,7 +14,7 @@ Verification results depend on these values: changing them changes every recorde
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +46,9 @@ def random_feeds(specs: Iterable, seed=0, *, where: str = "") -> dict[str, np.nd
     feeds = {}
     for spec in specs:
         name, dims, dtype = spec if isinstance(spec, tuple) else (spec.name, spec.shape, spec.dtype)
+        if not all(isinstance(d, (int, np.integer)) for d in dims):
+            raise MmoptError(f"{where}input {name} has symbolic dims {list(dims)} (a dynamic "
+                             f"artifact): give its shape with --input-shape {name}:D1,D2,...")
         try:
             feeds[name] = random_array(rng, dims, dtype)
         except TypeError as exc:
@@ -60,6 +63,23 @@ def random_feeds(specs: Iterable, seed=0, *, where: str = "") -> dict[str, np.nd
     return feeds
 
 
+def with_shapes(specs: Iterable, shapes: Mapping[str, Sequence[int]] | None = None,
+                *, option: str = "--input-shape") -> list[tuple]:
+    """``(name, dims, dtype)`` triples of an artifact's input ``specs`` with the shapes
+    ``shapes`` gives (``{input: shape}``: a dynamic artifact's inputs have symbolic dims, named by
+    strings). An input left symbolic is a one-line :class:`MmoptError` naming ``option``; the
+    sizes are checked against the artifact's ranges when it is called."""
+    shapes = dict(shapes or {})
+    out = []
+    for spec in specs:
+        dims = tuple(shapes.get(spec.name, spec.shape))
+        if not all(isinstance(d, int) for d in dims):
+            raise MmoptError(f"input {spec.name} has symbolic dims {list(spec.shape)} (a dynamic "
+                             f"artifact): give its shape with {option} {spec.name}:D1,D2,...")
+        out.append((spec.name, dims, spec.dtype))
+    return out
+
+
 def _bytes(size: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -68,12 +88,16 @@ def _bytes(size: int) -> str:
     return ""
 
 
-def random_inputs(model, seed: int = 0) -> dict[str, np.ndarray]:
+def random_inputs(model, seed: int = 0, sizes: Mapping[str, int] | None = None
+                  ) -> dict[str, np.ndarray]:
     """Seeded random inputs for an ONNX model with static input shapes (its real graph inputs, in
-    graph order)."""
+    graph order), or with symbolic dims whose sizes ``sizes`` gives (``{dim name: size}``: a
+    dynamic artifact is verified at several such size sets)."""
     from mmopt.ir.model import _fmt_dims, input_specs, is_static
 
-    specs = input_specs(model)
+    sizes = dict(sizes or {})
+    specs = {name: (tuple(sizes.get(d, d) if isinstance(d, str) else d for d in dims), dtype)
+             for name, (dims, dtype) in input_specs(model).items()}
     for name, (dims, _dtype) in specs.items():
         if not is_static(dims):
             raise MmoptError(f"input {name} has dynamic shape {_fmt_dims(dims)}; fix it first")

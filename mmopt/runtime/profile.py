@@ -628,6 +628,8 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
                                             "versus": versus, "seed": seed})
         return result.profile
     meta = read_meta(model)
+    if meta.dims:
+        raise MmoptError(PROFILE_DYNAMIC)
     tgt = targets.get(meta.target.get("name", "?"))
     _require_runs_here(tgt)
     notes: list[str] = []
@@ -643,6 +645,11 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
     return profile_artifact(str(model), meta, reference, optimized, flops, threads=threads,
                             runs=runs, warmup=warmup, versus=versus, seed=seed, progress=step,
                             notes=notes)
+
+
+#: why a dynamic artifact is not profiled (yet): its kernels run at whatever size a call has
+PROFILE_DYNAMIC = ("profiling an artifact with symbolic dims (--dim) is not supported yet: compile "
+                   "the model for one size (--input-shape NAME:D1,D2,...) and profile that")
 
 
 def profile_artifact(artifact, meta, reference, optimized, flops: Mapping[str, int], *,
@@ -662,6 +669,8 @@ def profile_artifact(artifact, meta, reference, optimized, flops: Mapping[str, i
 
     step = progress or (lambda _msg: None)
     _check_options(threads, runs, warmup, versus)
+    if getattr(meta, "dims", None):
+        raise MmoptError(PROFILE_DYNAMIC)
     tgt = targets.get(meta.target.get("name", "?"))
     _require_runs_here(tgt)
     notes = list(notes)

@@ -71,6 +71,10 @@ class VerifyReport:
     #: what computed the reference outputs (onnxruntime unless a plugin op made it run elsewhere,
     #: see mmopt.extend.reference)
     engine: str = "onnxruntime"
+    #: a dynamic artifact, verified at several sizes: one entry per call (``sizes``: the symbolic
+    #: dims' sizes, ``function``: what ran, ``passed``, ``max_abs``, ``max_rel``); ``outputs`` then
+    #: holds each output's worst comparison over the calls
+    runs: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -88,7 +92,28 @@ class VerifyReport:
         return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "seed": self.seed,
                 "max_abs": self.max_abs, "max_rel": self.max_rel,
                 "engine": self.engine, "outputs": [asdict(o) for o in self.outputs],
-                **({"note": self.note} if self.note else {})}
+                **({"note": self.note} if self.note else {}),
+                **({"runs": self.runs} if self.runs else {})}
+
+    @classmethod
+    def merged(cls, runs: list[tuple[dict, str, VerifyReport]]) -> VerifyReport:
+        """One report over several calls (``(sizes, function, report)`` each): every output's
+        worst comparison, and the calls listed in ``runs``."""
+        first = runs[0][2]
+        out = cls(first.atol, first.rtol, seed=first.seed, note=first.note, engine=first.engine)
+        worst: dict[str, OutputComparison] = {}
+        for _sizes, _function, rep in runs:
+            out.atol, out.rtol = max(out.atol, rep.atol), max(out.rtol, rep.rtol)
+            for o in rep.outputs:
+                if o.name not in worst or (not o.passed, o.worst_ratio) > (
+                        not worst[o.name].passed, worst[o.name].worst_ratio):
+                    worst[o.name] = o
+        out.outputs = list(worst.values())
+        out.runs = [{"sizes": dict(sizes), "function": function, "passed": rep.passed,
+                     "max_abs": rep.max_abs, "max_rel": rep.max_rel,
+                     "shapes": {o.name: o.shape for o in rep.outputs}}
+                    for sizes, function, rep in runs]
+        return out
 
 
 def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], *,

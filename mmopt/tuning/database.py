@@ -141,10 +141,13 @@ class TaskInfo:
     models: list[str] = field(default_factory=list)
     #: time of the default (untuned) schedule, recorded as one of the task's records
     default_s: float | None = None
+    #: the shape buckets (``--buckets``) whose specialized function runs this kernel, as
+    #: ``images:1,3,640,640``; empty for a static model's kernels
+    buckets: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "exhausted": self.exhausted, "models": self.models,
-                "default_s": self.default_s}
+                "default_s": self.default_s, **({"buckets": self.buckets} if self.buckets else {})}
 
 
 @dataclass
@@ -154,6 +157,8 @@ class WorkloadSummary:
     records: int
     valid: int
     best_s: float | None
+    #: the shape buckets whose specialized kernel this is (empty: a static model's kernel)
+    buckets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -286,7 +291,8 @@ class TuningDatabase:
         path = self.target_dir(target, emulated=emulated) / TASKS_FILE
         data = _read_json(path) if path.is_file() else {}
         return {k: TaskInfo(v.get("name", "?"), bool(v.get("exhausted")), list(v.get("models", [])),
-                            v.get("default_s")) for k, v in data.items()}
+                            v.get("default_s"), list(v.get("buckets", [])))
+                for k, v in data.items()}
 
     def update_tasks(self, target, infos: dict[str, TaskInfo], *, emulated: bool = False) -> None:
         sub = self.target_dir(target, create=True, emulated=emulated)
@@ -295,6 +301,7 @@ class TuningDatabase:
             old = merged.get(workload)
             if old is not None:
                 info.models = sorted(set(old.models) | set(info.models))
+                info.buckets = sorted(set(old.buckets) | set(info.buckets))
                 info.exhausted = info.exhausted or old.exhausted
                 if info.default_s is None:
                     info.default_s = old.default_s
@@ -316,7 +323,7 @@ class TuningDatabase:
                 valid = [s for s in secs if s < FAILED_RUN_SECS]
                 workloads.append(WorkloadSummary(
                     workload, names.get(workload, {}).get("name", "?"), len(secs), len(valid),
-                    min(valid) if valid else None))
+                    min(valid) if valid else None, list(names.get(workload, {}).get("buckets", []))))
             workloads.sort(key=lambda w: (w.name, w.workload))
             out.append(TargetSummary(sub.name, meta.get("identity", {}), workloads,
                                      bool(meta.get("emulated"))))

@@ -26,17 +26,27 @@ def model_name(model) -> str:
 
 
 def relax_module(model, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 opt_level: int = DEFAULT_LEVEL):
+                 opt_level: int = DEFAULT_LEVEL, *, dims=None, buckets=(), resolved=None):
     """``(Relax IRModule, prepared reference ONNX)`` exactly as ``mmopt.compile`` builds them.
 
-    Tuning must see the same graph as compile (same passes, same opt level): tasks are keyed by the
-    structural hash of their TIR, so any difference in the graph means records that never apply.
+    Tuning must see the same graph as compile (same passes, same opt level, same ``dims`` and
+    ``buckets``): tasks are keyed by the structural hash of their TIR, so any difference in the
+    graph means records that never apply. ``resolved``: a list the resolved
+    :class:`mmopt.codegen.buckets.Bucket` objects are appended to.
     """
     from mmopt.api import front_end
+    from mmopt.codegen.buckets import add_buckets, resolve_buckets
     from mmopt.codegen.relax_import import to_relax
+    from mmopt.ir.dims import dim_ranges
 
-    reference, optimized, _report = front_end(model, input_shapes, opt_level)
-    return to_relax(optimized, where=model_name(model)), reference
+    ranges = dim_ranges(dims)
+    reference, optimized, _report = front_end(model, input_shapes, opt_level, dims=ranges)
+    specs = {v.name: mir.dims_of(v) for v in mir.graph_inputs(optimized)}
+    found = resolve_buckets(list(buckets), specs, ranges) if buckets else []
+    if resolved is not None:
+        resolved.extend(found)
+    return (add_buckets(to_relax(optimized, where=model_name(model), dims=ranges), found, ranges),
+            reference)
 
 
 @dataclass
@@ -62,13 +72,15 @@ class LatencyComparison:
 def compare_latency(model, target, database, *, input_shapes=None, opt_level: int = DEFAULT_LEVEL,
                     farm=None, key: str | None = None, number: int = 10, repeat: int = 5,
                     min_repeat_ms: int = 100, codegen=None, farm_secret=None,
-                    allow_emulated_records: bool = False) -> LatencyComparison:
+                    allow_emulated_records: bool = False, dims=None,
+                    buckets=()) -> LatencyComparison:
     """Compile ``model`` for ``target`` twice (default schedules; records of ``database`` applied)
     and time both, on this machine or on a device of ``key`` at ``farm``: the median of
     ``repeat`` samples, each the mean of at least ``number`` calls lasting ``min_repeat_ms``.
     ``codegen``: the code-generation settings of both builds (default: from the environment);
     ``farm_secret``: the farm secret (default ``$MMOPT_FARM_SECRET``); ``allow_emulated_records``:
-    apply records measured on emulated devices too (to time a run tuned on one)."""
+    apply records measured on emulated devices too (to time a run tuned on one); ``dims``,
+    ``buckets``: a dynamic model, timed at its first bucket (its specialized function)."""
     from mmopt.codegen.build import build
     from mmopt.codegen.options import CodegenOptions
     from mmopt.tuning.database import open_database
@@ -81,8 +93,20 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
         from mmopt.tuning.workers import local_cores
 
         os.environ["TVM_NUM_THREADS"] = str(local_cores())
-    mod, reference = relax_module(model, input_shapes, opt_level)
-    feeds = random_inputs(reference, 0)
+    resolved: list = []
+    mod, reference = relax_module(model, input_shapes, opt_level, dims=dims, buckets=buckets,
+                                  resolved=resolved)
+    if dims and not resolved:
+        raise MmoptError("timing a dynamic model needs a size: give --buckets")
+    function = resolved[0].function if resolved else "main"
+    feeds = random_inputs(reference, 0, resolved[0].sizes if resolved else None)
+    if resolved and farm:
+        raise MmoptError("timing a dynamic model's bucket on a farm device is not supported yet; "
+                         "time it on this machine (without --farm)")
+    from mmopt.codegen.symbolic_dims import block_counts
+    from mmopt.ir.dims import dim_ranges
+
+    leading = block_counts(resolved[0].sizes, dim_ranges(dims)) if resolved else []
     db = open_database(database, tgt, allow_emulated=allow_emulated_records)
     with tempfile.TemporaryDirectory(prefix="mmopt-latency-") as tmp:
         paths = {}
@@ -91,16 +115,19 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
                                    tgt, reference,
                                    Path(tmp) / label)
         times = _time_side_by_side(paths, feeds, tgt, farm, key, number, repeat, min_repeat_ms,
-                                   farm_secret)
+                                   farm_secret, function, leading)
     where = f"device {key or tgt.rpc_key} at {farm}" if farm else "this machine"
     return LatencyComparison(times["default"], times["tuned"], len(set(db.applied)),
                              len(set(db.queried)), where)
 
 
 def _time_side_by_side(paths: dict[str, Path], feeds, tgt, farm, key, number: int, repeat: int,
-                       min_repeat_ms: int, farm_secret=None) -> dict[str, float]:
+                       min_repeat_ms: int, farm_secret=None,
+                       function: str = "main", leading=()) -> dict[str, float]:
     """Median latency of each artifact, all loaded at once on the same device and timed in
-    alternation (``repeat`` rounds), so that drift in the machine's load affects all alike."""
+    alternation (``repeat`` rounds), so that drift in the machine's load affects all alike.
+    ``function``: the VM function timed (a bucket's); ``leading``: its block-count shape argument
+    (:func:`mmopt.codegen.symbolic_dims.block_counts`; empty: none)."""
     timers = {}
     if farm:
         from mmopt.tuning.farm import parse_address, request_session
@@ -127,11 +154,20 @@ def _time_side_by_side(paths: dict[str, Path], feeds, tgt, farm, key, number: in
             so, _ = artifact_paths(path)
             meta = read_meta(path)
             vm = relax.VirtualMachine(tvm.runtime.load_module(str(so)), device)
-            vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]),
-                                                      device=device) for s in meta.inputs])
+            tensors = [tvm.runtime.tensor(np.ascontiguousarray(feeds[s.name]), device=device)
+                       for s in meta.inputs]
+            if leading:
+                # the VM's set_input turns a shape into a tuple of tensors: the function itself
+                # is timed, with its block-count shape first
+                args = [tvm.runtime.ShapeTuple(list(leading)), *tensors]
+                timer = vm.time_evaluator(function, device, number=number, repeat=1,
+                                          min_repeat_ms=min_repeat_ms)
+                timers[label] = (lambda t=timer, a=args: float(t(*a).mean))
+                continue
+            vm.set_input(function, *tensors)
             timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=1,
                                       min_repeat_ms=min_repeat_ms)
-            timers[label] = (lambda t=timer: float(t("main").mean))
+            timers[label] = (lambda t=timer: float(t(function).mean))
     samples: dict[str, list[float]] = {label: [] for label in timers}
     for _ in range(max(repeat, 1)):
         for label, timer in timers.items():
@@ -151,8 +187,8 @@ def _export(executable, tgt, reference, prefix: Path) -> Path:
     export(executable, tgt, so)
     ArtifactMeta(
         name=prefix.name,
-        inputs=[TensorSpec(v.name, [int(d) for d in mir.dims_of(v)], str(mir.dtype_of(v)))
-                for v in mir.graph_inputs(reference)],
+        inputs=[TensorSpec(v.name, [d if isinstance(d, int) else str(d) for d in mir.dims_of(v)],
+                           str(mir.dtype_of(v))) for v in mir.graph_inputs(reference)],
         outputs=[TensorSpec(v.name, [d if isinstance(d, int) else -1 for d in mir.dims_of(v)],
                             str(mir.dtype_of(v))) for v in reference.graph.output],
         target=tgt.to_dict(), source_model="", source_sha256="", passes_applied=[],

@@ -45,6 +45,7 @@ from mmopt.codegen.options import CodegenOptions, differences
 from mmopt.errors import MmoptError
 from mmopt.passes import DEFAULT_LEVEL
 from mmopt.tuning import farm as _farm
+from mmopt.tuning.bucket_tasks import bucket_tasks
 from mmopt.tuning.database import (
     EMULATED_SUFFIX,
     FAILED_RUN_SECS,
@@ -108,7 +109,8 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
          measurement: Measurement | None = None, on_update: OnUpdate | None = None,
          stop: threading.Event | None = None, tasks: Sequence[str] | None = None,
          dry_run: bool = False, search: str = DEFAULT_SEARCH,
-         codegen: CodegenOptions | None = None, farm_secret=None) -> TuneReport:
+         codegen: CodegenOptions | None = None, farm_secret=None, dims=None,
+         buckets: Sequence[Mapping[str, Sequence[int]]] = ()) -> TuneReport:
     """Tune every task of ``model`` for ``target`` into the tuning database at ``database``.
 
     ``trials_per_task``: records wanted per task (counting those already in the database);
@@ -123,8 +125,12 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     name contains one of these strings; ``dry_run``: only plan (the report lists the tasks, their
     records and the trials a run would measure); ``search``: one of :data:`SEARCHES`;
     ``codegen``: the code-generation settings (:mod:`mmopt.codegen.options`, default from the
-    environment), stored with the records so a compile with other settings says so. Never
-    raises for a stop: the report says why it stopped, and running again resumes.
+    environment), stored with the records so a compile with other settings says so.
+    ``dims``/``buckets``: as for ``mmopt.compile`` (a dynamic model): the buckets' statically
+    specialized kernels are tuned (records keyed by their static shapes; ``tasks.json`` names each
+    task's buckets, ``mmopt db show`` lists them); the dynamic kernels are not tunable (symbolic
+    extents) and are left out, with a note. Never raises for a stop: the report says why it
+    stopped, and running again resumes.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -174,12 +180,23 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
         runner_text = "this machine"
 
     # Tasks, exactly as compile will look them up.
-    mod, _reference = relax_module(model, input_shapes, opt_level)
+    resolved: list = []
+    mod, _reference = relax_module(model, input_shapes, opt_level, dims=dims, buckets=buckets,
+                                   resolved=resolved)
+    if dims and not resolved:
+        raise MmoptError("tuning a dynamic model tunes its buckets' kernels (the dynamic ones "
+                         "have symbolic extents): give the sizes with --buckets INPUT:D1,D2,...")
     tuning_target = target_for_tuning(tgt, num_cores)
     codegen = codegen or CodegenOptions.from_env()
-    extracted = [t for t in ms.relax_integration.extract_tasks(tuning_module(mod, tgt, codegen),
-                                                               tuning_target)
+    lowered = tuning_module(mod, tgt, codegen)
+    extracted = [t for t in ms.relax_integration.extract_tasks(lowered, tuning_target)
                  if not t.mod.attrs.get("tirx.is_scheduled", False)]
+    task_buckets: dict[str, list[str]] = {}
+    if resolved:
+        extracted, task_buckets, n_dynamic = bucket_tasks(lowered, extracted, resolved)
+        if n_dynamic:
+            notes.append(f"{n_dynamic} dynamic kernel(s) (symbolic extents) are not tunable: "
+                         "they keep their default schedules")
     if tasks:
         extracted = [t for t in extracted if any(pattern in t.task_name for pattern in tasks)]
         if not extracted:
@@ -206,9 +223,12 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
                         target_slug(tgt) + (EMULATED_SUFFIX if emulated else ""), runner_text,
                         num_cores, search, key=key, emulated=emulated, notes=notes)
     probe = ms.database.MemoryDatabase()
+    bucket_of: dict[str, list[str]] = {}
     for task in extracted:
         workload = str(probe.commit_workload(task.dispatched[0]).as_json()[0])
         info = infos.get(workload, TaskInfo(task.task_name))
+        info.buckets = sorted(set(info.buckets) | set(task_buckets.get(task.task_name, [])))
+        bucket_of[workload] = info.buckets
         # The default schedule's record is a baseline, not a search trial.
         baseline = 1 if info.default_s is not None else 0
         state = TaskState(task.task_name, workload, int(task.weight),
@@ -233,7 +253,7 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     def save_tasks() -> None:
         tdb.update_tasks(tgt, {t.workload: TaskInfo(
             t.name, t.exhausted if search != "knobs" else t.persisted_exhausted, [report.model],
-            t.default_s) for t in report.tasks}, emulated=emulated)
+            t.default_s, bucket_of.get(t.workload, [])) for t in report.tasks}, emulated=emulated)
 
     if dry_run:
         if tdb is not None:

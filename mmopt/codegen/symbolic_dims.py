@@ -1,0 +1,93 @@
+"""Symbolic dims in the Relax module: the variables ``--dim`` ranges become, and their bounds.
+
+Each dim kept symbolic (``{name: DimRange}``, :mod:`mmopt.ir.dims`) is one ``int64`` variable of
+``main``, shared by every input axis of that name. A dim with a multiple ``m``
+(``height=320..1280:32``) is ``m * height_blocks``: ``main`` then takes a leading
+``R.Shape([blocks...])`` parameter (:data:`BLOCKS_PARAM`) that defines the block counts, which the
+runtime passes before the inputs (:class:`mmopt.runtime.CompiledModel`) and bucket copies bind
+(:mod:`mmopt.codegen.buckets`). The ranges are annotated as ``tir_var_lower_bound`` /
+``tir_var_upper_bound`` (the memory planner allocates for the maximum once instead of per call).
+"""
+
+from __future__ import annotations
+
+#: name of ``main``'s leading parameter when some dim has a multiple (see :func:`symbolic_vars`)
+BLOCKS_PARAM = "dim_blocks"
+
+
+def block_var_name(name: str) -> str:
+    return f"{name}_blocks"
+
+
+def block_dims(dims) -> list[str]:
+    """The dims passed to ``main`` as block counts (those with a multiple), in order."""
+    return [name for name, r in dims.items() if r.multiple > 1]
+
+
+def symbolic_vars(dims) -> dict:
+    """``{name: expression}`` of each dim's size: a plain int64 symbolic variable, or for a dim
+    with a multiple ``m`` (``height=320..1280:32``), ``m * height_blocks``. The multiple is what
+    lets shape arithmetic prove that a stride-32 and a stride-16 map upsampled 2x line up
+    (``((h - 1) // 32 + 1) * 2 == (h - 1) // 16 + 1`` holds only for multiples of 32)."""
+    from tvm import tirx
+
+    out = {}
+    for name, r in dims.items():
+        if r.multiple > 1:
+            out[name] = tirx.Var(block_var_name(name), "int64") * r.multiple
+        else:
+            out[name] = tirx.Var(name, "int64")
+    return out
+
+
+def with_block_argument(mod, variables, dims, func_name: str = "main"):
+    """Give ``func_name`` a leading ``R.Shape([blocks...])`` parameter defining the block-count
+    variables of the dims with a multiple (TVM binds a symbolic variable only where it appears
+    alone in a parameter's shape; ``32 * height_blocks`` in the input's shape is then checked at
+    each call: the input's height must be 32 times the block count passed)."""
+    from tvm import relax
+
+    names = block_dims(dims)
+    if not names:
+        return mod
+    func = mod[func_name]
+    from tvm import tirx
+
+    # variables[n] is ``m * n_blocks``: the block-count variable is the product's Var operand
+    blocks = [next(x for x in (variables[n].a, variables[n].b) if isinstance(x, tirx.Var))
+              for n in names]
+    param = relax.Var(BLOCKS_PARAM, relax.ShapeType(blocks))
+    new = relax.Function([param, *func.params], func.body, func.ret_ty, func.is_pure, func.attrs)
+    mod[func_name] = new
+    return mod
+
+
+def symbol_values(sizes, dims) -> dict:
+    """``{symbolic variable name: value}`` for concrete dim ``sizes`` (block counts for dims with
+    a multiple)."""
+    out = {}
+    for name, size in sizes.items():
+        r = dims[name]
+        if r.multiple > 1:
+            out[block_var_name(name)] = int(size) // r.multiple
+        else:
+            out[name] = int(size)
+    return out
+
+
+def with_dim_bounds(mod, dims, func_name: str = "main"):
+    """``mod`` with the ranges of ``dims`` annotated on ``func_name`` (``tir_var_lower_bound``,
+    ``tir_var_upper_bound``: TVM's memory planner sizes buffers for the upper bounds)."""
+    func = mod[func_name]
+    lower = symbol_values({name: r.min for name, r in dims.items()}, dims)
+    upper = symbol_values({name: r.max for name, r in dims.items()}, dims)
+    func = func.with_attr("tir_var_lower_bound", lower).with_attr("tir_var_upper_bound", upper)
+    mod[func_name] = func
+    return mod
+
+
+def block_counts(sizes, dims) -> list[int]:
+    """The leading shape argument ``main`` and its bucket copies take for concrete dim ``sizes``:
+    ``size // multiple`` of each dim with a multiple, in :func:`block_dims` order (empty: none
+    has a multiple, and there is no leading argument)."""
+    return [int(sizes[name]) // dims[name].multiple for name in block_dims(dims)]
