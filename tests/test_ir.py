@@ -105,7 +105,12 @@ def test_parse_shape_option(text, expected):
     assert mir.parse_shape_option(text) == expected
 
 
-@pytest.mark.parametrize("text", ["x", "x:", "x:1,a", "x:0,3", ":1,2"])
+def test_parse_shape_option_keeps_a_named_dim_symbolic():
+    """A dim given by name stays symbolic under that name (``--dim width=MIN..MAX`` ranges it)."""
+    assert mir.parse_shape_option("x:1,3,48,width") == ("x", (1, 3, 48, "width"))
+
+
+@pytest.mark.parametrize("text", ["x", "x:", "x:1,2.5", "x:1,a-b", "x:0,3", ":1,2"])
 def test_parse_shape_option_errors(text):
     with pytest.raises(MmoptError):
         mir.parse_shape_option(text)
