@@ -220,13 +220,7 @@ def schedule_contraction_symbolic(sch, name: str) -> None:
     which LLVM's loop vectorizer vectorizes with a scalar epilogue. No register tile: the row of
     ``C`` lives in L1, not in registers."""
     block_rv = sch.get_sblock(name)
-    block = sch.get(block_rv)
-    if not _loops_match_iters(sch, block_rv):
-        raise ValueError("loop nest does not match block iters")
-    loops = sch.get_loops(block_rv)
-    kinds = _iter_kinds(block)
-    region = block.writes[0].region
-    v_axis = _index_iter(block, region[-1]) if region else None
+    loops, kinds, v_axis = _block_axes(sch, block_rv)
     if v_axis is None or kinds[v_axis] != "S":
         raise ValueError("innermost output dim is not a spatial iter")
     outer = [loops[i] for i, k in enumerate(kinds) if k == "S" and i != v_axis]
@@ -656,15 +650,20 @@ def _inline_plain_copies(sch, block_rv, padding: bool = False) -> None:
             pass
 
 
-def schedule_reduction(sch, name: str, lanes: int) -> None:
-    block_rv = sch.get_sblock(name)
+def _block_axes(sch, block_rv):
+    """``(loops, iter kinds, v_axis)`` of a block whose loops match its iters one to one;
+    ``v_axis`` indexes the iter of the output's innermost dim (None: not a plain iter)."""
     block = sch.get(block_rv)
     if not _loops_match_iters(sch, block_rv):
         raise ValueError("loop nest does not match block iters")
-    loops = sch.get_loops(block_rv)
-    kinds = _iter_kinds(block)
     region = block.writes[0].region
-    v_axis = _index_iter(block, region[-1]) if region else None
+    return (sch.get_loops(block_rv), _iter_kinds(block),
+            _index_iter(block, region[-1]) if region else None)
+
+
+def schedule_reduction(sch, name: str, lanes: int) -> None:
+    block_rv = sch.get_sblock(name)
+    loops, kinds, v_axis = _block_axes(sch, block_rv)
     spatial = [i for i, k in enumerate(kinds) if k == "S"]
     reductions = [loops[i] for i, k in enumerate(kinds) if k == "R"]
     vec_loop = None
