@@ -1,10 +1,15 @@
 """Dynamic shapes: symbolic dims kept from ONNX to the artifact (``--dim``), run-time refusal of
-sizes outside the ranges, buckets of statically specialized kernels (``--buckets``), and
-verification against onnxruntime at several sizes (docs/dynamic-shapes.md)."""
+sizes outside the ranges, buckets of statically specialized kernels (``--buckets``),
+verification against onnxruntime at several sizes, and the native bundle (``mmopt package``:
+``mmopt-run`` and the C API, x86_64 and aarch64 under qemu) running them with the Python
+runtime's semantics (docs/dynamic-shapes.md)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -288,12 +293,312 @@ def test_profile_refuses_a_dynamic_artifact_in_one_line(cnn):
     assert exc.value.message.startswith("--profile: profiling an artifact with symbolic dims")
 
 
-def test_native_bundle_refuses_a_dynamic_artifact_in_one_line(cnn, tmp_path):
+# ------------------------------------------------------------------------------------------------
+# the native bundle (mmopt package): mmopt-run and the C API take every size the ranges allow,
+# with the Python runtime's one-line errors
+
+
+def _x86_bundles_missing() -> str | None:
+    from mmopt.deploy import native
+
+    return None if native.host_arch() == "x86_64" else "x86_64 bundles run on x86_64 machines only"
+
+
+def _arm_bundles_missing() -> str | None:
+    from mmopt.deploy import native
+    from mmopt.tuning import emulate
+
+    if native.host_arch() == "aarch64":
+        return None
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        return "the aarch64 cross compiler is not installed (apt-get install g++-aarch64-linux-gnu)"
+    if not any(shutil.which(q) for q in emulate.QEMU_CANDIDATES):
+        return f"qemu-aarch64 is not installed; {emulate.SETUP_HINT}"
+    if not emulate.Arm64Root(emulate.cache_root()).is_ready():
+        return f"the emulated arm64 environment is not prepared; {emulate.SETUP_HINT}"
+    return None
+
+
+def _package(artifact, folder):
+    from mmopt.deploy import package
+
+    reason = _x86_bundles_missing()
+    if reason:
+        pytest.skip(reason)
+    return package(artifact, folder)
+
+
+@pytest.fixture(scope="module")
+def cnn_bundle(cnn, tmp_path_factory):
+    out, result = cnn
+    assert result.exit_code == 0, result.output
+    return _package(out, tmp_path_factory.mktemp("dyn") / "conv_bundle")
+
+
+@pytest.fixture(scope="module")
+def transformer_bundle(transformer, tmp_path_factory):
+    _path, out, _result = transformer
+    return _package(out, tmp_path_factory.mktemp("dyn") / "tr_bundle")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two inputs sharing the dim ``n`` (``a: [n, 8]``, ``b: [n, k]``, ``k`` a multiple of 4), a
+    bucket, and its bundle: what inputs disagreeing on a dim look like."""
+    from onnx import TensorProto, helper
+
+    folder = tmp_path_factory.mktemp("dyn")
+    w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"]),
+         helper.make_node("Sigmoid", ["b"], ["z"])], "pair",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 8]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", "k"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", "k"])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out = folder / "pair"
+    mmopt.compile(model, "x86", out, dims=[parse_dim_option("n=1..8"),
+                                           parse_dim_option("k=4..32:4")],
+                  buckets=[{"a": (2, 8), "b": (2, 16)}], verify=False)
+    return out, _package(out, folder / "pair_bundle")
+
+
+def _mmopt_run(bundle, tmp_path, feeds=None, args=()):
+    """``bin/mmopt-run`` of ``bundle`` on ``feeds`` (.npy files), outputs written to a folder:
+    (process, {output: array}, the function that ran)."""
+    command = [str(bundle.model)]
+    for i, (name, value) in enumerate((feeds or {}).items()):
+        np.save(tmp_path / f"in{i}.npy", value)
+        command += ["-i", f"{name}={tmp_path / f'in{i}.npy'}"]
+    command += ["-o", str(tmp_path / "out"), *args]
+    proc = subprocess.run(bundle.command(command), capture_output=True, text=True, timeout=600)
+    outputs, function = {}, None
+    for line in proc.stdout.splitlines():
+        parts = line.split("\t")
+        if parts[0] == "wrote" and len(parts) == 3:
+            outputs[parts[1]] = np.load(parts[2])
+        elif parts[0] == "function" and len(parts) == 2:
+            function = parts[1]
+    return proc, outputs, function
+
+
+def _native_one_line_error(proc, message: str) -> None:
+    """mmopt-run's exit status 1 and the Python runtime's ``message``, alone on stderr."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [f"mmopt-run: error: {message}"], proc.stderr
+
+
+def _python_error(artifact, feeds) -> str:
+    with pytest.raises(MmoptError) as exc:
+        load(artifact)(**feeds)
+    return exc.value.message
+
+
+def _cnn_reference_model():
+    return fix_input_shapes(build("conv_bn_relu"), {"input": ("batch", 3, "h", "w")},
+                            dims={"batch": DimRange("batch", 1, 3), "h": DimRange("h", 16, 64, 8),
+                                  "w": DimRange("w", 16, 64, 8)})
+
+
+@pytest.mark.parametrize("shape, function", [
+    ((1, 3, 32, 32), "main_bucket0"),  # the bucket's sizes: its static kernels
+    ((3, 3, 56, 24), "main"),          # odd block counts (7 and 3), non-square
+    ((1, 3, 16, 16), "main"),          # every dim at its minimum
+    ((2, 3, 64, 40), "main"),
+])
+def test_native_bundle_runs_the_dynamic_cnn_at_every_size(cnn, cnn_bundle, shape, function,
+                                                          tmp_path):
+    """The packaged CNN (a batch dim, height and width multiples of 8, a bucket) through mmopt-run:
+    the Python runtime's outputs bit for bit (the same kernels) and onnxruntime's within 1e-4."""
     out, _result = cnn
-    _one_line_error(CliRunner().invoke(cli, ["package", str(out), "-o", str(tmp_path / "b")]),
-                    "")
-    assert "symbolic dims" in CliRunner().invoke(
-        cli, ["package", str(out), "-o", str(tmp_path / "b")]).output
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    proc, outputs, ran = _mmopt_run(cnn_bundle, tmp_path, {"input": x}, ["--threads", "1"])
+    assert proc.returncode == 0, proc.stderr
+    assert ran == function == load(out).function_for([shape])
+    np.testing.assert_array_equal(outputs["head.fc"], load(out)(input=x)["head.fc"])
+    expected = run_onnxruntime(_cnn_reference_model(), {"input": x})["head.fc"]
+    assert outputs["head.fc"].shape == (shape[0], 10)
+    assert float(np.max(np.abs(outputs["head.fc"] - expected))) <= 1e-4
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 3, 36, 32),     # not a multiple of 8
+    (1, 3, 32, 72),     # above the range
+    (1, 3, 8, 32),      # below the range
+    (4, 3, 32, 32),     # batch above its range
+    (1, 3, 32),         # a wrong rank
+    (1, 4, 32, 32),     # a fixed dim that differs
+])
+def test_native_bundle_refuses_bad_shapes_in_one_line(cnn, cnn_bundle, shape, tmp_path):
+    """mmopt-run exits 1 with the Python runtime's message, alone on stderr."""
+    out, _result = cnn
+    x = np.zeros(shape, np.float32)
+    proc, _outputs, _ran = _mmopt_run(cnn_bundle, tmp_path, {"input": x})
+    _native_one_line_error(proc, _python_error(out, {"input": x}))
+
+
+def test_native_bundle_describes_dims_and_needs_shapes(cnn_bundle, tmp_path):
+    """--info lists the symbolic dims and the buckets; an input with symbolic dims has no shape
+    of its own (usage error without -i or --shape); --shape runs zeros of that shape."""
+    manifest = cnn_bundle.manifest["model"]
+    assert manifest["dims"]["h"] == {"min": 16, "max": 64, "multiple": 8}
+    assert manifest["buckets"] == [{"function": "main_bucket0",
+                                    "sizes": {"batch": 1, "h": 32, "w": 32}}]
+    info = subprocess.run(cnn_bundle.command(["--info"]), capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    assert info.stdout.splitlines()[1:] == [
+        "input  input float32[batch, 3, h, w]",
+        "output head.fc float32[batch, 10]",
+        "dim    batch 1..3",
+        "dim    h 16..64 in steps of 8",
+        "dim    w 16..64 in steps of 8",
+        "bucket main_bucket0 batch=1 h=32 w=32",
+    ]
+    proc, _outputs, _ran = _mmopt_run(cnn_bundle, tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "mmopt-run: error: input input not given: its shape [batch, 3, h, w] has symbolic dims; "
+        "give it with -i input=FILE.npy or --shape input=1,3,16,16 (--info lists the ranges)"]
+    proc, outputs, ran = _mmopt_run(cnn_bundle, tmp_path, args=["--shape", "input=1,3,32,32"])
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert ran == "main_bucket0" and outputs["head.fc"].shape == (1, 10)
+    proc, _outputs, _ran = _mmopt_run(cnn_bundle, tmp_path, args=["--shape", "input=1,3,40,42"])
+    _native_one_line_error(proc, "input input: dim 3 (w) is 42, not a multiple of 8 "
+                                 "(range 16..64 in steps of 8)")
+
+
+@pytest.mark.parametrize("shape", [(1, 128, 64), (1, 37, 64), (2, 301, 64), (2, 512, 64)])
+def test_native_bundle_runs_the_dynamic_transformer(transformer, transformer_bundle, shape,
+                                                    tmp_path):
+    """The transformer block (plain dims batch and seq, a bucket at seq 128) through mmopt-run
+    agrees with onnxruntime at the bucket, odd and maximal sizes."""
+    path, out, _result = transformer
+    x = np.random.default_rng(sum(shape)).random(shape, dtype=np.float32)
+    proc, outputs, ran = _mmopt_run(transformer_bundle, tmp_path, {"input": x}, ["--threads", "1"])
+    assert proc.returncode == 0, proc.stderr
+    assert ran == ("main_bucket0" if shape == (1, 128, 64) else "main")
+    expected = run_onnxruntime(onnx.load(path), {"input": x})
+    assert list(outputs) == list(expected)
+    python = load(out)(input=x)
+    for name, ref in expected.items():
+        assert outputs[name].shape == ref.shape
+        np.testing.assert_allclose(outputs[name], ref, atol=1e-4, rtol=1e-4)
+        np.testing.assert_array_equal(outputs[name], python[name])
+    bad = np.zeros((1, 513, 64), np.float32)
+    proc, _outputs, _ran = _mmopt_run(transformer_bundle, tmp_path, {"input": bad})
+    _native_one_line_error(proc, "input input: dim 1 (seq) is 513, outside the compiled range "
+                                 "8..512")
+
+
+def test_native_bundle_reports_inputs_disagreeing_on_a_dim(pair, tmp_path):
+    out, bundle = pair
+    feeds = {"a": np.ones((2, 8), np.float32), "b": np.ones((3, 16), np.float32)}
+    proc, _outputs, _ran = _mmopt_run(bundle, tmp_path, feeds)
+    message = _python_error(out, feeds)
+    assert message == "input b: dim 0 (n) is 3, but input a has n = 2"
+    _native_one_line_error(proc, message)
+    feeds["b"] = np.ones((2, 16), np.float32)
+    proc, outputs, ran = _mmopt_run(bundle, tmp_path, feeds)
+    assert proc.returncode == 0 and ran == "main_bucket0", proc.stderr
+    assert outputs["z"].shape == (2, 16)
+
+
+def _build_c_test(bundle, program, compiler="gcc"):
+    lib = bundle.path / "lib"
+    source = Path(__file__).resolve().parents[1] / "native" / "tests" / "test_capi_dynamic.c"
+    subprocess.run([compiler, "-std=c11", "-O1", "-Wall", "-I",
+                    str(bundle.path / "include"), str(source), "-o", str(program), "-L", str(lib),
+                    "-lmmopt_model", f"-Wl,-rpath,{lib}", f"-Wl,-rpath-link,{lib}"],
+                   check=True, capture_output=True, text=True)
+
+
+def _run_c_test(bundle, program, artifact=None):
+    """native/tests/test_capi_dynamic.c against ``bundle``: every check passes, and (given the
+    ``artifact`` to load here) each shape it saw refused has the Python runtime's message."""
+    proc = subprocess.run(bundle.command([])[:-1] + [str(program), str(bundle.model)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]  # < 0: a crash
+    assert "0 failure(s)" in proc.stdout
+    if artifact is None:
+        return proc.stdout
+    refused = [line.split("\t") for line in proc.stdout.splitlines()
+               if line.startswith("refused\t")]
+    kinds = {"outside the compiled range", "not a multiple of", "rank", "the artifact takes"}
+    for _tag, shapes, message in refused:
+        feeds = {}
+        for item in shapes.split(" "):
+            name, dims = item.split("=")
+            feeds[name] = np.zeros([int(d) for d in dims.split(",")], np.float32)
+        assert message == _python_error(artifact, feeds), shapes
+        kinds = {k for k in kinds if k not in message}
+    assert not kinds, f"no refusal seen for: {kinds}"
+    return proc.stdout
+
+
+def test_c_api_with_symbolic_dims(cnn, cnn_bundle, tmp_path):
+    out, _result = cnn
+    program = tmp_path / "test_capi_dynamic"
+    _build_c_test(cnn_bundle, program)
+    stdout = _run_c_test(cnn_bundle, program, out)
+    assert "ok     ... ran main_bucket0" in stdout
+
+
+def test_c_api_reports_inputs_disagreeing_on_a_dim(pair, tmp_path):
+    out, bundle = pair
+    program = tmp_path / "test_capi_dynamic"
+    _build_c_test(bundle, program)
+    stdout = _run_c_test(bundle, program, out)
+    assert "refused\ta=1,8 b=2,4\tinput b: dim 0 (n) is 2, but input a has n = 1" in stdout
+
+
+def test_cli_run_native_takes_a_dynamic_artifact(cnn, cnn_bundle):
+    """``mmopt run --native`` with --input-shape, through the cached bundle; a size out of range is
+    mmopt-run's one-line error (exit 2 from mmopt)."""
+    out, _result = cnn
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["run", str(out), "--native", "--input-shape", "input:2,3,40,56"])
+    assert ok.exit_code == 0, ok.output
+    assert "[2, 10]" in ok.output
+    bad = runner.invoke(cli, ["run", str(out), "--native", "--input-shape", "input:1,3,40,72"])
+    _one_line_error(bad, "")
+    assert bad.output.strip().splitlines()[-1].endswith(
+        "input input: dim 3 (w) is 72, outside the compiled range 16..64")
+
+
+def test_arm_bundle_runs_a_dynamic_cnn(tmp_path):
+    """The dynamic CNN compiled for aarch64, packaged, run by its mmopt-run and the C API test
+    under qemu-aarch64: onnxruntime's outputs at the bucket and at other sizes, the same refusals."""
+    from mmopt.deploy import package
+
+    reason = _arm_bundles_missing()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "conv_arm"
+    mmopt.compile(build("conv_bn_relu"), "arm", out, input_shapes={"input": ("batch", 3, "h", "w")},
+                  dims=[parse_dim_option("batch=1..3"), parse_dim_option("h=16..64:8"),
+                        parse_dim_option("w=16..64:8")],
+                  buckets=[{"input": (1, 3, 32, 32)}], verify=False)
+    bundle = package(out, tmp_path / "bundle")
+    assert bundle.arch == "aarch64"
+    reference = _cnn_reference_model()
+    for shape, function in [((1, 3, 32, 32), "main_bucket0"), ((3, 3, 56, 24), "main"),
+                            ((2, 3, 16, 64), "main")]:
+        x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+        proc, outputs, ran = _mmopt_run(bundle, tmp_path, {"input": x}, ["--threads", "1"])
+        assert proc.returncode == 0, proc.stderr
+        assert ran == function
+        expected = run_onnxruntime(reference, {"input": x})["head.fc"]
+        assert float(np.max(np.abs(outputs["head.fc"] - expected))) <= 1e-4, shape
+    proc, _outputs, _ran = _mmopt_run(bundle, tmp_path, {"input": np.zeros((1, 3, 36, 32),
+                                                                            np.float32)})
+    _native_one_line_error(proc, "input input: dim 2 (h) is 36, not a multiple of 8 "
+                                 "(range 16..64 in steps of 8)")
+    program = tmp_path / "test_capi_dynamic"
+    _build_c_test(bundle, program, compiler="aarch64-linux-gnu-gcc")
+    assert "ok     ... ran main_bucket0" in _run_c_test(bundle, program)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -189,6 +189,9 @@ def test_bundle_contents_and_manifest(arch, bundle):
     assert runtime["apache-tvm"] == native.tvm_versions()["apache-tvm"]
     assert "libstdc++.so.6" in manifest["requires"]["system_libraries"]
     assert manifest["requires"]["libraries"]["GLIBC"]
+    # what docs/deploy.md promises: libstdc++ of GCC 9 (Debian 11, Ubuntu 20.04) is enough
+    glibcxx = manifest["requires"]["libraries"]["GLIBCXX"]
+    assert tuple(int(p) for p in glibcxx.split(".")) <= (3, 4, 26), glibcxx
     # the runtime of the bundle's architecture, from the wheels (no download at run time)
     assert ("installed" in runtime["from"]) == (arch == native.host_arch())
 

@@ -52,6 +52,13 @@ def command(artifact, output, force, as_json):
     out.print(f"  runtime   {_mb(bundle.runtime_bytes)}"
               f"{' stripped' if runtime['stripped'] else ' (not stripped: no strip tool)'} "
               f"({libs}); TVM {runtime['apache-tvm']}")
+    dims = manifest["model"].get("dims") or {}
+    if dims:
+        ranges = ", ".join(f"{n}={r['min']}..{r['max']}"
+                           + (f":{r['multiple']}" if r.get("multiple", 1) > 1 else "")
+                           for n, r in dims.items())
+        buckets = len(manifest["model"].get("buckets") or [])
+        out.print(f"  dims      {ranges}; {buckets} bucket(s) (mmopt-run --info)")
     req = manifest["requires"]
     needs = ", ".join(f"{k} >= {v}" for k, v in req["libraries"].items() if k != "CXXABI")
     out.print(f"  needs     {needs} on the device (mmopt-run: glibc >= "

@@ -88,10 +88,6 @@ def _refuse_reason(meta) -> str | None:
         return f"{device} artifacts are not packaged (CPU targets only)"
     if meta.target.get("arch") not in ("x86_64", "aarch64"):
         return f"no native runtime for architecture {meta.target.get('arch')!r}"
-    if getattr(meta, "dims", None):
-        return ("artifacts with symbolic dims (--dim) are not packaged yet: the native runtime "
-                "takes static shapes; run them from Python (mmopt run) or compile with "
-                "--input-shape for the bundle")
     return None
 
 
@@ -164,7 +160,11 @@ def package(artifact, output, *, force: bool = False,
                       "inputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape}
                                  for t in meta.inputs],
                       "outputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape}
-                                  for t in meta.outputs]},
+                                  for t in meta.outputs],
+                      # symbolic dims (--dim) and buckets, as in the artifact's description
+                      "dims": meta.dims, "buckets": [{"function": b["function"],
+                                                      "sizes": b["sizes"]}
+                                                     for b in meta.buckets]},
             "runtime": {"bytes": runtime_bytes, "stripped": info["stripped"],
                         "from": info["runtime_from"], "compiler": info["compiler"],
                         **native.tvm_versions()},
@@ -236,14 +236,16 @@ def arm64_sysroot() -> Path:
 
 
 def bundle_for(artifact, *, progress=None) -> Bundle:
-    """The bundle of ``artifact``, packaged once into the cache (keyed by the artifact's files)."""
+    """The bundle of ``artifact``, packaged once into the cache (keyed by the artifact's files and
+    the native runtime's sources)."""
     from mmopt.runtime.artifact import artifact_paths
 
     so, meta_path = artifact_paths(artifact)
     if not so.exists() or not meta_path.exists():
         missing = so if not so.exists() else meta_path
         raise MmoptError(f"{missing}: no such file (an mmopt artifact is NAME.so + NAME.json)")
-    key = hashlib.sha256((_sha256(so) + _sha256(meta_path)).encode()).hexdigest()[:16]
+    key = hashlib.sha256((_sha256(so) + _sha256(meta_path) + native.sources_digest()).encode()
+                         ).hexdigest()[:16]
     path = native.cache_dir() / "bundles" / f"{so.stem}-{key}"
     if (path / MANIFEST).exists():
         bundle = Bundle.open(path)
@@ -270,7 +272,9 @@ def run_bundle(bundle: Bundle, feeds: Mapping[str, np.ndarray], *, threads: int 
             path = Path(tmp) / f"input{i}.npy"
             array = np.asarray(value)
             expected = np.dtype(inputs[name]["dtype"])
-            if list(array.shape) != list(inputs[name]["shape"]):
+            static = all(isinstance(d, int) for d in inputs[name]["shape"])
+            # symbolic dims: mmopt-run checks the sizes against the ranges (a one-line error)
+            if static and list(array.shape) != list(inputs[name]["shape"]):
                 raise MmoptError(f"input {name}: shape {list(array.shape)} given, the artifact "
                                  f"was compiled for {inputs[name]['shape']}")
             if array.dtype != expected and array.dtype.kind == expected.kind:

@@ -170,6 +170,15 @@ def _sources(src: Path) -> list[Path]:
             src / "tools" / "mmopt_run.c"]
 
 
+def sources_digest() -> str:
+    """sha256 of the native sources a bundle's runtime is built from (part of the key of bundles
+    cached by :func:`mmopt.deploy.bundle.bundle_for`: a changed runtime packages again)."""
+    h = hashlib.sha256()
+    for path in _sources(source_dir()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
     logger.debug("$ %s", " ".join(cmd))
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, check=False)

@@ -4,7 +4,8 @@
  *   ./run_model ../model/NAME          # NAME, NAME.so or NAME.json
  *
  * It lists the model's inputs and outputs, fills every input with a constant, runs the model once
- * and prints the first values of each output. Build it with the Makefile or CMakeLists.txt next to
+ * and prints the first values of each output. A model with symbolic dims (compiled with --dim)
+ * runs at the smallest size of each dim here; give your data's sizes instead. Build it with the Makefile or CMakeLists.txt next to
  * this file (see docs/deploy.md); replace the constant fill with your own data.
  */
 #include <stdio.h>
@@ -39,13 +40,27 @@ int main(int argc, char **argv) {
   int status = 0;
   for (int i = 0; i < n_in && status == 0; ++i) {
     mmopt_tensor_info info;
+    const int32_t *dims = NULL;
     mmopt_model_input_info(model, i, &info);
+    mmopt_model_input_dims(model, i, &dims);
+    int64_t shape[16];
+    size_t nbytes = mmopt_dtype_size(info.dtype);
+    for (int32_t a = 0; a < info.ndim && a < 16; ++a) {
+      shape[a] = info.shape[a];
+      if (shape[a] < 0) { /* a symbolic dim: any size in its range */
+        mmopt_dim_info dim;
+        mmopt_model_dim_info(model, dims[a], &dim);
+        shape[a] = dim.min;
+      }
+      nbytes *= (size_t)shape[a];
+    }
+    info.nbytes = nbytes;
     printf("input  %s %s (%zu bytes)\n", info.name, info.dtype_name, info.nbytes);
     /* 64-byte aligned memory: the model reads it in place, without a copy */
     size_t size = (info.nbytes + 63) / 64 * 64;
     buffers[i] = aligned_alloc(64, size ? size : 64);
     fill(buffers[i], info.dtype, info.nbytes);
-    if (mmopt_model_set_input(model, info.name, buffers[i], info.dtype, info.ndim, info.shape) !=
+    if (mmopt_model_set_input(model, info.name, buffers[i], info.dtype, info.ndim, shape) !=
         MMOPT_OK) {
       fprintf(stderr, "set_input failed: %s\n", mmopt_last_error());
       status = 1;

@@ -16,6 +16,10 @@
  *     mmopt_model_output(m, 0, &y, &y_bytes);
  *     mmopt_model_close(m);
  *
+ * A model compiled with symbolic dims (`mmopt compile --dim height=320..1280:32`) takes any input
+ * shape its dims' ranges allow and reports the shapes of each run's outputs; see DYNAMIC SHAPES
+ * below.
+ *
  * ERRORS. Every function that returns `int` returns MMOPT_OK (0) on success and a positive
  * mmopt_status on failure; on failure mmopt_last_error() holds a one-line description. No function
  * aborts the process or throws across this API on bad input: missing or truncated files, a library
@@ -29,10 +33,13 @@
  *    aligned_alloc(64, ...)): the model reads the caller's memory during mmopt_model_run(), so that
  *    memory must stay valid and unchanged from set_input until run returns (or until the input is
  *    set again or the model is closed). Unaligned data is copied into a buffer the model owns
- *    (TVM's kernels assume 64-byte aligned tensors).
- *  - Output data returned by mmopt_model_output() belongs to the model and stays valid until the
- *    next mmopt_model_run() or mmopt_model_close() on that handle; mmopt_model_copy_output()
- *    copies it into caller memory instead.
+ *    (TVM's kernels assume 64-byte aligned tensors); one per input, grown to the largest size set
+ *    so far when the model has symbolic dims.
+ *  - Output data returned by mmopt_model_output() and output shapes returned by
+ *    mmopt_model_output_shape() belong to the model and stay valid until the next
+ *    mmopt_model_run() or mmopt_model_close() on that handle; mmopt_model_copy_output() copies the
+ *    data into caller memory instead. Dim names, bucket names and sizes, and the per-axis dim
+ *    indices stay valid until mmopt_model_close().
  *  - mmopt_last_error() points to thread-local storage, valid until the next failing call in the
  *    same thread.
  *
@@ -98,15 +105,29 @@ typedef enum mmopt_dtype {
   MMOPT_BOOL = 13     /* bool (one byte per element) */
 } mmopt_dtype;
 
-/*! \brief What an input or output is. All pointers are owned by the model (valid until close). */
+/*!
+ * \brief What an input or output is. All pointers are owned by the model (valid until close).
+ *
+ * In a model with symbolic dims (compiled with `--dim`) the shape holds
+ * -1 on each axis whose size is given at run time, and nbytes is then 0 (DYNAMIC SHAPES below).
+ */
 typedef struct mmopt_tensor_info {
   const char *name;       /* as in the ONNX model */
   mmopt_dtype dtype;
   const char *dtype_name; /* "float32", ... */
   int32_t ndim;
-  const int64_t *shape;   /* ndim entries (NULL when ndim is 0) */
-  size_t nbytes;          /* bytes of one dense tensor: product(shape) * element size */
+  const int64_t *shape;   /* ndim entries (NULL when ndim is 0); -1: a symbolic dim */
+  size_t nbytes;          /* bytes of one dense tensor: product(shape) * element size; 0 when
+                             the shape has a -1 */
 } mmopt_tensor_info;
+
+/*! \brief A symbolic dim of the model (`--dim NAME=MIN..MAX[:MULTIPLE]`). */
+typedef struct mmopt_dim_info {
+  const char *name; /* "height"; owned by the model, valid until close */
+  int64_t min;      /* the sizes the dim accepts: min..max, multiples of `multiple` (1: any) */
+  int64_t max;
+  int64_t multiple;
+} mmopt_dim_info;
 
 /*! \brief "mmopt-model API 1 (TVM 0.27.0.post1 runtime)": what this library is. */
 MMOPT_API const char *mmopt_runtime_version(void);
@@ -148,13 +169,18 @@ MMOPT_API int mmopt_model_find_output(const mmopt_model *model, const char *name
 
 /*!
  * \brief Set input `name` from caller memory: a dense row-major tensor of `dtype` and `shape`
- * (`ndim` entries), which must equal the model's. No copy when `data` is 64-byte aligned (see
- * OWNERSHIP above).
+ * (`ndim` entries), which must equal the model's; with symbolic dims, any shape the dims' ranges
+ * allow (MMOPT_ERROR_MISMATCH otherwise, naming the input and the dim). No copy when `data` is
+ * 64-byte aligned (see OWNERSHIP above).
  */
 MMOPT_API int mmopt_model_set_input(mmopt_model *model, const char *name, const void *data,
                                     mmopt_dtype dtype, int32_t ndim, const int64_t *shape);
 
-/*! \brief Run the model on the inputs set (every input must have been set at least once). */
+/*!
+ * \brief Run the model on the inputs set (every input must have been set at least once). With
+ * symbolic dims, the inputs' sizes are bound together first: inputs disagreeing on a dim they
+ * share fail with MMOPT_ERROR_MISMATCH (naming the later input), before anything runs.
+ */
 MMOPT_API int mmopt_model_run(mmopt_model *model);
 
 /*!
@@ -165,6 +191,58 @@ MMOPT_API int mmopt_model_output(mmopt_model *model, int index, const void **dat
 
 /*! \brief Copy output `index` of the last run into `dst` (`capacity` bytes, at least its size). */
 MMOPT_API int mmopt_model_copy_output(mmopt_model *model, int index, void *dst, size_t capacity);
+
+/*
+ * DYNAMIC SHAPES. A model compiled with symbolic dims (`mmopt compile --dim height=320..1280:32`)
+ * takes inputs of any size in the dims' ranges; the functions below describe the dims and read the
+ * shapes of the last run. They were added to API version 1 without changing what was there
+ * (programs written for static shapes are unaffected; a model without symbolic dims has 0 dims and
+ * 0 buckets). Sizes are checked as mmopt's Python runtime checks them, with the same one-line
+ * messages ("input images: dim 2 (height) is 1312, outside the compiled range 320..1280"): a wrong
+ * rank, a fixed dim that differs, a size outside the range or not a multiple at
+ * mmopt_model_set_input(); two inputs disagreeing on a dim at mmopt_model_run(). Sizes that are
+ * exactly a bucket's (`--buckets`) run the bucket's statically specialized function, any other
+ * sizes the dynamic kernels.
+ */
+
+/*!
+ * \brief The shape of output `index` of the last run: *ndim axes at *shape (owned by the model,
+ * valid until the next run or close). The sizes of symbolic dims are concrete here.
+ */
+MMOPT_API int mmopt_model_output_shape(mmopt_model *model, int index, int32_t *ndim,
+                                       const int64_t **shape);
+
+/*! \brief Number of symbolic dims (0: static shapes), or -1 (with an error) when model is NULL. */
+MMOPT_API int mmopt_model_num_dims(const mmopt_model *model);
+
+/*! \brief Describe symbolic dim `index` (0-based, in the order of NAME.json's "dims"). */
+MMOPT_API int mmopt_model_dim_info(const mmopt_model *model, int index, mmopt_dim_info *info);
+
+/*!
+ * \brief Which dim each axis of input / output `index` is: *dims points to ndim entries (owned by
+ * the model, valid until close; NULL when ndim is 0), each the index of a symbolic dim
+ * (mmopt_model_dim_info) or -1 for a fixed axis (and for an output axis whose size the model's
+ * description does not name).
+ */
+MMOPT_API int mmopt_model_input_dims(const mmopt_model *model, int index, const int32_t **dims);
+MMOPT_API int mmopt_model_output_dims(const mmopt_model *model, int index, const int32_t **dims);
+
+/*! \brief Number of buckets (statically specialized functions), or -1 when model is NULL. */
+MMOPT_API int mmopt_model_num_buckets(const mmopt_model *model);
+
+/*!
+ * \brief Bucket `index`: *function is its function's name ("main_bucket0"), *sizes has one entry
+ * per symbolic dim (mmopt_model_num_dims(), in dim order): the size the bucket is specialized for.
+ * Both owned by the model, valid until close; either pointer may be NULL.
+ */
+MMOPT_API int mmopt_model_bucket_info(const mmopt_model *model, int index, const char **function,
+                                      const int64_t **sizes);
+
+/*!
+ * \brief The compiled function the last run called: "main" (for a model with symbolic dims: the
+ * dynamic kernels) or a bucket's function. *name is owned by the model, valid until close.
+ */
+MMOPT_API int mmopt_model_last_function(mmopt_model *model, const char **name);
 
 #ifdef __cplusplus
 } /* extern "C" */

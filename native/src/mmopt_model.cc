@@ -11,6 +11,14 @@
 // The input/output names, dtypes and shapes come from NAME.json (parsed with tvm-ffi's JSON
 // reader), in call order.
 //
+// Artifacts with symbolic dims (`mmopt compile --dim`) run as mmopt.runtime.CompiledModel runs
+// them: the inputs' shapes are checked against the dims' ranges and bound together
+// (mmopt.ir.dims.bind_sizes, with the same one-line messages); sizes that are exactly a bucket's
+// call the bucket's function (`main_bucket0`, ...), any other sizes `main`; when a dim has a
+// multiple, both take the block counts (size / multiple of each such dim, in the order of the
+// description's "dims") as a leading shape argument before the inputs
+// (mmopt.codegen.symbolic_dims.with_block_argument).
+//
 // No exception leaves this file: every entry point catches and turns errors into a status plus
 // the thread-local last-error string.
 
@@ -20,6 +28,7 @@
 #include <tvm/ffi/any.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/shape.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/dtype.h>
 #include <tvm/ffi/error.h>
@@ -249,13 +258,32 @@ std::string ReadText(const std::string& path) {
 // ------------------------------------------------------------------------------------------------
 // the description (NAME.json)
 
+// A symbolic dim (`--dim NAME=MIN..MAX[:MULTIPLE]`, the description's "dims").
+struct Dim {
+  std::string name;
+  int64_t min = 0;
+  int64_t max = 0;
+  int64_t multiple = 1;
+};
+
 struct Spec {
   std::string name;
   std::string dtype_name;
   mmopt_dtype dtype = MMOPT_DTYPE_UNKNOWN;
   DLDataType dl{};
-  std::vector<int64_t> shape;
-  size_t nbytes = 0;
+  size_t item_size = 0;
+  std::vector<int64_t> shape;  // -1 on symbolic axes
+  std::vector<int32_t> axes;   // per axis: the index of its symbolic dim, -1 when fixed (or unnamed)
+  std::vector<std::string> dim_text;  // per axis: the size or the dim's name, as the JSON has it
+  bool fixed = true;                  // every axis has a size
+  size_t nbytes = 0;                  // 0 unless fixed
+};
+
+// A statically specialized copy of main (`--buckets`, the description's "buckets").
+struct Bucket {
+  std::string function;
+  std::vector<int64_t> sizes;  // per dim; -1 for a dim the bucket does not bind
+  ffi::Function call;
 };
 
 ffi::Any Field(const ffi::json::Object& obj, const char* key, const std::string& where) {
@@ -264,8 +292,42 @@ ffi::Any Field(const ffi::json::Object& obj, const char* key, const std::string&
   return obj.at(k);
 }
 
+int FindDim(const std::vector<Dim>& dims, const std::string& name) {
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (dims[i].name == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+// "dims": {name: {"min", "max", "multiple"}}, in the order of the file (tvm-ffi's Map iterates in
+// insertion order, and the parser inserts keys as it reads them): the order of the block counts.
+std::vector<Dim> ReadDims(const ffi::json::Object& meta, const std::string& where) {
+  std::vector<Dim> dims;
+  ffi::String key("dims");
+  if (!meta.count(key)) return dims;
+  for (const auto& kv : meta.at(key).cast<ffi::json::Object>()) {
+    ffi::json::Object range = kv.second.cast<ffi::json::Object>();
+    Dim d;
+    d.name = std::string(kv.first.cast<ffi::String>());
+    d.min = Field(range, "min", where).cast<int64_t>();
+    d.max = Field(range, "max", where).cast<int64_t>();
+    if (range.count(ffi::String("multiple"))) d.multiple = range.at(ffi::String("multiple")).cast<int64_t>();
+    if (d.multiple < 1 || d.min < 0 || d.max < d.min) {
+      Fail(MMOPT_ERROR_LOAD, where + ": dim " + d.name + " has an invalid range " +
+                                 std::to_string(d.min) + ".." + std::to_string(d.max) + ":" +
+                                 std::to_string(d.multiple));
+    }
+    dims.push_back(std::move(d));
+  }
+  return dims;
+}
+
+// Inputs and outputs. An axis is a size or the name of a symbolic dim; an input's names must be
+// dims of the description, an output's may also be -1 or a name without a range (a size that
+// depends on the inputs in a way the description does not name).
 std::vector<Spec> ReadSpecs(const ffi::json::Object& meta, const char* key,
-                            const std::string& where) {
+                            const std::vector<Dim>& dims, const std::string& where) {
+  bool input = std::strcmp(key, "inputs") == 0;
   std::vector<Spec> specs;
   ffi::json::Array list = Field(meta, key, where).cast<ffi::json::Array>();
   for (const ffi::Any& item : list) {
@@ -280,17 +342,60 @@ std::vector<Spec> ReadSpecs(const ffi::json::Object& meta, const char* key,
     }
     s.dtype = d->dtype;
     s.dl = ffi::StringToDLDataType(ffi::String(s.dtype_name));
+    s.item_size = d->size;
     size_t n = 1;
     for (const ffi::Any& dim : Field(t, "shape", where).cast<ffi::json::Array>()) {
+      if (auto name = dim.as<ffi::String>()) {
+        int index = FindDim(dims, std::string(*name));
+        if (index < 0 && input) {
+          Fail(MMOPT_ERROR_LOAD, where + ": input " + s.name + " has the symbolic dim " +
+                                     std::string(*name) + ", which \"dims\" does not list");
+        }
+        s.shape.push_back(-1);
+        s.axes.push_back(index);
+        s.dim_text.push_back(std::string(*name));
+        s.fixed = false;
+        continue;
+      }
       int64_t v = dim.cast<int64_t>();
-      if (v < 0) Fail(MMOPT_ERROR_LOAD, where + ": " + s.name + " has a negative dimension");
+      if (v < 0 && (input || v != -1)) {
+        Fail(MMOPT_ERROR_LOAD, where + ": " + s.name + " has a negative dimension");
+      }
       s.shape.push_back(v);
-      n *= static_cast<size_t>(v);
+      s.axes.push_back(-1);
+      s.dim_text.push_back(v < 0 ? "?" : std::to_string(v));
+      if (v < 0) s.fixed = false;
+      else n *= static_cast<size_t>(v);
     }
-    s.nbytes = n * d->size;
+    s.nbytes = s.fixed ? n * d->size : 0;
     specs.push_back(std::move(s));
   }
   return specs;
+}
+
+// "buckets": [{"function", "sizes": {dim: size}}].
+std::vector<Bucket> ReadBuckets(const ffi::json::Object& meta, const std::vector<Dim>& dims,
+                                const std::string& where) {
+  std::vector<Bucket> buckets;
+  ffi::String key("buckets");
+  if (!meta.count(key)) return buckets;
+  for (const ffi::Any& item : meta.at(key).cast<ffi::json::Array>()) {
+    ffi::json::Object b = item.cast<ffi::json::Object>();
+    Bucket bucket;
+    bucket.function = std::string(Field(b, "function", where).cast<ffi::String>());
+    bucket.sizes.assign(dims.size(), -1);
+    for (const auto& kv : Field(b, "sizes", where).cast<ffi::json::Object>()) {
+      std::string name(kv.first.cast<ffi::String>());
+      int index = FindDim(dims, name);
+      if (index < 0) {
+        Fail(MMOPT_ERROR_LOAD, where + ": bucket " + bucket.function + " binds " + name +
+                                   ", which \"dims\" does not list");
+      }
+      bucket.sizes[index] = kv.second.cast<int64_t>();
+    }
+    buckets.push_back(std::move(bucket));
+  }
+  return buckets;
 }
 
 void Describe(const Spec& s, mmopt_tensor_info* info) {
@@ -300,6 +405,57 @@ void Describe(const Spec& s, mmopt_tensor_info* info) {
   info->ndim = static_cast<int32_t>(s.shape.size());
   info->shape = s.shape.empty() ? nullptr : s.shape.data();
   info->nbytes = s.nbytes;
+}
+
+// `[batch,3,h,w]`: a spec's dims as mmopt.ir.dims.format_dims writes them.
+std::string DimsText(const Spec& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.dim_text.size(); ++i) out += (i ? "," : "") + s.dim_text[i];
+  return out + "]";
+}
+
+// The checks of mmopt.ir.dims.bind_sizes for one input, with its messages: `shape` against the
+// spec's rank, fixed sizes and its dims' ranges. Binds each dim's size into `sizes` (-1: not
+// bound yet); a size differing from the one an earlier input (`bound_by`) bound is an error.
+void BindInput(const std::vector<Dim>& dims, const Spec& spec, const int64_t* shape, int64_t ndim,
+               std::vector<int64_t>* sizes, std::vector<const Spec*>* bound_by) {
+  const std::string where = "input " + spec.name + ": ";
+  if (static_cast<size_t>(ndim) != spec.shape.size()) {
+    Fail(MMOPT_ERROR_MISMATCH, where + "rank " + std::to_string(ndim) + " given " +
+                                   ShapeText(shape, ndim) + ", the artifact takes rank " +
+                                   std::to_string(spec.shape.size()) + " " + DimsText(spec));
+  }
+  for (int64_t axis = 0; axis < ndim; ++axis) {
+    int64_t got = shape[axis];
+    std::string at = where + "dim " + std::to_string(axis);
+    int index = spec.axes[axis];
+    if (index < 0) {
+      if (got != spec.shape[axis]) {
+        Fail(MMOPT_ERROR_MISMATCH, at + " is " + std::to_string(got) + ", the artifact takes " +
+                                       spec.dim_text[axis] + " there " + DimsText(spec));
+      }
+      continue;
+    }
+    const Dim& dim = dims[index];
+    at += " (" + dim.name + ") is " + std::to_string(got) + ", ";
+    std::string range = std::to_string(dim.min) + ".." + std::to_string(dim.max);
+    if (got < dim.min || got > dim.max) {
+      Fail(MMOPT_ERROR_MISMATCH, at + "outside the compiled range " + range);
+    }
+    if (got % dim.multiple != 0) {
+      std::string m = std::to_string(dim.multiple);
+      Fail(MMOPT_ERROR_MISMATCH, at + "not a multiple of " + m + " (range " + range +
+                                     " in steps of " + m + ")");
+    }
+    if ((*sizes)[index] >= 0 && (*sizes)[index] != got) {
+      Fail(MMOPT_ERROR_MISMATCH, at + "but input " + (*bound_by)[index]->name + " has " +
+                                     dim.name + " = " + std::to_string((*sizes)[index]));
+    }
+    if ((*sizes)[index] < 0) {
+      (*sizes)[index] = got;
+      (*bound_by)[index] = &spec;
+    }
+  }
 }
 
 // Wraps caller memory as a tensor without copying: "allocation" points at it, "free" does nothing.
@@ -330,6 +486,18 @@ void FlattenTensors(const ffi::Any& value, std::vector<ffi::Tensor>* out) {
                                 ", not tensors");
 }
 
+// What a dynamic artifact runs for one set of dim sizes: main or a bucket's function, and the
+// block counts it takes first (when some dim has a multiple). The last few are kept, as the Python
+// runtime keeps the last few input shapes, not every size ever seen.
+struct Call {
+  std::vector<int64_t> sizes;
+  const char* function = "main";  // main or a bucket's function name (owned by the model)
+  ffi::Function call;
+  ffi::Optional<ffi::Shape> blocks;
+};
+
+constexpr size_t kRecentCalls = 8;
+
 std::mutex g_open_mutex;  // module loading touches TVM's global registries
 
 // TVM pins worker threads to cores unless told not to; mmopt's Python loader unpins them (a pinned
@@ -346,12 +514,19 @@ struct mmopt_model {
   std::string so_path;
   std::vector<Spec> inputs;
   std::vector<Spec> outputs;
+  std::vector<Dim> dims;         // empty: static shapes
+  std::vector<int> block_dims;   // dims with a multiple > 1, passed as block counts
+  std::vector<Bucket> buckets;
   ffi::Optional<ffi::Module> lib;
   ffi::Optional<ffi::Module> vm;
   ffi::Function main;
   std::vector<ffi::Optional<ffi::Tensor>> input_tensors;
   std::vector<AlignedBuffer> input_copies;
+  std::vector<size_t> copy_bytes;  // capacity of each input_copies buffer
+  std::vector<Call> recent;        // the calls of the last kRecentCalls size sets (a ring)
+  size_t next_recent = 0;          // the entry of `recent` replaced next when it is full
   std::vector<ffi::Tensor> results;
+  const char* last_function = "main";  // what the last successful run called
   bool has_results = false;
   std::mutex mutex;
 };
@@ -390,8 +565,10 @@ void OpenModel(const char* path, mmopt_model* m) {
       Fail(MMOPT_ERROR_LOAD, json + ": a " + device +
                                  " artifact; this runtime runs CPU artifacts only");
     }
-    m->inputs = ReadSpecs(meta, "inputs", json);
-    m->outputs = ReadSpecs(meta, "outputs", json);
+    m->dims = ReadDims(meta, json);
+    m->inputs = ReadSpecs(meta, "inputs", m->dims, json);
+    m->outputs = ReadSpecs(meta, "outputs", m->dims, json);
+    m->buckets = ReadBuckets(meta, m->dims, json);
   } catch (const ffi::Error& e) {
     Fail(MMOPT_ERROR_LOAD, json + ": not an mmopt artifact description (" + FirstLine(e.message()) +
                                ")");
@@ -418,8 +595,21 @@ void OpenModel(const char* path, mmopt_model* m) {
   // sets up: device type, device id, allocator type; memory::kPooled == 2).
   (*init)(static_cast<int>(kDLCPU), 0, 2);
   m->main = *main;
+  for (Bucket& b : m->buckets) {
+    ffi::Optional<ffi::Function> f = (*m->vm)->GetFunction(ffi::String(b.function));
+    if (!f.has_value()) {
+      Fail(MMOPT_ERROR_LOAD, so + ": the Relax executable has no function " + b.function +
+                                 " (a bucket of the description)");
+    }
+    b.call = *f;
+  }
+  for (size_t d = 0; d < m->dims.size(); ++d) {
+    if (m->dims[d].multiple > 1) m->block_dims.push_back(static_cast<int>(d));
+  }
   m->input_tensors.resize(m->inputs.size());
   m->input_copies.resize(m->inputs.size());
+  m->copy_bytes.assign(m->inputs.size(), 0);
+  m->recent.reserve(kRecentCalls);
 }
 
 int FindByName(const std::vector<Spec>& specs, const char* name) {
@@ -437,6 +627,65 @@ std::string NameList(const std::vector<Spec>& specs) {
 
 void RequireModel(const mmopt_model* model) {
   if (model == nullptr) Fail(MMOPT_ERROR_INVALID_ARGUMENT, "model is NULL");
+}
+
+// The sizes of a dynamic artifact's dims for the inputs set, checked and bound together in input
+// order (mmopt.ir.dims.bind_sizes: the later of two inputs disagreeing on a dim is named).
+std::vector<int64_t> BindAll(const mmopt_model* m) {
+  std::vector<int64_t> sizes(m->dims.size(), -1);
+  std::vector<const Spec*> bound_by(m->dims.size(), nullptr);
+  for (size_t i = 0; i < m->inputs.size(); ++i) {
+    ffi::ShapeView shape = m->input_tensors[i].value().shape();
+    BindInput(m->dims, m->inputs[i], shape.data(), static_cast<int64_t>(shape.size()), &sizes,
+              &bound_by);
+  }
+  return sizes;
+}
+
+// What to call for `sizes`: the bucket whose sizes they are exactly, else main; with the block
+// counts (size / multiple) of the dims that have a multiple as the leading argument.
+const Call& CallFor(mmopt_model* m, const std::vector<int64_t>& sizes) {
+  for (const Call& c : m->recent) {
+    if (c.sizes == sizes) return c;
+  }
+  Call call;
+  call.sizes.assign(sizes.begin(), sizes.end());
+  call.call = m->main;
+  for (const Bucket& b : m->buckets) {
+    if (b.sizes == sizes) {
+      call.function = b.function.c_str();
+      call.call = b.call;
+      break;
+    }
+  }
+  if (!m->block_dims.empty()) {
+    std::vector<int64_t> blocks(m->block_dims.size());
+    for (size_t k = 0; k < blocks.size(); ++k) {
+      int d = m->block_dims[k];
+      if (sizes[d] < 0) {
+        Fail(MMOPT_ERROR_RUNTIME, "dim " + m->dims[d].name + " is bound by no input");
+      }
+      blocks[k] = sizes[d] / m->dims[d].multiple;
+    }
+    call.blocks = ffi::Shape(blocks.begin(), blocks.end());
+  }
+  // a ring of kRecentCalls entries, the oldest replaced (not a std::deque: with GCC 12 its map
+  // growth pulls in std::__throw_bad_array_new_length, a GLIBCXX_3.4.29 symbol, beyond the
+  // bundle's libstdc++ requirement of GLIBCXX_3.4.26)
+  if (m->recent.size() < kRecentCalls) {
+    m->recent.push_back(std::move(call));
+    return m->recent.back();
+  }
+  Call& slot = m->recent[m->next_recent];
+  m->next_recent = (m->next_recent + 1) % kRecentCalls;
+  slot = std::move(call);
+  return slot;
+}
+
+size_t BytesOf(const ffi::Tensor& t, const Spec& spec) {
+  size_t n = spec.item_size;
+  for (int64_t d : t.shape()) n *= static_cast<size_t>(d);
+  return n;
 }
 
 }  // namespace
@@ -568,29 +817,43 @@ int mmopt_model_set_input(mmopt_model* model, const char* name, const void* data
     if (ndim < 0 || (ndim > 0 && shape == nullptr)) {
       Fail(MMOPT_ERROR_INVALID_ARGUMENT, "input " + spec.name + ": invalid rank or NULL shape");
     }
-    bool same = static_cast<size_t>(ndim) == spec.shape.size();
-    for (int32_t d = 0; same && d < ndim; ++d) same = shape[d] == spec.shape[d];
-    if (!same) {
-      Fail(MMOPT_ERROR_MISMATCH, "input " + spec.name + ": shape " + ShapeText(shape, ndim) +
-                                     " given, the model was compiled for " +
-                                     ShapeText(spec.shape.data(), spec.shape.size()));
+    if (model->dims.empty()) {
+      bool same = static_cast<size_t>(ndim) == spec.shape.size();
+      for (int32_t d = 0; same && d < ndim; ++d) same = shape[d] == spec.shape[d];
+      if (!same) {
+        Fail(MMOPT_ERROR_MISMATCH, "input " + spec.name + ": shape " + ShapeText(shape, ndim) +
+                                       " given, the model was compiled for " +
+                                       ShapeText(spec.shape.data(), spec.shape.size()));
+      }
+    } else {
+      // this input's own checks now; whether the inputs agree with each other is checked by run,
+      // once all of them are set (they may change size one at a time)
+      std::vector<int64_t> sizes(model->dims.size(), -1);
+      std::vector<const Spec*> bound_by(model->dims.size(), nullptr);
+      BindInput(model->dims, spec, shape, ndim, &sizes, &bound_by);
     }
-    if (data == nullptr && spec.nbytes > 0) {
+    size_t nbytes = spec.item_size;
+    for (int32_t d = 0; d < ndim; ++d) nbytes *= static_cast<size_t>(shape[d]);
+    if (data == nullptr && nbytes > 0) {
       Fail(MMOPT_ERROR_INVALID_ARGUMENT, "input " + spec.name + ": data is NULL");
     }
     void* memory = const_cast<void*>(data);
     if (reinterpret_cast<uintptr_t>(data) % kAlignment != 0) {
-      if (!model->input_copies[i]) {
+      // one buffer per input, grown to the largest size set so far (at most the largest size
+      // the dims' ranges allow)
+      if (!model->input_copies[i] || model->copy_bytes[i] < nbytes) {
         void* p = nullptr;
-        size_t bytes = (spec.nbytes + kAlignment - 1) / kAlignment * kAlignment;
+        size_t bytes = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
         if (posix_memalign(&p, kAlignment, bytes ? bytes : kAlignment) != 0) throw std::bad_alloc();
+        model->input_tensors[i] = ffi::Optional<ffi::Tensor>();  // may borrow the old buffer
         model->input_copies[i].reset(p);
+        model->copy_bytes[i] = bytes;
       }
-      std::memcpy(model->input_copies[i].get(), data, spec.nbytes);
+      std::memcpy(model->input_copies[i].get(), data, nbytes);
       memory = model->input_copies[i].get();
     }
     model->input_tensors[i] = ffi::Tensor::FromNDAlloc(
-        BorrowedMemory{memory}, ffi::ShapeView(spec.shape.data(), spec.shape.size()), spec.dl,
+        BorrowedMemory{memory}, ffi::ShapeView(shape, static_cast<size_t>(ndim)), spec.dl,
         DLDevice{kDLCPU, 0});
   });
 }
@@ -600,18 +863,28 @@ int mmopt_model_run(mmopt_model* model) {
     RequireModel(model);
     std::lock_guard<std::mutex> lock(model->mutex);
     std::vector<ffi::AnyView> args;
-    args.reserve(model->inputs.size());
+    args.reserve(model->inputs.size() + 1);
     for (size_t i = 0; i < model->inputs.size(); ++i) {
       if (!model->input_tensors[i].has_value()) {
         Fail(MMOPT_ERROR_STATE, "input " + model->inputs[i].name +
                                     " is not set (mmopt_model_set_input)");
       }
-      args.emplace_back(*model->input_tensors[i]);
     }
     model->has_results = false;
     model->results.clear();
+    std::vector<int64_t> sizes;
+    ffi::Function function = model->main;
+    const char* function_name = "main";
+    if (!model->dims.empty()) {
+      sizes = BindAll(model);
+      const Call& call = CallFor(model, sizes);
+      function = call.call;
+      function_name = call.function;
+      if (call.blocks.has_value()) args.emplace_back(*call.blocks);
+    }
+    for (size_t i = 0; i < model->inputs.size(); ++i) args.emplace_back(*model->input_tensors[i]);
     ffi::Any result;
-    model->main.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
+    function.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
     std::vector<ffi::Tensor> tensors;
     FlattenTensors(result, &tensors);
     if (tensors.size() != model->outputs.size()) {
@@ -624,19 +897,24 @@ int mmopt_model_run(mmopt_model* model) {
       const ffi::Tensor& t = tensors[i];
       ffi::ShapeView shape = t.shape();
       bool same = shape.size() == spec.shape.size() && t.dtype() == spec.dl;
-      for (size_t d = 0; same && d < shape.size(); ++d) same = shape[d] == spec.shape[d];
+      for (size_t d = 0; same && d < shape.size(); ++d) {
+        // a fixed size, a dim's bound size, or (-1) any size
+        int64_t want = spec.axes[d] >= 0 ? sizes[spec.axes[d]] : spec.shape[d];
+        same = want < 0 || shape[d] == want;
+      }
       if (!same) {
         Fail(MMOPT_ERROR_RUNTIME, "output " + spec.name + ": the runtime returned " +
                                       std::string(ffi::DLDataTypeToString(t.dtype())) +
                                       ShapeText(shape.data(), shape.size()) +
                                       ", the description says " + spec.dtype_name +
-                                      ShapeText(spec.shape.data(), spec.shape.size()));
+                                      DimsText(spec));
       }
       if (!t.IsContiguous() || t.device().device_type != kDLCPU) {
         Fail(MMOPT_ERROR_RUNTIME, "output " + spec.name + ": not a dense CPU tensor");
       }
     }
     model->results = std::move(tensors);
+    model->last_function = function_name;
     model->has_results = true;
   });
 }
@@ -663,7 +941,7 @@ int mmopt_model_output(mmopt_model* model, int index, const void** data, size_t*
     std::lock_guard<std::mutex> lock(model->mutex);
     const ffi::Tensor& t = ResultAt(model, index);
     if (data != nullptr) *data = DataOf(t);
-    if (nbytes != nullptr) *nbytes = model->outputs[index].nbytes;
+    if (nbytes != nullptr) *nbytes = BytesOf(t, model->outputs[index]);
   });
 }
 
@@ -672,7 +950,7 @@ int mmopt_model_copy_output(mmopt_model* model, int index, void* dst, size_t cap
     RequireModel(model);
     std::lock_guard<std::mutex> lock(model->mutex);
     const ffi::Tensor& t = ResultAt(model, index);
-    size_t n = model->outputs[index].nbytes;
+    size_t n = BytesOf(t, model->outputs[index]);
     if (dst == nullptr && n > 0) Fail(MMOPT_ERROR_INVALID_ARGUMENT, "dst is NULL");
     if (capacity < n) {
       Fail(MMOPT_ERROR_MISMATCH, "output " + model->outputs[index].name + " needs " +
@@ -680,6 +958,95 @@ int mmopt_model_copy_output(mmopt_model* model, int index, void* dst, size_t cap
                                      std::to_string(capacity));
     }
     if (n > 0) std::memcpy(dst, DataOf(t), n);
+  });
+}
+
+int mmopt_model_output_shape(mmopt_model* model, int index, int32_t* ndim, const int64_t** shape) {
+  return Guard(MMOPT_ERROR_RUNTIME, [&] {
+    RequireModel(model);
+    if (ndim == nullptr || shape == nullptr) {
+      Fail(MMOPT_ERROR_INVALID_ARGUMENT, "ndim and shape must not be NULL");
+    }
+    std::lock_guard<std::mutex> lock(model->mutex);
+    const ffi::Tensor& t = ResultAt(model, index);
+    *ndim = static_cast<int32_t>(t.ndim());
+    *shape = t.ndim() ? t.shape().data() : nullptr;
+  });
+}
+
+int mmopt_model_num_dims(const mmopt_model* model) {
+  if (model == nullptr) return Record(MMOPT_ERROR_INVALID_ARGUMENT, "model is NULL"), -1;
+  return static_cast<int>(model->dims.size());
+}
+
+int mmopt_model_dim_info(const mmopt_model* model, int index, mmopt_dim_info* info) {
+  return Guard(MMOPT_ERROR_INVALID_ARGUMENT, [&] {
+    RequireModel(model);
+    if (info == nullptr) Fail(MMOPT_ERROR_INVALID_ARGUMENT, "info is NULL");
+    if (index < 0 || static_cast<size_t>(index) >= model->dims.size()) {
+      Fail(MMOPT_ERROR_INVALID_ARGUMENT, "dim index " + std::to_string(index) +
+                                             " out of range (the model has " +
+                                             std::to_string(model->dims.size()) + ")");
+    }
+    const Dim& d = model->dims[index];
+    info->name = d.name.c_str();
+    info->min = d.min;
+    info->max = d.max;
+    info->multiple = d.multiple;
+  });
+}
+
+static int Axes(const mmopt_model* model, int index, const int32_t** dims, bool input) {
+  return Guard(MMOPT_ERROR_INVALID_ARGUMENT, [&] {
+    RequireModel(model);
+    if (dims == nullptr) Fail(MMOPT_ERROR_INVALID_ARGUMENT, "dims is NULL");
+    const std::vector<Spec>& specs = input ? model->inputs : model->outputs;
+    if (index < 0 || static_cast<size_t>(index) >= specs.size()) {
+      Fail(MMOPT_ERROR_INVALID_ARGUMENT, std::string(input ? "input" : "output") + " index " +
+                                             std::to_string(index) + " out of range (the model has " +
+                                             std::to_string(specs.size()) + ")");
+    }
+    *dims = specs[index].axes.empty() ? nullptr : specs[index].axes.data();
+  });
+}
+
+int mmopt_model_input_dims(const mmopt_model* model, int index, const int32_t** dims) {
+  return Axes(model, index, dims, true);
+}
+
+int mmopt_model_output_dims(const mmopt_model* model, int index, const int32_t** dims) {
+  return Axes(model, index, dims, false);
+}
+
+int mmopt_model_num_buckets(const mmopt_model* model) {
+  if (model == nullptr) return Record(MMOPT_ERROR_INVALID_ARGUMENT, "model is NULL"), -1;
+  return static_cast<int>(model->buckets.size());
+}
+
+int mmopt_model_bucket_info(const mmopt_model* model, int index, const char** function,
+                            const int64_t** sizes) {
+  return Guard(MMOPT_ERROR_INVALID_ARGUMENT, [&] {
+    RequireModel(model);
+    if (index < 0 || static_cast<size_t>(index) >= model->buckets.size()) {
+      Fail(MMOPT_ERROR_INVALID_ARGUMENT, "bucket index " + std::to_string(index) +
+                                             " out of range (the model has " +
+                                             std::to_string(model->buckets.size()) + ")");
+    }
+    const Bucket& b = model->buckets[index];
+    if (function != nullptr) *function = b.function.c_str();
+    if (sizes != nullptr) *sizes = b.sizes.empty() ? nullptr : b.sizes.data();
+  });
+}
+
+int mmopt_model_last_function(mmopt_model* model, const char** name) {
+  return Guard(MMOPT_ERROR_RUNTIME, [&] {
+    RequireModel(model);
+    if (name == nullptr) Fail(MMOPT_ERROR_INVALID_ARGUMENT, "name is NULL");
+    std::lock_guard<std::mutex> lock(model->mutex);
+    if (!model->has_results) {
+      Fail(MMOPT_ERROR_STATE, "no run yet: call mmopt_model_run first (or the last run failed)");
+    }
+    *name = model->last_function;
   });
 }
 

@@ -2,15 +2,21 @@
  * mmopt-run: run an mmopt artifact on .npy inputs, write .npy outputs, optionally time it.
  * Written against the public C API (mmopt_model.h) only; no Python anywhere.
  *
- *   mmopt-run [MODEL] [-i NAME=FILE.npy]... [-o DIR] [--bench N] [--warmup N] [--threads N]
+ *   mmopt-run [MODEL] [-i NAME=FILE.npy]... [--shape NAME=D1,D2,...]... [-o DIR] [--bench N]
+ *             [--warmup N] [--threads N]
  *   mmopt-run [MODEL] --info
  *
  * MODEL is NAME, NAME.so or NAME.json; without it, the model in the bundle (../model/ next to
- * this binary) is used. Inputs not given are filled with zeros (with a warning). With -o, each
- * output is written to DIR/<output name>.npy (characters other than [A-Za-z0-9._-] become '_')
- * and one line "wrote<TAB>NAME<TAB>PATH" is printed per output. --bench N runs N timed calls
- * after --warmup calls (default 3) and prints min/median/mean latency and the peak RSS.
- * Exit status: 0 ok, 1 a model or runtime error, 2 a usage or file error.
+ * this binary) is used. Inputs not given are filled with zeros (with a warning), of the model's
+ * shape or of the shape --shape gives; an input with symbolic dims has no shape of its own, so it
+ * must be given with -i or --shape. Inputs of a model with symbolic dims may have any shape the
+ * dims' ranges allow (--info lists the dims and the buckets). With -o, each output is written to
+ * DIR/<output name>.npy (characters other than [A-Za-z0-9._-] become '_') and one line
+ * "wrote<TAB>NAME<TAB>PATH" is printed per output; a model with symbolic dims also prints
+ * "function<TAB>NAME", the compiled function that ran (main or a bucket's). --bench N runs N timed
+ * calls after --warmup calls (default 3) and prints min/median/mean latency and the peak RSS.
+ * Exit status: 0 ok, 1 a model or runtime error (a shape the model does not take included),
+ * 2 a usage or file error.
  */
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE
@@ -33,19 +39,23 @@
 
 static void usage(FILE *to) {
   fprintf(to,
-          "usage: mmopt-run [MODEL] [-i NAME=FILE.npy]... [-o DIR] [--bench N] [--warmup N]\n"
-          "                 [--threads N] [--info]\n"
+          "usage: mmopt-run [MODEL] [-i NAME=FILE.npy]... [--shape NAME=D1,D2,...]... [-o DIR]\n"
+          "                 [--bench N] [--warmup N] [--threads N] [--info]\n"
           "  MODEL          NAME, NAME.so or NAME.json (default: the bundle's model)\n"
           "  -i NAME=FILE   an input as .npy (repeatable; FILE alone for a one-input model)\n"
+          "  --shape NAME=D1,D2,...  zeros of this shape for an input not given with -i\n"
+          "                 (needed for inputs with symbolic dims)\n"
           "  -o DIR         write each output to DIR/NAME.npy\n"
           "  --bench N      time N runs; print min/median/mean latency and peak RSS\n"
           "  --warmup N     untimed runs before timing (default 3)\n"
           "  --threads N    TVM worker threads (default: one per core)\n"
-          "  --info         print the model's inputs and outputs and exit\n");
+          "  --info         print the model's inputs, outputs, symbolic dims and buckets; exit\n");
 }
 
+/* The C API's error in one line, after `what` (NULL: the message alone; it names the input). */
 static int fail_model(const char *what) {
-  fprintf(stderr, "mmopt-run: error: %s: %s\n", what, mmopt_last_error());
+  if (what) fprintf(stderr, "mmopt-run: error: %s: %s\n", what, mmopt_last_error());
+  else fprintf(stderr, "mmopt-run: error: %s\n", mmopt_last_error());
   return 1;
 }
 
@@ -227,6 +237,44 @@ static void shape_text(const int64_t *shape, int32_t ndim, char *buf, size_t siz
   if (n < size) snprintf(buf + n, size - n, "]");
 }
 
+/* The shape of input / output `index` as the model describes it: sizes, the names of symbolic
+ * dims, and ? for an output size the description does not name ("[batch, 3, h, w]"). */
+static void axes_text(mmopt_model *model, int output, int index, const mmopt_tensor_info *t,
+                      char *buf, size_t size) {
+  const int32_t *dims = NULL;
+  (output ? mmopt_model_output_dims : mmopt_model_input_dims)(model, index, &dims);
+  size_t n = (size_t)snprintf(buf, size, "[");
+  for (int32_t i = 0; i < t->ndim && n < size; ++i) {
+    mmopt_dim_info d;
+    const char *sep = i ? ", " : "";
+    if (t->shape[i] >= 0) {
+      n += (size_t)snprintf(buf + n, size - n, "%s%lld", sep, (long long)t->shape[i]);
+    } else if (dims && dims[i] >= 0 && mmopt_model_dim_info(model, dims[i], &d) == MMOPT_OK) {
+      n += (size_t)snprintf(buf + n, size - n, "%s%s", sep, d.name);
+    } else {
+      n += (size_t)snprintf(buf + n, size - n, "%s?", sep);
+    }
+  }
+  if (n < size) snprintf(buf + n, size - n, "]");
+}
+
+/* "1,3,16,16": the smallest shape input `index` takes (each symbolic dim at its minimum). */
+static void smallest_shape(mmopt_model *model, int index, const mmopt_tensor_info *t, char *buf,
+                           size_t size) {
+  const int32_t *dims = NULL;
+  mmopt_model_input_dims(model, index, &dims);
+  size_t n = 0;
+  buf[0] = 0;
+  for (int32_t i = 0; i < t->ndim && n < size; ++i) {
+    mmopt_dim_info d;
+    long long v = (long long)t->shape[i];
+    if (v < 0 && dims && dims[i] >= 0 && mmopt_model_dim_info(model, dims[i], &d) == MMOPT_OK) {
+      v = (long long)d.min;
+    }
+    n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? "," : "", v);
+  }
+}
+
 /* The model shipped in the bundle: <dir of this binary>/../model/<the only *.json>. */
 static int bundle_model(char *out, size_t size) {
   char exe[4096];
@@ -281,6 +329,8 @@ int main(int argc, char **argv) {
   const char *out_dir = NULL;
   const char *input_args[256];
   int num_input_args = 0;
+  const char *shape_args[256];
+  int num_shape_args = 0;
   long bench = 0, warmup = 3, threads = 0;
   int info_only = 0;
   for (int i = 1; i < argc; ++i) {
@@ -292,6 +342,9 @@ int main(int argc, char **argv) {
     } else if ((!strcmp(a, "-i") || !strcmp(a, "--input")) && has_value) {
       if (num_input_args == 256) { fprintf(stderr, "mmopt-run: error: too many inputs\n"); return 2; }
       input_args[num_input_args++] = argv[++i];
+    } else if (!strcmp(a, "--shape") && has_value) {
+      if (num_shape_args == 256) { fprintf(stderr, "mmopt-run: error: too many --shape\n"); return 2; }
+      shape_args[num_shape_args++] = argv[++i];
     } else if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && has_value) {
       out_dir = argv[++i];
     } else if (!strcmp(a, "--bench") && has_value) {
@@ -332,9 +385,29 @@ int main(int argc, char **argv) {
       for (int i = 0; i < (k ? n_out : n_in); ++i) {
         mmopt_tensor_info t;
         (k ? mmopt_model_output_info : mmopt_model_input_info)(model, i, &t);
-        shape_text(t.shape, t.ndim, shape, sizeof shape);
+        axes_text(model, k, i, &t, shape, sizeof shape);
         printf("%-6s %s %s%s\n", k ? "output" : "input", t.name, t.dtype_name, shape);
       }
+    }
+    int n_dims = mmopt_model_num_dims(model);
+    for (int d = 0; d < n_dims; ++d) {
+      mmopt_dim_info dim;
+      mmopt_model_dim_info(model, d, &dim);
+      printf("dim    %s %lld..%lld", dim.name, (long long)dim.min, (long long)dim.max);
+      if (dim.multiple > 1) printf(" in steps of %lld", (long long)dim.multiple);
+      printf("\n");
+    }
+    for (int b = 0; b < mmopt_model_num_buckets(model); ++b) {
+      const char *function;
+      const int64_t *sizes;
+      mmopt_model_bucket_info(model, b, &function, &sizes);
+      printf("bucket %s", function);
+      for (int d = 0; d < n_dims; ++d) {
+        mmopt_dim_info dim;
+        mmopt_model_dim_info(model, d, &dim);
+        if (sizes[d] >= 0) printf(" %s=%lld", dim.name, (long long)sizes[d]);
+      }
+      printf("\n");
     }
     mmopt_model_close(model);
     return 0;
@@ -374,23 +447,92 @@ int main(int argc, char **argv) {
     buffers[index] = a.data;
     given[index] = 1;
     if (mmopt_model_set_input(model, name, a.data, a.dtype, a.ndim, a.shape) != MMOPT_OK) {
-      status = fail_model(file);
+      status = fail_model(NULL); /* "input NAME: ..." */
     }
+  }
+  /* --shape NAME=D1,D2,...: the shape of zeros for an input not given with -i */
+  int64_t (*zero_shapes)[MAX_DIMS] = calloc((size_t)n_in + 1, sizeof *zero_shapes);
+  int32_t *zero_ndim = calloc((size_t)n_in + 1, sizeof(int32_t));
+  char *has_shape = calloc((size_t)n_in + 1, 1);
+  for (int k = 0; k < num_shape_args && status == 0; ++k) {
+    char arg[4096];
+    snprintf(arg, sizeof arg, "%s", shape_args[k]);
+    char *eq = strchr(arg, '=');
+    if (!eq) {
+      fprintf(stderr, "mmopt-run: error: --shape %s: expected NAME=D1,D2,... (e.g. "
+                      "x=1,3,640,640)\n", arg);
+      status = 2;
+      break;
+    }
+    *eq = 0;
+    int index;
+    if (mmopt_model_find_input(model, arg, &index) != MMOPT_OK) {
+      status = fail_model("--shape");
+      break;
+    }
+    if (given[index]) {
+      fprintf(stderr, "mmopt-run: error: --shape %s: the input is given with -i (its array has a "
+                      "shape)\n", arg);
+      status = 2;
+      break;
+    }
+    int32_t nd = 0;
+    const char *p = eq + 1;
+    while (status == 0 && *p) {
+      char *end;
+      long long v = strtoll(p, &end, 10);
+      if (end == p || v < 0 || nd >= MAX_DIMS || (*end && *end != ',')) {
+        fprintf(stderr, "mmopt-run: error: --shape %s=%s: expected sizes separated by commas\n",
+                arg, eq + 1);
+        status = 2;
+        break;
+      }
+      zero_shapes[index][nd++] = v;
+      p = *end ? end + 1 : end;
+    }
+    zero_ndim[index] = nd;
+    has_shape[index] = 1;
   }
   for (int i = 0; i < n_in && status == 0; ++i) {
     if (given[i]) continue;
     mmopt_tensor_info t;
     mmopt_model_input_info(model, i, &t);
-    fprintf(stderr, "mmopt-run: warning: input %s not given: zeros\n", t.name);
-    buffers[i] = aligned_bytes(t.nbytes);
+    if (!has_shape[i]) {
+      int symbolic = 0;
+      for (int32_t d = 0; d < t.ndim; ++d) symbolic |= t.shape[d] < 0;
+      if (symbolic) {
+        char example[512];
+        axes_text(model, 0, i, &t, shape, sizeof shape);
+        smallest_shape(model, i, &t, example, sizeof example);
+        fprintf(stderr, "mmopt-run: error: input %s not given: its shape %s has symbolic dims; "
+                        "give it with -i %s=FILE.npy or --shape %s=%s (--info lists the "
+                        "ranges)\n", t.name, shape, t.name, t.name, example);
+        status = 2;
+        break;
+      }
+      zero_ndim[i] = t.ndim;
+      for (int32_t d = 0; d < t.ndim; ++d) zero_shapes[i][d] = t.shape[d];
+    }
+    size_t nbytes = mmopt_dtype_size(t.dtype);
+    for (int32_t d = 0; d < zero_ndim[i]; ++d) nbytes *= (size_t)zero_shapes[i][d];
+    if (!has_shape[i]) fprintf(stderr, "mmopt-run: warning: input %s not given: zeros\n", t.name);
+    buffers[i] = aligned_bytes(nbytes);
     if (!buffers[i]) { fprintf(stderr, "mmopt-run: error: out of memory\n"); status = 1; break; }
-    memset(buffers[i], 0, t.nbytes);
-    if (mmopt_model_set_input(model, t.name, buffers[i], t.dtype, t.ndim, t.shape) != MMOPT_OK) {
-      status = fail_model("input");
+    memset(buffers[i], 0, nbytes);
+    if (mmopt_model_set_input(model, t.name, buffers[i], t.dtype, zero_ndim[i], zero_shapes[i]) !=
+        MMOPT_OK) {
+      status = fail_model(NULL);
     }
   }
+  free(zero_shapes);
+  free(zero_ndim);
+  free(has_shape);
 
-  if (status == 0 && mmopt_model_run(model) != MMOPT_OK) status = fail_model("run");
+  if (status == 0) {
+    int run = mmopt_model_run(model);
+    /* inputs disagreeing on a dim: "input NAME: dim ..." like the other shape errors */
+    if (run != MMOPT_OK) status = fail_model(run == MMOPT_ERROR_MISMATCH ? NULL : "run");
+  }
 
   if (status == 0 && bench > 0) {
     for (long i = 0; i < warmup && status == 0; ++i) {
@@ -425,15 +567,22 @@ int main(int argc, char **argv) {
       status = 2;
     }
   }
+  const char *function = NULL;
+  if (status == 0 && mmopt_model_num_dims(model) > 0 &&
+      mmopt_model_last_function(model, &function) == MMOPT_OK) {
+    printf("function\t%s\n", function); /* the dynamic kernels (main) or a bucket's function */
+  }
   for (int i = 0; i < n_out && status == 0; ++i) {
     mmopt_tensor_info t;
     const void *data;
     size_t nbytes;
     mmopt_model_output_info(model, i, &t);
-    if (mmopt_model_output(model, i, &data, &nbytes) != MMOPT_OK) {
+    if (mmopt_model_output(model, i, &data, &nbytes) != MMOPT_OK ||
+        mmopt_model_output_shape(model, i, &t.ndim, &t.shape) != MMOPT_OK) {
       status = fail_model("output");
       break;
     }
+    t.nbytes = nbytes; /* t now describes this run's output */
     if (out_dir) {
       char file[4096];
       int n = snprintf(file, sizeof file, "%s/", out_dir);
