@@ -68,6 +68,48 @@ def _extent(sch, loop) -> int | None:
 #: width or sequence length): divisible by every row count up to :data:`_MAX_ROWS`, so the tile is
 #: the one a large static extent gets; the last tile of a call is predicated
 SYMBOLIC_ROWS = 840
+#: likewise for a symbolic innermost output extent (attention's ``Q K^T`` over a dynamic sequence),
+#: in vector blocks: the tile is chosen as for a wide static output, and the extent is padded to a
+#: multiple of the tile's width (:func:`_pad_contraction`)
+SYMBOLIC_BLOCKS = 840
+
+
+#: ``{symbolic variable name: (min, max)}`` of the module being scheduled: the ranges of its
+#: dynamic dims (``--dim``), from its Relax functions' ``tir_var_lower_bound`` /
+#: ``tir_var_upper_bound`` (:func:`default_cpu_schedule_pass` sets it)
+_VAR_BOUNDS: contextvars.ContextVar[dict] = contextvars.ContextVar("mmopt_symbolic_bounds",
+                                                                   default={})
+#: a loop sure to run at least this many iterations is worth running in parallel on its own
+_MIN_PARALLEL_ITERATIONS = 8
+
+
+def _least_extent(sch, loop) -> int | None:
+    """The fewest iterations ``loop`` runs: its extent, or for a symbolic one the least value its
+    variables' ranges allow; None when a variable's range is unknown."""
+    from mmopt.codegen.symbolic_dims import least_value
+
+    return least_value(sch.get(loop).extent, _VAR_BOUNDS.get())
+
+
+def _parallel_symbolic(sch, loops) -> None:
+    """Run one of ``loops`` (some of them symbolic) in parallel, without fusing them.
+
+    Fused symbolic loops cost twice: index arithmetic TVM's lowering cannot prove divisible (a
+    padded pool's ``(h // 2 + 2) * (w // 2 + 2)``), and a division by a run-time value per element
+    to recover each index (the transformer block's softmax over ``batch x 4 x seq`` fused rows:
+    4.5x slower than with only ``seq`` parallel). The first loop sure to run at least
+    :data:`_MIN_PARALLEL_ITERATIONS` times (or of unknown range: dynamic dims are image sizes and
+    sequences) is chosen, not merely the first non-unit one: a dynamic batch of 1..4 would leave
+    every core but one idle at batch 1. Loops outside it stay serial (a parallel region per
+    iteration of theirs). Failing that, the loop with the most iterations for sure."""
+    least = [(lp, _least_extent(sch, lp)) for lp in loops]
+    for lp, n in least:
+        if n is None or n >= _MIN_PARALLEL_ITERATIONS:
+            sch.parallel(lp)
+            return
+    best = max(least, key=lambda item: item[1], default=(None, 1))
+    if best[1] > 1:
+        sch.parallel(best[0])
 
 
 def static_extent(expr) -> int | None:
@@ -201,11 +243,62 @@ def _contraction_axes(sch, block_rv):
     if r_axis is not None and kinds[r_axis] != "S":
         r_axis = None
     extents = [_extent(sch, lp) for lp in loops]
-    if extents[v_axis] is None:
-        # the vectorized axis must be static (the output tile's lanes):
-        # :func:`schedule_contraction_symbolic` handles the others
-        raise SymbolicInnermost("symbolic innermost output extent")
     return loops, kinds, v_axis, r_axis, extents
+
+
+def _divides(sch, loop, m: int) -> bool:
+    """Whether ``m`` provably divides ``loop``'s (possibly symbolic) extent."""
+    from tvm import tirx
+    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
+
+    extent = sch.get(loop).extent
+    return m == 1 or Analyzer().can_prove(
+        tirx.floormod(extent, tirx.const(m, "int64")) == 0)
+
+
+def known_multiple(extent) -> int:
+    """The largest integer known to divide the symbolic ``extent`` (``32 * w_blocks``: 32; a
+    stride-2 convolution's output of it, ``(32 * w_blocks - 1) // 2 + 1``: 16); 1 when none."""
+    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
+
+    found = Analyzer().modular_set(extent)
+    return int(found.coeff) if int(found.base) == 0 and int(found.coeff) > 0 else 1
+
+
+#: a prime above every row count a tile may have: ``m * _NO_DIVISORS`` has, among them, exactly
+#: the divisors of ``m``
+_NO_DIVISORS = 101
+
+
+def symbolic_tile(v_ext: int | None, r_ext: int | None, lanes: int, registers: int,
+                  r_multiple: int = 1, exact: bool = False) -> tuple[int, int, int]:
+    """``(vec, rows, nv)`` of a contraction with a symbolic innermost output extent or row extent
+    (``None``): the tile a large static extent gets (:data:`SYMBOLIC_BLOCKS` vectors,
+    :data:`SYMBOLIC_ROWS` rows), which :func:`_pad_contraction` pads the symbolic extents to
+    multiples of.
+
+    Symbolic rows known to be a multiple of ``r_multiple`` (a width of ``32 * w_blocks`` after a
+    stride-4 layer: 8) take the best tile whose rows divide it instead, when it does as well by
+    :func:`_tile_efficiency`: every tile is then whole without padding (no copies, no cropped
+    write-back). ``exact``: that tile whatever it does (rows that cannot be padded: 1 when the
+    rows have no known multiple)."""
+    vec = lanes if v_ext is None else _pick_lanes(v_ext, lanes)
+    v_choice = SYMBOLIC_BLOCKS * lanes if v_ext is None else v_ext
+
+    def tile(rows_ext):
+        shape = _ContractionShape(v_choice, vec, rows_ext, None, 0, registers)
+        return shape, _default_tile(shape, registers)
+
+    if r_ext is None and exact:
+        _shape, (rows, nv) = tile(r_multiple * _NO_DIVISORS)
+        return vec, rows, nv
+    shape, (rows, nv) = tile(SYMBOLIC_ROWS if r_ext is None else r_ext)
+    if r_ext is None and r_multiple > 1:
+        _shape, (rows2, nv2) = tile(r_multiple * _NO_DIVISORS)
+        if (_tile_efficiency(rows2, nv2, shape.min_acc)
+                >= _tile_efficiency(rows, nv, shape.min_acc) - 1e-9):
+            rows, nv = rows2, nv2
+    return vec, rows, nv
 
 
 class SymbolicInnermost(ValueError):
@@ -378,8 +471,27 @@ def _pad_contraction(sch, block_rv, lanes: int, registers: int):
     (possibly new) block. A contraction that is not an einsum (a convolution reads ``h + kh``)
     cannot be padded this way and is returned as is."""
     _loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, block_rv)
-    pad_v, pad_r = pad_multiples(extents[v_axis], extents[r_axis] if r_axis is not None else None,
-                                 lanes, registers)
+    r_ext = extents[r_axis] if r_axis is not None else 1
+    if extents[v_axis] is None or r_ext is None:
+        # Symbolic extents (a dynamic sequence, height or width) are padded to multiples of the
+        # register tile, so that the micro-kernel has no predicated tail. A predicated tile is
+        # not only slower: TVM cannot bound the accumulator's region under the predicate by the
+        # tile (it would have to prove that the symbolic extent is at least one tile), so the
+        # accumulators become a buffer of the whole output in memory instead of registers (2x
+        # slower on the transformer block's projections at sequence 256).
+        v_ext = extents[v_axis]
+        pad_v = 1
+        if v_ext is not None:  # padded to whole vectors as a static output would be
+            pad_v = pad_multiples(v_ext, SYMBOLIC_ROWS, lanes, registers)[0]
+            v_ext = _round_up(v_ext, pad_v)
+        multiple = known_multiple(sch.get(_loops[r_axis]).extent) if r_ext is None else 1
+        vec, rows, nv = symbolic_tile(v_ext, r_ext, lanes, registers, multiple)
+        if extents[v_axis] is None:
+            pad_v = nv * vec
+        pad_r = rows if r_ext is None and multiple % rows else 1
+    else:
+        pad_v, pad_r = pad_multiples(extents[v_axis], extents[r_axis] if r_axis is not None
+                                     else None, lanes, registers)
     if pad_v == 1 and pad_r == 1:
         return block_rv
     padding = [1] * len(kinds)
@@ -392,6 +504,9 @@ def _pad_contraction(sch, block_rv, lanes: int, registers: int):
     except Exception as exc:  # noqa: BLE001 - not an einsum: tiled on the exact extents
         logger.debug("not padding %s: %s", name, str(exc).splitlines()[-1:])
         return block_rv
+    if extents[v_axis] is None or r_ext is None:
+        note_skip(name, "contraction", "symbolic extents padded to the register tile (operands "
+                  "and result copied)", kind="symbolic")
     return sch.get_sblock(name)
 
 
@@ -445,16 +560,36 @@ _MIN_PARALLEL_TILES = 64
 
 
 def schedule_contraction(sch, name: str, lanes: int, registers: int,
-                         knobs: ContractionKnobs | None = None) -> None:
-    block_rv = _pad_contraction(sch, sch.get_sblock(name), lanes, registers)
+                         knobs: ContractionKnobs | None = None, pad_symbolic: bool = True) -> None:
+    block_rv = sch.get_sblock(name)
+    if pad_symbolic or all(e is not None for e in _contraction_axes(sch, block_rv)[4]):
+        block_rv = _pad_contraction(sch, block_rv, lanes, registers)
     loops, kinds, v_axis, r_axis, extents = _contraction_axes(sch, block_rv)
     knobs = knobs or ContractionKnobs()
 
     v_ext = extents[v_axis]
     red_extents = [e for e, k in zip(extents, kinds) if k == "R"]
-    vec = _pick_lanes(v_ext, lanes)
-    shape = _ContractionShape(v_ext, vec, _rows_extent(extents, r_axis), None, 0, registers)
-    rows, nv = _default_tile(shape, registers)
+    r_sym = r_axis is not None and extents[r_axis] is None
+    if v_ext is None or r_sym:
+        multiple = known_multiple(sch.get(loops[r_axis]).extent) if r_sym else 1
+        r_ext = extents[r_axis] if r_axis is not None else 1
+        vec, rows, nv = symbolic_tile(v_ext, r_ext, lanes, registers, multiple)
+        if r_sym and multiple % rows:
+            # not padded (a convolution whose padding TVM could not prove safe): rows that
+            # divide the extent, down to 1, rather than a predicated last tile (whose
+            # accumulators would live in memory, see :func:`_pad_contraction`)
+            vec, rows, nv = symbolic_tile(v_ext, r_ext, lanes, registers, multiple, exact=True)
+        if v_ext is None and not _divides(sch, loops[v_axis], nv * vec):
+            # not padded (not an einsum): :func:`schedule_contraction_symbolic` handles it
+            raise SymbolicInnermost("symbolic innermost output extent")
+        v_ext = SYMBOLIC_BLOCKS * vec if v_ext is None else v_ext
+        if r_sym and rows == 1:
+            note_skip(name, "contraction", "symbolic rows of no known multiple, not padded: "
+                      "1-row register tiles", kind="symbolic")
+    else:
+        vec = _pick_lanes(v_ext, lanes)
+        shape = _ContractionShape(v_ext, vec, _rows_extent(extents, r_axis), None, 0, registers)
+        rows, nv = _default_tile(shape, registers)
     if knobs.nv is not None:
         if vec == 1 and knobs.nv != 1 or vec > 1 and (v_ext // vec) % knobs.nv:
             raise ValueError(f"nv={knobs.nv} does not divide {v_ext} by {vec} lanes")
@@ -503,10 +638,6 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = r_o if r_axis is not None and not r_o.same_as(outer[-1]) else fused
 
-    if r_axis is not None and extents[r_axis] is None:
-        # symbolic rows: the last tile of a call is partial (a predicated tile)
-        note_skip(name, "contraction", f"symbolic rows: {rows}-row tiles with a predicated tail",
-                  kind="symbolic")
     # a depthwise convolution: its only channel "reduction" has extent 1
     depthwise = bool(red_extents) and red_extents[-1] == 1
     _inline_plain_copies(sch, block_rv, padding=depthwise)
@@ -678,9 +809,7 @@ def schedule_reduction(sch, name: str, lanes: int) -> None:
     if outer:
         symbolic = [lp for lp in outer if _extent(sch, lp) is None]
         if symbolic:
-            # as in schedule_injective: no fusion of symbolic loops
-            big = [lp for lp in outer if _extent(sch, lp) is None or _extent(sch, lp) > 1]
-            sch.parallel(big[0])
+            _parallel_symbolic(sch, outer)
         else:
             fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
             if _extent(sch, fused) > 1:
@@ -715,8 +844,16 @@ def _row_reduction_loop(sch, block_rv, lanes: int):
         return None  # one reduction, innermost: the loop layout schedule_row_reduction expects
     last = reductions[0]
     ext = _extent(sch, loops[last])
-    if ext is None or ext % lanes or ext < 2 * lanes:
+    if ext is not None and (ext % lanes or ext < 2 * lanes):
         return None
+    if ext is None:
+        # a symbolic row: split into vectors with a predicated last one. Each of the ``lanes``
+        # partials must see at least one element (its initial value is written with its first
+        # update), so the row must be sure to hold a whole vector; and the range must start at
+        # 0 (a row's tail, :mod:`mmopt.codegen.fast_math`, stays scalar)
+        least = _least_extent(sch, loops[last])
+        if least is None or least < lanes or static_extent(sch.get(loops[last]).min) != 0:
+            return None
     out = _buffer(block.writes[0])
     contiguous = any(not _buffer(r).same_as(out) and r.region
                      and _index_iter(block, r.region[-1]) == last for r in block.reads)
@@ -725,11 +862,7 @@ def _row_reduction_loop(sch, block_rv, lanes: int):
 
 def _parallel_rows(sch, rows) -> None:
     if any(_extent(sch, lp) is None for lp in rows):
-        # as in schedule_injective: symbolic loops are not fused; the first that is not a unit
-        # loop runs in parallel
-        big = [lp for lp in rows if (_extent(sch, lp) or 2) > 1]
-        if big:
-            sch.parallel(big[0])
+        _parallel_symbolic(sch, rows)
         return
     if rows:
         fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
@@ -800,12 +933,7 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         loops = loops[:-1]
     if total >= _MIN_PARALLEL_ELEMENTS:
         if any(e is None for e in extents):
-            # symbolic extents: fusing them makes index arithmetic TVM's lowering cannot prove
-            # divisible (a padded pool's ``(h // 2 + 2) * (w // 2 + 2)``); the first loop that is
-            # not a unit loop runs in parallel
-            outer = [lp for lp, e in zip(loops, extents) if e is None or e > 1]
-            if outer:
-                sch.parallel(outer[0])
+            _parallel_symbolic(sch, loops)
             return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         sch.parallel(fused)
@@ -886,6 +1014,29 @@ def _contraction_names(sch) -> list[str]:
     return [n for n in names if _is_contraction(sch.get(sch.get_sblock(n)))]
 
 
+def _unpadded_retry(sch, name: str, lanes: int, registers: int, exc: BaseException):
+    """After :func:`schedule_contraction` failed with ``exc``: a contraction with symbolic
+    extents is tried once more without padding them (TVM may fail to prove that a padded
+    result covers the cropped one); otherwise, or if that fails too, it is reported and left
+    as generated."""
+    try:
+        static = all(e is not None for e in _contraction_axes(sch, sch.get_sblock(name))[4])
+    except Exception:  # noqa: BLE001 - not a loop nest the contraction schedule handles
+        static = True
+    if static:
+        note_fallback(name, "schedule_contraction", exc)
+        return sch
+    trial = sch.copy()
+    try:
+        schedule_contraction(trial, name, lanes, registers, pad_symbolic=False)
+    except SymbolicInnermost:
+        return _try(sch, schedule_contraction_symbolic, name)
+    except Exception as again:  # noqa: BLE001 - TVM raises ScheduleError and friends
+        note_fallback(name, "schedule_contraction", again)
+        return sch
+    return trial
+
+
 def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool = False):
     """A scheduled copy of ``func`` (an ``s_tir.Schedule``), or None if nothing applied.
 
@@ -915,7 +1066,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
             except SymbolicInnermost:
                 sch = _try(sch, schedule_contraction_symbolic, name)
             except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
-                note_fallback(name, "schedule_contraction", exc)
+                sch = _unpadded_retry(sch, name, lanes, registers, exc)
     sch = _try(sch, _inline_injective_chains, contractions)
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
     root = sch.get_sblock("root")
@@ -973,4 +1124,19 @@ def default_cpu_schedule_pass():
                               "schedule_prim_func", exc)
                 return None
 
-    return dl.ApplyDefaultSchedule(_Rule())
+    import tvm
+
+    apply = dl.ApplyDefaultSchedule(_Rule())
+
+    @tvm.transform.module_pass(opt_level=0, name="mmopt_default_cpu_schedules")
+    def _schedule(mod, ctx):
+        from mmopt.codegen.symbolic_dims import symbolic_bounds
+
+        token = _VAR_BOUNDS.set(symbolic_bounds(mod))
+        try:
+            return apply(mod)
+        finally:
+            _VAR_BOUNDS.reset(token)
+
+    return _schedule
+

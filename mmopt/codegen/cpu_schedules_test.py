@@ -310,3 +310,93 @@ def test_register_tile_fits_the_isa(tmp_path, target_name, width, out_channels):
     fmas, spills = _fma_loop_spills(asm)
     assert fmas >= 7, asm[:2000]
     assert spills == 0, f"{spills} stack accesses in the FMA loop of {fmas} FMAs"
+
+
+# --------------------------------------------------------------------------------------------------
+# symbolic extents (dynamic shapes)
+
+
+def _symbolic_matmul(n, k=64, cols=64):
+    from tvm import te, tirx
+
+    k, cols = tirx.const(k, "int64"), tirx.const(cols, "int64")
+    a = te.placeholder((n, k), name="A")
+    b = te.placeholder((k, cols), name="B")
+    r = te.reduce_axis((0, k), name="k")
+    mm = te.compute((n, cols), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="matmul")
+    return te.create_prim_func([a, b, mm])
+
+
+def _local_buffers_after_compaction(mod):
+    """Shapes of the "local" buffers of ``mod`` once TVM has compacted them to what they hold."""
+    import tvm
+    from tvm import s_tir
+
+    passes = tvm.transform.Sequential([
+        s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+        s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation()])
+    return [line.split("sblock_alloc_buffer(")[1].split(", scope")[0]
+            for line in passes(mod).script().splitlines() if 'scope="local"' in line]
+
+
+def test_symbolic_rows_are_padded_to_whole_register_tiles(target):
+    """A matmul over a symbolic number of rows (a dynamic sequence) is padded to whole register
+    tiles of several rows: its accumulators compact to one tile (registers). With a predicated
+    last tile instead, TVM sized them for every row of the output (a buffer in memory: 2x
+    slower); unpadded whole tiles would have one row."""
+    import tvm
+    from tvm import tirx
+
+    from mmopt.codegen.cpu_schedules import schedule_prim_func
+
+    sch = schedule_prim_func(_symbolic_matmul(tirx.Var("seq", "int64")), target)
+    local = _local_buffers_after_compaction(sch.mod)
+    assert local and all("seq" not in shape for shape in local), local
+    assert "T.int64(1), " not in local[0], local  # several rows per tile, not 1
+    lib = tvm.compile(sch.mod, target=target)
+    rng = np.random.default_rng(0)
+    for rows in (1, 5, 6, 13, 64):
+        a = rng.standard_normal((rows, 64)).astype("float32")
+        b = rng.standard_normal((64, 64)).astype("float32")
+        out = tvm.runtime.tensor(np.zeros((rows, 64), "float32"))
+        lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
+        np.testing.assert_allclose(out.numpy(), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_symbolic_tile_prefers_rows_that_divide_a_known_multiple():
+    """A width of ``32 * w_blocks`` seen after a stride-2 layer is a multiple of 16: a tile whose
+    rows divide it is whole without padding; with no known multiple, the wide tile is kept (and
+    the rows padded), unless ``exact`` asks for one that divides (down to 1 row)."""
+    from tvm import tirx
+
+    from mmopt.codegen.cpu_schedules import known_multiple, symbolic_tile
+
+    w = tirx.Var("w_blocks", "int64")
+    assert known_multiple((w * 32 - 1) // 2 + 1) == 16
+    assert known_multiple(w) == 1
+    _vec, rows, _nv = symbolic_tile(64, None, 8, 16, r_multiple=16)
+    assert 16 % rows == 0
+    _vec, rows, _nv = symbolic_tile(64, None, 8, 16, r_multiple=1)
+    assert rows > 1
+    assert symbolic_tile(64, None, 8, 16, r_multiple=1, exact=True)[1] == 1
+
+
+def test_symbolic_loops_run_in_parallel_where_they_are_sure_to_be_long(target):
+    """An element-wise kernel over ``batch x 4 x seq x 16`` with batch 1..4 and seq 8..512: the
+    parallel loop is ``seq`` (sure to have 8 iterations), not ``batch`` (1 iteration at batch 1,
+    one busy core)."""
+    from tvm import te, tirx
+
+    from mmopt.codegen import cpu_schedules
+
+    batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+    x = te.placeholder((batch, 4, seq, 16), name="x")
+    y = te.compute(x.shape, lambda *i: x(*i) * 2.0, name="double")
+    func = te.create_prim_func([x, y])
+    token = cpu_schedules._VAR_BOUNDS.set({"batch": (1, 4), "seq": (8, 512)})
+    try:
+        script = cpu_schedules.schedule_prim_func(func, target).mod["main"].script()
+    finally:
+        cpu_schedules._VAR_BOUNDS.reset(token)
+    parallel = [line.strip() for line in script.splitlines() if "T.parallel" in line]
+    assert parallel and "T.parallel(seq)" in parallel[0], script

@@ -116,3 +116,31 @@ def test_softmax_rows_of_any_width(width, tmp_path):
     got = mmopt.load(result.library)(x=x)["y"].astype(np.float64)
     np.testing.assert_allclose(got, _reference("Softmax", x), rtol=2e-6, atol=1e-9)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("least", [8, 16])
+def test_softmax_rows_of_symbolic_width(least, tmp_path):
+    """Softmax over rows of a dynamic width (``--dim``): partials as many as the shortest row
+    fills (8 or 16), the rest of each row folded in after. Widths that are exact multiples of the
+    partials leave that rest empty: a reduction over an empty range writes nothing, not even its
+    initial value, which once summed garbage into every row of such widths."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import mmopt
+    from mmopt.ir.dims import parse_dim_option
+
+    shape = [2, 3, "w", "w"]
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "softmax",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = mmopt.compile(model, "x86-avx2", tmp_path / "softmax", verify=False,
+                           dims=[parse_dim_option(f"w={least}..200")])
+    compiled = mmopt.load(result.library)
+    for width in sorted({least, least + 1, 16, 17, 32, 45, 64, 197, 200}):
+        x = np.random.default_rng(width).uniform(-30, 30, (2, 3, width, width)).astype(np.float32)
+        x[..., -1] = 40.0  # the row's maximum where the partials do not reach
+        got = compiled(x=x)["y"].astype(np.float64)
+        np.testing.assert_allclose(got, _reference("Softmax", x), rtol=2e-6, atol=1e-9,
+                                   err_msg=f"width {width}")

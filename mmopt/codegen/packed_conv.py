@@ -19,7 +19,7 @@ import contextvars
 
 import numpy as np
 
-from mmopt.codegen.cpu_schedules import static_extent
+from mmopt.codegen.cpu_schedules import known_multiple, static_extent, symbolic_tile
 from mmopt.codegen.relax_util import rewrite_dense_nhwc_convs, tensor_dtype
 
 #: block name of the packed float convolution
@@ -44,7 +44,14 @@ def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int)
     return register_tile(out_channels, rows, vec, registers)[1] * vec
 
 
-def _packed_conv_te(data, packed, strides, padding, dilation, out_channels):
+def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows=None):
+    """The NHWC convolution of ``data`` with ``packed`` weights. ``rows``: for an output of
+    symbolic width, the row count of the schedule's register tile: the convolution is computed
+    on the width rounded up to a multiple of ``rows`` (the columns beyond the input read its last
+    column, their results are dropped when the output is cropped), so that every register tile is
+    whole. A predicated last tile would keep the accumulators out of registers: TVM cannot bound
+    the accumulator buffer by the tile under the predicate and allocates it for the whole row
+    (the symbolic-rows case of :func:`mmopt.codegen.cpu_schedules._pad_contraction`)."""
     from tvm import te, tirx
 
     n, h, w = data.shape[:3]  # batch, height, width may be symbolic
@@ -52,6 +59,11 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels):
     _, kh, kw, _, tile = (int(d) for d in packed.shape)
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
+    hp, wp = h + top + bottom, w + left + right
+    oh = (hp - (kh - 1) * dh - 1) // sh + 1
+    ow = (wp - (kw - 1) * dw - 1) // sw + 1
+    symbolic_rows = rows is not None and rows > 1
+    ow_padded = (ow + rows - 1) // rows * rows if symbolic_rows else ow
     if any(padding):
         source = data
 
@@ -60,19 +72,57 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels):
             return tirx.if_then_else(inside, source[b, y - top, x - left, c],
                                      tirx.const(0.0, data.dtype))
 
-        data = te.compute((n, h + top + bottom, w + left + right, ic), pad, name="pad_temp")
-    hp, wp = h + top + bottom, w + left + right
-    oh = (hp - (kh - 1) * dh - 1) // sh + 1
-    ow = (wp - (kw - 1) * dw - 1) // sw + 1
+        # for a rounded-up width: the columns its last tile reads, zeros beyond the padding
+        # (written in terms of that width, so that TVM sees the copy covers what the
+        # convolution reads)
+        width = (ow_padded - 1) * sw + (kw - 1) * dw + 1 if symbolic_rows else wp
+        data = te.compute((n, hp, width, ic), pad, name="pad_temp")
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
     rc = te.reduce_axis((0, ic), "rc")
-    return te.compute(
-        (n, oh, ow, out_channels),
+    if not symbolic_rows:
+        return te.compute(
+            (n, oh, ow, out_channels),
+            lambda b, y, x, c: te.sum(
+                data[b, y * sh + rh * dh, x * sw + rw * dw, rc]
+                * packed[c // tile, rh, rw, rc, c % tile], axis=[rh, rw, rc]),
+            name=PACKED_BLOCK)
+
+    def column(x):
+        # the input itself (no pad_temp): the extra columns read its last one. (A clamped read of
+        # a pad_temp would break TVM's region cover check between the two blocks.)
+        return x if any(padding) else tirx.min(x, wp - 1)
+
+    conv = te.compute(
+        (n, oh, ow_padded, out_channels),
         lambda b, y, x, c: te.sum(
-            data[b, y * sh + rh * dh, x * sw + rw * dw, rc] * packed[c // tile, rh, rw, rc, c % tile],
-            axis=[rh, rw, rc]),
+            data[b, y * sh + rh * dh, column(x * sw + rw * dw), rc]
+            * packed[c // tile, rh, rw, rc, c % tile], axis=[rh, rw, rc]),
         name=PACKED_BLOCK)
+    return te.compute((n, oh, ow, out_channels), lambda b, y, x, c: conv[b, y, x, c],
+                      name=f"{PACKED_BLOCK}_crop")
+
+
+def _padding_schedulable(call, w, *, tile: int, rows: int) -> bool:
+    """Whether the convolution of ``call`` computed on its width rounded up to ``rows`` can be
+    scheduled: TVM must prove that the rounded-up result covers the cropped one, which it does for
+    a plain symbolic width and not for every expression of one. Tried on the TE itself."""
+    from tvm import s_tir, te
+
+    attrs = call.attrs
+    kh, kw, ic, oc = w.shape
+    data = te.placeholder(list(call.args[0].ty.shape), "float32", "data")
+    packed = te.placeholder((oc // tile, kh, kw, ic, tile), "float32", "packed")
+    out = _packed_conv_te(data, packed, [int(v) for v in attrs.strides],
+                          [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], oc,
+                          rows)
+    try:
+        sch = s_tir.Schedule(te.create_prim_func([data, packed, out]))
+        loops = sch.get_loops(sch.get_sblock(PACKED_BLOCK))
+        sch.reverse_compute_at(sch.get_sblock(f"{PACKED_BLOCK}_crop"), loops[0])
+    except Exception:  # noqa: BLE001 - TVM's ScheduleError: not a stage pipeline
+        return False
+    return True
 
 
 def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
@@ -100,15 +150,29 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
             note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "pack_weights",
                       "symbolic shape: weights not packed (HWIO)")
             return None
-        # NHWC: the rows of the schedule's register tile (symbolic: tiled as the schedule does)
+        # NHWC: the rows of the schedule's register tile (symbolic: tiled as the schedule does,
+        # and padded to whole tiles unless the rows divide the width's known multiple)
         out_width = static_extent(call.ty.shape[2])
-        tile = output_tile(oc, out_width, lanes, registers)
+        rows = None
+        if out_width is None:
+            multiple = known_multiple(call.ty.shape[2])
+            vec, rows, nv = symbolic_tile(oc, None, lanes, registers, multiple)
+            if multiple % rows == 0:
+                rows = None
+            elif not _padding_schedulable(call, w, tile=nv * vec, rows=rows):
+                # TVM cannot prove the rounded-up width covers the cropped one (a width of
+                # ``2 * w_blocks``): the schedule takes rows that divide the width instead
+                vec, rows, nv = symbolic_tile(oc, None, lanes, registers, multiple, exact=True)
+                rows = None
+            tile = nv * vec if vec > 1 else 1
+        else:
+            tile = output_tile(oc, out_width, lanes, registers)
         if tile == 1 or oc % tile:
             return None
         packed = np.ascontiguousarray(w.reshape(kh, kw, ic, oc // tile, tile).transpose(3, 0, 1, 2, 4))
         return builder.call_te(
             _packed_conv_te, call.args[0], relax.const(packed), [int(v) for v in attrs.strides],
-            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], oc,
+            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], oc, rows,
             primfunc_name_hint=PACKED_BLOCK)
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_float_convs")

@@ -6,7 +6,9 @@ Each dim kept symbolic (``{name: DimRange}``, :mod:`mmopt.ir.dims`) is one ``int
 ``R.Shape([blocks...])`` parameter (:data:`BLOCKS_PARAM`) that defines the block counts, which the
 runtime passes before the inputs (:class:`mmopt.runtime.CompiledModel`) and bucket copies bind
 (:mod:`mmopt.codegen.buckets`). The ranges are annotated as ``tir_var_lower_bound`` /
-``tir_var_upper_bound`` (the memory planner allocates for the maximum once instead of per call).
+``tir_var_upper_bound`` (the memory planner allocates for the maximum once instead of per call);
+code generation reads them back (:func:`symbolic_bounds`, :func:`least_value`) to choose what a
+symbolic loop is sure to have.
 """
 
 from __future__ import annotations
@@ -91,3 +93,42 @@ def block_counts(sizes, dims) -> list[int]:
     ``size // multiple`` of each dim with a multiple, in :func:`block_dims` order (empty: none
     has a multiple, and there is no leading argument)."""
     return [int(sizes[name]) // dims[name].multiple for name in block_dims(dims)]
+
+
+def symbolic_bounds(mod) -> dict[str, tuple[int, int]]:
+    """``{variable name: (min, max)}`` of the symbolic variables whose ranges ``mod``'s Relax
+    functions declare (``tir_var_lower_bound`` / ``tir_var_upper_bound``, :func:`with_dim_bounds`).
+    """
+    from tvm import relax
+
+    bounds = {}
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function) or func.attrs is None:
+            continue
+        lower = func.attrs.get("tir_var_lower_bound") or {}
+        upper = func.attrs.get("tir_var_upper_bound") or {}
+        for name, lo in lower.items():
+            if name in upper:
+                bounds[str(name)] = (int(lo), int(upper[name]))
+    return bounds
+
+
+def least_value(expr, bounds) -> int | None:
+    """The least value the TIR expression ``expr`` (an extent) takes when its variables range over
+    ``bounds`` (:func:`symbolic_bounds`); None when one of them has no known range."""
+    import tvm
+    from tvm import tirx
+    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
+
+    if isinstance(expr, int):
+        return expr
+    if isinstance(expr, tirx.IntImm):
+        return int(expr.value)
+    analyzer = Analyzer()
+    for var in tirx.analysis.undefined_vars(expr):
+        if var.name not in bounds:
+            return None
+        lo, hi = bounds[var.name]
+        analyzer.bind(var, tvm.ir.Range.from_min_extent(lo, hi - lo + 1))
+    least = analyzer.const_int_bound(expr).min_value
+    return int(least) if least > -(2 ** 62) else None
