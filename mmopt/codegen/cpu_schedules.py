@@ -102,7 +102,19 @@ def _parallel_symbolic(sch, loops) -> None:
     sequences) is chosen, not merely the first non-unit one: a dynamic batch of 1..4 would leave
     every core but one idle at batch 1. Loops outside it stay serial (a parallel region per
     iteration of theirs). Failing that, the loop with the most iterations for sure."""
-    least = [(lp, _least_extent(sch, lp)) for lp in loops]
+    # runs of adjacent static loops are fused first (constant divisors: cheap), so that a
+    # transpose over ``batch x 4 x 16 x seq`` forks once per batch over 64 iterations
+    merged, run = [], []
+    for lp in [*loops, None]:
+        if lp is not None and _extent(sch, lp) is not None:
+            run.append(lp)
+            continue
+        if run:
+            merged.append(sch.fuse(*run) if len(run) > 1 else run[0])
+            run = []
+        if lp is not None:
+            merged.append(lp)
+    least = [(lp, _least_extent(sch, lp)) for lp in merged]
     for lp, n in least:
         if n is None or n >= _MIN_PARALLEL_ITERATIONS:
             sch.parallel(lp)
@@ -669,7 +681,16 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     for lp in init_loops[len(sch.get_loops(init)) - (3 if nv > 1 and vec > 1 else 2):-1]:
         sch.unroll(lp)
 
-    inline_epilogue(sch, writeback)
+    if extents[v_axis] is not None:
+        inline_epilogue(sch, writeback)
+    else:
+        # a symbolic innermost extent, padded: the crop would put a per-lane predicate in the
+        # vectorized write-back, which TVM then writes one element at a time (2.5x slower on
+        # attention scores); the tile is written whole to the padded buffer, and the crop runs
+        # after it with the epilogue as one loop of its own
+        crops = sch.get_consumers(writeback)
+        if len(crops) == 1:
+            inline_epilogue(sch, crops[0])
     try:
         vectorize_tail(writeback, True)
     except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
