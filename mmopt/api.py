@@ -165,9 +165,9 @@ def compile(  # noqa: A001 - the verb users expect: mmopt.compile(...)
     if profile and not tgt.runs_here():
         raise MmoptError(f"--profile: target {tgt.name} cannot run here ({tgt.why_not_here()})")
     if profile and dims:
-        from mmopt.runtime.profile import PROFILE_DYNAMIC
-
-        raise MmoptError(f"--profile: {PROFILE_DYNAMIC}")
+        raise MmoptError("--profile: an artifact with symbolic dims (--dim) runs at many sizes; "
+                         "profile it at one with mmopt profile ARTIFACT --input-shape "
+                         "NAME:D1,D2,...")
     from mmopt._logging import capture_warnings
 
     with capture_warnings() as warnings:

@@ -282,15 +282,42 @@ def test_cli_run_takes_a_size_with_a_multiple_at_an_odd_block_count(cnn):
     assert ok.exit_code == 0, ok.output
 
 
-def test_profile_refuses_a_dynamic_artifact_in_one_line(cnn):
+def test_profile_of_a_dynamic_artifact_needs_its_shapes_in_one_line(cnn):
     out, _result = cnn
     _one_line_error(CliRunner().invoke(cli, ["profile", str(out)]),
-                    "profiling an artifact with symbolic dims (--dim) is not supported yet")
+                    "input input has symbolic dims")
+    _one_line_error(CliRunner().invoke(cli, ["profile", str(out), "--input-shape",
+                                             "input:1,3,36,32"]),
+                    "input input: dim 2 (h) is 36, not a multiple of 8")
     with pytest.raises(MmoptError) as exc:
         mmopt.compile(build("conv_bn_relu"), "x86", out.parent / "p", profile=True,
                       input_shapes={"input": (1, 3, "h", "w")},
                       dims=[parse_dim_option("h=16..64:8"), parse_dim_option("w=16..64:8")])
-    assert exc.value.message.startswith("--profile: profiling an artifact with symbolic dims")
+    assert exc.value.message.startswith("--profile: an artifact with symbolic dims")
+    assert "mmopt profile ARTIFACT --input-shape" in exc.value.message
+
+
+@pytest.mark.parametrize("shape, function", [((2, 3, 48, 24), "main"), ((1, 3, 32, 32),
+                                                                         "main_bucket0")])
+def test_profile_times_a_dynamic_artifact_at_the_shapes_given(cnn, shape, function, tmp_path):
+    """``mmopt profile ARTIFACT --input-shape``: the kernels of the function those shapes run (the
+    dynamic ``main``, or the bucket), with FLOPs counted at those sizes (the convolutions' exact
+    multiply-adds) and matched to their ONNX nodes."""
+    from mmopt.runtime.profile import profile
+
+    out, _result = cnn
+    result = profile(out, input_shapes={"input": shape}, runs=2, warmup=1)
+    assert result.kernels and result.total_median_ms > 0
+    assert any(f"h={shape[2]}" in note for note in result.notes), result.notes
+    convs = [k for k in result.kernels if "conv" in k.name]
+    assert convs and all(k.flops > 0 for k in convs), [(k.name, k.flops) for k in convs]
+    assert any(k.onnx_nodes for k in result.kernels)
+    names = {k.name for k in result.kernels}
+    # the bucket is a static copy: Winograd there, the direct convolution in the dynamic kernels
+    assert any("winograd" in n for n in names) == (function != "main"), names
+    # first conv: 3x3, 3 -> 16 channels, at every output pixel of the given size
+    batch, _c, h, w = shape
+    assert max(k.flops for k in convs) >= 2 * 3 * 3 * 3 * 16 * batch * h * w
 
 
 # ------------------------------------------------------------------------------------------------

@@ -107,7 +107,8 @@ def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, w
 
     Per kernel: the ONNX nodes it computes, output shape, median and min ms, % of the total,
     GFLOP (TIR contractions), GFLOP/s and % of this machine's FMA peak for the target's ISA;
-    then the time between kernels and the total latency. Sorted by time.
+    then the time between kernels and the total latency. Sorted by time. An artifact with
+    symbolic dims (--dim) is profiled at the shapes --input-shape gives.
     """
     from mmopt.api import profile
 

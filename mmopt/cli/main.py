@@ -117,7 +117,7 @@ def compile_cmd(model, target, output, input_shapes, dims, buckets, opt_level, w
     from mmopt import targets
 
     model = model_path(model)
-    if profile is None:  # not a dynamic artifact (runtime.profile.PROFILE_DYNAMIC)
+    if profile is None:  # not for symbolic dims: profiled at one size by `mmopt profile`
         profile = bool(html_path) and targets.get(target).runs_here() and not dims
     with err.status("compiling") as status:
         result = mmopt.compile(

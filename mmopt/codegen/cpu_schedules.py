@@ -91,6 +91,28 @@ def _least_extent(sch, loop) -> int | None:
     return least_value(sch.get(loop).extent, _VAR_BOUNDS.get())
 
 
+def _plain_extent(expr) -> bool:
+    """Whether ``expr`` is a constant, a variable or a product of such (no division)."""
+    from tvm import tirx
+
+    if isinstance(expr, (tirx.IntImm, tirx.Var)):
+        return True
+    return isinstance(expr, tirx.Mul) and _plain_extent(expr.a) and _plain_extent(expr.b)
+
+
+def _parallel_rows_symbolic(sch, rows) -> bool:
+    """Fuse the row loops ``rows`` of a kernel whose rows are walked by an inner loop (a
+    reduction over the row, or a symbolic innermost axis) into one parallel loop, when their
+    extents are plain products (no divisions, which TVM's lowering may fail to prove divisible
+    once fused): the run-time divisions that recover the row indices then happen once per row,
+    and the kernel forks once instead of once per batch and head (a softmax over ``batch x 4 x
+    seq`` rows). Returns whether it did."""
+    if len(rows) < 2 or not all(_plain_extent(sch.get(lp).extent) for lp in rows):
+        return False
+    sch.parallel(sch.fuse(*rows))
+    return True
+
+
 def _parallel_symbolic(sch, loops) -> None:
     """Run one of ``loops`` (some of them symbolic) in parallel, without fusing them.
 
@@ -830,7 +852,8 @@ def schedule_reduction(sch, name: str, lanes: int) -> None:
     if outer:
         symbolic = [lp for lp in outer if _extent(sch, lp) is None]
         if symbolic:
-            _parallel_symbolic(sch, outer)
+            if not _parallel_rows_symbolic(sch, outer):
+                _parallel_symbolic(sch, outer)
         else:
             fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
             if _extent(sch, fused) > 1:
@@ -883,7 +906,8 @@ def _row_reduction_loop(sch, block_rv, lanes: int):
 
 def _parallel_rows(sch, rows) -> None:
     if any(_extent(sch, lp) is None for lp in rows):
-        _parallel_symbolic(sch, rows)
+        if not _parallel_rows_symbolic(sch, rows):
+            _parallel_symbolic(sch, rows)
         return
     if rows:
         fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
@@ -954,7 +978,10 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         loops = loops[:-1]
     if total >= _MIN_PARALLEL_ELEMENTS:
         if any(e is None for e in extents):
-            _parallel_symbolic(sch, loops)
+            # rows of a symbolic innermost axis, or of a vectorized static one, run in parallel
+            rows_walked = extents[-1] is None and vec == 1 or vec > 1
+            if not (rows_walked and _parallel_rows_symbolic(sch, loops[:-1])):
+                _parallel_symbolic(sch, loops)
             return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         sch.parallel(fused)

@@ -381,22 +381,40 @@ def test_symbolic_tile_prefers_rows_that_divide_a_known_multiple():
     assert symbolic_tile(64, None, 8, 16, r_multiple=1, exact=True)[1] == 1
 
 
-def test_symbolic_loops_run_in_parallel_where_they_are_sure_to_be_long(target):
-    """An element-wise kernel over ``batch x 4 x seq x 16`` with batch 1..4 and seq 8..512: the
-    parallel loop is ``seq`` (sure to have 8 iterations), not ``batch`` (1 iteration at batch 1,
-    one busy core)."""
-    from tvm import te, tirx
-
+def _parallel_loops(func, target, bounds) -> list[str]:
     from mmopt.codegen import cpu_schedules
 
-    batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
-    x = te.placeholder((batch, 4, seq, 16), name="x")
-    y = te.compute(x.shape, lambda *i: x(*i) * 2.0, name="double")
-    func = te.create_prim_func([x, y])
-    token = cpu_schedules._VAR_BOUNDS.set({"batch": (1, 4), "seq": (8, 512)})
+    token = cpu_schedules._VAR_BOUNDS.set(bounds)
     try:
         script = cpu_schedules.schedule_prim_func(func, target).mod["main"].script()
     finally:
         cpu_schedules._VAR_BOUNDS.reset(token)
-    parallel = [line.strip() for line in script.splitlines() if "T.parallel" in line]
-    assert parallel and "T.parallel(seq)" in parallel[0], script
+    return [line.strip() for line in script.splitlines() if "T.parallel" in line]
+
+
+def test_symbolic_rows_run_as_one_parallel_loop(target):
+    """An element-wise kernel over ``batch x 4 x seq`` rows of 16: the rows are fused into one
+    parallel loop (one fork, run-time divisions once per row), not run one parallel region per
+    batch and head."""
+    from tvm import te, tirx
+
+    batch, seq = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+    x = te.placeholder((batch, 4, seq, 16), name="x")
+    y = te.compute(x.shape, lambda *i: x(*i) * 2.0, name="double")
+    parallel = _parallel_loops(te.create_prim_func([x, y]), target,
+                               {"batch": (1, 4), "seq": (8, 512)})
+    assert len(parallel) == 1 and "batch" in parallel[0] and "seq" in parallel[0], parallel
+
+
+def test_symbolic_loops_run_in_parallel_where_they_are_sure_to_be_long(target):
+    """Loops that cannot be fused (an extent with a division: a pooled height) run in parallel
+    at the first one sure to have 8 iterations by the dims' ranges (``(h + 1) // 2`` with h
+    16..64), not at ``batch`` (1 iteration at batch 1: one busy core)."""
+    from tvm import te, tirx
+
+    batch, h = tirx.Var("batch", "int64"), tirx.Var("h", "int64")
+    x = te.placeholder((batch, (h + 1) // 2, 16), name="x")
+    y = te.compute(x.shape, lambda *i: x(*i) * 2.0, name="double")
+    parallel = _parallel_loops(te.create_prim_func([x, y]), target,
+                               {"batch": (1, 4), "h": (16, 64)})
+    assert parallel and "batch" not in parallel[0] and "h" in parallel[0], parallel

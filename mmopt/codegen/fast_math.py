@@ -61,16 +61,17 @@ def _silu(x):
 _SOFTMAX_PARTIALS = 16
 
 
-def _row_reduce(x, combine, init, name: str, partials: int = _SOFTMAX_PARTIALS):
-    """``combine`` over the last axis of ``x`` as ``partials`` running partials (element ``k`` of a
-    row goes to partial ``k % P``) folded at the end, the rest of the row (``R % P`` elements)
-    folded in after: a reduction the CPU schedule turns into vector operations with no predicate
-    (where the generated code otherwise runs one dependent scalar chain per row).
+def _row_reduce(x, combine, init, name: str, identity):
+    """``combine`` over the last axis of ``x`` as ``_SOFTMAX_PARTIALS`` running partials (element
+    ``k`` of a row goes to partial ``k % P``) folded at the end, the rest of the row (``R % P``
+    elements) folded in after: a reduction the CPU schedule turns into vector operations with no
+    predicate (where the generated code otherwise runs one dependent scalar chain per row).
 
-    A row of symbolic length must be sure to hold ``partials`` elements (the caller checks): a
-    reduction over an empty range writes nothing, not even its initial value. So for such a row
-    the fold and the tail are one reduction over the ``P`` partials followed by the ``R % P``
-    remaining elements, never empty.
+    A row of symbolic length may be shorter than ``P`` (the partials then see nothing), or a
+    multiple of it (nothing left after them); a reduction over an empty range writes nothing, not
+    even its initial value. So for such a row the fold and the rest are one reduction, never
+    empty, over the ``P`` partials (``identity`` in place of each when the row is shorter than
+    ``P``) followed by the ``R % P`` remaining elements.
     """
     from tvm import te, tirx
 
@@ -78,16 +79,20 @@ def _row_reduce(x, combine, init, name: str, partials: int = _SOFTMAX_PARTIALS):
     static = isinstance(width, tirx.IntImm)
     if static:
         width = int(width)
-    lanes = partials
+    lanes = _SOFTMAX_PARTIALS
     head = width // lanes * lanes
     ko = te.reduce_axis((0, width // lanes), name=f"{name}_ko")
     partial = te.compute((*rows, lanes), lambda *i: combine(x(*i[:-1], ko * lanes + i[-1]), ko),
                          name=f"{name}_partial")
     if not static:
         t = te.reduce_axis((0, lanes + width % lanes), name=f"{name}_t")
-        return te.compute(rows, lambda *i: combine(tirx.if_then_else(
-            t < lanes, partial(*i, tirx.min(t, lanes - 1)), x(*i, head + t - lanes)), t),
-            name=name)
+
+        def element(*i):
+            kept = tirx.if_then_else(width >= lanes, partial(*i, tirx.min(t, lanes - 1)),
+                                     tirx.const(identity, x.dtype))
+            return tirx.if_then_else(t < lanes, kept, x(*i, head + t - lanes))
+
+        return te.compute(rows, lambda *i: combine(element(*i), t), name=name)
     j = te.reduce_axis((0, lanes), name=f"{name}_j")
     total = te.compute(rows, lambda *i: combine(partial(*i, j), j), name=f"{name}_fold")
     if head == width:
@@ -97,43 +102,29 @@ def _row_reduce(x, combine, init, name: str, partials: int = _SOFTMAX_PARTIALS):
     return te.compute(rows, lambda *i: init(total(*i), tail(*i)), name=name)
 
 
-def _softmax(x, axis: int, bounds=None):
+def _softmax(x, axis: int):
     """``exp(x - max) / sum(exp(x - max))`` along ``axis``, with ``fast_exp``; along the last axis
-    of a row of at least two vectors the max and the sum are :func:`_row_reduce` reductions
-    (ViT-Tiny's attention, 3 x 197 rows of 197 scores: 175 -> 70 us on one Zen 4 core), else
-    ``topi.nn.fast_softmax``. A row of symbolic length (a dynamic sequence) gets them with as
-    many partials (16, 8 or 4) as its least length (``bounds``: the ranges of the symbolic
-    variables, :func:`mmopt.codegen.symbolic_dims.symbolic_bounds`) is sure to fill."""
+    of a row of at least two vectors (or of symbolic length: a dynamic sequence) the max and the
+    sum are :func:`_row_reduce` reductions (ViT-Tiny's attention, 3 x 197 rows of 197 scores:
+    175 -> 70 us on one Zen 4 core), else ``topi.nn.fast_softmax``."""
     from tvm import te, tirx, topi
-
-    from mmopt.codegen.symbolic_dims import least_value
 
     ndim = len(x.shape)
     axis = axis % ndim
     width = x.shape[-1]
-    partials = _SOFTMAX_PARTIALS
-    if axis != ndim - 1:
+    if axis != ndim - 1 or isinstance(width, tirx.IntImm) and int(width) < 2 * _SOFTMAX_PARTIALS:
         return topi.nn.fast_softmax(x, axis)
-    if isinstance(width, tirx.IntImm):
-        if int(width) < 2 * _SOFTMAX_PARTIALS:
-            return topi.nn.fast_softmax(x, axis)
-    else:
-        least = least_value(width, bounds or {})
-        fits = [p for p in (_SOFTMAX_PARTIALS, 8, 4) if least is not None and least >= p]
-        if not fits:
-            return topi.nn.fast_softmax(x, axis)
-        partials = fits[0]
-    peak = _row_reduce(x, lambda v, ax: te.max(v, axis=ax), te.max, "softmax_max", partials)
+    peak = _row_reduce(x, lambda v, ax: te.max(v, axis=ax), te.max, "softmax_max",
+                       -3.4028234663852886e38)
     delta = te.compute(x.shape, lambda *i: x(*i) - peak(*i[:-1]), name="softmax_delta")
     e = topi.fast_exp(delta)
     total = _row_reduce(e, lambda v, ax: te.sum(v, axis=ax), lambda a, b: a + b, "softmax_sum",
-                        partials)
+                        0.0)
     return te.compute(x.shape, lambda *i: e(*i) / total(*i[:-1]), name="softmax_norm")
 
 
-def _replacement(call, bounds=None):
-    """``(te function, extra args)`` computing ``call`` with vectorizable arithmetic, or None
-    (``bounds``: the module's symbolic variables' ranges)."""
+def _replacement(call):
+    """``(te function, extra args)`` computing ``call`` with vectorizable arithmetic, or None."""
     from tvm import topi
 
     name = call.op.name
@@ -150,7 +141,7 @@ def _replacement(call, bounds=None):
     if name == "relax.nn.silu":
         return _silu, ()
     if name == "relax.nn.softmax":
-        return _softmax, (int(call.attrs.axis), bounds)
+        return _softmax, (int(call.attrs.axis),)
     return None
 
 
@@ -167,16 +158,11 @@ def fast_math_pass():
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    from mmopt.codegen.symbolic_dims import symbolic_bounds
-
     @mutator
     class _FastMath(PyExprMutator):
-        bounds: dict = {}
-
         def visit_call_(self, call):
             op = getattr(call, "op", None)
-            found = (_replacement(call, self.bounds) if isinstance(op, tvm.ir.Op)
-                     and op.name in OPS
+            found = (_replacement(call) if isinstance(op, tvm.ir.Op) and op.name in OPS
                      and _dtype(call) == "float32" else None)
             call = super().visit_call_(call)
             if found is None:
@@ -187,7 +173,6 @@ def fast_math_pass():
     @tvm.transform.module_pass(opt_level=0, name="mmopt_fast_math")
     def _pass(mod, _ctx):
         mutator_ = _FastMath(mod)
-        mutator_.bounds = symbolic_bounds(mod)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 mutator_.builder_.update_func(gv, mutator_.visit_expr(func))

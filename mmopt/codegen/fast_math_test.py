@@ -118,11 +118,10 @@ def test_softmax_rows_of_any_width(width, tmp_path):
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("least", [8, 16])
-def test_softmax_rows_of_symbolic_width(least, tmp_path):
-    """Softmax over rows of a dynamic width (``--dim``): partials as many as the shortest row
-    fills (8 or 16), the rest of each row folded in after. Widths that are exact multiples of the
-    partials leave that rest empty: a reduction over an empty range writes nothing, not even its
+def test_softmax_rows_of_symbolic_width(tmp_path):
+    """Softmax over rows of a dynamic width (``--dim``): 16 partials, the rest of each row folded
+    in after. Rows shorter than the partials leave them empty, and widths that are exact
+    multiples leave the rest empty: a reduction over an empty range writes nothing, not even its
     initial value, which once summed garbage into every row of such widths."""
     import onnx
     from onnx import TensorProto, helper
@@ -136,9 +135,9 @@ def test_softmax_rows_of_symbolic_width(least, tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     result = mmopt.compile(model, "x86-avx2", tmp_path / "softmax", verify=False,
-                           dims=[parse_dim_option(f"w={least}..200")])
+                           dims=[parse_dim_option("w=1..200")])
     compiled = mmopt.load(result.library)
-    for width in sorted({least, least + 1, 16, 17, 32, 45, 64, 197, 200}):
+    for width in (1, 2, 7, 15, 16, 17, 32, 45, 64, 197, 200):
         x = np.random.default_rng(width).uniform(-30, 30, (2, 3, width, width)).astype(np.float32)
         x[..., -1] = 40.0  # the row's maximum where the partials do not reach
         got = compiled(x=x)["y"].astype(np.float64)

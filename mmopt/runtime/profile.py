@@ -177,21 +177,33 @@ class ProfileResult:
 # FLOPs from TIR
 
 
-def contraction_flops(func) -> int:
+def contraction_flops(func, values: Mapping[str, int] | None = None) -> int:
     """2 x the multiply-adds of ``func``'s contraction blocks (a TIR PrimFunc).
 
     A contraction block has reduction iteration axes and an update ``acc[...] = acc[...] + a * b``
     (casts allowed around the product or its factors, for integer kernels); it executes the product
-    of its axes' extents multiply-adds, whatever the schedule.
+    of its axes' extents multiply-adds, whatever the schedule. Symbolic extents (a dynamic-shape
+    kernel) count with their variables set to ``values`` (``{name: value}``); a block with an
+    extent left symbolic is not counted.
     """
     import tvm
     from tvm import tirx
     from tvm.s_tir import SBlock
+    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
 
     # TVM 0.27: a load is an ``ir.TensorLoad`` whose ``source`` is the stored-to ``buffer``'s var
     loads = tuple(t for t in (getattr(tvm.ir, "TensorLoad", None), tirx.BufferLoad)
                   if isinstance(t, type))
     total = 0
+
+    def evaluate(extent):
+        if isinstance(extent, tirx.IntImm) or not values:
+            return extent
+        analyzer = Analyzer()
+        for var in tirx.analysis.undefined_vars(extent):
+            if var.name in values:
+                analyzer.bind(var, tirx.const(int(values[var.name]), "int64"))
+        return analyzer.simplify(extent)
 
     def is_product(expr) -> bool:
         while isinstance(expr, tirx.Cast):
@@ -220,7 +232,7 @@ def contraction_flops(func) -> int:
         if isinstance(stmt, SBlock):
             reduces = [iv for iv in stmt.iter_vars if int(iv.iter_type) == tirx.IterVar.CommReduce]
             if reduces and is_update(stmt.body):
-                extents = [iv.dom.extent for iv in stmt.iter_vars]
+                extents = [evaluate(iv.dom.extent) for iv in stmt.iter_vars]
                 if all(isinstance(e, tirx.IntImm) for e in extents):
                     total += 2 * math.prod(int(e.value) for e in extents)
         if isinstance(stmt, tirx.SeqStmt):
@@ -237,10 +249,11 @@ def contraction_flops(func) -> int:
 
 
 @contextlib.contextmanager
-def counting_kernel_flops() -> Iterator[dict[str, int]]:
+def counting_kernel_flops(values: Mapping[str, int] | None = None) -> Iterator[dict[str, int]]:
     """Within this block, every ``FuseTIR`` (a compile's kernel fusion) adds the
     :func:`contraction_flops` of each fused kernel (TIR PrimFunc) to the dict it yields, by
-    kernel name. A pass instrument on a copy of the current ``PassContext``."""
+    kernel name (symbolic extents counted at ``values``). A pass instrument on a copy of the
+    current ``PassContext``."""
     import tvm
 
     flops: dict[str, int] = {}
@@ -253,7 +266,7 @@ def counting_kernel_flops() -> Iterator[dict[str, int]]:
             for gv, func in mod.functions.items():
                 if isinstance(func, tvm.tirx.PrimFunc):
                     try:
-                        flops[gv.name_hint] = contraction_flops(func)
+                        flops[gv.name_hint] = contraction_flops(func, values)
                     except Exception:  # noqa: BLE001 - a count is a nicety, never a failure
                         logger.debug("counting FLOPs of %s failed", gv.name_hint, exc_info=True)
 
@@ -307,7 +320,8 @@ def _profile_worker(artifact: str, inputs_path: str, warmup: int, runs: int, cap
         feeds = {k: data[k] for k in data.files}
     model = CompiledModel(artifact)
     args = model._arguments((), feeds)  # noqa: SLF001 - convert once, time only the calls
-    main, vm, device = model._main, model._vm, model.device  # noqa: SLF001
+    # the function these shapes run: main, or a dynamic artifact's bucket (with its block counts)
+    main, vm, device = model._function, model._vm, model.device  # noqa: SLF001
     on_cpu = model._on_cpu  # noqa: SLF001
     sync = (lambda: None) if on_cpu else device.sync
 
@@ -628,8 +642,7 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
                                             "versus": versus, "seed": seed})
         return result.profile
     meta = read_meta(model)
-    if meta.dims:
-        raise MmoptError(PROFILE_DYNAMIC)
+    sizes = dynamic_sizes(meta, input_shapes)
     tgt = targets.get(meta.target.get("name", "?"))
     _require_runs_here(tgt)
     notes: list[str] = []
@@ -638,45 +651,60 @@ def profile(model, target: str = "x86", *, input_shapes: Mapping[str, Sequence[i
     source = Path(meta.source_model)
     if source.exists() and mir.sha256_of(source) == meta.source_sha256:
         step("re-deriving the kernels from the source model")
-        reference, optimized, flops = rederive(source, meta, tgt)
+        reference, optimized, flops = rederive(source, meta, tgt, sizes)
     else:
         notes.append(f"the artifact's source model {source} is not available (or changed): "
                      "no ONNX nodes, no FLOPs")
     return profile_artifact(str(model), meta, reference, optimized, flops, threads=threads,
                             runs=runs, warmup=warmup, versus=versus, seed=seed, progress=step,
-                            notes=notes)
+                            notes=notes, input_shapes=input_shapes)
 
 
-#: why a dynamic artifact is not profiled (yet): its kernels run at whatever size a call has
-PROFILE_DYNAMIC = ("profiling an artifact with symbolic dims (--dim) is not supported yet: compile "
-                   "the model for one size (--input-shape NAME:D1,D2,...) and profile that")
+def dynamic_sizes(meta, input_shapes) -> dict[str, int]:
+    """The sizes of a dynamic artifact's symbolic dims in the concrete ``input_shapes`` (``{input:
+    shape}``, ``--input-shape``), checked against its ranges; ``{}`` for a static artifact. A
+    dynamic artifact profiled without them is a one-line :class:`MmoptError`."""
+    if not getattr(meta, "dims", None):
+        return {}
+    from mmopt.ir.dims import bind_sizes
+    from mmopt.runtime.inputs import with_shapes
+
+    concrete = {name: dims for name, dims, _dtype in with_shapes(meta.inputs, input_shapes)}
+    return bind_sizes({s.name: s.shape for s in meta.inputs}, concrete, meta.dim_ranges())
 
 
 def profile_artifact(artifact, meta, reference, optimized, flops: Mapping[str, int], *,
                      threads: int = 2, runs: int = 10, warmup: int = 3,
                      versus: str | None = None, seed: int = 0,
                      progress: Callable[[str], None] | None = None,
-                     notes: Sequence[str] = ()) -> ProfileResult:
+                     notes: Sequence[str] = (),
+                     input_shapes: Mapping[str, Sequence[int]] | None = None) -> ProfileResult:
     """Profile a compiled ``artifact`` whose graph is known: ``meta`` its
     :class:`~mmopt.runtime.artifact.ArtifactMeta`, ``reference`` the source model as onnxruntime
     runs it and ``optimized`` the ONNX graph that was compiled (either None when not known: no
     ONNX nodes, no ``--vs``), ``flops`` the kernels' :func:`contraction_flops` by name (from
     :func:`counting_kernel_flops` around the compile). :func:`profile` comes here, and so does
-    ``mmopt.compile(..., profile=True)``, which has all of these at hand."""
+    ``mmopt.compile(..., profile=True)``, which has all of these at hand. A dynamic artifact
+    runs at ``input_shapes`` (required for it; see :func:`dynamic_sizes`)."""
     from mmopt import targets
     from mmopt.runtime.bench import call_in_child
     from mmopt.runtime.inputs import random_feeds
 
+    from mmopt.runtime.inputs import with_shapes
+
     step = progress or (lambda _msg: None)
     _check_options(threads, runs, warmup, versus)
-    if getattr(meta, "dims", None):
-        raise MmoptError(PROFILE_DYNAMIC)
+    sizes = dynamic_sizes(meta, input_shapes)
     tgt = targets.get(meta.target.get("name", "?"))
     _require_runs_here(tgt)
     notes = list(notes)
+    if sizes:
+        notes.append("dynamic artifact, profiled at " + ", ".join(
+            f"{name}={size}" for name, size in sizes.items()))
     machine = machine_info()
     with tempfile.TemporaryDirectory(prefix="mmopt-profile-") as tmp:
-        feeds = random_feeds(meta.inputs, seed)
+        feeds = random_feeds(with_shapes(meta.inputs, input_shapes) if sizes else meta.inputs,
+                             seed)
         inputs_path = os.path.join(tmp, "inputs.npz")
         np.savez(inputs_path, **feeds)
         from mmopt.runtime import peak as _peak
@@ -727,22 +755,30 @@ def _require_runs_here(tgt) -> None:
                          "the model on this machine")
 
 
-def rederive(source: Path, meta, tgt):
+def rederive(source: Path, meta, tgt, sizes: Mapping[str, int] | None = None):
     """``(reference, optimized, kernel FLOPs)`` of an artifact's source model: its graph passes and
-    fused kernels as the compile produced them (same shapes, level and code-generation settings;
-    the kernels' names do not depend on schedules or tuning records)."""
+    fused kernels as the compile produced them (same shapes, dims, buckets, level and
+    code-generation settings; the kernels' names do not depend on schedules or tuning records).
+    A dynamic artifact's kernels are counted at the dims' ``sizes``."""
     from mmopt.api import front_end
+    from mmopt.codegen.buckets import add_buckets, resolve_buckets
     from mmopt.codegen.options import CodegenOptions
     from mmopt.codegen.pipeline import tuning_module
     from mmopt.codegen.relax_import import to_relax
+    from mmopt.codegen.symbolic_dims import symbol_values
     from mmopt.passes import DEFAULT_LEVEL
 
     shapes = {s.name: s.shape for s in meta.inputs}
     level = meta.opt_level if meta.opt_level is not None else DEFAULT_LEVEL
-    reference, optimized, _report = front_end(str(source), shapes, level)
-    with counting_kernel_flops() as flops:
-        tuning_module(to_relax(optimized, where=str(source)), tgt,
-                      CodegenOptions(**meta.codegen) if meta.codegen else None)
+    ranges = meta.dim_ranges()
+    reference, optimized, _report = front_end(str(source), shapes, level, dims=ranges or None)
+    mod = to_relax(optimized, where=str(source), dims=ranges or None)
+    if meta.buckets:
+        buckets = resolve_buckets([b["inputs"] for b in meta.buckets], shapes, ranges)
+        mod = add_buckets(mod, buckets, ranges)
+    values = symbol_values(sizes, ranges) if sizes else None
+    with counting_kernel_flops(values) as flops:
+        tuning_module(mod, tgt, CodegenOptions(**meta.codegen) if meta.codegen else None)
     return reference, optimized, flops
 
 
