@@ -75,10 +75,15 @@ def example_input(name: str, seed: int = 0) -> np.ndarray:
 
 
 def build(name: str, seed: int = 0) -> tuple[keras.Model, np.ndarray]:
-    """The Keras model ``name`` with deterministic weights, and an example input for it."""
+    """The Keras model ``name`` with deterministic weights and layer names, and an example input
+    for it."""
     if name not in MODELS:
         raise KeyError(f"unknown TensorFlow zoo model {name!r}; known: {', '.join(names())}")
     entry = MODELS[name]
+    # Keras numbers the default names of layers and tensors per process (``input_layer_1`` once
+    # another model was built first): a fresh session keeps the names the same in every process,
+    # whatever ran before (the frontend tests check them)
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = entry.factory(input_shape=entry.input_shape[1:], weights=None,
                           classifier_activation=None)

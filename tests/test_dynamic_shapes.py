@@ -7,7 +7,6 @@ runtime's semantics (docs/dynamic-shapes.md)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -325,31 +324,16 @@ def test_profile_times_a_dynamic_artifact_at_the_shapes_given(cnn, shape, functi
 # with the Python runtime's one-line errors
 
 
-def _x86_bundles_missing() -> str | None:
+def _bundles_missing(arch: str) -> str | None:
     from mmopt.deploy import native
 
-    return None if native.host_arch() == "x86_64" else "x86_64 bundles run on x86_64 machines only"
-
-
-def _arm_bundles_missing() -> str | None:
-    from mmopt.deploy import native
-    from mmopt.tuning import emulate
-
-    if native.host_arch() == "aarch64":
-        return None
-    if shutil.which("aarch64-linux-gnu-gcc") is None:
-        return "the aarch64 cross compiler is not installed (apt-get install g++-aarch64-linux-gnu)"
-    if not any(shutil.which(q) for q in emulate.QEMU_CANDIDATES):
-        return f"qemu-aarch64 is not installed; {emulate.SETUP_HINT}"
-    if not emulate.Arm64Root(emulate.cache_root()).is_ready():
-        return f"the emulated arm64 environment is not prepared; {emulate.SETUP_HINT}"
-    return None
+    return native.cannot_build_and_run(arch)
 
 
 def _package(artifact, folder):
     from mmopt.deploy import package
 
-    reason = _x86_bundles_missing()
+    reason = _bundles_missing("x86_64")
     if reason:
         pytest.skip(reason)
     return package(artifact, folder)
@@ -600,7 +584,7 @@ def test_arm_bundle_runs_a_dynamic_cnn(tmp_path):
     under qemu-aarch64: onnxruntime's outputs at the bucket and at other sizes, the same refusals."""
     from mmopt.deploy import package
 
-    reason = _arm_bundles_missing()
+    reason = _bundles_missing("aarch64")
     if reason:
         pytest.skip(reason)
     out = tmp_path / "conv_arm"

@@ -24,7 +24,6 @@ from mmopt import ir as mir
 from mmopt.cli.main import cli
 from mmopt.deploy import Bundle, native, package, run_bundle
 from mmopt.runtime import ort
-from mmopt.tuning import emulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,24 +36,8 @@ TARGETS = {
 ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
 
 
-def _arm_missing() -> str | None:
-    if native.host_arch() == "aarch64":
-        return None
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        return "the aarch64 cross compiler is not installed (apt-get install g++-aarch64-linux-gnu)"
-    if not any(shutil.which(q) for q in emulate.QEMU_CANDIDATES):
-        return f"qemu-aarch64 is not installed; {emulate.SETUP_HINT}"
-    if not emulate.Arm64Root(emulate.cache_root()).is_ready():
-        return f"the emulated arm64 environment is not prepared; {emulate.SETUP_HINT}"
-    return None
-
-
-def _x86_missing() -> str | None:
-    return None if native.host_arch() == "x86_64" else "x86_64 bundles run on x86_64 machines only"
-
-
 def _require(arch: str) -> None:
-    reason = _arm_missing() if arch == "aarch64" else _x86_missing()
+    reason = native.cannot_build_and_run(arch)
     if reason:
         pytest.skip(reason)
 
@@ -234,7 +217,7 @@ def test_c_api_error_paths(arch, artifact, bundle, tmp_path):
     scratch.mkdir()
     other = "aarch64" if arch == "x86_64" else "x86_64"
     args = [str(b.model), str(scratch)]
-    if (_arm_missing() if other == "aarch64" else _x86_missing()) is None:
+    if native.cannot_build_and_run(other) is None:
         args.append(str(artifact("cnn", other)) + ".so")  # a library for the other architecture
     proc = subprocess.run(bundle_prefix(b) + [str(program), *args], capture_output=True,
                           text=True, timeout=600)

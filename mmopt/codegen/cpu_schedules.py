@@ -66,7 +66,8 @@ def _extent(sch, loop) -> int | None:
 
 #: the row extent a register tile is chosen for when the rows are symbolic (a dynamic height,
 #: width or sequence length): divisible by every row count up to :data:`_MAX_ROWS`, so the tile is
-#: the one a large static extent gets; the last tile of a call is predicated
+#: the one a large static extent gets (the rows are then padded to whole tiles, or a tile whose
+#: rows divide the extent is taken: :func:`symbolic_tile`)
 SYMBOLIC_ROWS = 840
 #: likewise for a symbolic innermost output extent (attention's ``Q K^T`` over a dynamic sequence),
 #: in vector blocks: the tile is chosen as for a wide static output, and the extent is padded to a
@@ -114,12 +115,14 @@ def _parallel_rows_symbolic(sch, rows) -> bool:
 
 
 def _parallel_symbolic(sch, loops) -> None:
-    """Run one of ``loops`` (some of them symbolic) in parallel, without fusing them.
+    """Run one of ``loops`` (some of them symbolic) in parallel, without fusing symbolic ones
+    (where :func:`_parallel_rows_symbolic` does not apply).
 
     Fused symbolic loops cost twice: index arithmetic TVM's lowering cannot prove divisible (a
-    padded pool's ``(h // 2 + 2) * (w // 2 + 2)``), and a division by a run-time value per element
-    to recover each index (the transformer block's softmax over ``batch x 4 x seq`` fused rows:
-    4.5x slower than with only ``seq`` parallel). The first loop sure to run at least
+    padded pool's ``(h // 2 + 2) * (w // 2 + 2)``), and, fused down to the innermost loop, a
+    division by a run-time value per element to recover each index (the transformer block's
+    softmax fused whole: 4.5x slower than with only ``seq`` parallel). The first loop sure to run
+    at least
     :data:`_MIN_PARALLEL_ITERATIONS` times (or of unknown range: dynamic dims are image sizes and
     sequences) is chosen, not merely the first non-unit one: a dynamic batch of 1..4 would leave
     every core but one idle at batch 1. Loops outside it stay serial (a parallel region per

@@ -132,6 +132,25 @@ class RuntimeLibs:
         return {"libtvm_runtime.so": self.runtime, "libtvm_ffi.so": self.ffi}
 
 
+def cannot_build_and_run(arch: str) -> str | None:
+    """Why a bundle for ``arch`` cannot be built and run on this machine (one line naming what to
+    install or prepare), or None when it can: natively, or an aarch64 bundle on x86 with the
+    cross compiler, qemu and the prepared arm64 environment."""
+    if arch == host_arch():
+        return None
+    if arch != "aarch64":
+        return f"{arch} bundles run on {arch} machines only"
+    from mmopt.tuning import emulate
+
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        return "the aarch64 cross compiler is not installed (apt-get install g++-aarch64-linux-gnu)"
+    if not any(shutil.which(q) for q in emulate.QEMU_CANDIDATES):
+        return f"qemu-aarch64 is not installed; {emulate.SETUP_HINT}"
+    if not emulate.Arm64Root(emulate.cache_root()).is_ready():
+        return f"the emulated arm64 environment is not prepared; {emulate.SETUP_HINT}"
+    return None
+
+
 def runtime_libs(arch: str) -> RuntimeLibs:
     """TVM's runtime libraries for ``arch`` from a wheel of the installed version."""
     versions = tvm_versions()
