@@ -283,16 +283,6 @@ def _contraction_axes(sch, block_rv):
     return loops, kinds, v_axis, r_axis, extents
 
 
-def _divides(sch, loop, m: int) -> bool:
-    """Whether ``m`` provably divides ``loop``'s (possibly symbolic) extent."""
-    from tvm import tirx
-    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
-
-    extent = sch.get(loop).extent
-    return m == 1 or Analyzer().can_prove(
-        tirx.floormod(extent, tirx.const(m, "int64")) == 0)
-
-
 def known_multiple(extent) -> int:
     """The largest integer known to divide the symbolic ``extent`` (``32 * w_blocks``: 32; a
     stride-2 convolution's output of it, ``(32 * w_blocks - 1) // 2 + 1``: 16); 1 when none."""
@@ -616,7 +606,7 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
             # divide the extent, down to 1, rather than a predicated last tile (whose
             # accumulators would live in memory, see :func:`_pad_contraction`)
             vec, rows, nv = symbolic_tile(v_ext, r_ext, lanes, registers, multiple, exact=True)
-        if v_ext is None and not _divides(sch, loops[v_axis], nv * vec):
+        if v_ext is None and known_multiple(sch.get(loops[v_axis]).extent) % (nv * vec):
             # not padded (not an einsum): :func:`schedule_contraction_symbolic` handles it
             raise SymbolicInnermost("symbolic innermost output extent")
         v_ext = SYMBOLIC_BLOCKS * vec if v_ext is None else v_ext
