@@ -957,11 +957,16 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         # a symbolic extent: assume a large kernel (dynamic dims are image sizes, sequences)
         total *= e if e is not None else _MIN_PARALLEL_ELEMENTS
     inner = loops[-1]
-    vec = _pick_lanes(extents[-1], lanes) if extents[-1] is not None else 1
+    if extents[-1] is not None:
+        vec = _pick_lanes(extents[-1], lanes)
+    else:  # symbolic: whole vectors when its known multiple allows
+        vec = lanes if known_multiple(sch.get(inner).extent) % lanes == 0 else 1
+    rows = loops[:-1] if extents[-1] is None else None  # loops over rows walked whole
     if vec > 1:
         outer_part, vec_loop = sch.split(inner, factors=[None, vec])
         sch.vectorize(vec_loop)
         loops = loops[:-1] + [outer_part]
+        rows = loops[:-1]
     elif extents[-1] is not None and extents[-1] > lanes and len(loops) > 1:
         # no vector width divides the innermost extent (197 tokens): the first multiple of
         # ``lanes`` elements of each row runs in vectors, the rest as a scalar loop of its own
@@ -972,8 +977,7 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
     if total >= _MIN_PARALLEL_ELEMENTS:
         if any(e is None for e in extents):
             # rows of a symbolic innermost axis, or of a vectorized static one, run in parallel
-            rows_walked = extents[-1] is None and vec == 1 or vec > 1
-            if not (rows_walked and _parallel_rows_symbolic(sch, loops[:-1])):
+            if not (rows is not None and _parallel_rows_symbolic(sch, rows)):
                 _parallel_symbolic(sch, loops)
             return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]

@@ -418,3 +418,26 @@ def test_symbolic_loops_run_in_parallel_where_they_are_sure_to_be_long(target):
     parallel = _parallel_loops(te.create_prim_func([x, y]), target,
                                {"batch": (1, 4), "h": (16, 64)})
     assert parallel and "batch" not in parallel[0] and "h" in parallel[0], parallel
+
+
+def test_symbolic_innermost_of_a_known_multiple_runs_in_whole_vectors(target):
+    """An element-wise kernel whose contiguous axis is symbolic but a multiple of 8 (``8 * w``, a
+    width with a multiple after a stride): split into 8-lane vectors by the schedule itself, with
+    no tail; a symbolic axis with no multiple is left to LLVM's loop vectorizer."""
+    from tvm import te, tirx
+
+    from mmopt.codegen import cpu_schedules
+
+    rows, w = tirx.Var("rows", "int64"), tirx.Var("w", "int64")
+    for width, vectorized in ((w * 8, True), (w, False)):
+        x = te.placeholder((rows, width), name="x")
+        y = te.compute(x.shape, lambda *i: x(*i) * 2.0, name="double")
+        token = cpu_schedules._VAR_BOUNDS.set({"rows": (64, 256), "w": (4, 64)})
+        try:
+            script = cpu_schedules.schedule_prim_func(te.create_prim_func([x, y]),
+                                                      target).mod["main"].script()
+        finally:
+            cpu_schedules._VAR_BOUNDS.reset(token)
+        assert ("T.vectorized(T.int64(8))" in script) == vectorized, script
+        assert "T.where" not in script
+        assert "T.parallel" in script

@@ -132,11 +132,13 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
     import tvm
     from tvm import relax
 
+    bounds = {}
+
     def pack(call, w, builder):
         if winograd:
             from mmopt.codegen import winograd as wino
 
-            new = wino.rewrite(call, w, builder, lanes, registers)
+            new = wino.rewrite(call, w, builder, lanes, registers, bounds)
             if new is not None:
                 return new
         attrs = call.attrs
@@ -177,6 +179,10 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_float_convs")
     def _pass(mod, _ctx):
+        from mmopt.codegen.symbolic_dims import symbolic_bounds
+
+        bounds.clear()
+        bounds.update(symbolic_bounds(mod))
         return rewrite_dense_nhwc_convs(mod, pack)
 
     return _pass

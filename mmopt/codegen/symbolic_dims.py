@@ -132,3 +132,27 @@ def least_value(expr, bounds) -> int | None:
         analyzer.bind(var, tvm.ir.Range.from_min_extent(lo, hi - lo + 1))
     least = analyzer.const_int_bound(expr).min_value
     return int(least) if least > -(2 ** 62) else None
+
+
+def typical_value(expr, bounds) -> int | None:
+    """The value of the TIR expression ``expr`` when each of its variables is at the middle of its
+    range on a log scale (``round(sqrt(min * max))``: height blocks 10..40 -> 20, a height of
+    640 for 320..1280:32): the size a choice that depends on size (Winograd, where it pays) is
+    made for when one kernel serves the whole range. None when a variable has no known range."""
+    import math
+
+    from tvm import tirx
+    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
+
+    if isinstance(expr, int):
+        return expr
+    if isinstance(expr, tirx.IntImm):
+        return int(expr.value)
+    analyzer = Analyzer()
+    for var in tirx.analysis.undefined_vars(expr):
+        if var.name not in bounds:
+            return None
+        lo, hi = bounds[var.name]
+        analyzer.bind(var, tirx.const(round(math.sqrt(max(lo, 1) * max(hi, 1))), var.ty.dtype))
+    value = analyzer.simplify(expr)
+    return int(value.value) if isinstance(value, tirx.IntImm) else None

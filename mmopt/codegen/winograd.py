@@ -61,6 +61,8 @@ def transform_weights(hwio: np.ndarray, tile: int) -> np.ndarray:
 
 
 def applies(x_shape, w_shape, strides, padding, dilation) -> bool:
+    """Whether F(2x2, 3x3) pays for a convolution of input ``x_shape`` (NHWC, integers: for a
+    symbolic input, the sizes of :func:`choice_shape`)."""
     n, h, w, ic = x_shape
     kh, kw, _, oc = w_shape
     transformed = 16 * n * (h // 2) * (w // 2) * 4  # bytes per channel of V (input) and M (output)
@@ -68,6 +70,26 @@ def applies(x_shape, w_shape, strides, padding, dilation) -> bool:
             and list(padding) == [1, 1, 1, 1] and h % 2 == 0 and w % 2 == 0
             and h * w >= MIN_PIXELS and ic >= MIN_CHANNELS and oc >= MIN_CHANNELS
             and transformed * max(ic, oc) <= MAX_TRANSFORMED_BYTES)
+
+
+def choice_shape(shape, bounds) -> list[int] | None:
+    """The integer NHWC shape that Winograd is chosen for when ``shape`` has symbolic dims (None:
+    a dim has no known range).
+
+    A symbolic height or width that is not known to be even (a ``width=80..1600`` input, or a
+    ``height=320..1280:32`` one after stride 32) gets its tile count rounded up: the last tile's
+    extra row or column is computed and dropped. Whether Winograd *pays* depends on the size (:data:`MIN_PIXELS`, :data:`MAX_TRANSFORMED_BYTES`): one kernel serves the whole
+    range, so it is chosen for the typical size, each dim at the middle of its range on a log
+    scale (:func:`mmopt.codegen.symbolic_dims.typical_value`: 640 for 320..1280, batch 2 for
+    1..4). Sizes that matter more get buckets, which are static and choose exactly."""
+    from mmopt.codegen.symbolic_dims import typical_value
+
+    values = [typical_value(d, bounds) for d in shape]
+    if None in values:
+        return None
+    # judged as the even size whose tiles it computes
+    values[1:3] = [v + v % 2 for v in values[1:3]]
+    return values
 
 
 def _select(index, values):
@@ -80,23 +102,40 @@ def _select(index, values):
     return out
 
 
-def _input_te(data):
+def _tile_count(size):
+    """2x2 output tiles along an axis of ``size`` outputs: ``size / 2`` when it is known even, else
+    rounded up (the last tile's second row or column is computed and dropped)."""
+    from mmopt.codegen.cpu_schedules import known_multiple, static_extent
+
+    static = static_extent(size)
+    even = static % 2 == 0 if static is not None else known_multiple(size) % 2 == 0
+    return size // 2 if even else (size + 1) // 2
+
+
+def _input_te(data, rows=1):
     """``V[e, p, c]``, ``e = 4a + b``: ``(B^T d B)[a, b]`` of the tile ``p``; each ``B^T`` row has
-    two non-zeros, so every element is a signed sum of 4 input values."""
+    two non-zeros, so every element is a signed sum of 4 input values. ``rows``: the tile count
+    is rounded up to a multiple of it (symbolic counts: whole register tiles in the GEMM, see
+    :func:`winograd_conv`); the extra tiles are zeros."""
     from tvm import te, tirx
 
-    n, h, w, c = (int(d) for d in data.shape)
-    nh, nw = h // 2, w // 2
+    n, h, w = (data.shape[i] for i in range(3))  # batch, height, width may be symbolic
+    c = data.shape[3]
+    nh, nw = _tile_count(h), _tile_count(w)
+    count = n * nh * nw
+    padded = (count + rows - 1) // rows * rows if rows > 1 else count
     dtype = data.dtype
     # row a of B^T: +-d[first(a)] +- d[second(a)]
     first, second = [0, 1, 1, 1], [2, 2, 2, 3]
     s_first, s_second = [1.0, 1.0, -1.0, 1.0], [-1.0, 1.0, 1.0, -1.0]
 
     def value(b, y, x, ch):
-        # the conv's zero padding of 1: tile (ty, tx) starts at (2ty - 1, 2tx - 1)
-        inside = tirx.all(y >= 0, y < h, x >= 0, x < w)
-        return tirx.if_then_else(inside, data[b, tirx.min(tirx.max(y, 0), h - 1), tirx.min(tirx.max(x, 0), w - 1), ch],
-                                 tirx.const(0.0, dtype))
+        # the conv's zero padding of 1: tile (ty, tx) starts at (2ty - 1, 2tx - 1); the tiles of
+        # a rounded-up count (b >= n) read zeros
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, *([b < n] if rows > 1 else []))
+        at = data[tirx.min(b, n - 1) if rows > 1 else b, tirx.min(tirx.max(y, 0), h - 1),
+                  tirx.min(tirx.max(x, 0), w - 1), ch]
+        return tirx.if_then_else(inside, at, tirx.const(0.0, dtype))
 
     def compute(e, p, ch):
         a, bb = e // 4, e % 4
@@ -111,23 +150,21 @@ def _input_te(data):
                 total = term if total is None else total + term
         return total
 
-    return te.compute((16, n * nh * nw, c), compute, name=INPUT_BLOCK)
+    return te.compute((16, padded, c), compute, name=INPUT_BLOCK)
 
 
-def _scheduled_input(n: int, h: int, w: int, c: int, lanes: int):
-    """The input transform as a PrimFunc scheduled here: per tile and vector of channels, the 16
-    outputs unrolled (their coefficients fold to constants and the 4x4 input tile is loaded once),
-    tiles in parallel."""
-    from tvm import s_tir, te
+def _schedule_input(func, lanes: int):
+    """The input transform's PrimFunc scheduled: per tile and vector of channels, the 16 outputs
+    unrolled (their coefficients fold to constants and the 4x4 input tile is loaded once), tiles
+    in parallel."""
+    from tvm import s_tir
 
     from mmopt.codegen.cpu_schedules import _pick_lanes
 
-    data = te.placeholder((n, h, w, c), "float32", name="data")
-    func = te.create_prim_func([data, _input_te(data)])
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(INPUT_BLOCK)
     e, p, ch = sch.get_loops(block)
-    vec = _pick_lanes(c, lanes)
+    vec = _pick_lanes(int(sch.get(ch).extent), lanes)
     c_o, c_i = sch.split(ch, factors=[None, vec])
     sch.reorder(p, c_o, e, c_i)
     sch.parallel(p)
@@ -140,10 +177,22 @@ def _scheduled_input(n: int, h: int, w: int, c: int, lanes: int):
             .with_attr("op_pattern", OPAQUE))
 
 
+def _input_transform(builder, x, lanes: int, rows: int):
+    """``call_tir`` of the scheduled input transform of ``x`` (BlockBuilder.call_te makes the
+    PrimFunc, with its own copies of the symbolic variables and, where a shape is an expression
+    of them, passes them along; it is scheduled in place)."""
+    call = builder.call_te(_input_te, x, rows, primfunc_name_hint=INPUT_BLOCK)
+    gvar = call.args[0]
+    func = builder.get()[gvar]
+    if func.attrs is None or "tirx.is_scheduled" not in func.attrs:  # not a shared copy
+        builder.update_func(gvar, _schedule_input(func, lanes))
+    return call
+
+
 def _gemm_te(v, u):
     from tvm import te
 
-    _e, p, ic = (int(d) for d in v.shape)
+    p, ic = v.shape[1], int(v.shape[2])  # tiles: symbolic where the input is
     _e, blocks, _ic, tile = (int(d) for d in u.shape)
     rc = te.reduce_axis((0, ic), "rc")
     return te.compute(
@@ -158,7 +207,7 @@ def _output_te(m, n, h, w):
     ``k = 0..2`` with sign ``+1`` for ``k = 0`` and ``1 - 2i`` otherwise."""
     from tvm import te, tirx
 
-    nh, nw = h // 2, w // 2
+    nh, nw = _tile_count(h), _tile_count(w)  # may be symbolic
     dtype = m.dtype
     oc = int(m.shape[2])
 
@@ -183,38 +232,55 @@ def _output_te(m, n, h, w):
 
 def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
     """Emit the three kernels for ``conv2d(x, hwio)`` (3x3, stride 1, padding 1) with ``builder``;
-    returns the NHWC output expression."""
+    returns the NHWC output expression. Batch, height and width may be symbolic (height and width
+    even: :func:`choice_shape`)."""
     from tvm import relax
 
-    n, h, w, _ic = (int(d) for d in x.ty.shape)
+    from mmopt.codegen.cpu_schedules import known_multiple, static_extent, symbolic_tile
+
+    n, h, w = (x.ty.shape[i] for i in range(3))
     oc = hwio.shape[3]
-    # the GEMM's rows are the input tiles
-    tile = output_tile(oc, n * (h // 2) * (w // 2), lanes, registers)
-    v_type = relax.TensorType([16, n * (h // 2) * (w // 2), _ic], "float32")
-    gvar = builder.add_func(_scheduled_input(n, h, w, _ic, lanes), INPUT_BLOCK)
-    v = builder.emit(relax.call_tir(gvar, [x], v_type))
+    # the GEMM's rows are the input tiles: the weights are packed for the output-channel tile the
+    # contraction schedule gives them (for a symbolic count, the one it takes for symbolic rows)
+    tiles = n * _tile_count(h) * _tile_count(w)
+    count, pad_rows = static_extent(tiles), 1
+    if count is None:
+        multiple = known_multiple(tiles)
+        vec, rows, nv = symbolic_tile(oc, None, lanes, registers, multiple)
+        tile = nv * vec if vec > 1 else 1
+        if multiple % rows:
+            # a symbolic count the register tile's rows do not divide: the input transform writes
+            # it rounded up (zero tiles), so every GEMM tile is whole (the contraction schedule
+            # cannot pad this GEMM itself: its packed weights are not read as an einsum)
+            pad_rows = rows
+    else:
+        tile = output_tile(oc, count, lanes, registers)
+    v = builder.emit(_input_transform(builder, x, lanes, pad_rows))
     u = relax.const(transform_weights(hwio, tile))
     m = builder.emit(builder.call_te(_gemm_te, v, u, primfunc_name_hint=GEMM_BLOCK))
     return builder.call_te(_output_te, m, n, h, w, primfunc_name_hint=OUTPUT_BLOCK)
 
 
-def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int):
+def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=None):
     """For :func:`mmopt.codegen.relax_util.rewrite_dense_nhwc_convs`: the Winograd form of ``call``,
-    or None where it does not apply (see the module docstring)."""
+    or None where it does not apply (see the module docstring). ``bounds``: the ranges of the
+    module's symbolic variables (:func:`mmopt.codegen.symbolic_dims.symbolic_bounds`)."""
     attrs = call.attrs
     if (tensor_dtype(call.args[0]) != "float32" or w.dtype != np.float32
             or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
         return None
-    if not all(hasattr(d, "value") for d in call.args[0].ty.shape):
-        # symbolic batch/height/width: the tile count is not a constant; the direct packed
-        # convolution handles it (recorded with the schedule fallbacks)
-        if w.shape[:2] == (3, 3) and all(int(v) == 1 for v in attrs.strides):
-            from mmopt.codegen.cpu_schedules import note_skip
+    shape = list(call.args[0].ty.shape)
+    if all(hasattr(d, "value") for d in shape):
+        x_shape = [int(d) for d in shape]
+    else:
+        x_shape = choice_shape(shape, bounds or {})
+        if x_shape is None:
+            if w.shape[:2] == (3, 3) and all(int(v) == 1 for v in attrs.strides):
+                from mmopt.codegen.cpu_schedules import note_skip
 
-            note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "winograd",
-                      "symbolic input shape: the direct convolution runs instead")
-        return None
-    x_shape = [int(d) for d in call.args[0].ty.shape]
+                note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "winograd",
+                          "symbolic shape without a range: the direct convolution runs instead")
+            return None
     if not applies(x_shape, w.shape, [int(v) for v in attrs.strides],
                    [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation]):
         return None

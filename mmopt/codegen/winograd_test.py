@@ -18,22 +18,24 @@ CASES = {
 }
 
 
-def _model(ic, oc, hw, stride, pad, seed=0):
+def _model(ic, oc, hw, stride, pad, seed=0, dims=None):
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((oc, ic, 3, 3)) / np.sqrt(9 * ic)).astype(np.float32)
     b = rng.standard_normal(oc).astype(np.float32)
-    out = (hw + 2 * pad - 3) // stride + 1
+    out = (hw + 2 * pad - 3) // stride + 1 if dims is None else None
     conv = helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[pad] * 4,
                             strides=[stride] * 2)
     relu = helper.make_node("Relu", ["c"], ["y"])
+    x_shape, y_shape = ([1, ic, hw, hw], [1, oc, out, out]) if dims is None else (
+        [dims[0], ic, dims[1], dims[2]], [dims[0], oc, dims[1], dims[2]])
     graph = helper.make_graph(
-        [conv, relu], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ic, hw, hw])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, oc, out, out])],
+        [conv, relu], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _layout_text(model, options=None) -> str:
+def _layout_text(model, options=None, dims=None) -> str:
     import tvm
 
     from mmopt.codegen import pipeline
@@ -42,7 +44,8 @@ def _layout_text(model, options=None) -> str:
 
     target = get("x86")
     with target.tvm_target():
-        return tvm.transform.Sequential(pipeline._layout(target, options))(to_relax(model)).script()  # noqa: SLF001
+        return tvm.transform.Sequential(pipeline._layout(target, options))(  # noqa: SLF001
+            to_relax(model, dims=dims)).script()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -102,3 +105,28 @@ def test_accuracy_is_that_of_the_direct_sum(tmp_path):
     ours_err = np.abs(ours - ref).max()
     ort_err = np.abs(theirs - ref).max()
     assert ours_err < 4 * max(ort_err, 1e-6), (ours_err, ort_err)
+
+
+def test_symbolic_heights_and_widths_of_any_parity(tmp_path):
+    """A dynamic input: one Winograd kernel for every size in range. The width has no multiple, so
+    odd widths round the tile count up (the extra column is computed and dropped), and the tile
+    count (batch x tiles) is a symbolic GEMM row count that the input transform pads to whole
+    register tiles; heights are multiples of 8. Matches onnxruntime at odd and even sizes."""
+    import onnxruntime as ort
+
+    import mmopt
+    from mmopt.codegen.winograd import GEMM_BLOCK
+    from mmopt.ir.dims import parse_dim_option
+    from mmopt.runtime.artifact import load
+
+    dims = [parse_dim_option(d) for d in ("n=1..3", "h=16..48:8", "w=15..61")]
+    model = _model(24, 32, None, 1, 1, seed=5, dims=("n", "h", "w"))
+    assert GEMM_BLOCK in _layout_text(model, dims={d.name: d for d in dims})
+    result = mmopt.compile(model, "x86", tmp_path / "dyn", dims=dims, verify=False)
+    ours = load(result.library)
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(6)
+    for shape in [(1, 24, 16, 15), (2, 24, 24, 33), (3, 24, 48, 61), (1, 24, 40, 16)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(ours(x=x)["y"], theirs.run(None, {"x": x})[0], rtol=1e-4,
+                                   atol=1e-4, err_msg=str(shape))
