@@ -668,6 +668,8 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     # a depthwise convolution: its only channel "reduction" has extent 1
     depthwise = bool(red_extents) and red_extents[-1] == 1
     _inline_plain_copies(sch, block_rv, padding=depthwise)
+    if r_sym:
+        _inline_row_padding(sch, block_rv, v_axis)
     writeback = sch.cache_write(block_rv, 0, "local")
     sch.reverse_compute_at(writeback, tile_loop, preserve_unit_loops=True)
     sch.parallel(fused)
@@ -814,6 +816,34 @@ def _inline_plain_copies(sch, block_rv, padding: bool = False) -> None:
         try:
             sch.compute_inline(producer)
         except Exception:  # noqa: BLE001 - not inlinable (e.g. several consumers): keep it
+            pass
+
+
+def _inline_row_padding(sch, block_rv, v_axis: int) -> None:
+    """Inline the padded copy of a contraction's row operand (``A`` of ``A @ B`` with its symbolic
+    rows padded to whole register tiles, :func:`_pad_contraction`): the micro-kernel reads it one
+    scalar per row and broadcasts it, so the padding's branch costs a compare per scalar load,
+    while the copy is a pass over the whole operand (attention probabilities: seq x seq per head,
+    a quarter of ``softmax @ V``'s time at sequence 256). The other operand's padded copy, read
+    as vectors along the padded axis, stays: a branch per lane would scalarize the loads."""
+    from tvm import get_global_func, tirx
+
+    has_branch = get_global_func("s_tir.schedule.HasIfThenElse")
+    block = sch.get(block_rv)
+    v_var = block.iter_vars[v_axis].var
+    for producer in sch.get_producers(block_rv):
+        written = sch.get(producer)
+        if len(written.writes) != 1 or not has_branch(written):
+            continue
+        buffer = _buffer(written.writes[0])
+        regions = [r for r in block.reads if _buffer(r).same_as(buffer)]
+        if not regions or any(any(v.same_as(v_var) for rng in r.region
+                                  for v in tirx.analysis.undefined_vars(rng.min))
+                              for r in regions):
+            continue
+        try:
+            sch.compute_inline(producer)
+        except Exception:  # noqa: BLE001 - not inlinable: the copy stays
             pass
 
 

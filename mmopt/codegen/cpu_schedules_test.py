@@ -441,3 +441,33 @@ def test_symbolic_innermost_of_a_known_multiple_runs_in_whole_vectors(target):
         assert ("T.vectorized(T.int64(8))" in script) == vectorized, script
         assert "T.where" not in script
         assert "T.parallel" in script
+
+
+def test_padded_symbolic_rows_read_the_row_operand_in_place(target):
+    """Symbolic rows padded to whole tiles: the row operand (read one broadcast scalar at a time)
+    is not copied to a padded buffer (attention's ``softmax @ V`` copied its whole seq x seq
+    operand); the column operand of a symbolic innermost axis (``Q K^T``'s K, read as vectors)
+    still is. Exact at row counts that are and are not whole tiles."""
+    import tvm
+    from tvm import te, tirx
+
+    from mmopt.codegen.cpu_schedules import schedule_prim_func
+
+    seq = tirx.Var("seq", "int64")
+    script = schedule_prim_func(_symbolic_matmul(seq), target).mod.script()
+    assert "A_pad" not in script, script
+    q = te.placeholder((seq, 16), name="Q")
+    kt = te.placeholder((seq, 16), name="K")
+    r = te.reduce_axis((0, 16), name="d")
+    scores = te.compute((seq, seq), lambda i, j: te.sum(q[i, r] * kt[j, r], axis=r), name="qk")
+    sch = schedule_prim_func(te.create_prim_func([q, kt, scores]), target)
+    script = sch.mod.script()
+    assert "Q_pad" not in script and "K_pad" in script, script
+    lib = tvm.compile(sch.mod, target=target)
+    rng = np.random.default_rng(1)
+    for rows in (1, 7, 8, 37):
+        a = rng.standard_normal((rows, 16)).astype("float32")
+        b = rng.standard_normal((rows, 16)).astype("float32")
+        out = tvm.runtime.tensor(np.zeros((rows, rows), "float32"))
+        lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
+        np.testing.assert_allclose(out.numpy(), a @ b.T, rtol=1e-5, atol=1e-5)

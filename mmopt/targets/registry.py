@@ -137,13 +137,27 @@ _ARM_CXX = "aarch64-linux-gnu-g++"
 _ARM_PKG = "g++-aarch64-linux-gnu"
 
 
-def _x86(name: str, mcpu: str, description: str, flags: tuple[str, ...]) -> Target:
+def _x86(name: str, mcpu: str, description: str, flags: tuple[str, ...],
+         avx512: bool | None = None) -> Target:
+    """An x86-64 target for LLVM's CPU ``mcpu``. ``avx512``: whether its code uses AVX-512 (default:
+    whether ``flags`` require it).
+
+    On AVX-512 targets LLVM's own vectorizer is told to use 512-bit vectors
+    (``-prefer-256-bit``): TVM vectorizes most loops itself at the full width (16 float lanes),
+    but the ones it leaves whole for LLVM (a symbolic innermost extent in a dynamic-shape kernel:
+    softmax over a sequence, a padded result's crop) got 256-bit vectors, the default tuning of
+    the Intel server CPUs mcpu names (a clock-speed precaution that the kernels' own 512-bit
+    vectors have already paid for). Measured on the dynamic transformer block at sequence 256,
+    Zen 4: 5-7% faster; static kernels unchanged (0.786 / 0.788 ms)."""
+    tvm = {"kind": "llvm", "mtriple": _X86_TRIPLE, "mcpu": mcpu}
+    if avx512 if avx512 is not None else "avx512f" in flags:
+        tvm["mattr"] = ["-prefer-256-bit"]
     return Target(
         name=name,
         description=description,
         device="cpu",
         arch="x86_64",
-        tvm={"kind": "llvm", "mtriple": _X86_TRIPLE, "mcpu": mcpu},
+        tvm=tvm,
         # measured: NHWC conv (vectorized over channels) is 5-6x faster than NCHW with mmopt's
         # default schedules on ResNet-50 (benchmarks/)
         preferred_layout="NHWC",
@@ -186,7 +200,8 @@ def _cuda(name: str, arch: str, description: str) -> Target:
 
 def _build_registry() -> dict[str, Target]:
     targets = [
-        _x86("x86", _host_cpu(), f"x86-64 Linux, this machine's CPU ({_host_cpu()})", ()),
+        _x86("x86", _host_cpu(), f"x86-64 Linux, this machine's CPU ({_host_cpu()})", (),
+             avx512=_machine() == "x86_64" and "avx512f" in _cpu_flags()),
         _x86("x86-generic", "x86-64", "x86-64 Linux, baseline SSE2 (runs on any x86-64)", ()),
         _x86("x86-avx2", "haswell", "x86-64 Linux with AVX2 + FMA (Haswell and newer)",
              ("avx2", "fma")),
