@@ -668,7 +668,7 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     # a depthwise convolution: its only channel "reduction" has extent 1
     depthwise = bool(red_extents) and red_extents[-1] == 1
     _inline_plain_copies(sch, block_rv, padding=depthwise)
-    if r_sym:
+    if r_sym and registers >= 32:
         _inline_row_padding(sch, block_rv, v_axis)
     writeback = sch.cache_write(block_rv, 0, "local")
     sch.reverse_compute_at(writeback, tile_loop, preserve_unit_loops=True)
@@ -825,7 +825,11 @@ def _inline_row_padding(sch, block_rv, v_axis: int) -> None:
     scalar per row and broadcasts it, so the padding's branch costs a compare per scalar load,
     while the copy is a pass over the whole operand (attention probabilities: seq x seq per head,
     a quarter of ``softmax @ V``'s time at sequence 256). The other operand's padded copy, read
-    as vectors along the padded axis, stays: a branch per lane would scalarize the loads."""
+    as vectors along the padded axis, stays: a branch per lane would scalarize the loads.
+
+    Only with 32 vector registers (AVX-512, AArch64): with AVX2's 16 the branch next to a tile
+    that fills them made every such contraction of the transformer block slower, 1.4-1.9x
+    (measured, Zen 4), where AVX-512 gained 5-20%."""
     from tvm import get_global_func, tirx
 
     has_branch = get_global_func("s_tir.schedule.HasIfThenElse")
