@@ -51,6 +51,24 @@ def test_test_sizes_cover_the_range_in_steps(text):
         assert any(((s - r.min) // r.multiple) % 2 for s in sizes)  # an odd number of steps
 
 
+def test_least_and_typical_values_of_symbolic_extents():
+    """What code generation reads from the ranges: the least value of an extent (a loop sure to be
+    long enough to run in parallel) and its value at the middle of each range on a log scale (the
+    size Winograd is chosen for); None for a variable without a range."""
+    from tvm import tirx
+
+    from mmopt.codegen.symbolic_dims import least_value, typical_value
+
+    blocks, batch = tirx.Var("height_blocks", "int64"), tirx.Var("batch", "int64")
+    bounds = {"height_blocks": (10, 40), "batch": (1, 4)}
+    height = blocks * 32
+    assert least_value(batch * height, bounds) == 320
+    assert typical_value(height, bounds) == 640 and typical_value(batch, bounds) == 2
+    assert typical_value((height - 1) // 8 + 1, bounds) == 80
+    assert least_value(7, {}) == typical_value(tirx.const(7, "int64"), {}) == 7
+    assert least_value(batch, {}) is None and typical_value(batch, {}) is None
+
+
 def test_size_sets_move_dims_apart():
     ranges = {n: parse_dim_option(t) for n, t in (("height", "height=320..1280:32"),
                                                    ("width", "width=320..1280:32"))}

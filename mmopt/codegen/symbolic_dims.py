@@ -113,23 +113,37 @@ def symbolic_bounds(mod) -> dict[str, tuple[int, int]]:
     return bounds
 
 
-def least_value(expr, bounds) -> int | None:
-    """The least value the TIR expression ``expr`` (an extent) takes when its variables range over
-    ``bounds`` (:func:`symbolic_bounds`); None when one of them has no known range."""
-    import tvm
+def _bound(expr, bounds, bind):
+    """``(constant, analyzer)`` for the TIR expression ``expr``: its integer value (analyzer None)
+    when it is a constant, else an arith analyzer with each of its variables bound by
+    ``bind(analyzer, var, lo, hi)`` from ``bounds``; ``(None, None)`` when a variable has no known
+    range."""
     from tvm import tirx
     from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
 
     if isinstance(expr, int):
-        return expr
+        return expr, None
     if isinstance(expr, tirx.IntImm):
-        return int(expr.value)
+        return int(expr.value), None
     analyzer = Analyzer()
     for var in tirx.analysis.undefined_vars(expr):
         if var.name not in bounds:
-            return None
-        lo, hi = bounds[var.name]
+            return None, None
+        bind(analyzer, var, *bounds[var.name])
+    return None, analyzer
+
+
+def least_value(expr, bounds) -> int | None:
+    """The least value the TIR expression ``expr`` (an extent) takes when its variables range over
+    ``bounds`` (:func:`symbolic_bounds`); None when one of them has no known range."""
+    import tvm
+
+    def bind(analyzer, var, lo, hi):
         analyzer.bind(var, tvm.ir.Range.from_min_extent(lo, hi - lo + 1))
+
+    constant, analyzer = _bound(expr, bounds, bind)
+    if analyzer is None:
+        return constant
     least = analyzer.const_int_bound(expr).min_value
     return int(least) if least > -(2 ** 62) else None
 
@@ -142,17 +156,13 @@ def typical_value(expr, bounds) -> int | None:
     import math
 
     from tvm import tirx
-    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
 
-    if isinstance(expr, int):
-        return expr
-    if isinstance(expr, tirx.IntImm):
-        return int(expr.value)
-    analyzer = Analyzer()
-    for var in tirx.analysis.undefined_vars(expr):
-        if var.name not in bounds:
-            return None
-        lo, hi = bounds[var.name]
-        analyzer.bind(var, tirx.const(round(math.sqrt(max(lo, 1) * max(hi, 1))), var.ty.dtype))
+    def bind(analyzer, var, lo, hi):
+        middle = round(math.sqrt(max(lo, 1) * max(hi, 1)))
+        analyzer.bind(var, tirx.const(middle, var.ty.dtype))
+
+    constant, analyzer = _bound(expr, bounds, bind)
+    if analyzer is None:
+        return constant
     value = analyzer.simplify(expr)
     return int(value.value) if isinstance(value, tirx.IntImm) else None
