@@ -827,9 +827,10 @@ def _inline_row_padding(sch, block_rv, v_axis: int) -> None:
     a quarter of ``softmax @ V``'s time at sequence 256). The other operand's padded copy, read
     as vectors along the padded axis, stays: a branch per lane would scalarize the loads.
 
-    Only with 32 vector registers (AVX-512, AArch64): with AVX2's 16 the branch next to a tile
-    that fills them made every such contraction of the transformer block slower, 1.4-1.9x
-    (measured, Zen 4), where AVX-512 gained 5-20%."""
+    Only with 32 vector registers: with AVX2's 16 the branch next to a tile that fills them made
+    every such contraction of the transformer block slower, 1.4-1.9x (measured, Zen 4), where
+    AVX-512 gained 5-20%. AArch64 (32 registers) takes the same path, unmeasured: no ARM
+    hardware here."""
     from tvm import get_global_func, tirx
 
     has_branch = get_global_func("s_tir.schedule.HasIfThenElse")

@@ -19,6 +19,10 @@ a few float32 ulps of the direct sum. Used only where it pays: output sizes at l
 :data:`MIN_PIXELS` pixels and even, both channel counts at least :data:`MIN_CHANNELS` (small layers
 are dominated by the transforms) and transformed tensors of at most :data:`MAX_TRANSFORMED_BYTES`.
 The compile option ``--no-winograd`` (``CodegenOptions.winograd``) turns it off.
+
+Dynamic shapes: batch, height and width may be symbolic; the tile counts are then expressions of
+them (rounded up where a size may be odd), and the choice is made for the middle of the dims'
+ranges (:func:`choice_shape`).
 """
 
 from __future__ import annotations
@@ -78,10 +82,11 @@ def choice_shape(shape, bounds) -> list[int] | None:
 
     A symbolic height or width that is not known to be even (a ``width=80..1600`` input, or a
     ``height=320..1280:32`` one after stride 32) gets its tile count rounded up: the last tile's
-    extra row or column is computed and dropped. Whether Winograd *pays* depends on the size (:data:`MIN_PIXELS`, :data:`MAX_TRANSFORMED_BYTES`): one kernel serves the whole
-    range, so it is chosen for the typical size, each dim at the middle of its range on a log
-    scale (:func:`mmopt.codegen.symbolic_dims.typical_value`: 640 for 320..1280, batch 2 for
-    1..4). Sizes that matter more get buckets, which are static and choose exactly."""
+    extra row or column is computed and dropped. Whether Winograd *pays* depends on the size
+    (:data:`MIN_PIXELS`, :data:`MAX_TRANSFORMED_BYTES`): one kernel serves the whole range, so it
+    is chosen for the typical size, each dim at the middle of its range on a log scale
+    (:func:`mmopt.codegen.symbolic_dims.typical_value`: 640 for 320..1280, batch 2 for 1..4).
+    Sizes that matter more get buckets, which are static and choose exactly."""
     from mmopt.codegen.symbolic_dims import typical_value
 
     values = [typical_value(d, bounds) for d in shape]
@@ -232,8 +237,8 @@ def _output_te(m, n, h, w):
 
 def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
     """Emit the three kernels for ``conv2d(x, hwio)`` (3x3, stride 1, padding 1) with ``builder``;
-    returns the NHWC output expression. Batch, height and width may be symbolic (height and width
-    even: :func:`choice_shape`)."""
+    returns the NHWC output expression. Batch, height and width may be symbolic (of any parity:
+    :func:`choice_shape`)."""
     from tvm import relax
 
     from mmopt.codegen.cpu_schedules import known_multiple, static_extent, symbolic_tile
