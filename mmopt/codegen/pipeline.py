@@ -92,6 +92,11 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     passes = ([lower_qdq(dot.data_dtype, 4) if dot else lower_qdq()] if target.device == "cpu"
               else [])
     if target.device == "cpu":
+        # the requantizing epilogue as one multiply-add per channel (mmopt.codegen.requantize)
+        from mmopt.codegen.requantize import fold_requantization
+
+        passes.append(fold_requantization())
+    if target.device == "cpu":
         # fp16 models: sums in float32 (mmopt.codegen.fp16_accumulate)
         from mmopt.codegen.fp16_accumulate import accumulate_in_fp32
 
