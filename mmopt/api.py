@@ -213,6 +213,7 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
     t0 = time.perf_counter()
     step("importing into TVM Relax")
     mod = add_buckets(to_relax(optimized, where=source, dims=ranges), resolved, ranges)
+    tgt = _targets.for_module(tgt, mod)
     codegen = codegen or CodegenOptions.from_env()
     database = None
     if db is not None:

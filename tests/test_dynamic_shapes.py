@@ -187,6 +187,14 @@ def test_transformer_artifact_json_records_dims_and_buckets(transformer):
     assert meta["buckets"] == [{"function": "main_bucket0", "sizes": {"batch": 1, "seq": 128},
                                 "inputs": {"input": [1, 128, 64]}}]
     assert meta["verification"]["runs"]
+    # the target it was compiled for: the host's, with 512-bit LLVM vectorization where the host
+    # has AVX-512 (mmopt.targets.for_module)
+    from mmopt import targets
+    from mmopt.targets.cpu import cpu_facts
+
+    host = targets.get("x86")
+    wide = cpu_facts(host.tvm_target()).vector_bits == 512
+    assert ("-prefer-256-bit" in meta["target"]["tvm"].get("mattr", [])) == wide
 
 
 @pytest.mark.parametrize("shape", [(1, 37, 64), (2, 301, 64), (1, 128, 64), (1, 127, 64)])

@@ -26,6 +26,37 @@ def test_every_target_is_a_valid_tvm_target(name):
         assert t.tvm["arch"].startswith("sm_")
 
 
+def _module(shape):
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.relu(x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("name", ["x86-avx2", "x86-avx512", "x86-vnni", "arm-a76"])
+def test_only_dynamic_modules_let_llvm_vectorize_at_512_bits(name):
+    """``for_module``: a module with a symbolic input dim on an AVX-512 target lets LLVM's own
+    vectorizers use 512-bit vectors (recorded in the target, hence in the tuning-database
+    identity); a static module, or any other target, compiles for the registry's target as is."""
+    from tvm import tirx
+
+    target = targets.get(name)
+    static = targets.for_module(target, _module((1, 64)))
+    dynamic = targets.for_module(target, _module((tirx.Var("seq", "int64"), 64)))
+    assert static == target
+    if name in ("x86-avx512", "x86-vnni"):
+        assert dynamic.tvm["mattr"] == ["-prefer-256-bit"]
+        assert {k: v for k, v in dynamic.tvm.items() if k != "mattr"} == target.tvm
+        assert dynamic.name == target.name
+    else:
+        assert dynamic == target
+
+
 def test_arm_targets_cross_compile_from_x86():
     arm = targets.get("arm-a76")
     assert arm.arch == "aarch64"

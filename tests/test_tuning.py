@@ -225,7 +225,8 @@ def test_merge_deduplicates_and_keeps_targets_apart(tuned, tmp_path):
     records = []
     for line in (sub / "database_tuning_record.json").read_text().splitlines():
         entry = json.loads(line)
-        # the generic target's CPU and attributes (an AVX-512 host's own target carries mattr)
+        # the generic target's CPU and attributes (a dynamic-shape module's AVX-512 target
+        # carries mattr: mmopt.targets.for_module)
         entry[1][2] = {**{k: v for k, v in entry[1][2].items() if k != "mattr"},
                        "mcpu": generic.tvm["mcpu"],
                        **({"mattr": generic.tvm["mattr"]} if "mattr" in generic.tvm else {})}

@@ -151,6 +151,81 @@ def test_integer_conv_matches_onnxruntime(case, target_name, tmp_path):
     assert worst <= 2.0 + 1e-3, worst
 
 
+def test_requantization_is_one_multiply_add_per_channel():
+    """After the layout stage every output quantization rounds ``float(acc) * k + c`` (per-channel
+    constants, mmopt.codegen.requantize): no separate dequantizing multiply is left before it."""
+    from mmopt.codegen.relax_util import bindings, const_array, op_name
+
+    qdq = _quantized(_float_model(16, 32), "uint8")
+    table = bindings(_lowered(qdq, "x86-avx2")["main"])
+    rounded = [v.args[0] for v in table.values() if op_name(v) == "relax.round"]
+    convs = [v for v in table.values() if op_name(v) == "relax.nn.conv2d"
+             or "mmopt_qconv_dot" in str(getattr(v, "args", [""])[0])]
+    assert len(rounded) >= len(convs) >= 2
+    def constant(expr):  # a constant, or its NHWC permutation (ConvertLayout's)
+        value = table.get(expr)
+        if op_name(value) == "relax.permute_dims":
+            expr = value.args[0]
+        return const_array(expr) is not None
+
+    folded = 0
+    for operand in rounded:
+        value = table[operand]
+        if op_name(value) == "relax.add" and constant(value.args[1]):
+            value = table.get(value.args[0])  # the bias (and the correction) times 1/s
+        if (op_name(value) == "relax.multiply" and constant(value.args[1])
+                and op_name(table.get(value.args[0])) == "relax.astype"
+                and str(table[value.args[0]].args[0].ty.dtype) == "int32"):
+            folded += 1
+    assert folded == len(convs)  # each conv's sums, rescaled once
+
+
+def _depthwise_relu_model(channels: int, hw: int) -> onnx.ModelProto:
+    """Depthwise 3x3 -> Relu -> 1x1 -> Relu: int8 outputs with zero point 0 (a ReLU'd range), as
+    in MobileNet blocks."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((channels, 1, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((channels, channels, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4,
+                         group=channels),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c2"], ["y"]),
+    ]
+    shape = [1, channels, hw, hw]
+    graph = helper.make_graph(
+        nodes, "dw_relu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("target_name", ["x86-avx2", "x86-avx512", "x86-vnni"])
+def test_requantizing_write_back_stays_vectorized(target_name, tmp_path):
+    """The int8 kernels' write-back (round, clamp, store as uint8) runs on vectors: with LLVM
+    told to prefer 512-bit vectors, it scalarized the depthwise kernel's epilogue of 7-row x two
+    16-lane tiles (448 vcvttss2si/vrndscaless, one per element). Compiled only: any x86 machine
+    checks every target's code."""
+    import mmopt
+    from mmopt.quantize import quantize
+
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) reads the kernels' instructions")
+    model = _depthwise_relu_model(32, 28)
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.random((1, 32, 28, 28), dtype=np.float32)} for _ in range(4)]
+    qdq, _ = quantize(model, calib, method="minmax", weight_bits=7)
+    result = mmopt.compile(qdq, target_name, tmp_path / "m", verify=False)
+    disassembly = subprocess.run([objdump, "-d", str(result.library)], capture_output=True,
+                                 text=True, check=True).stdout
+    scalar = [line for line in disassembly.splitlines()
+              if any(op in line for op in ("vcvttss2si", "vroundss", "vrndscaless"))]
+    assert not scalar, scalar[:5]
+    assert "vrndscaleps" in disassembly or "vroundps" in disassembly
+
+
 def _host_has_vnni() -> bool:
     from mmopt.codegen.quantized import VNNI, dot_product_for
     from mmopt.targets import get

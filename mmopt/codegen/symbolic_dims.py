@@ -95,6 +95,17 @@ def block_counts(sizes, dims) -> list[int]:
     return [int(sizes[name]) // dims[name].multiple for name in block_dims(dims)]
 
 
+def has_symbolic_inputs(mod, func_name: str = "main") -> bool:
+    """Whether a tensor parameter of ``mod[func_name]`` has a symbolic dim."""
+    from tvm import tirx
+
+    for param in mod[func_name].params:
+        shape = getattr(param.ty, "shape", None)
+        if shape is not None and any(not isinstance(d, tirx.IntImm) for d in shape):
+            return True
+    return False
+
+
 def symbolic_bounds(mod) -> dict[str, tuple[int, int]]:
     """``{variable name: (min, max)}`` of the symbolic variables whose ranges ``mod``'s Relax
     functions declare (``tir_var_lower_bound`` / ``tir_var_upper_bound``, :func:`with_dim_bounds`).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import platform
 import shutil
+import dataclasses
 from dataclasses import dataclass
 
 from mmopt.errors import TargetError
@@ -137,22 +138,10 @@ _ARM_CXX = "aarch64-linux-gnu-g++"
 _ARM_PKG = "g++-aarch64-linux-gnu"
 
 
-def _x86(name: str, mcpu: str, description: str, flags: tuple[str, ...],
-         avx512: bool | None = None) -> Target:
-    """An x86-64 target for LLVM's CPU ``mcpu``. ``avx512``: whether its code uses AVX-512 (default:
-    whether ``flags`` require it).
-
-    On AVX-512 targets LLVM's own vectorizer is told to use 512-bit vectors
-    (``-prefer-256-bit``): TVM vectorizes most loops itself at the full width (16 float lanes),
-    but the ones it leaves whole for LLVM (a symbolic innermost extent in a dynamic-shape kernel:
-    softmax over a sequence, a padded result's crop) got 256-bit vectors, the default tuning of
-    the Intel server CPUs mcpu names (a clock-speed precaution that the kernels' own 512-bit
-    vectors have already paid for). Measured on the dynamic transformer block at sequence 256,
-    Zen 4: 5-7% faster; static kernels unchanged (0.786 / 0.788 ms)."""
+def _x86(name: str, mcpu: str, description: str, flags: tuple[str, ...]) -> Target:
+    """An x86-64 target for LLVM's CPU ``mcpu`` (see :func:`for_symbolic_shapes` for the one
+    attribute a dynamic-shape module adds)."""
     tvm = {"kind": "llvm", "mtriple": _X86_TRIPLE, "mcpu": mcpu}
-    uses_avx512 = "avx512f" in flags if avx512 is None else avx512
-    if uses_avx512:
-        tvm["mattr"] = ["-prefer-256-bit"]
     return Target(
         name=name,
         description=description,
@@ -165,6 +154,38 @@ def _x86(name: str, mcpu: str, description: str, flags: tuple[str, ...],
         rpc_key=name,
         requires_cpu_flags=flags,
     )
+
+
+#: LLVM attribute that lets its own vectorizers use 512-bit vectors on AVX-512 CPUs
+_PREFER_512 = "-prefer-256-bit"
+
+
+def for_module(target: Target, mod) -> Target:
+    """``target`` as it compiles the Relax module ``mod`` (compile, tune and ``tune --compare``
+    all ask here, so that the tuning-database identity matches).
+
+    A module with symbolic input shapes (``--dim``) on an AVX-512 x86 CPU: LLVM's own
+    vectorizers may use 512-bit vectors (``-prefer-256-bit``, recorded in the artifact's target
+    and so in the tuning-database identity); every other case: ``target`` unchanged.
+
+    TVM vectorizes most loops itself at the full width (16 float lanes), but the ones it leaves
+    whole for LLVM (a symbolic innermost extent: softmax over a sequence, a padded result's crop)
+    got 256-bit vectors, the default tuning of the Intel server CPUs ``mcpu`` names. Measured on
+    the dynamic transformer block at sequence 256, Zen 4: 5-7% faster. Static modules keep LLVM's
+    default: with 512-bit preference LLVM's optimizer scalarized the requantizing write-back of
+    16-lane int8 kernels (round, clamp, store as uint8: one vcvttss2si per element; MobileNetV2
+    int8 on x86-vnni 10% slower, three of its kernels 2-3x)."""
+    if target.device != "cpu" or target.arch != "x86_64":
+        return target
+    from mmopt.codegen.symbolic_dims import has_symbolic_inputs
+    from mmopt.targets.cpu import cpu_facts
+
+    if not has_symbolic_inputs(mod):
+        return target
+    if cpu_facts(target.tvm_target()).vector_bits < 512:
+        return target
+    mattr = [a for a in target.tvm.get("mattr", []) if a != _PREFER_512] + [_PREFER_512]
+    return dataclasses.replace(target, tvm={**target.tvm, "mattr": mattr})
 
 
 def _arm(name: str, mcpu: str | None, mattr: list[str], description: str) -> Target:
@@ -201,8 +222,7 @@ def _cuda(name: str, arch: str, description: str) -> Target:
 
 def _build_registry() -> dict[str, Target]:
     targets = [
-        _x86("x86", _host_cpu(), f"x86-64 Linux, this machine's CPU ({_host_cpu()})", (),
-             avx512=_machine() == "x86_64" and "avx512f" in _cpu_flags()),
+        _x86("x86", _host_cpu(), f"x86-64 Linux, this machine's CPU ({_host_cpu()})", ()),
         _x86("x86-generic", "x86-64", "x86-64 Linux, baseline SSE2 (runs on any x86-64)", ()),
         _x86("x86-avx2", "haswell", "x86-64 Linux with AVX2 + FMA (Haswell and newer)",
              ("avx2", "fma")),

@@ -98,6 +98,7 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
                                   resolved=resolved)
     if dims and not resolved:
         raise MmoptError("timing a dynamic model needs a size: give --buckets")
+    tgt = _targets.for_module(tgt, mod)  # as compile builds it: the same database identity
     function = resolved[0].function if resolved else "main"
     feeds = random_inputs(reference, 0, resolved[0].sizes if resolved else None)
     if resolved and farm:

@@ -186,6 +186,7 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
     if dims and not resolved:
         raise MmoptError("tuning a dynamic model tunes its buckets' kernels (the dynamic ones "
                          "have symbolic extents): give the sizes with --buckets INPUT:D1,D2,...")
+    tgt = _targets.for_module(tgt, mod)  # as compile builds it: the same database identity
     tuning_target = target_for_tuning(tgt, num_cores)
     codegen = codegen or CodegenOptions.from_env()
     lowered = tuning_module(mod, tgt, codegen)
