@@ -456,8 +456,10 @@ def test_view_serves_the_annotated_graph(runs, work, browser_if_any, tmp_path):
     time; Ctrl-C stops the server and frees the port."""
     data, _page = runs["compile"]
     (work / "compile-report.json").write_text(json.dumps(data))
+    # faulthandler: a process that does not stop prints every thread's stack on SIGABRT
     proc = subprocess.Popen(_cli("view", "compile-report.json", "--no-browser"), cwd=work,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
         url, lines = _read_url(proc)
         assert "annotated with their kernel and time" in "".join(lines)
@@ -480,7 +482,13 @@ def test_view_serves_the_annotated_graph(runs, work, browser_if_any, tmp_path):
             _netron_in_browser(browser_if_any, url, kernels, tmp_path)
     finally:
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            stdout, stderr = proc.communicate(timeout=60)
+            raise AssertionError("mmopt view did not stop within 60 s of Ctrl-C; its threads:\n"
+                                 + stdout + stderr) from None
     assert proc.returncode == 0, stdout + stderr
     assert "stopped" in stdout
     port = int(url.rsplit(":", 1)[1])

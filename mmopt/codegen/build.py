@@ -33,7 +33,9 @@ def build(mod, target: Target, database=None, options=None):
     executable, exc = _attempt(mod, target, database, options)
     if exc is None:
         return executable
-    if not (_symbolic(mod) and _fusetir_failed(exc)):
+    from mmopt.codegen.symbolic_dims import has_symbolic_inputs
+
+    if not (has_symbolic_inputs(mod) and _fusetir_failed(exc)):
         raise MmoptError(f"code generation for target {target.name} failed: {summarize(exc)}") from exc
     from mmopt.codegen.cpu_schedules import note_skip
     from mmopt.codegen.packed_conv import PACK_SYMBOLIC
@@ -72,14 +74,6 @@ def _attempt(mod, target: Target, database, options):
         return None, exc
     replay(native)
     return executable, None
-
-
-def _symbolic(mod) -> bool:
-    """Whether ``mod``'s ``main`` has symbolic input dims."""
-    if "main" not in [g.name_hint for g in mod.get_global_vars()]:
-        return False
-    return any(not all(hasattr(d, "value") for d in getattr(p.ty, "shape", None) or [])
-               for p in mod["main"].params)
 
 
 def _fusetir_failed(exc: BaseException) -> bool:

@@ -96,9 +96,12 @@ def block_counts(sizes, dims) -> list[int]:
 
 
 def has_symbolic_inputs(mod, func_name: str = "main") -> bool:
-    """Whether a tensor parameter of ``mod[func_name]`` has a symbolic dim."""
+    """Whether a tensor parameter of ``mod[func_name]`` has a symbolic dim (False when ``mod``
+    has no such function)."""
     from tvm import tirx
 
+    if func_name not in [g.name_hint for g in mod.get_global_vars()]:
+        return False
     for param in mod[func_name].params:
         shape = getattr(param.ty, "shape", None)
         if shape is not None and any(not isinstance(d, tirx.IntImm) for d in shape):
