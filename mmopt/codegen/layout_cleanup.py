@@ -119,6 +119,8 @@ def cancel_transposes():
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
+    from mmopt.codegen.relax_util import bindings, users
+
     @mutator
     class _Cancel(PyExprMutator):
         def __init__(self, mod, bound, uses):
@@ -195,20 +197,9 @@ def cancel_transposes():
             super().visit_var_binding_(binding)
 
     def _bindings(func):
-        bound, uses = {}, {}
-
-        def count(expr):
-            if isinstance(expr, relax.Var):
-                uses[expr] = uses.get(expr, 0) + 1
-
-        for block in func.body.blocks:
-            for b in block.bindings:
-                if isinstance(b, relax.VarBinding):
-                    if isinstance(b.value, relax.Call):
-                        bound[b.var] = b.value
-                    relax.analysis.post_order_visit(b.value, count)
-        relax.analysis.post_order_visit(func.body.body, count)
-        return bound, uses
+        bound = {var: value for var, value in bindings(func).items()
+                 if isinstance(value, relax.Call)}
+        return bound, {var: len(readers) for var, readers in users(func).items()}
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_cancel_transposes")
     def _pass(mod, _ctx):

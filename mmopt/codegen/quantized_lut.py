@@ -36,7 +36,7 @@ import logging
 
 import numpy as np
 
-from mmopt.codegen.relax_util import const_array, op_name
+from mmopt.codegen.relax_util import const_array, op_name, users
 
 logger = logging.getLogger(__name__)
 
@@ -116,36 +116,16 @@ def _same_shape(a, b) -> bool:
                                     else x.same_as(y) for x, y in zip(a, b))
 
 
-def _uses(func) -> dict:
-    """``{var: [vars whose binding reads it]}`` (``None`` stands for the function's result)."""
-    from tvm import relax
-
-    def variables(expr) -> list:
-        found = []
-        relax.analysis.post_order_visit(
-            expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
-        return found
-
-    users: dict = {}
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            for var in variables(binding.value):
-                users.setdefault(var, []).append(binding.var)
-    for var in variables(func.body.body):
-        users.setdefault(var, []).append(None)
-    return users
-
-
 def _ends(func, chains) -> list:
     """The chains worth a table: maximal (something outside the chain reads the end) and long."""
     from tvm import relax
 
-    users = _uses(func)
+    read_by = users(func)
     out = []
     for var, chain in chains.items():
         if len(chain.ops) < MIN_OPS or not isinstance(var, relax.DataflowVar):
             continue
-        readers = users.get(var, [])
+        readers = read_by.get(var, [])
         if any(r is None or r not in chains or chains[r].source is not chain.source
                for r in readers):
             out.append(var)

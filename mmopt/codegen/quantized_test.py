@@ -162,6 +162,7 @@ def test_requantization_is_one_multiply_add_per_channel():
     convs = [v for v in table.values() if op_name(v) == "relax.nn.conv2d"
              or "mmopt_qconv_dot" in str(getattr(v, "args", [""])[0])]
     assert len(rounded) >= len(convs) >= 2
+
     def constant(expr):  # a constant, or its NHWC permutation (ConvertLayout's)
         value = table.get(expr)
         if op_name(value) == "relax.permute_dims":

@@ -49,6 +49,28 @@ def bindings(func) -> dict:
     return table
 
 
+def users(func) -> dict:
+    """``{var: [vars whose binding reads it]}`` of a Relax function, one entry per read (``None``
+    stands for the function's result)."""
+    from tvm import relax
+
+    def variables(expr) -> list:
+        found = []
+        relax.analysis.post_order_visit(
+            expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
+        return found
+
+    table: dict = {}
+    body = func.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            for var in variables(binding.value):
+                table.setdefault(var, []).append(binding.var)
+    for var in variables(body.body):
+        table.setdefault(var, []).append(None)
+    return table
+
+
 def module_uses(mod, ops) -> bool:
     """Whether any Relax function of ``mod`` calls one of the operators named in ``ops``."""
     from tvm import relax

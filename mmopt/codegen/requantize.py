@@ -29,35 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmopt.codegen.relax_util import bindings, const_array, op_name, tensor_dtype
+from mmopt.codegen.relax_util import bindings, const_array, op_name, tensor_dtype, users
 
 #: clamps that may sit between the bias and the output quantization (constant scalar bounds)
 _CLAMPS = ("relax.maximum", "relax.minimum")
-
-
-def _use_counts(func) -> dict:
-    """How many times each variable of ``func`` is read."""
-    from tvm import relax
-
-    counts: dict = {}
-
-    def visit(expr):
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-        elif isinstance(expr, relax.Call):
-            for arg in expr.args:
-                visit(arg)
-        elif isinstance(expr, relax.Tuple):
-            for field in expr.fields:
-                visit(field)
-        elif isinstance(expr, relax.TupleGetItem):
-            visit(expr.tuple_value)
-
-    for value in bindings(func).values():
-        visit(value)
-    body = func.body
-    visit(body.body if isinstance(body, relax.SeqExpr) else body)
-    return counts
 
 
 def _scalar(expr) -> float | None:
@@ -74,7 +49,7 @@ def _match(expr, table, uses):
 
     def bound(var, wanted):
         value = table.get(var)
-        if value is None or uses.get(var, 0) != 1 or op_name(value) not in wanted:
+        if value is None or len(uses.get(var, ())) != 1 or op_name(value) not in wanted:
             return None
         return value
 
@@ -111,12 +86,12 @@ def fold_requantization():
     bias is folded to a constant first: it is imported as ``reshape(dequantize(constants))``)."""
     import tvm
     from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, wildcard, rewrite_call
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
     pattern = is_op("relax.multiply")(wildcard(), is_const())
 
     def fold(func):
-        table, uses = bindings(func), _use_counts(func)
+        table, uses = bindings(func), users(func)
 
         def rewrite(expr, _matches):
             inverse = _scalar(expr.args[1])

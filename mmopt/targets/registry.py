@@ -9,10 +9,10 @@ needs to differ by target reads these fields; it never branches on the target's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import platform
 import shutil
-import dataclasses
 from dataclasses import dataclass
 
 from mmopt.errors import TargetError
