@@ -139,7 +139,7 @@ _ARM_PKG = "g++-aarch64-linux-gnu"
 
 
 def _x86(name: str, mcpu: str, description: str, flags: tuple[str, ...]) -> Target:
-    """An x86-64 target for LLVM's CPU ``mcpu`` (see :func:`for_symbolic_shapes` for the one
+    """An x86-64 target for LLVM's CPU ``mcpu`` (see :func:`for_module` for the one
     attribute a dynamic-shape module adds)."""
     tvm = {"kind": "llvm", "mtriple": _X86_TRIPLE, "mcpu": mcpu}
     return Target(
