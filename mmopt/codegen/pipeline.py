@@ -89,18 +89,15 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     # QDQ -> integer convolutions and element-wise (de)quantization (CPU: the GPU schedules are
     # not verified on integer convolutions)
     dot = dot_product_for(target.tvm_target())
-    passes = ([lower_qdq(dot.data_dtype, 4) if dot else lower_qdq()] if target.device == "cpu"
-              else [])
+    passes = []
     if target.device == "cpu":
-        # the requantizing epilogue as one multiply-add per channel (mmopt.codegen.requantize)
-        from mmopt.codegen.requantize import fold_requantization
-
-        passes.append(fold_requantization())
-    if target.device == "cpu":
+        # the requantizing epilogue as one multiply-add per channel (mmopt.codegen.requantize);
         # fp16 models: sums in float32 (mmopt.codegen.fp16_accumulate)
         from mmopt.codegen.fp16_accumulate import accumulate_in_fp32
+        from mmopt.codegen.requantize import fold_requantization
 
-        passes.append(accumulate_in_fp32())
+        passes += [lower_qdq(dot.data_dtype, 4) if dot else lower_qdq(), fold_requantization(),
+                   accumulate_in_fp32()]
     passes += [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
                relax.transform.CanonicalizeBindings()]
     if options.layout_for(target) == "NHWC":
