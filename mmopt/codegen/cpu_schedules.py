@@ -1015,7 +1015,18 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
             if not (rows is not None and _parallel_rows_symbolic(sch, rows)):
                 _parallel_symbolic(sch, loops)
             return
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        # Threads take the fewest outer loops that give them enough iterations; the inner loops
+        # stay serial. Fusing the whole nest into one parallel loop recomputes every index with
+        # a division and a modulo per iteration, which a vector of work hides but a scalar one
+        # does not: the stem's padded 224 x 224 x 3 input (153,228 one-element iterations) took
+        # longer than its convolution.
+        outer, iterations = [], 1
+        for lp in loops:
+            outer.append(lp)
+            iterations *= _extent(sch, lp)
+            if iterations >= _MIN_PARALLEL_TILES:
+                break
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         sch.parallel(fused)
 
 
