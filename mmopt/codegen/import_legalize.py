@@ -17,7 +17,7 @@
 
 The overrides are installed only for the duration of one import (:func:`importer_overrides`).
 
-Two ONNX-level rewrites run on a copy of the model just before import (:func:`legalize_for_import`);
+ONNX-level rewrites run on a copy of the model just before import (:func:`legalize_for_import`);
 both are exact and keep the model runnable on onnxruntime:
 
 * ``ConvTranspose`` whose kernel equals its stride (no padding, dilation or groups; the 2x
@@ -33,6 +33,11 @@ both are exact and keep the model runnable on onnxruntime:
   the full rank (leading 1s; ONNX broadcasting aligns right, so this changes nothing). Relax's
   ConvertLayout only lays out same-rank operands: a ``[C,1,1]`` scale would otherwise pin its
   element-wise op to NCHW between two transposes.
+* ``Gather`` of one constant index along a static dim (``q = qkv[0]`` of a ViT's attention) ->
+  ``Slice`` of that index and ``Squeeze`` of the axis. The importer's ``take`` would read through
+  the index tensor and, in TVM's "fast" mode, print a warning about out-of-bounds indices once per
+  Gather at compile time (37 lines for ViT-Tiny); a slice is a plain strided copy that fuses with
+  its neighbours.
 * The constant operand of a commutative ``Add``/``Mul`` is put second. ConvertLayout takes a binary
   op's layout from its first operand, so ``scale * x`` after an NHWC conv went back to NCHW between
   two full-tensor transposes (the learnable affine blocks of PP-LCNet: 20 transpose pairs, about a
@@ -363,6 +368,39 @@ def constants_on_the_right(model) -> int:
     return count
 
 
+def gather_scalar_to_slice(model) -> int:
+    """``Gather(x, i, axis)`` with a constant scalar index inside a static dim (see the module
+    docstring) -> ``Squeeze(Slice(x, [i], [i + 1], [axis]), [axis])``."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        data, indices = node.inputs
+        index = _const_array(indices)
+        if (index is None or index.ndim != 0 or index.dtype.kind not in "iu" or data is None
+                or data.shape is None):
+            continue
+        attr = node.attributes.get("axis")
+        axis = (attr.value if attr is not None else 0) % len(data.shape)
+        dim = data.shape[axis]
+        if not isinstance(dim, int) or not -dim <= int(index) < dim:
+            continue
+        start = int(index) % dim
+        bounds = [_initializer(graph, f"{node.name}.as_slice.{what}", np.array([v], np.int64))
+                  for what, v in (("starts", start), ("ends", start + 1), ("axes", axis))]
+        piece = ir.node("Slice", [data, *bounds], name=f"{node.name}.as_slice")
+        squeeze = ir.node("Squeeze", [piece.outputs[0], bounds[2]], name=f"{node.name}.squeeze")
+        if node.outputs[0].dtype is not None:
+            piece.outputs[0].dtype = node.outputs[0].dtype
+        graph.insert_before(node, [piece, squeeze])
+        _replace_output(graph, node, squeeze.outputs[0])
+        count += 1
+    return count
+
+
 def _replace_output(graph, node, new_value) -> None:
     import onnx_ir as ir
 
@@ -384,7 +422,7 @@ def legalize_for_import(model):
 
     work = ir.serde.deserialize_model(model)
     changed = (conv_transpose_to_conv_depth_to_space(work) + constants_on_the_right(work)
-               + broadcast_constants_full_rank(work))
+               + broadcast_constants_full_rank(work) + gather_scalar_to_slice(work))
     if not changed:
         return model
     ir.passes.common.RemoveUnusedNodesPass()(work)

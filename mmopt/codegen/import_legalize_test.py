@@ -74,6 +74,36 @@ def test_low_rank_constants_are_broadcast_to_full_rank():
     np.testing.assert_array_equal(_run(out), _run(model))
 
 
+def _gather_model(index, axis):
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "i"], ["g"], name="pick", axis=axis),
+         helper.make_node("Relu", ["g"], ["y"], name="relu")],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 5, 7])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(index, np.int64), "i")])
+    return onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize(("index", "axis"), [(0, 0), (2, 1), (-1, 1), (-7, -1), (6, 3)])
+def test_gather_of_one_constant_index_becomes_a_slice(index, axis):
+    """``qkv[0]`` of an attention block: Slice + Squeeze, the same values on onnxruntime (negative
+    indices and axes included); the compile then has no ``take`` (whose fast mode made TVM print a
+    warning per Gather)."""
+    model = _gather_model(index, axis)
+    out = legalize_for_import(model)
+    onnx.checker.check_model(out)
+    assert [n.op_type for n in out.graph.node] == ["Slice", "Squeeze", "Relu"]
+    np.testing.assert_array_equal(_run(out), _run(model))
+
+
+@pytest.mark.parametrize(("index", "axis"), [([0, 2], 1), (4, 1), (-5, 1)])
+def test_other_gathers_are_left_alone(index, axis):
+    """Several indices, or one outside the dim (onnxruntime reports it at run time)."""
+    model = _gather_model(index, axis)
+    assert legalize_for_import(model) is model
+
+
 # ------------------------------------------------------------------------------------------------
 # converters for symbolic dims (dynamic models): Resize by integer scales, Range up to a dim
 
