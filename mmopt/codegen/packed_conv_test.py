@@ -67,3 +67,28 @@ def test_output_tile_follows_the_default_schedule():
                                        (256, 14, 4, 32)]:
         nv = register_tile(oc, rows, lanes, registers)[1]
         assert output_tile(oc, rows, lanes, registers) == nv * lanes
+
+
+@pytest.mark.parametrize(("target_name", "oc"), [("x86-avx2", 8), ("x86-avx512", 64)])
+@pytest.mark.parametrize(("k", "stride", "pad", "hw"), [(3, 1, 1, 13), (3, 2, 1, 26), (1, 1, 0, 13)])
+def test_conv_of_a_prime_width_runs_on_whole_register_tiles(k, stride, pad, hw, target_name, oc,
+                                                            tmp_path):
+    """An output 13 wide (YOLOX at 416 x 416) has 1-row register tiles on its exact width: it is
+    computed 14 wide (7-row tiles) and cropped, padded with zeros or, without padding, reading the
+    last input column again; the cropped result matches onnxruntime (where the target runs)."""
+    import tvm
+
+    import mmopt
+    from mmopt.codegen import pipeline
+    from mmopt.codegen.packed_conv import PACKED_BLOCK
+    from mmopt.codegen.relax_import import to_relax
+    from mmopt.targets import get
+
+    model = _model(16, oc, k, stride, pad, 1, 1, hw=hw)
+    target = get(target_name)
+    with target.tvm_target():
+        text = tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
+    assert f"{PACKED_BLOCK}_crop" in text and f"T.int64(14), T.int64({oc})" in text, text
+    if target.runs_here():
+        result = mmopt.compile(model, target_name, tmp_path / "conv")
+        assert result.verification.passed, result.verification.to_dict()
