@@ -132,7 +132,7 @@ def compile_cmd(model, target, output, input_shapes, dims, buckets, opt_level, w
     if as_json:
         out.print_json(json.dumps(data))
     else:
-        _print_compile_report(result)
+        _print_compile_report(result, verify_asked=verify)
     if html_path:
         write_html(data, html_path, quiet=as_json)
     if not result.passed:
@@ -143,7 +143,7 @@ def _bucket_label(bucket: dict) -> str:
     return ";".join(f"{k}:{','.join(map(str, v))}" for k, v in bucket["inputs"].items())
 
 
-def _print_compile_report(result) -> None:
+def _print_compile_report(result, verify_asked: bool | None = None) -> None:
     meta = result.meta
     out.print(f"[bold]compiled[/] {meta.source_model} -> {result.library} + {result.meta_path.name}")
     out.print(f"  target    {meta.target['name']}  ({json.dumps(meta.target['tvm'])})")
@@ -217,7 +217,8 @@ def _print_compile_report(result) -> None:
                      f"({slowest.percent:.0f}%)" if slowest else ""))
     v = result.verification
     if v is None:
-        out.print("  verify    [yellow]skipped[/] (target does not run here)")
+        why = "--no-verify" if verify_asked is False else "target does not run here"
+        out.print(f"  verify    [yellow]skipped[/] ({why})")
     else:
         table = Table(title=None, box=None, padding=(0, 2))
         for col in ("output", "shape", "max abs err", "max rel err", "status"):
