@@ -46,12 +46,13 @@ def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int)
 
 def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows=None):
     """The NHWC convolution of ``data`` with ``packed`` weights. ``rows``: for an output of
-    symbolic width, or a static one without a good divisor, the row count of the schedule's
-    register tile: the convolution is computed on the width rounded up to a multiple of ``rows``
-    (the columns beyond the input read zeros or its last column, their results are dropped when
-    the output is cropped), so that every register tile is whole. A predicated last tile would keep the accumulators out of registers: TVM cannot bound
-    the accumulator buffer by the tile under the predicate and allocates it for the whole row
-    (the symbolic-rows case of :func:`mmopt.codegen.cpu_schedules._pad_contraction`)."""
+    symbolic width, or a static one without a good divisor (:func:`_rows_padding`), the row count
+    of the schedule's register tile: the convolution is computed on the width rounded up to a
+    multiple of ``rows`` (the columns beyond the input read zeros or its last column, their
+    results are dropped when the output is cropped), so that every register tile is whole. A
+    predicated last tile would keep the accumulators out of registers: TVM cannot bound the
+    accumulator buffer by the tile under the predicate and allocates it for the whole row (the
+    symbolic-rows case of :func:`mmopt.codegen.cpu_schedules._pad_contraction`)."""
     from tvm import te, tirx
 
     n, h, w = data.shape[:3]  # batch, height, width may be symbolic
@@ -117,8 +118,9 @@ def _rows_padding(out_channels: int, width: int, lanes: int, registers: int) -> 
         return None
 
     def useful(w: int) -> tuple[float, int]:
-        rows, nv = register_tile(out_channels, w, vec, registers)
-        return _tile_efficiency(rows, nv, 8) * width / w, rows
+        rows, nv = register_tile(out_channels, w, vec, registers)  # the schedule's default tile
+        min_acc = 8  # as register_tile and the schedule assume (FMA units x latency)
+        return _tile_efficiency(rows, nv, min_acc) * width / w, rows
 
     best, best_useful = None, useful(width)[0]
     for padded in range(width + 1, int(width * (1 + _MAX_PAD_WASTE)) + 1):
@@ -193,9 +195,9 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
                 rows = None
             tile = nv * vec if vec > 1 else 1
         else:
-            # a width without a good divisor (YOLOX's 13 and 26 columns at 416 x 416: 1- and
-            # 2-row register tiles) is computed rounded up to whole tiles of rows and cropped, as
-            # a matmul's rows are padded (:func:`mmopt.codegen.cpu_schedules.pad_multiples`)
+            # a width without a good divisor (YOLOX's 13 columns at 416 x 416: 1-row register
+            # tiles) is computed rounded up to whole tiles of rows and cropped, as a matmul's
+            # rows are padded (:func:`mmopt.codegen.cpu_schedules.pad_multiples`)
             rows = _rows_padding(oc, out_width, lanes, registers)
             if rows is not None:
                 out_width = -(-out_width // rows) * rows
