@@ -493,6 +493,34 @@ def pad_multiples(v_ext: int, r_ext: int | None, lanes: int, registers: int,
     return pad_v, pad_r
 
 
+def rounded_rows(v_ext: int, r_ext: int, lanes: int, registers: int,
+                 min_acc: int = 8) -> int | None:
+    """The row tile a static row extent ``r_ext`` is rounded up to a multiple of (None: tiled
+    exact), for contractions that pad their rows themselves rather than through
+    :func:`pad_multiples` (a convolution reads ``x + kw``: no ``pad_einsum``; the packed
+    convolutions of :mod:`mmopt.codegen.packed_conv` compute the rounded-up width and crop).
+
+    Every rounded-up extent wasting at most :data:`_MAX_PAD_WASTE` is scored by its register
+    tile's :func:`_tile_efficiency` times the useful fraction of the rows; the best one is taken
+    if it beats the exact extent's tile. AVX-512, 64 channels: 13 columns tile 1 x 4, 14 tile
+    7 x 2 (taken); AVX2 keeps 14 columns' 2 x 4 rather than 15's 5 x 2; a 26-wide map with 192
+    channels keeps its 2 x 6, which fills AVX-512's FMA units already."""
+    vec = _pick_lanes(v_ext, lanes)
+    if vec == 1:
+        return None
+
+    def useful(rows_ext: int) -> tuple[float, int]:
+        rows, nv = register_tile(v_ext, rows_ext, vec, registers, min_acc)
+        return _tile_efficiency(rows, nv, min_acc) * r_ext / rows_ext, rows
+
+    best, best_useful = None, useful(r_ext)[0]
+    for padded in range(r_ext + 1, int(r_ext * (1 + _MAX_PAD_WASTE)) + 1):
+        value, rows = useful(padded)
+        if value > best_useful + 1e-9 and _round_up(r_ext, rows) == padded:
+            best, best_useful = rows, value
+    return best
+
+
 def _pad_contraction(sch, block_rv, lanes: int, registers: int):
     """Pad a matmul-like contraction's iteration domain as :func:`pad_multiples` says; returns the
     (possibly new) block. A contraction that is not an einsum (a convolution reads ``h + kh``)

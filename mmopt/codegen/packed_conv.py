@@ -19,7 +19,8 @@ import contextvars
 
 import numpy as np
 
-from mmopt.codegen.cpu_schedules import known_multiple, static_extent, symbolic_tile
+from mmopt.codegen.cpu_schedules import (known_multiple, rounded_rows, static_extent,
+                                          symbolic_tile)
 from mmopt.codegen.relax_util import rewrite_dense_nhwc_convs, tensor_dtype
 
 #: block name of the packed float convolution
@@ -46,7 +47,7 @@ def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int)
 
 def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows=None):
     """The NHWC convolution of ``data`` with ``packed`` weights. ``rows``: for an output of
-    symbolic width, or a static one without a good divisor (:func:`_rows_padding`), the row count
+    symbolic width, or a static one without a good divisor (:func:`mmopt.codegen.cpu_schedules.rounded_rows`), the row count
     of the schedule's register tile: the convolution is computed on the width rounded up to a
     multiple of ``rows`` (the columns beyond the input read zeros or its last column, their
     results are dropped when the output is cropped), so that every register tile is whole. A
@@ -102,32 +103,6 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows
         name=PACKED_BLOCK)
     return te.compute((n, oh, ow, out_channels), lambda b, y, x, c: conv[b, y, x, c],
                       name=f"{PACKED_BLOCK}_crop")
-
-
-def _rows_padding(out_channels: int, width: int, lanes: int, registers: int) -> int | None:
-    """The multiple a static output ``width`` is rounded up to (None: computed exact): the
-    rounded-up width (wasting at most :data:`~mmopt.codegen.cpu_schedules._MAX_PAD_WASTE`) whose
-    register tile does the most useful work per FMA slot, if that beats the exact width's tile
-    (:func:`~mmopt.codegen.cpu_schedules._tile_efficiency`). AVX-512, 64 channels: 13 columns
-    tile 1 x 4, 14 tile 7 x 2; AVX2 keeps 14 columns' 2 x 4 rather than 15's 5 x 2."""
-    from mmopt.codegen.cpu_schedules import (_MAX_PAD_WASTE, _pick_lanes, _tile_efficiency,
-                                             register_tile)
-
-    vec = _pick_lanes(out_channels, lanes)
-    if vec == 1:
-        return None
-
-    def useful(w: int) -> tuple[float, int]:
-        rows, nv = register_tile(out_channels, w, vec, registers)  # the schedule's default tile
-        min_acc = 8  # as register_tile and the schedule assume (FMA units x latency)
-        return _tile_efficiency(rows, nv, min_acc) * width / w, rows
-
-    best, best_useful = None, useful(width)[0]
-    for padded in range(width + 1, int(width * (1 + _MAX_PAD_WASTE)) + 1):
-        value, rows = useful(padded)
-        if value > best_useful + 1e-9 and -(-width // rows) * rows == padded:
-            best, best_useful = rows, value
-    return best
 
 
 def _padding_schedulable(call, w, *, tile: int, rows: int) -> bool:
@@ -198,7 +173,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
             # a width without a good divisor (YOLOX's 13 columns at 416 x 416: 1-row register
             # tiles) is computed rounded up to whole tiles of rows and cropped, as a matmul's
             # rows are padded (:func:`mmopt.codegen.cpu_schedules.pad_multiples`)
-            rows = _rows_padding(oc, out_width, lanes, registers)
+            rows = rounded_rows(oc, out_width, lanes, registers)
             if rows is not None:
                 out_width = -(-out_width // rows) * rows
             tile = output_tile(oc, out_width, lanes, registers)
