@@ -456,10 +456,13 @@ def test_view_serves_the_annotated_graph(runs, work, browser_if_any, tmp_path):
     time; Ctrl-C stops the server and frees the port."""
     data, _page = runs["compile"]
     (work / "compile-report.json").write_text(json.dumps(data))
-    # faulthandler: a process that does not stop prints every thread's stack on SIGABRT
+    # faulthandler: a process that does not stop prints every thread's stack on SIGABRT.
+    # Started with SIGINT ignored, as a script's background job (or a test runner's worker) is:
+    # Ctrl-C must stop it all the same.
     proc = subprocess.Popen(_cli("view", "compile-report.json", "--no-browser"), cwd=work,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         url, lines = _read_url(proc)
         assert "annotated with their kernel and time" in "".join(lines)
