@@ -425,5 +425,10 @@ def legalize_for_import(model):
                + broadcast_constants_full_rank(work) + gather_scalar_to_slice(work))
     if not changed:
         return model
+    if work.ir_version < 4:  # IR 3 and older list every initializer among the graph's inputs
+        listed = {v.name for v in work.graph.inputs}
+        for name, value in work.graph.initializers.items():
+            if name not in listed:
+                work.graph.inputs.append(value)
     ir.passes.common.RemoveUnusedNodesPass()(work)
     return ir.serde.serialize_model(work)
