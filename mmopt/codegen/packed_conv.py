@@ -47,10 +47,11 @@ def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int)
 
 def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows=None):
     """The NHWC convolution of ``data`` with ``packed`` weights. ``rows``: for an output of
-    symbolic width, or a static one without a good divisor (:func:`mmopt.codegen.cpu_schedules.rounded_rows`), the row count
-    of the schedule's register tile: the convolution is computed on the width rounded up to a
-    multiple of ``rows`` (the columns beyond the input read zeros or its last column, their
-    results are dropped when the output is cropped), so that every register tile is whole. A
+    symbolic width, or a static one without a good divisor
+    (:func:`mmopt.codegen.cpu_schedules.rounded_rows`), the row count of the schedule's register
+    tile: the convolution is computed on the width rounded up to a multiple of ``rows`` (the
+    columns beyond the input read zeros or its last column, their results are dropped when the
+    output is cropped), so that every register tile is whole. A
     predicated last tile would keep the accumulators out of registers: TVM cannot bound the
     accumulator buffer by the tile under the predicate and allocates it for the whole row (the
     symbolic-rows case of :func:`mmopt.codegen.cpu_schedules._pad_contraction`)."""
