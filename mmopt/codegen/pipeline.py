@@ -76,7 +76,8 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     (:mod:`mmopt.codegen.fp16_accumulate`), then the data layout for convolutions
     (``options.layout``, default the target's preferred one; weights re-laid out at compile time by
     FoldConstant) and, on CPUs, convolutions on weights pre-packed for the kernels' access order
-    (integer: ``pack_dot_convs``; float: :mod:`mmopt.codegen.packed_conv` when
+    (integer: ``pack_dot_convs``, and the depthwise ones' padding as a select,
+    :mod:`mmopt.codegen.select_padding`; float: :mod:`mmopt.codegen.packed_conv` when
     ``options.pack_weights``, with Winograd when ``options.winograd``); last, long element-wise
     chains on 8-bit tensors become table reads (:mod:`mmopt.codegen.quantized_lut`, when
     ``options.lookup_tables``)."""
@@ -108,6 +109,10 @@ def _layout(target: Target, options: CodegenOptions | None = None):
         })))
         passes += [nhwc_depth_to_space(), cancel_transposes(), fold_pad_transposes(),
                    pack_dot_convs()]
+        if target.device == "cpu":
+            from mmopt.codegen.select_padding import select_padding
+
+            passes.append(select_padding())
         if target.device == "cpu" and options.pack_weights:
             from mmopt.codegen.packed_conv import pack_float_convs
             from mmopt.targets.cpu import cpu_facts

@@ -122,6 +122,13 @@ def hwio_weight(expr, lookup):
 def rewrite_dense_nhwc_convs(mod, rewrite):
     """Apply ``rewrite(call, hwio_weight_array, block_builder) -> expr | None`` to every NHWC/HWIO
     ``conv2d`` with ``groups == 1`` and constant weights in ``mod`` (None keeps the call)."""
+    return rewrite_nhwc_convs(mod, rewrite, grouped=False)
+
+
+def rewrite_nhwc_convs(mod, rewrite, *, grouped: bool):
+    """:func:`rewrite_dense_nhwc_convs` for the convolutions with ``groups == 1`` (``grouped``
+    false) or with ``groups > 1`` (``grouped`` true: depthwise and grouped; their HWIO weights
+    have ``IC / groups`` input channels)."""
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
@@ -137,7 +144,8 @@ def rewrite_dense_nhwc_convs(mod, rewrite):
                 return call
             attrs = call.attrs
             if (str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO"
-                    or int(attrs.groups) != 1 or str(attrs.out_layout) not in ("", "NHWC")
+                    or (int(attrs.groups) > 1) != grouped
+                    or str(attrs.out_layout) not in ("", "NHWC")
                     or len(call.args[0].ty.shape) != 4):
                 return call
             w = hwio_weight(call.args[1], self.lookup_binding)
