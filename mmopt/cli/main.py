@@ -224,8 +224,10 @@ def _print_compile_report(result, verify_asked: bool | None = None) -> None:
         for col in ("output", "shape", "max abs err", "max rel err", "status"):
             table.add_column(col)
         for o in v.outputs:
-            table.add_row(o.name, str(o.shape), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
-                          "[green]ok[/]" if o.passed else "[red]MISMATCH[/]")
+            status = "[green]ok[/]" if o.passed else "[red]MISMATCH[/]"
+            if o.passed and o.beyond:
+                status += f" ({o.beyond} beyond atol)"
+            table.add_row(o.name, str(o.shape), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", status)
         verdict = "[green]PASS[/]" if v.passed else "[red]FAIL[/]"
         out.print(Text.from_markup(f"  verify    {verdict} vs ") + Text(v.engine)
                   + Text(f" (atol {v.atol:g}, rtol {v.rtol:g}, seed {v.seed})"

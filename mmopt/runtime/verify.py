@@ -14,6 +14,14 @@ DEFAULT_RTOL = 1e-4
 #: their own float rounding, and a one-step flip in an early layer can move later ones: onnxruntime's
 #: own fused int8 execution differs from its plain QDQ execution by up to 4 steps on MobileNetV2.
 QDQ_TOLERANCE_STEPS = 8
+#: quantized models: a rounding flip amplified by the float arithmetic after it can exceed the
+#: step tolerance at a few elements (a YOLOv8 head decodes box sizes by ``exp``-free distances
+#: times its stride, 32 at the coarsest level: 1 element of 705,600 at 12 steps, measured), so
+#: up to this fraction of an output's elements (at least one) may lie beyond the tolerance, by at
+#: most :data:`QDQ_OUTLIER_FACTOR` times it; the report counts them. A wrong kernel moves whole
+#: rows, columns or channels: far more elements than this.
+QDQ_OUTLIER_FRACTION = 1e-5
+QDQ_OUTLIER_FACTOR = 4.0
 
 
 def quantized_output_step(model: onnx.ModelProto) -> float | None:
@@ -58,6 +66,9 @@ class OutputComparison:
     #: largest |cand - ref| / (atol + rtol * |ref|); <= 1 means within tolerance everywhere
     worst_ratio: float
     passed: bool
+    #: elements beyond the tolerance (a quantized model passes with a few, see
+    #: :data:`QDQ_OUTLIER_FRACTION`)
+    beyond: int = 0
 
 
 @dataclass
@@ -116,9 +127,18 @@ class VerifyReport:
         return out
 
 
+def allowed_outliers(size: int, fraction: float) -> int:
+    """Elements of an output of ``size`` that may lie beyond the tolerance: ``fraction`` of them,
+    at least one (none when ``fraction`` is 0)."""
+    return max(1, int(size * fraction)) if fraction > 0 else 0
+
+
 def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], *,
-            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> VerifyReport:
-    """Compare outputs by name: pass where ``|cand - ref| <= atol + rtol * |ref|`` everywhere."""
+            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, outliers: float = 0.0,
+            outlier_factor: float = 1.0) -> VerifyReport:
+    """Compare outputs by name: pass where ``|cand - ref| <= atol + rtol * |ref|`` everywhere, or
+    (``outliers`` > 0) everywhere but at :func:`allowed_outliers` elements, which stay within
+    ``outlier_factor`` times the tolerance."""
     report = VerifyReport(atol=atol, rtol=rtol)
     for name, ref in reference.items():
         ref = np.asarray(ref)
@@ -142,7 +162,11 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
         mag = np.abs(np.where(same_nonfinite, 0.0, r)).astype(np.float64)
         max_abs = float(diff.max())
         max_rel = float((diff / np.maximum(mag, atol)).max())
-        worst = float((diff / (atol + rtol * mag)).max())
+        ratio = diff / (atol + rtol * mag)
+        worst = float(ratio.max())
+        beyond = int(np.count_nonzero(ratio > 1.0))
+        passed = worst <= 1.0 or (beyond <= allowed_outliers(r.size, outliers)
+                                  and worst <= outlier_factor)
         report.outputs.append(OutputComparison(name, list(ref.shape), max_abs, max_rel, worst,
-                                               worst <= 1.0))
+                                               passed, beyond))
     return report
