@@ -41,6 +41,10 @@ import contextvars
 import logging
 from dataclasses import asdict, dataclass
 
+from mmopt.codegen.register_tiles import (known_multiple, largest_divisor, pad_multiples,
+                                          pick_lanes, register_tile, round_up, tile_efficiency,
+                                          tile_fits)
+
 logger = logging.getLogger(__name__)
 
 _MIN_PARALLEL_ELEMENTS = 4096
@@ -53,21 +57,16 @@ def _vector_bits(target) -> int:
     return cpu_facts(target).vector_bits
 
 
-def tile_fits(rows: int, nv: int, registers: int) -> bool:
-    """Whether a ``rows x nv``-vector register tile fits the vector registers: ``rows * nv``
-    accumulators, the ``nv`` weight vectors of one reduction step, and one broadcast input."""
-    return rows * nv + nv + 1 <= registers
-
-
 def _extent(sch, loop) -> int | None:
     """A loop's extent, None when it is symbolic (a dynamic-shape kernel)."""
     return static_extent(sch.get(loop).extent)
 
 
 #: the row extent a register tile is chosen for when the rows are symbolic (a dynamic height,
-#: width or sequence length): divisible by every row count up to :data:`_MAX_ROWS`, so the tile is
-#: the one a large static extent gets (the rows are then padded to whole tiles, or a tile whose
-#: rows divide the extent is taken: :func:`symbolic_tile`)
+#: width or sequence length): divisible by every row count a tile may have (up to 8,
+#: :mod:`mmopt.codegen.register_tiles`), so the tile is the one a large static extent gets (the
+#: rows are then padded to whole tiles, or a tile whose rows divide the extent is taken:
+#: :func:`symbolic_tile`)
 SYMBOLIC_ROWS = 840
 #: likewise for a symbolic innermost output extent (attention's ``Q K^T`` over a dynamic sequence),
 #: in vector blocks: the tile is chosen as for a wide static output, and the extent is padded to a
@@ -164,20 +163,6 @@ def _kind(expr) -> str:
 def _buffer(region):
     """The buffer of a block read/write region (``TensorRegion.source`` in TVM 0.27)."""
     return region.source if hasattr(region, "source") else region.buffer
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    for d in range(min(n, limit), 0, -1):
-        if n % d == 0:
-            return d
-    return 1
-
-
-def _pick_lanes(extent: int, lanes: int) -> int:
-    for cand in (lanes, lanes // 2, lanes // 4):
-        if cand >= 4 and extent % cand == 0:
-            return cand
-    return 1
 
 
 def _iter_kinds(block) -> list[str]:
@@ -283,15 +268,6 @@ def _contraction_axes(sch, block_rv):
     return loops, kinds, v_axis, r_axis, extents
 
 
-def known_multiple(extent) -> int:
-    """The largest integer known to divide the symbolic ``extent`` (``32 * w_blocks``: 32; a
-    stride-2 convolution's output of it, ``(32 * w_blocks - 1) // 2 + 1``: 16); 1 when none."""
-    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
-
-    found = Analyzer().modular_set(extent)
-    return int(found.coeff) if int(found.base) == 0 and int(found.coeff) > 0 else 1
-
-
 #: a prime above every row count a tile may have: ``m * _NO_DIVISORS`` has, among them, exactly
 #: the divisors of ``m``
 _NO_DIVISORS = 101
@@ -306,10 +282,10 @@ def symbolic_tile(v_ext: int | None, r_ext: int | None, lanes: int, registers: i
 
     Symbolic rows known to be a multiple of ``r_multiple`` (a width of ``32 * w_blocks`` after a
     stride-4 layer: 8) take the best tile whose rows divide it instead, when it does as well by
-    :func:`_tile_efficiency`: every tile is then whole without padding (no copies, no cropped
+    :func:`tile_efficiency`: every tile is then whole without padding (no copies, no cropped
     write-back). ``exact``: that tile whatever it does (rows that cannot be padded: 1 when the
     rows have no known multiple)."""
-    vec = lanes if v_ext is None else _pick_lanes(v_ext, lanes)
+    vec = lanes if v_ext is None else pick_lanes(v_ext, lanes)
     v_choice = SYMBOLIC_BLOCKS * lanes if v_ext is None else v_ext
 
     def tile(rows_ext):
@@ -322,8 +298,8 @@ def symbolic_tile(v_ext: int | None, r_ext: int | None, lanes: int, registers: i
     shape, (rows, nv) = tile(SYMBOLIC_ROWS if r_ext is None else r_ext)
     if r_ext is None and r_multiple > 1:
         _shape, (rows2, nv2) = tile(r_multiple * _NO_DIVISORS)
-        if (_tile_efficiency(rows2, nv2, shape.min_acc)
-                >= _tile_efficiency(rows, nv, shape.min_acc) - 1e-9):
+        if (tile_efficiency(rows2, nv2, shape.min_acc)
+                >= tile_efficiency(rows, nv, shape.min_acc) - 1e-9):
             rows, nv = rows2, nv2
     return vec, rows, nv
 
@@ -371,154 +347,15 @@ def _contraction_shape(sch, name: str, lanes: int, registers: int) -> _Contracti
         raise ValueError("symbolic extents: tuned per bucket, not in the dynamic kernel")
     r_ext = extents[r_axis] if r_axis is not None else None
     pad_v, pad_r = pad_multiples(extents[v_axis], r_ext, lanes, registers)
-    v_ext = _round_up(extents[v_axis], pad_v)
-    r_ext = _round_up(r_ext, pad_r) if r_ext is not None else None
-    return _ContractionShape(v_ext, _pick_lanes(v_ext, lanes), r_ext,
+    v_ext = round_up(extents[v_axis], pad_v)
+    r_ext = round_up(r_ext, pad_r) if r_ext is not None else None
+    return _ContractionShape(v_ext, pick_lanes(v_ext, lanes), r_ext,
                              red[-1] if red else None, len(red), registers)
 
 
 def default_knobs(shape: _ContractionShape, registers: int) -> ContractionKnobs:
     """The heuristic's choices as knobs (what ``ContractionKnobs()`` amounts to)."""
     return ContractionKnobs(*_default_tile(shape, registers))
-
-
-#: loads (broadcasts and vector loads) a core starts per cycle: 2 on the x86 and Arm cores
-#: targeted (3 on Zen 3+, which only makes loads cheaper); the tile model assumes the lower
-_LOADS_PER_CYCLE = 2
-#: rows of a register tile at most: each row streams its own input row (a different cache line per
-#: reduction step); beyond 8 the hardware prefetchers fall behind (AVX-512, 14 x 2 against
-#: 8 x 2 tiles on ResNet-50's layers: up to 1.2x slower, never faster)
-_MAX_ROWS = 8
-
-
-def _tile_efficiency(rows: int, nv: int, min_acc: int) -> float:
-    """Estimated fraction of the FMA peak a ``rows x nv`` register tile sustains per reduction
-    step. One step issues ``rows * nv`` FMAs, ``nv`` weight loads and ``rows`` input broadcasts;
-    each accumulator takes one FMA per step, so a step lasts at least one FMA latency. With
-    ``min_acc`` = FMA units x latency, the step takes ``max(acc, loads * units / loads_per_cycle,
-    min_acc)`` FMA slots of which ``acc`` do work."""
-    acc = rows * nv
-    units_per_load = min_acc / 4 / _LOADS_PER_CYCLE  # FMA units per load port (latency ~4)
-    return acc / max(acc, (rows + nv) * units_per_load, min_acc)
-
-
-def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
-                  min_acc: int = 8) -> tuple[int, int]:
-    """``(rows, nv)``: the default register tile of a contraction whose output has ``v_ext``
-    contiguous elements (vectorized by ``lanes``) and ``r_ext`` rows (None: no row axis).
-
-    Every tile that fits the registers (:func:`tile_fits`) and divides the extents exactly (no
-    predicated tails in the micro-kernel) is scored by :func:`_tile_efficiency`; the best wins,
-    then the one with the most accumulators (each loaded weight and input is reused more), then
-    ``nv = 2``. Consequences: AVX2 (16 registers) takes 4 x 2 on 56- or 28-wide outputs, 2 x 4 on
-    14-wide and 7 x 1 on 7-wide ones (2 x 2 or 1 x 2 would leave the FMA units waiting on
-    their own latency); AVX-512 and NEON (32 registers) take up to 8 x 2 (:data:`_MAX_ROWS`).
-
-    The float weight packers (:mod:`mmopt.codegen.packed_conv`, :mod:`mmopt.codegen.winograd`)
-    call this with the same extents, so weights are laid out for the tile the schedule uses."""
-    vec = _pick_lanes(v_ext, lanes)
-    if vec == 1:
-        nvs = [1]
-    else:
-        blocks = v_ext // vec
-        nvs = [n for n in (1, 2, 3, 4, 6, 8) if blocks % n == 0]
-    if r_ext is None or r_ext == 1:
-        if vec == 1:
-            return 1, 1
-        # GEMV-like (one output row): spend the registers on a wide row of vectors so that every
-        # cache line of the weight stream is used whole
-        return 1, _largest_divisor(v_ext // vec, min(8, registers // 2))
-    best, best_key = (1, 1), None
-    for nv in nvs:
-        for rows in range(1, min(r_ext, _MAX_ROWS) + 1):
-            if r_ext % rows or not tile_fits(rows, nv, registers):
-                continue
-            key = (round(_tile_efficiency(rows, nv, min_acc), 3), rows * nv, nv == 2, -nv)
-            if best_key is None or key > best_key:
-                best, best_key = (rows, nv), key
-    return best
-
-
-#: padding of a contraction's extent may waste at most this fraction of the work
-_MAX_PAD_WASTE = 0.125
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-def pad_multiples(v_ext: int, r_ext: int | None, lanes: int, registers: int,
-                  min_acc: int = 8) -> tuple[int, int]:
-    """``(v_multiple, r_multiple)``: the multiples a contraction's innermost output extent
-    ``v_ext`` and row extent ``r_ext`` are padded to (1: not padded) before it is tiled.
-
-    Tiles divide the extents exactly (no predicates in the micro-kernel), so an extent without
-    a good divisor degrades the tile: a transformer with 197 tokens (prime) gets 1-row tiles,
-    which reload every weight vector for each row (memory-bound: 18 GFLOP/s on ViT-Tiny's MLP
-    on a core with a 117 GFLOP/s peak), and a 197-wide output gets scalar code (3 GFLOP/s on its
-    attention scores). Padding costs a copy of the padded operands and of the result, so:
-
-    * ``v_ext`` is padded to a multiple of ``lanes`` when it is not one of at least half of
-      ``lanes``, the padding wastes less than the narrower vectors would, and there are at least
-      16 rows to spread the padded operand's copy over (a single-row product would copy as much
-      as it computes);
-    * ``r_ext`` (at least 8) is padded when its exact tiles have fewer than 4 rows, to the multiple
-      of 4..8 rows whose register tile (:func:`register_tile` on the padded extents) does the
-      most useful work per FMA slot, wasting at most :data:`_MAX_PAD_WASTE`.
-    """
-    pad_v = 1
-    vec = _pick_lanes(v_ext, lanes)
-    rows_ext = r_ext or 1
-    if vec < lanes and v_ext > lanes and rows_ext >= 16:
-        padded = _round_up(v_ext, lanes)
-        if padded / v_ext - 1 <= _MAX_PAD_WASTE and v_ext / padded > vec / lanes:
-            pad_v = lanes
-    v_eff = _round_up(v_ext, pad_v)
-    vec_eff = _pick_lanes(v_eff, lanes)
-    pad_r = 1
-    if r_ext is not None and r_ext >= 8 and vec_eff > 1:
-        rows0, _nv = register_tile(v_eff, r_ext, vec_eff, registers, min_acc)
-        if rows0 < 4:
-            best_key = None
-            for m in range(_MAX_ROWS, 3, -1):
-                padded = _round_up(r_ext, m)
-                if padded / r_ext - 1 > _MAX_PAD_WASTE:
-                    continue
-                rows, nv = register_tile(v_eff, padded, vec_eff, registers, min_acc)
-                if rows < 4:
-                    continue
-                key = (round(_tile_efficiency(rows, nv, min_acc) * r_ext / padded, 3), rows * nv)
-                if best_key is None or key > best_key:
-                    pad_r, best_key = m, key
-    return pad_v, pad_r
-
-
-def rounded_rows(v_ext: int, r_ext: int, lanes: int, registers: int,
-                 min_acc: int = 8) -> int | None:
-    """The row tile a static row extent ``r_ext`` is rounded up to a multiple of (None: tiled
-    exact), for contractions that pad their rows themselves rather than through
-    :func:`pad_multiples` (a convolution reads ``x + kw``: no ``pad_einsum``; the packed
-    convolutions of :mod:`mmopt.codegen.packed_conv` compute the rounded-up width and crop).
-
-    Every rounded-up extent wasting at most :data:`_MAX_PAD_WASTE` is scored by its register
-    tile's :func:`_tile_efficiency` times the useful fraction of the rows; the best one is taken
-    if it beats the exact extent's tile. AVX-512, 64 channels: 13 columns tile 1 x 4, 14 tile
-    7 x 2 (taken); AVX2 keeps 14 columns' 2 x 4 rather than 15's 5 x 2; a 26-wide map with 192
-    channels keeps its 2 x 6, which fills AVX-512's FMA units already."""
-    vec = _pick_lanes(v_ext, lanes)
-    if vec == 1:
-        return None
-
-    def useful(rows_ext: int) -> tuple[float, int]:
-        rows, nv = register_tile(v_ext, rows_ext, vec, registers, min_acc)
-        return _tile_efficiency(rows, nv, min_acc) * r_ext / rows_ext, rows
-
-    best, best_useful = None, useful(r_ext)[0]
-    for padded in range(r_ext + 1, int(r_ext * (1 + _MAX_PAD_WASTE)) + 1):
-        value, rows = useful(padded)
-        if value > best_useful + 1e-9 and _round_up(r_ext, rows) == padded:
-            best, best_useful = rows, value
-    return best
 
 
 def _pad_contraction(sch, block_rv, lanes: int, registers: int):
@@ -538,7 +375,7 @@ def _pad_contraction(sch, block_rv, lanes: int, registers: int):
         pad_v = 1
         if v_ext is not None:  # padded to whole vectors as a static output would be
             pad_v = pad_multiples(v_ext, SYMBOLIC_ROWS, lanes, registers)[0]
-            v_ext = _round_up(v_ext, pad_v)
+            v_ext = round_up(v_ext, pad_v)
         multiple = known_multiple(sch.get(_loops[r_axis]).extent) if r_ext is None else 1
         vec, rows, nv = symbolic_tile(v_ext, r_ext, lanes, registers, multiple)
         if extents[v_axis] is None:
@@ -642,7 +479,7 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
             note_skip(name, "contraction", "symbolic rows of no known multiple, not padded: "
                       "1-row register tiles", kind="symbolic")
     else:
-        vec = _pick_lanes(v_ext, lanes)
+        vec = pick_lanes(v_ext, lanes)
         shape = _ContractionShape(v_ext, vec, _rows_extent(extents, r_axis), None, 0, registers)
         rows, nv = _default_tile(shape, registers)
     if knobs.nv is not None:
@@ -656,7 +493,7 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
         if rows_ext % knobs.rows:
             raise ValueError(f"rows={knobs.rows} does not divide the rows")
         rows = knobs.rows
-    tile_v = nv * vec if vec > 1 else _largest_divisor(v_ext, 8)
+    tile_v = nv * vec if vec > 1 else largest_divisor(v_ext, 8)
 
     v_o, v_i = sch.split(loops[v_axis], factors=[None, tile_v])
     if r_axis is not None:
@@ -899,7 +736,7 @@ def schedule_reduction(sch, name: str, lanes: int) -> None:
     vec_loop = None
     if v_axis is not None and kinds[v_axis] == "S":
         ext = _extent(sch, loops[v_axis])
-        if ext is not None and _pick_lanes(ext, lanes) > 1:
+        if ext is not None and pick_lanes(ext, lanes) > 1:
             vec_loop = loops[v_axis]
     outer = [loops[i] for i in spatial if vec_loop is None or not loops[i].same_as(vec_loop)]
     sch.reorder(*outer, *reductions, *([vec_loop] if vec_loop is not None else []))
@@ -916,7 +753,7 @@ def schedule_reduction(sch, name: str, lanes: int) -> None:
                 sch.parallel(fused)
     if vec_loop is not None:
         ext = _extent(sch, vec_loop)
-        vec = _pick_lanes(ext, lanes)
+        vec = pick_lanes(ext, lanes)
         if ext != vec:
             _, vec_loop = sch.split(vec_loop, factors=[None, vec])
         sch.vectorize(vec_loop)
@@ -937,7 +774,7 @@ def _row_reduction_loop(sch, block_rv, lanes: int):
     loops = sch.get_loops(block_rv)
     if v_axis is not None and kinds[v_axis] == "S":
         ext = _extent(sch, loops[v_axis])
-        if ext is not None and _pick_lanes(ext, lanes) > 1:
+        if ext is not None and pick_lanes(ext, lanes) > 1:
             return None  # schedule_reduction vectorizes the output instead
     reductions = [i for i, k in enumerate(kinds) if k == "R"]
     if len(reductions) != 1 or reductions[0] != len(kinds) - 1:
@@ -1021,7 +858,7 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
         total *= e if e is not None else _MIN_PARALLEL_ELEMENTS
     inner = loops[-1]
     if extents[-1] is not None:
-        vec = _pick_lanes(extents[-1], lanes)
+        vec = pick_lanes(extents[-1], lanes)
     else:  # symbolic: whole vectors when its known multiple allows
         vec = lanes if known_multiple(sch.get(inner).extent) % lanes == 0 else 1
     rows = loops[:-1] if extents[-1] is None else None  # loops over rows walked whole

@@ -53,7 +53,7 @@ def test_prime_extents_are_padded_to_a_full_register_tile(target):
     vector width and of the tile's rows, vectorized, and still exact (with the epilogue)."""
     from tvm import te
 
-    from mmopt.codegen.cpu_schedules import pad_multiples
+    from mmopt.codegen.register_tiles import pad_multiples
 
     assert pad_multiples(197, 197, 8, 16) == (8, 8)
     assert pad_multiples(768, 197, 16, 32) == (1, 6)  # 198 rows: 6 x 4 tiles
@@ -507,7 +507,7 @@ def test_rows_are_rounded_up_only_where_the_register_tile_gains():
     """A convolution's output width is computed rounded up when the rounded-up width's register
     tile does more useful work: 13 columns (1-row tiles) become 14 (AVX-512 7 x 2, AVX2 2 x 4);
     widths that tile well already stay (AVX2's 14 as 2 x 4, ResNet's 7, a 26 with 2 x 6 tiles)."""
-    from mmopt.codegen.cpu_schedules import register_tile, rounded_rows
+    from mmopt.codegen.register_tiles import register_tile, rounded_rows
 
     assert register_tile(64, 13, 16, 32) == (1, 4)
     assert rounded_rows(64, 13, 16, 32) == 7 and register_tile(64, 14, 16, 32) == (7, 2)

@@ -19,8 +19,8 @@ import contextvars
 
 import numpy as np
 
-from mmopt.codegen.cpu_schedules import (known_multiple, rounded_rows, static_extent,
-                                          symbolic_tile)
+from mmopt.codegen.cpu_schedules import static_extent, symbolic_tile
+from mmopt.codegen.register_tiles import known_multiple, pick_lanes, register_tile, rounded_rows
 from mmopt.codegen.relax_util import rewrite_dense_nhwc_convs, tensor_dtype
 
 #: block name of the packed float convolution
@@ -37,9 +37,7 @@ def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int)
     ``out_channels`` contiguous channels and ``rows`` rows along the next axis:
     ``nv`` vectors of ``vec`` lanes (:func:`mmopt.codegen.cpu_schedules.register_tile`; 1 when the
     channels do not vectorize)."""
-    from mmopt.codegen.cpu_schedules import _pick_lanes, register_tile
-
-    vec = _pick_lanes(out_channels, lanes)
+    vec = pick_lanes(out_channels, lanes)
     if vec == 1:
         return 1
     return register_tile(out_channels, rows, vec, registers)[1] * vec

@@ -52,7 +52,7 @@ def test_packed_conv_matches_onnxruntime(case, tmp_path):
 
 
 def test_output_tile_follows_the_default_schedule():
-    from mmopt.codegen.cpu_schedules import register_tile
+    from mmopt.codegen.register_tiles import register_tile
     from mmopt.codegen.packed_conv import output_tile
 
     # AVX-512 (16 lanes, 32 registers): 2 vectors across, 14 rows of 56

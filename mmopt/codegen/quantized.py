@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmopt.codegen.register_tiles import largest_divisor
 from mmopt.codegen.relax_util import (
     bindings,
     const_array,
@@ -365,12 +366,12 @@ class DotProduct:
         broadcasts + ``nv`` weight vectors), then the most vectors across (2x4 beats 8x1 on 3x3
         layers)."""
         if self.tiles == "rows":
-            nv = _largest_divisor(blocks, max(1, self.accumulators // rows_limit))
+            nv = largest_divisor(blocks, max(1, self.accumulators // rows_limit))
             limit = min(rows_limit, self.accumulators // nv,
                         (self.registers - self.temporaries) // nv - 1)
-            return _largest_divisor(width, max(1, limit)), nv
+            return largest_divisor(width, max(1, limit)), nv
         if window == 1:
-            nv = _largest_divisor(blocks, min(8, self.accumulators))
+            nv = largest_divisor(blocks, min(8, self.accumulators))
             vector_bytes = steps * self.lanes * self.block * np.dtype(self.weight_dtype).itemsize
             if nv >= 4 and nv * vector_bytes <= ONE_ROW_WEIGHT_BYTES:
                 return 1, nv
@@ -466,13 +467,6 @@ def dot_product_for(tvm_target) -> DotProduct | None:
     """The widest integer dot-product instruction ``tvm_target`` has, if any."""
     found = dot_products_for(tvm_target)
     return found[0] if found else None
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    for d in range(min(n, limit), 0, -1):
-        if n % d == 0:
-            return d
-    return 1
 
 
 def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes, operand_dtype):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmopt.codegen.cpu_schedules import _pick_lanes
+from mmopt.codegen.register_tiles import pick_lanes
 from mmopt.codegen.packed_conv import output_tile
 from mmopt.codegen.relax_util import tensor_dtype
 
@@ -110,7 +110,8 @@ def _select(index, values):
 def _tile_count(size):
     """2x2 output tiles along an axis of ``size`` outputs: ``size / 2`` when it is known even, else
     rounded up (the last tile's second row or column is computed and dropped)."""
-    from mmopt.codegen.cpu_schedules import known_multiple, static_extent
+    from mmopt.codegen.cpu_schedules import static_extent
+    from mmopt.codegen.register_tiles import known_multiple
 
     static = static_extent(size)
     even = static % 2 == 0 if static is not None else known_multiple(size) % 2 == 0
@@ -164,12 +165,10 @@ def _schedule_input(func, lanes: int):
     in parallel."""
     from tvm import s_tir
 
-    from mmopt.codegen.cpu_schedules import _pick_lanes
-
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(INPUT_BLOCK)
     e, p, ch = sch.get_loops(block)
-    vec = _pick_lanes(int(sch.get(ch).extent), lanes)
+    vec = pick_lanes(int(sch.get(ch).extent), lanes)
     c_o, c_i = sch.split(ch, factors=[None, vec])
     sch.reorder(p, c_o, e, c_i)
     sch.parallel(p)
@@ -241,7 +240,8 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
     :func:`choice_shape`)."""
     from tvm import relax
 
-    from mmopt.codegen.cpu_schedules import known_multiple, static_extent, symbolic_tile
+    from mmopt.codegen.cpu_schedules import static_extent, symbolic_tile
+    from mmopt.codegen.register_tiles import known_multiple
 
     n, h, w = (x.ty.shape[i] for i in range(3))
     oc = hwio.shape[3]
@@ -289,6 +289,6 @@ def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=Non
     if not applies(x_shape, w.shape, [int(v) for v in attrs.strides],
                    [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation]):
         return None
-    if _pick_lanes(w.shape[3], lanes) == 1:
+    if pick_lanes(w.shape[3], lanes) == 1:
         return None
     return winograd_conv(builder, call.args[0], w, lanes, registers)

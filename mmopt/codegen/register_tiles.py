@@ -1,0 +1,181 @@
+"""The register-tile model of the CPU contraction schedules: which ``rows x nv``-vector tile of
+accumulators a contraction gets, from the target's vector width and register count, and when an
+extent is worth padding (or a convolution's width rounding up) to whole tiles.
+
+Pure arithmetic on extents, shared by the schedules (:mod:`mmopt.codegen.cpu_schedules`) and the
+weight packers that must lay weights out for the tile the schedule will use
+(:mod:`mmopt.codegen.packed_conv`, :mod:`mmopt.codegen.winograd`).
+"""
+
+from __future__ import annotations
+
+
+def tile_fits(rows: int, nv: int, registers: int) -> bool:
+    """Whether a ``rows x nv``-vector register tile fits the vector registers: ``rows * nv``
+    accumulators, the ``nv`` weight vectors of one reduction step, and one broadcast input."""
+    return rows * nv + nv + 1 <= registers
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` not above ``limit`` (1 at least)."""
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def pick_lanes(extent: int, lanes: int) -> int:
+    """The vector width (in lanes, at least 4) that divides ``extent``: ``lanes``, or a half or a
+    quarter of it; 1 when none does (scalar code)."""
+    for cand in (lanes, lanes // 2, lanes // 4):
+        if cand >= 4 and extent % cand == 0:
+            return cand
+    return 1
+
+
+def known_multiple(extent) -> int:
+    """The largest integer known to divide the symbolic ``extent`` (``32 * w_blocks``: 32; a
+    stride-2 convolution's output of it, ``(32 * w_blocks - 1) // 2 + 1``: 16); 1 when none."""
+    from tvm.sym import Analyzer  # TVM 0.27's arith analyzer
+
+    found = Analyzer().modular_set(extent)
+    return int(found.coeff) if int(found.base) == 0 and int(found.coeff) > 0 else 1
+
+
+#: loads (broadcasts and vector loads) a core starts per cycle: 2 on the x86 and Arm cores
+#: targeted (3 on Zen 3+, which only makes loads cheaper); the tile model assumes the lower
+_LOADS_PER_CYCLE = 2
+#: rows of a register tile at most: each row streams its own input row (a different cache line per
+#: reduction step); beyond 8 the hardware prefetchers fall behind (AVX-512, 14 x 2 against
+#: 8 x 2 tiles on ResNet-50's layers: up to 1.2x slower, never faster)
+_MAX_ROWS = 8
+
+
+def tile_efficiency(rows: int, nv: int, min_acc: int) -> float:
+    """Estimated fraction of the FMA peak a ``rows x nv`` register tile sustains per reduction
+    step. One step issues ``rows * nv`` FMAs, ``nv`` weight loads and ``rows`` input broadcasts;
+    each accumulator takes one FMA per step, so a step lasts at least one FMA latency. With
+    ``min_acc`` = FMA units x latency, the step takes ``max(acc, loads * units / loads_per_cycle,
+    min_acc)`` FMA slots of which ``acc`` do work."""
+    acc = rows * nv
+    units_per_load = min_acc / 4 / _LOADS_PER_CYCLE  # FMA units per load port (latency ~4)
+    return acc / max(acc, (rows + nv) * units_per_load, min_acc)
+
+
+def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
+                  min_acc: int = 8) -> tuple[int, int]:
+    """``(rows, nv)``: the default register tile of a contraction whose output has ``v_ext``
+    contiguous elements (vectorized by ``lanes``) and ``r_ext`` rows (None: no row axis).
+
+    Every tile that fits the registers (:func:`tile_fits`) and divides the extents exactly (no
+    predicated tails in the micro-kernel) is scored by :func:`tile_efficiency`; the best wins,
+    then the one with the most accumulators (each loaded weight and input is reused more), then
+    ``nv = 2``. Consequences: AVX2 (16 registers) takes 4 x 2 on 56- or 28-wide outputs, 2 x 4 on
+    14-wide and 7 x 1 on 7-wide ones (2 x 2 or 1 x 2 would leave the FMA units waiting on
+    their own latency); AVX-512 and NEON (32 registers) take up to 8 x 2 (:data:`_MAX_ROWS`).
+
+    The float weight packers (:mod:`mmopt.codegen.packed_conv`, :mod:`mmopt.codegen.winograd`)
+    call this with the same extents, so weights are laid out for the tile the schedule uses."""
+    vec = pick_lanes(v_ext, lanes)
+    if vec == 1:
+        nvs = [1]
+    else:
+        blocks = v_ext // vec
+        nvs = [n for n in (1, 2, 3, 4, 6, 8) if blocks % n == 0]
+    if r_ext is None or r_ext == 1:
+        if vec == 1:
+            return 1, 1
+        # GEMV-like (one output row): spend the registers on a wide row of vectors so that every
+        # cache line of the weight stream is used whole
+        return 1, largest_divisor(v_ext // vec, min(8, registers // 2))
+    best, best_key = (1, 1), None
+    for nv in nvs:
+        for rows in range(1, min(r_ext, _MAX_ROWS) + 1):
+            if r_ext % rows or not tile_fits(rows, nv, registers):
+                continue
+            key = (round(tile_efficiency(rows, nv, min_acc), 3), rows * nv, nv == 2, -nv)
+            if best_key is None or key > best_key:
+                best, best_key = (rows, nv), key
+    return best
+
+
+#: padding of a contraction's extent may waste at most this fraction of the work
+_MAX_PAD_WASTE = 0.125
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def pad_multiples(v_ext: int, r_ext: int | None, lanes: int, registers: int,
+                  min_acc: int = 8) -> tuple[int, int]:
+    """``(v_multiple, r_multiple)``: the multiples a contraction's innermost output extent
+    ``v_ext`` and row extent ``r_ext`` are padded to (1: not padded) before it is tiled.
+
+    Tiles divide the extents exactly (no predicates in the micro-kernel), so an extent without
+    a good divisor degrades the tile: a transformer with 197 tokens (prime) gets 1-row tiles,
+    which reload every weight vector for each row (memory-bound: 18 GFLOP/s on ViT-Tiny's MLP
+    on a core with a 117 GFLOP/s peak), and a 197-wide output gets scalar code (3 GFLOP/s on its
+    attention scores). Padding costs a copy of the padded operands and of the result, so:
+
+    * ``v_ext`` is padded to a multiple of ``lanes`` when it is not one of at least half of
+      ``lanes``, the padding wastes less than the narrower vectors would, and there are at least
+      16 rows to spread the padded operand's copy over (a single-row product would copy as much
+      as it computes);
+    * ``r_ext`` (at least 8) is padded when its exact tiles have fewer than 4 rows, to the multiple
+      of 4..8 rows whose register tile (:func:`register_tile` on the padded extents) does the
+      most useful work per FMA slot, wasting at most :data:`_MAX_PAD_WASTE`.
+    """
+    pad_v = 1
+    vec = pick_lanes(v_ext, lanes)
+    rows_ext = r_ext or 1
+    if vec < lanes and v_ext > lanes and rows_ext >= 16:
+        padded = round_up(v_ext, lanes)
+        if padded / v_ext - 1 <= _MAX_PAD_WASTE and v_ext / padded > vec / lanes:
+            pad_v = lanes
+    v_eff = round_up(v_ext, pad_v)
+    vec_eff = pick_lanes(v_eff, lanes)
+    pad_r = 1
+    if r_ext is not None and r_ext >= 8 and vec_eff > 1:
+        rows0, _nv = register_tile(v_eff, r_ext, vec_eff, registers, min_acc)
+        if rows0 < 4:
+            best_key = None
+            for m in range(_MAX_ROWS, 3, -1):
+                padded = round_up(r_ext, m)
+                if padded / r_ext - 1 > _MAX_PAD_WASTE:
+                    continue
+                rows, nv = register_tile(v_eff, padded, vec_eff, registers, min_acc)
+                if rows < 4:
+                    continue
+                key = (round(tile_efficiency(rows, nv, min_acc) * r_ext / padded, 3), rows * nv)
+                if best_key is None or key > best_key:
+                    pad_r, best_key = m, key
+    return pad_v, pad_r
+
+
+def rounded_rows(v_ext: int, r_ext: int, lanes: int, registers: int,
+                 min_acc: int = 8) -> int | None:
+    """The row tile a static row extent ``r_ext`` is rounded up to a multiple of (None: tiled
+    exact), for contractions that pad their rows themselves rather than through
+    :func:`pad_multiples` (a convolution reads ``x + kw``: no ``pad_einsum``; the packed
+    convolutions of :mod:`mmopt.codegen.packed_conv` compute the rounded-up width and crop).
+
+    Every rounded-up extent wasting at most :data:`_MAX_PAD_WASTE` is scored by its register
+    tile's :func:`tile_efficiency` times the useful fraction of the rows; the best one is taken
+    if it beats the exact extent's tile. AVX-512, 64 channels: 13 columns tile 1 x 4, 14 tile
+    7 x 2 (taken); AVX2 keeps 14 columns' 2 x 4 rather than 15's 5 x 2; a 26-wide map with 192
+    channels keeps its 2 x 6, which fills AVX-512's FMA units already."""
+    vec = pick_lanes(v_ext, lanes)
+    if vec == 1:
+        return None
+
+    def useful(rows_ext: int) -> tuple[float, int]:
+        rows, nv = register_tile(v_ext, rows_ext, vec, registers, min_acc)
+        return tile_efficiency(rows, nv, min_acc) * r_ext / rows_ext, rows
+
+    best, best_useful = None, useful(r_ext)[0]
+    for padded in range(r_ext + 1, int(r_ext * (1 + _MAX_PAD_WASTE)) + 1):
+        value, rows = useful(padded)
+        if value > best_useful + 1e-9 and round_up(r_ext, rows) == padded:
+            best, best_useful = rows, value
+    return best
