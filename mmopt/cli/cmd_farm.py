@@ -104,7 +104,7 @@ def tracker_cmd(host, port, farm_secret, insecure):
 @click.option("--port", type=click.IntRange(1, 65535), default=9090, show_default=True,
               help="First port to try (the next free one up to 9199 is used).")
 @click.option("--threads", type=click.IntRange(1), help="Threads a model may use on this device "
-              "(TVM_NUM_THREADS). [default: TVM's choice, the physical cores]")
+              "(TVM_NUM_THREADS). [default: this machine's physical cores]")
 @click.option("--quiet", is_flag=True, help="Do not log each session.")
 @_listen_options
 @click.option("--advertise", metavar="HOST", help="Address the tracker gives clients for this "

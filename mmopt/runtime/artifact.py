@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmopt.errors import MmoptError, summarize
+from mmopt.runtime.threads import default_thread_count
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ FORMAT_VERSION = 1
 # threads are what onnxruntime uses too. Set TVM_BIND_THREADS=1 to pin anyway. This must happen
 # before TVM's thread pool starts (the first parallel kernel), hence at import.
 os.environ.setdefault("TVM_BIND_THREADS", "0")
+# As many as the physical cores, not TVM's default of half the logical CPUs (mmopt.runtime.threads).
+default_thread_count()
 
 
 @dataclass

@@ -384,6 +384,10 @@ def serve_device(tracker: tuple[str, int], key: str, host: str = DEFAULT_HOST,
     check_listen(host, secret, insecure, "device")
     if threads:
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
+    else:
+        from mmopt.runtime.threads import default_thread_count
+
+        default_thread_count()  # the physical cores, as a model deployed here gets
     if secret is None:
         device_server.serve(tracker, key, host, port, port_end, quiet)  # exits the process
         return 0

@@ -90,7 +90,7 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
         # Time with the threads a deployed model gets (mmopt bench, the speed suite: the physical
         # cores), not TVM's default (half the logical cores on x86). Read when TVM's thread pool
         # starts in this process, so set before anything runs.
-        from mmopt.tuning.workers import local_cores
+        from mmopt.runtime.threads import local_cores
 
         os.environ["TVM_NUM_THREADS"] = str(local_cores())
     resolved: list = []

@@ -71,11 +71,11 @@ from mmopt.tuning.tune_report import (
     TaskState,
     TuneReport,
 )
+from mmopt.runtime.threads import local_cores
 from mmopt.tuning.tune_run import TuneRun
 from mmopt.tuning.workers import (
     device_facts,
     load_tensor_intrinsics,
-    local_cores,
     make_builder,
     measuring_threads,
     session_function,

@@ -106,15 +106,6 @@ def device_facts(address: tuple[str, int], key: str, wait_s: float,
         return None, {}
 
 
-def local_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def measuring_threads(count: int | None):
     """Measure with ``count`` threads: candidates run in worker processes started from here, and

@@ -139,8 +139,9 @@ MMOPT_API const char *mmopt_last_error(void);
 MMOPT_API size_t mmopt_dtype_size(mmopt_dtype dtype);
 
 /*!
- * \brief Number of worker threads TVM's kernels use (sets TVM_NUM_THREADS; default: TVM's choice,
- * one per core). Takes effect in threads that have not yet run a model: call it before the first
+ * \brief Number of worker threads TVM's kernels use (sets TVM_NUM_THREADS; default: one per
+ * physical core this process may run on, unless TVM_NUM_THREADS or OMP_NUM_THREADS is set).
+ * Takes effect in threads that have not yet run a model: call it before the first
  * mmopt_model_run(). n must be >= 1.
  */
 MMOPT_API int mmopt_set_num_threads(int n);

@@ -39,6 +39,7 @@
 
 #include <elf.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -50,6 +51,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <set>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -500,10 +502,40 @@ constexpr size_t kRecentCalls = 8;
 
 std::mutex g_open_mutex;  // module loading touches TVM's global registries
 
+// Physical cores this process may run on (0: unknown): distinct (package, core) pairs of the CPUs
+// in its affinity mask, from Linux's sysfs topology.
+int PhysicalCores() {
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return 0;
+  std::set<std::pair<int, int>> cores;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    auto topology = [cpu](const char* what) {
+      std::ifstream in("/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/" + what);
+      int value = -1;
+      in >> value;
+      return value;
+    };
+    int core = topology("core_id");
+    cores.insert(core < 0 ? std::make_pair(-1, cpu)
+                          : std::make_pair(topology("physical_package_id"), core));
+  }
+  return static_cast<int>(cores.size());
+}
+
 // TVM pins worker threads to cores unless told not to; mmopt's Python loader unpins them (a pinned
-// worker on a busy core stalls every parallel kernel). Same default here, set once when the
+// worker on a busy core stalls every parallel kernel). And TVM's default thread count is half the
+// logical CPUs on x86 (it assumes two hardware threads per core): half the cores of a machine
+// without SMT. Same defaults here as in Python (mmopt.runtime.threads): unpinned, one thread per
+// physical core unless TVM_NUM_THREADS or OMP_NUM_THREADS says otherwise. Set once when the
 // library is loaded (setenv is not safe while other threads read the environment).
-__attribute__((constructor)) void DefaultThreadBinding() { setenv("TVM_BIND_THREADS", "0", 0); }
+__attribute__((constructor)) void DefaultThreads() {
+  setenv("TVM_BIND_THREADS", "0", 0);
+  if (getenv("TVM_NUM_THREADS") == nullptr && getenv("OMP_NUM_THREADS") == nullptr) {
+    int cores = PhysicalCores();
+    if (cores > 0) setenv("TVM_NUM_THREADS", std::to_string(cores).c_str(), 0);
+  }
+}
 
 }  // namespace
 

@@ -133,6 +133,8 @@ int main(int argc, char **argv) {
   strip_suffix(prefix);
   const char *work = argv[2];
   printf("%s\n", mmopt_runtime_version());
+  /* the thread count the library chose when it was loaded (the physical cores, unless set) */
+  printf("threads %s\n", getenv("TVM_NUM_THREADS") ? getenv("TVM_NUM_THREADS") : "(unset)");
 
   /* --- opening -------------------------------------------------------------------------- */
   mmopt_model *m = NULL;
