@@ -15,8 +15,8 @@ DEFAULT_RTOL = 1e-4
 #: own fused int8 execution differs from its plain QDQ execution by up to 4 steps on MobileNetV2.
 QDQ_TOLERANCE_STEPS = 8
 #: quantized models: a rounding flip amplified by the float arithmetic after it can exceed the
-#: step tolerance at a few elements (a YOLOv8 head decodes box sizes by ``exp``-free distances
-#: times its stride, 32 at the coarsest level: 1 element of 705,600 at 12 steps, measured), so
+#: step tolerance at a few elements (a YOLOv8 head turns its distance bins into pixels by
+#: multiplying by its stride, 32 at the coarsest level: 1 element of 705,600 at 12 steps), so
 #: up to this fraction of an output's elements (at least one) may lie beyond the tolerance, by at
 #: most :data:`QDQ_OUTLIER_FACTOR` times it; the report counts them. A wrong kernel moves whole
 #: rows, columns or channels: far more elements than this.

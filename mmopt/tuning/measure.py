@@ -4,7 +4,6 @@ compiled with and without a tuning database (locally, or on a farm device)."""
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,13 +85,13 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
     from mmopt.tuning.database import open_database
 
     tgt = _targets.get(target)
-    if not farm and "TVM_NUM_THREADS" not in os.environ:
-        # Time with the threads a deployed model gets (mmopt bench, the speed suite: the physical
-        # cores), not TVM's default (half the logical cores on x86). Read when TVM's thread pool
-        # starts in this process, so set before anything runs.
-        from mmopt.runtime.threads import local_cores
+    if not farm:
+        # Time with the threads a deployed model gets (the physical cores), not TVM's default
+        # (half the logical cores on x86). Read when TVM's thread pool starts in this process, so
+        # set before anything runs.
+        from mmopt.runtime.threads import default_thread_count
 
-        os.environ["TVM_NUM_THREADS"] = str(local_cores())
+        default_thread_count()
     resolved: list = []
     mod, reference = relax_module(model, input_shapes, opt_level, dims=dims, buckets=buckets,
                                   resolved=resolved)

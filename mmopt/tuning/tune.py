@@ -44,6 +44,7 @@ from mmopt import targets as _targets
 from mmopt.codegen.options import CodegenOptions, differences
 from mmopt.errors import MmoptError
 from mmopt.passes import DEFAULT_LEVEL
+from mmopt.runtime.threads import local_cores
 from mmopt.tuning import farm as _farm
 from mmopt.tuning.bucket_tasks import bucket_tasks
 from mmopt.tuning.database import (
@@ -71,7 +72,6 @@ from mmopt.tuning.tune_report import (
     TaskState,
     TuneReport,
 )
-from mmopt.runtime.threads import local_cores
 from mmopt.tuning.tune_run import TuneRun
 from mmopt.tuning.workers import (
     device_facts,
