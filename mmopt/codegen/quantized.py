@@ -474,7 +474,7 @@ def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes, operand_d
     Data of another type than ``operand_dtype`` is widened first (:data:`WIDEN_BLOCK`)."""
     from tvm import te
 
-    n, h, w, _ = (int(d) for d in data.shape)
+    n, h, w = data.shape[:3]  # batch, height, width may be symbolic (a dynamic model)
     _, kh, kw, icb, _, k = (int(d) for d in packed.shape)
     if str(data.dtype) != operand_dtype:
         source = data

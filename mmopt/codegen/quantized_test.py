@@ -410,3 +410,23 @@ def test_float_model_records_no_int8_kernels(tmp_path):
         result = mmopt.compile(_float_model(8, 16), "x86-avx2", tmp_path / "f")
     assert result.verification.passed
     assert kernels == []
+
+
+def test_quantized_model_with_dynamic_height_and_width_compiles(tmp_path):
+    """A QDQ model whose height and width are symbolic (``--dim``): its 1x1 integer convolution
+    is packed for the dot-product kernels with a symbolic output size (compile failed before:
+    the packed convolution read the data shape as integers), and it verifies at every size."""
+    import mmopt
+    from mmopt.ir.dims import parse_dim_option
+    from mmopt.quantize import quantize
+
+    model = _depthwise_relu_model(32, 28)
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.random((1, 32, 28, 28), dtype=np.float32)} for _ in range(4)]
+    qdq, _ = quantize(model, calib, method="minmax", weight_bits=7)
+    for value in list(qdq.graph.input) + list(qdq.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "h", "w"
+    result = mmopt.compile(qdq, "x86-avx2", tmp_path / "dyn",
+                           dims=[parse_dim_option("h=16..64:8"), parse_dim_option("w=16..64:8")])
+    assert result.verification.passed and len(result.verification.runs) >= 3
