@@ -21,7 +21,7 @@ import numpy as np
 
 from mmopt.codegen.cpu_schedules import static_extent, symbolic_tile
 from mmopt.codegen.register_tiles import known_multiple, pick_lanes, register_tile, rounded_rows
-from mmopt.codegen.relax_util import rewrite_dense_nhwc_convs, tensor_dtype
+from mmopt.codegen.relax_util import conv_output_size, rewrite_dense_nhwc_convs, tensor_dtype
 
 #: block name of the packed float convolution
 PACKED_BLOCK = "mmopt_conv2d_nhwc_packed"
@@ -61,8 +61,7 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
     hp, wp = h + top + bottom, w + left + right
-    oh = (hp - (kh - 1) * dh - 1) // sh + 1
-    ow = (wp - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = conv_output_size(hp, kh, sh, dh), conv_output_size(wp, kw, sw, dw)
     symbolic_rows = rows is not None and rows > 1
     ow_padded = (ow + rows - 1) // rows * rows if symbolic_rows else ow
     if any(padding):

@@ -48,6 +48,7 @@ from mmopt.codegen.register_tiles import largest_divisor
 from mmopt.codegen.relax_util import (
     bindings,
     const_array,
+    conv_output_size,
     module_uses,
     op_name,
     pattern_pass,
@@ -481,8 +482,7 @@ def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes, operand_d
         data = te.compute(source.shape, lambda *i: source(*i).astype(operand_dtype),
                           name=WIDEN_BLOCK)
     (sh, sw), (dh, dw) = strides, dilation
-    oh = (h - (kh - 1) * dh - 1) // sh + 1
-    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = conv_output_size(h, kh, sh, dh), conv_output_size(w, kw, sw, dw)
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
     rc = te.reduce_axis((0, icb), "rc")

@@ -119,6 +119,13 @@ def hwio_weight(expr, lookup):
     return None
 
 
+def conv_output_size(extent, kernel: int, stride: int, dilation: int):
+    """Output extent of a convolution over an (already padded) input ``extent``, which may be
+    symbolic: ``(extent - (kernel - 1) * dilation - 1) // stride + 1``. For the TE convolutions
+    the rewrites below emit."""
+    return (extent - (kernel - 1) * dilation - 1) // stride + 1
+
+
 def rewrite_dense_nhwc_convs(mod, rewrite):
     """Apply ``rewrite(call, hwio_weight_array, block_builder) -> expr | None`` to every NHWC/HWIO
     ``conv2d`` with ``groups == 1`` and constant weights in ``mod`` (None keeps the call)."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmopt.codegen.relax_util import rewrite_nhwc_convs, tensor_dtype
+from mmopt.codegen.relax_util import conv_output_size, rewrite_nhwc_convs, tensor_dtype
 
 #: activation dtypes whose grouped convolutions are rewritten: the centered activation of a
 #: quantized depthwise convolution (:mod:`mmopt.codegen.quantized`)
@@ -57,8 +57,8 @@ def _grouped_conv_te(data, weight, strides, padding, dilation, groups: int, out_
 
         data = te.compute((n, h + top + bottom, w + left + right, data.shape[3]), pad,
                           name="pad_temp")
-    oh = (data.shape[1] - (kh - 1) * dh - 1) // sh + 1
-    ow = (data.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    oh = conv_output_size(data.shape[1], kh, sh, dh)
+    ow = conv_output_size(data.shape[2], kw, sw, dw)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     rc = te.reduce_axis((0, icg), "rc")
@@ -79,7 +79,7 @@ def select_padding():
     def rewrite(call, w, builder):
         attrs = call.attrs
         out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
-        if tensor_dtype(call.args[0]) not in _INTEGER_INPUTS or out_dtype not in ("int32",):
+        if tensor_dtype(call.args[0]) not in _INTEGER_INPUTS or out_dtype != "int32":
             return None
         return builder.call_te(
             _grouped_conv_te, call.args[0], relax.const(np.ascontiguousarray(w)),

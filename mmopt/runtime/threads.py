@@ -12,23 +12,33 @@ count, so records are timed as the deployed model runs.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def local_cores() -> int:
-    """Physical cores of this machine that this process may run on (at least 1): psutil's count
-    of physical cores, capped by the CPUs of this process's affinity mask (a container's cpuset,
-    ``taskset``)."""
+    """Physical cores this process may run on (at least 1): the distinct (package, core) pairs of
+    the CPUs in its affinity mask (a container's cpuset, ``taskset``), from Linux's sysfs
+    topology, as the native library counts them; elsewhere psutil's physical cores."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        allowed = None
+    if allowed:
+        cores = set()
+        for cpu in allowed:
+            topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            try:
+                cores.add((int((topology / "physical_package_id").read_text()),
+                           int((topology / "core_id").read_text())))
+            except (OSError, ValueError):  # no topology: count the CPU itself
+                cores.add((-1, cpu))
+        return len(cores)
     try:
         import psutil
 
-        physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except ImportError:
-        physical = os.cpu_count() or 1
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        allowed = physical
-    return max(1, min(physical, allowed))
+        return os.cpu_count() or 1
 
 
 def default_thread_count() -> None:
