@@ -50,9 +50,13 @@ def _grouped_conv_te(data, weight, strides, padding, dilation, groups: int, out_
         source = data
 
         def pad(b, y, x, c):
-            inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left)
             yy = tirx.max(tirx.min(y - top, h - 1), 0)
             xx = tirx.max(tirx.min(x - left, w - 1), 0)
+            # "inside" stated through the clamped indices: TVM's simplifier rewrites a select's
+            # true value under its condition, and with the condition written as bounds on y and
+            # x it proved the clamps redundant and removed them -- a plain (unmasked) load then
+            # read outside the tensor at the borders (AVX2 blends; segfault at a page edge)
+            inside = tirx.all(yy == y - top, xx == x - left)
             return tirx.Select(inside, source[b, yy, xx, c], tirx.const(0, data.dtype))
 
         data = te.compute((n, h + top + bottom, w + left + right, data.shape[3]), pad,

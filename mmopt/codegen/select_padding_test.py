@@ -109,3 +109,73 @@ def test_quantized_depthwise_kernel_has_no_padding_branch():
     assert kernels
     for text in kernels:
         assert "T.Select" in text and "if_then_else" not in text
+
+
+_GUARDED_RUN = r'''
+import ctypes, mmap, re, sys
+import numpy as np
+import tvm
+
+lib = tvm.runtime.load_module(sys.argv[1])
+head = open(sys.argv[2]).read()
+page = mmap.PAGESIZE
+args = []
+for i, (dims, dtype) in enumerate(re.findall(r'T\.Buffer\(\(([^"]*?)\), "(\w+)"\)', head)):
+    shape = [int(d) for d in re.findall(r"T\.int64\((\d+)\)", dims)]
+    if i == 0:  # the int16 activation, filling whole pages between two inaccessible ones
+        count = int(np.prod(shape))
+        size = count * np.dtype(dtype).itemsize
+        assert size % page == 0, size
+        region = mmap.mmap(-1, size + 2 * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+        libc = ctypes.CDLL(None)
+        for start in (base, base + page + size):
+            assert libc.mprotect(ctypes.c_void_p(start), page, 0) == 0  # PROT_NONE
+        data = np.frombuffer(region, dtype, count, page).reshape(shape)
+        data[...] = np.random.default_rng(0).integers(-255, 256, shape)
+        args.append(tvm.runtime.from_dlpack(data))
+    else:
+        args.append(tvm.runtime.tensor(np.zeros(shape, dtype)))
+lib["main"](*args)
+print("ok")
+'''
+
+
+def test_padded_reads_stay_inside_the_tensor(tmp_path):
+    """Regression: TVM's simplifier used the select's condition to drop the index clamps, and
+    the AVX2 kernel (a blend, no masked load) then read a row before and after the activation:
+    the PP-OCR detector's int8 x86-avx2 artifact segfaulted. The scheduled kernel now runs with
+    its input between two inaccessible pages (in a child process: a fault fails the test)."""
+    import subprocess
+    import sys
+
+    import tvm
+
+    from mmopt.codegen import pipeline
+    from mmopt.codegen.quantized_test import _depthwise_relu_model
+    from mmopt.codegen.relax_import import to_relax
+    from mmopt.quantize import quantize
+    from mmopt.targets import get
+
+    target = get("x86-avx2")
+    if not target.runs_here():
+        pytest.skip("x86-avx2 cannot run here")
+    model = _depthwise_relu_model(32, 16)  # 16 x 16 x 32 int16: exactly four 4 KiB pages
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.random((1, 32, 16, 16), dtype=np.float32)} for _ in range(4)]
+    qdq, _ = quantize(model, calib, method="minmax", weight_bits=7)
+    with target.tvm_target():
+        mod = tvm.transform.Sequential(
+            pipeline._layout(target) + pipeline._legalize(target, pipeline.CodegenOptions())  # noqa: SLF001
+            + pipeline._schedule_cpu())(to_relax(qdq))  # noqa: SLF001
+    (kernel,) = [mod[g] for g in mod.functions if isinstance(mod[g], tvm.tirx.PrimFunc)
+                 and "group_conv2d_nhwc" in mod[g].script()]
+    kernel = kernel.with_attr("global_symbol", "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": kernel}), target=target.tvm_target())
+    lib.export_library(str(tmp_path / "kernel.so"))
+    (tmp_path / "head.txt").write_text(kernel.script().split("def main(")[1].split(":\n")[0])
+    (tmp_path / "run.py").write_text(_GUARDED_RUN)
+    done = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "kernel.so"),
+                           str(tmp_path / "head.txt")], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
