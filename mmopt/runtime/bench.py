@@ -292,8 +292,14 @@ def time_engines(engines: list[tuple[str, str]], feeds: dict[str, np.ndarray], *
     ctx = mp.get_context("spawn")
     workers = []
 
-    def expect(engine, conn, kind):
-        status, payload = conn.recv()
+    def expect(engine, conn, kind, proc):
+        try:
+            status, payload = conn.recv()
+        except EOFError:  # the worker died (a crash in the engine): say so instead of waiting
+            proc.join(timeout=10)
+            raise MmoptError(f"benchmark of {engine} failed: its process died (exit code "
+                             f"{proc.exitcode}; a negative code is the signal, -11 a "
+                             "segmentation fault)") from None
         if status == "error":
             raise MmoptError(f"benchmark of {engine} failed: {payload}")
         if status != kind:
@@ -309,20 +315,21 @@ def time_engines(engines: list[tuple[str, str]], feeds: dict[str, np.ndarray], *
                 proc = ctx.Process(target=_worker, args=(engine, str(target), inputs_path,
                                                          threads, warmup, child))
                 proc.start()
+                child.close()  # the worker's end: a worker that dies then ends recv() with EOF
                 workers.append((engine, proc, parent))
-                expect(engine, parent, "ready")
+                expect(engine, parent, "ready", proc)
             seconds: list[list[float]] = [[] for _ in workers]
             rounds = max(1, min(rounds, repeat))
             blocks = [repeat // rounds + (1 if i < repeat % rounds else 0) for i in range(rounds)]
             for block in blocks:
-                for i, (engine, _proc, conn) in enumerate(workers):
+                for i, (engine, proc, conn) in enumerate(workers):
                     time.sleep(_SETTLE_S)
                     conn.send(block)
-                    seconds[i] += expect(engine, conn, "ok")
+                    seconds[i] += expect(engine, conn, "ok", proc)
             memory = []
-            for engine, _proc, conn in workers:
+            for engine, proc, conn in workers:
                 conn.send(None)
-                memory.append(expect(engine, conn, "done"))
+                memory.append(expect(engine, conn, "done", proc))
         finally:
             for _engine, proc, _conn in workers:
                 proc.join(timeout=10)

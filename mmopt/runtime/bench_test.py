@@ -68,3 +68,36 @@ def test_the_vm_workspace_is_reported_for_mmopt_only(timings):
     # the big model's output is 1 x 16384 float32 = 64 KiB: the VM's storage for it
     assert timings["mmopt big"].workspace_mb == pytest.approx(16384 * 4 / 2**20)
     assert timings["onnxruntime big"].workspace_mb is None
+
+
+def _dying_worker(engine, target, inputs_path, threads, warmup, conn):  # noqa: ARG001
+    """A benchmark worker whose engine crashes while loading (what a segfaulting artifact does)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_crashing_engine_fails_the_benchmark_instead_of_hanging(monkeypatch):
+    """The parent waited forever on a worker that had died (its own copy of the worker's pipe end
+    kept the pipe open); now it reports the signal."""
+    import threading
+
+    from mmopt.errors import MmoptError
+    from mmopt.runtime import bench
+
+    monkeypatch.setattr(bench, "_worker", _dying_worker)  # spawn pickles it by reference
+    outcome = {}
+
+    def run():
+        try:
+            bench.time_engines([("mmopt", "unused.so")], {"x": np.zeros(1, np.float32)},
+                               threads=1, warmup=0, repeat=1)
+        except MmoptError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "time_engines still waiting on a dead worker"
+    assert "died" in outcome.get("error", "") and "-11" in outcome["error"], outcome
