@@ -18,6 +18,8 @@ neither op has layout inference, ConvertLayout wraps each of them in NHWC<->NCHW
   ``int16(xq) - zx`` instead, with the convolution's own zero padding: no padding kernel, no
   correction. ``matmul`` (ONNX MatMul/Gemm with constant weights) becomes a 1x1 NHWC integer
   convolution over the rows of ``x``, so it shares the convolution kernels.
+* ``max_pool2d`` of a dequantized tensor pools the integers and dequantizes after (exact: the
+  maximum commutes with a monotone dequantization);
 * activation ``quantize``/``dequantize`` (per-tensor) become element-wise arithmetic
   (``saturate(round(x * (1/s)) + z)``, ``(x - z) * s``), which propagates any layout and fuses
   into the neighbouring kernels: a convolution's output is quantized in its write-back, and uint8
@@ -244,9 +246,29 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
             correction = zx * w.astype(np.int64).sum(axis=0)
             return self._rescale(acc, correction, sx * sw, (n,))
 
+        def _integer_max_pool(self, call):
+            """``max_pool2d(dequantize(xq))`` -> ``dequantize(max_pool2d(xq))``: dequantization
+            with a positive per-tensor scale is monotone, so the maximum commutes with it exactly
+            (the pool's padding is the type's minimum either way: -inf in float, 0 / -128 in the
+            integer type, neither of which can win against a real element). The pool then reads
+            the 8-bit tensor instead of its float32 copy (4x less memory traffic), and the
+            dequantize fuses into the pool's write-back (with the next quantize: the same
+            scale and zero point give back the integers exactly)."""
+            act = self._activation(call.args[0])
+            if act is None or act[1] <= 0:
+                return None
+            deq = self._bound(call.args[0])
+            pooled = self.builder_.emit(relax.Call(call.op, [self.visit_expr(act[0])], call.attrs))
+            return self._activation_qdq(relax.op.dequantize(
+                pooled, deq.args[1], deq.args[2], int(deq.attrs.axis), str(deq.attrs.out_dtype)))
+
         def visit_call_(self, call):
             # the integer conv looks at the original operands (their dequantize calls), before
             # those are rewritten to arithmetic
+            if op_name(call) == "relax.nn.max_pool2d":
+                new = self._integer_max_pool(call)
+                if new is not None:
+                    return new
             if op_name(call) in ("relax.nn.conv2d", "relax.matmul"):
                 rewrite = (self._integer_conv if op_name(call) == "relax.nn.conv2d"
                            else self._integer_matmul)

@@ -152,6 +152,51 @@ def test_integer_conv_matches_onnxruntime(case, target_name, tmp_path):
     assert worst <= 2.0 + 1e-3, worst
 
 
+def _conv_pool_model(pads, kernel=3, stride=2) -> onnx.ModelProto:
+    """Conv(3x3) -> Relu -> MaxPool -> Conv(1x1): ResNet's stem and YOLO's SPPF pools."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((16, 16, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[kernel, kernel],
+                         strides=[stride, stride], pads=pads),
+        helper.make_node("Conv", ["p", "w2"], ["y"], kernel_shape=[1, 1]),
+    ]
+    out = (12 + pads[0] + pads[2] - kernel) // stride + 1
+    graph = helper.make_graph(
+        nodes, "qpool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, out, out])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+@pytest.mark.parametrize("pads,kernel,stride", [([1] * 4, 3, 2), ([2] * 4, 5, 1), ([0] * 4, 2, 2)])
+def test_max_pool_of_quantized_tensor_pools_integers(pads, kernel, stride, activations, tmp_path):
+    """MaxPool between QDQ pairs reads the 8-bit tensor (not a float32 copy) and matches the QDQ
+    reference exactly (the maximum commutes with the monotone dequantization; padded positions
+    never win, including for int8 activations whose padding is -128)."""
+    import mmopt
+
+    qdq = _quantized(_conv_pool_model(pads, kernel, stride), activations)
+    text = _lowered(qdq).script(show_meta=False)
+    pools = [line for line in text.splitlines() if "R.nn.max_pool2d(" in line
+             or "max_pool2d" in line and "call_tir" in line]
+    assert pools, text
+    assert not any('"float32"' in line for line in pools), pools
+    assert all(f'"{activations}"' in line for line in pools), pools
+    result = mmopt.compile(qdq, "x86", tmp_path / "pool")
+    assert result.verification.passed
+    rng = np.random.default_rng(5)
+    step = _output_step(qdq)
+    for _ in range(3):
+        x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+        ours = mmopt.load(result.library)(x=x)["y"]
+        assert np.abs(ours - _plain_ort(qdq, {"x": x})).max() / step <= 2.0 + 1e-3
+
+
 def test_requantization_is_one_multiply_add_per_channel():
     """After the layout stage every output quantization rounds ``float(acc) * k + c`` (per-channel
     constants, mmopt.codegen.requantize): no separate dequantizing multiply is left before it."""
