@@ -121,9 +121,10 @@ def _layout(target: Target, options: CodegenOptions | None = None):
             passes.append(pack_float_convs(max(4, facts.lanes), facts.vector_registers,
                                            options.winograd))
     if target.device == "cpu" and options.lookup_tables:
+        from mmopt.codegen.byte_lookup import byte_tables_pay
         from mmopt.codegen.quantized_lut import lookup_tables
 
-        passes.append(lookup_tables())
+        passes.append(lookup_tables(byte_tables=byte_tables_pay(target.tvm_target())))
     return passes
 
 

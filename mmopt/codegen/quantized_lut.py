@@ -23,7 +23,9 @@ Exactness: the tables are computed by TVM from the same Relax operators, compile
 ``llvm`` host target, one operator after the other in float32 (no fused multiply-add across
 operators), which is what the QDQ reference execution does; the compiled chain could only differ
 from that by a contraction LLVM chose. Tables are stored as int32 (integer results) or float32 and
-cast back, so the vectorized read is a 32-bit gather.
+cast back, so the vectorized read is a 32-bit gather; on CPUs with byte permutes (AVX-512 VBMI)
+integer tables are stored as 256 bytes plus a constant and read with ``vpermi2b`` instead
+(:mod:`mmopt.codegen.byte_lookup`).
 
 Only chains of at least :data:`MIN_OPS` operators are replaced: a table read costs about as much as
 a dozen vector operations, so a plain requantization (``astype``, ``subtract``, ``multiply``,
@@ -179,9 +181,9 @@ def _evaluate(func, chains, ends) -> list[np.ndarray]:
 TABLE_READ = "mmopt_table_read"
 
 
-def _read_table(table, q, dtype):
-    """``table[q - min(dtype of q)]`` cast to ``dtype``, element by element (indices in range by
-    construction: ``q`` is 8-bit and the table has 256 entries)."""
+def _read_table(table, q, dtype, bias=0):
+    """``table[q - min(dtype of q)] + bias`` cast to ``dtype``, element by element (indices in
+    range by construction: ``q`` is 8-bit and the table has 256 entries)."""
     from tvm import te
 
     offset = BYTE_TYPES[str(q.dtype)]
@@ -189,6 +191,8 @@ def _read_table(table, q, dtype):
     def read(*i):
         index = q(*i).astype("int32") + offset if offset else q(*i).astype("int32")
         value = table[index]
+        if bias:
+            return (value.astype("int32") + bias).astype(dtype)
         return value if str(value.dtype) == dtype else value.astype(dtype)
 
     return te.compute(q.shape, read, name=TABLE_READ)
@@ -215,9 +219,26 @@ def mark_elementwise():
     return _pass
 
 
-def lookup_tables():
+def _byte_table(table: np.ndarray):
+    """``(bytes, bias)`` with ``bytes + bias == table`` for an integer table whose values span at
+    most 256 consecutive integers (uint8 or int8 storage), else None."""
+    if not np.issubdtype(table.dtype, np.integer) and not np.all(table == np.round(table)):
+        return None
+    lo, hi = int(table.min()), int(table.max())
+    if 0 <= lo and hi <= 255:
+        return table.astype(np.uint8), 0
+    if -128 <= lo and hi <= 127:
+        return table.astype(np.int8), 0
+    if hi - lo <= 255:
+        return (table.astype(np.int64) - lo).astype(np.uint8), lo
+    return None
+
+
+def lookup_tables(byte_tables: bool = False):
     """The Relax module pass described in the module docstring (runs after ``lower_qdq`` and the
-    layout passes, before legalization)."""
+    layout passes, before legalization). ``byte_tables``: store tables of integer results as
+    8-bit entries (plus a constant) where they fit, for targets that read them with register
+    permutes (:mod:`mmopt.codegen.byte_lookup`); elsewhere 32-bit entries, read by gathers."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -236,8 +257,10 @@ def lookup_tables():
             source, table = found
             dtype = str(binding.var.ty.dtype)
             stored = "float32" if dtype.startswith("float") else "int32"
+            packed = _byte_table(table) if byte_tables and stored == "int32" else None
+            entries, bias = packed if packed is not None else (table.astype(stored), 0)
             new = self.builder_.emit(self.builder_.call_te(
-                _read_table, relax.const(table.astype(stored)), self.visit_expr(source), dtype,
+                _read_table, relax.const(entries), self.visit_expr(source), dtype, bias,
                 primfunc_name_hint=TABLE_READ))
             self.set_var_remap(binding.var, new)
 
