@@ -16,9 +16,11 @@ registers by an index vector: ``vpermi2b(t0, i, t1)`` returns, in each of 64 lan
     out = select(i >= 128, hi, lo)                         # the index's top bit (a mask register)
 
 five instructions instead of a gather, exact (it reads the same bytes). :func:`byte_table_reads` is a
-TIR pass that runs after vectorization and rewrites every vector read of a 256-entry 8-bit buffer
-at a computed index into that sequence; narrower vectors (8, 16, 32 lanes) are widened to 64 by
-repeating them and narrowed back after. Targets without VBMI keep the gather, and the lookup
+TIR pass that runs after TVM's lowering (vectorization included) and rewrites every vector read of
+a 256-entry 8-bit buffer at a computed index into that sequence; narrower vectors (8, 16, 32
+lanes) are widened to 64 by repeating them and narrowed back after. A read TVM left in a scalar
+loop is not rewritten (LLVM then vectorizes it with scalar byte loads: correct, slower); for the
+requantizing write-backs that read tables, :func:`register_pipeline` makes sure TVM vectorizes. Targets without VBMI keep the gather, and the lookup
 tables keep 32-bit entries there (:func:`byte_tables_pay`); ``quantized_lut`` stores 8-bit
 tables only where this pass will read them.
 """
@@ -75,97 +77,13 @@ def _permute(indices, buffer, lanes: int):
     return picked if lanes == PERMUTE_LANES else tirx.Shuffle([picked], list(range(lanes)))
 
 
-def _table_loads(stmt) -> list:
-    import tvm
-    import tvm_ffi
-    from tvm import tirx
-
-    found = []
-
-    def look(load):
-        if (isinstance(load.source, tirx.Buffer) and _is_table(load.source)
-                and len(load.indices) == 1):
-            found.append(load)
-
-    tvm_ffi.structural_walk(stmt, [(tvm.ir.TensorLoad, look)])
-    return found
-
-
-def _vectorized(stmt):
-    """``stmt`` (a loop marked vectorized) after TVM's own loop vectorizer, or None when it left
-    the loop scalar."""
-    import tvm
-    from tvm import tirx
-
-    func = tirx.PrimFunc([], stmt)
-    out = tvm.tirx.transform.VectorizeLoop(True)(tvm.IRModule({"main": func}))["main"].body
-    return None if isinstance(out, tirx.For) else out
-
-
-def _split_loop(loop):
-    """``for v in range(L): out[..v..] = f(table[g(v)])`` (a loop TVM's vectorizer left scalar
-    because of the table read) -> one vector statement: ``out[..ramp..] = f(permute(g(ramp)))``,
-    where ``f`` and ``g`` are vectorized by TVM's vectorizer. None when ``loop`` is not of that
-    form or a part does not vectorize."""
-    import tvm
-    import tvm_ffi
-    from tvm import tirx
-
-    lanes = getattr(loop.extent, "value", None)
-    if (int(loop.kind) != int(tirx.ForKind.SERIAL) or getattr(loop.min, "value", None) != 0
-            or lanes not in (8, 16, 32, 64) or not isinstance(loop.body, tirx.BufferStore)):
-        return None
-    loads = _table_loads(loop.body)
-    if len(loads) != 1 or _table_loads(loop.body.indices[0]) or any(
-            _table_loads(i) for i in loads[0].indices):
-        return None
-    (load,) = loads
-    table = load.source
-    var = loop.loop_var
-    # g over the lanes: vectorize a store of it into a scratch buffer, then take the value
-    scratch = tirx.decl_buffer((lanes,), "int8", name="mmopt_table_index")
-    lane = tirx.Var("lane", var.ty.dtype)
-    index = tvm_ffi.structural_map(load.indices[0], [
-        (tirx.Var, lambda v: lane if v.same_as(var) else v)])
-    indices = _vectorized(tirx.For(lane, loop.min, loop.extent, tirx.ForKind.VECTORIZED,
-                                   tirx.BufferStore(scratch, tirx.Cast("int8", index), [lane])))
-    if not isinstance(indices, tirx.BufferStore):
-        return None
-    picked = _permute(indices.value, table, lanes)
-    if str(table.dtype) != "int8":
-        picked = tirx.Cast(f"{table.dtype}x{lanes}", picked)
-    # f over the lanes, reading the looked-up bytes from a placeholder buffer, then substituted
-    values = tirx.decl_buffer((lanes,), str(table.dtype), name="mmopt_table_value")
-    body = tvm_ffi.structural_map(loop.body, [
-        (tvm.ir.TensorLoad, lambda other: tirx.BufferLoad(values, [var])
-         if other.same_as(load) else other)])
-    store = _vectorized(tirx.For(var, loop.min, loop.extent, tirx.ForKind.VECTORIZED, body))
-    if not isinstance(store, tirx.BufferStore):
-        return None
-    placeholders = []
-
-    def substitute(other):
-        if isinstance(other.source, tirx.Buffer) and other.source.same_as(values):
-            placeholders.append(other)
-            return picked
-        return other
-
-    store = tvm_ffi.structural_map(store, [(tvm.ir.TensorLoad, substitute)])
-    return store if len(placeholders) == 1 else None
-
-
 def byte_table_reads():
     """The TIR pass of the module docstring (runs after TVM's lowering pipeline)."""
     import tvm
     import tvm_ffi
     from tvm import tirx
 
-    def rewrite(loop):
-        new = _split_loop(loop)
-        return loop if new is None else new
-
     def rewrite_load(load):
-        """a table read TVM vectorized (a vector of indices): permute"""
         if (not isinstance(load.source, tirx.Buffer) or not _is_table(load.source)
                 or len(load.indices) != 1 or isinstance(load.indices[0], tirx.Ramp)):
             return load
@@ -178,8 +96,7 @@ def byte_table_reads():
 
     @tvm.tirx.transform.prim_func_pass(opt_level=0, name="mmopt_byte_table_reads")
     def _pass(func, _mod, _ctx):
-        func = tvm_ffi.structural_map(func, [(tvm.ir.TensorLoad, rewrite_load)])
-        return tvm_ffi.structural_map(func, [(tirx.For, rewrite)])
+        return tvm_ffi.structural_map(func, [(tvm.ir.TensorLoad, rewrite_load)])
 
     return _pass
 
