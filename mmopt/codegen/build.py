@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from mmopt.codegen.byte_lookup import tir_pipeline_for
 from mmopt.codegen.pipeline import relax_pipeline
 from mmopt.errors import MmoptError, summarize
 from mmopt.frontends._native import (
@@ -67,7 +68,7 @@ def _attempt(mod, target: Target, database, options):
         with native_output_captured() as native:
             executable = tvm.compile(mod, target=target.tvm_target(),
                                      relax_pipeline=relax_pipeline(target, database, options),
-                                     tir_pipeline=_tir_pipeline(target))
+                                     tir_pipeline=tir_pipeline_for(target.tvm_target()))
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types from C++
         if "".join(native).strip():
             logger.debug("TVM's output before the failure:\n%s", "".join(native).rstrip())
@@ -75,16 +76,6 @@ def _attempt(mod, target: Target, database, options):
         return None, exc
     replay(native)
     return executable, None
-
-
-def _tir_pipeline(target: Target) -> str:
-    """TVM's TIR lowering, plus on CPUs with byte permutes the rewrite of 8-bit table reads
-    (:mod:`mmopt.codegen.byte_lookup`; only those targets get 8-bit tables)."""
-    from mmopt.codegen.byte_lookup import byte_tables_pay, register_pipeline
-
-    if target.device == "cpu" and byte_tables_pay(target.tvm_target()):
-        return register_pipeline()
-    return "default"
 
 
 def _fusetir_failed(exc: BaseException) -> bool:

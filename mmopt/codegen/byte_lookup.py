@@ -142,3 +142,13 @@ def register_pipeline() -> str:
 
         compilation_pipeline.register_tir_pipeline(PIPELINE, factory)
     return PIPELINE
+
+
+def tir_pipeline_for(tvm_target) -> str:
+    """The TIR pipeline name for ``tvm.compile`` / ``tvm.tirx.build`` on ``tvm_target``: this
+    module's where the target reads byte tables by permutes (only those targets get byte
+    tables), else TVM's default. Compile and tuning's candidate builds both take it, so tuning
+    measures the code that ships."""
+    if str(tvm_target.kind.name) == "llvm" and byte_tables_pay(tvm_target):
+        return register_pipeline()
+    return "default"

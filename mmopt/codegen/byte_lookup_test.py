@@ -130,3 +130,28 @@ def test_quantized_hard_swish_model_reads_tables_by_permutes(tmp_path, monkeypat
         b = mmopt.load(gathered.library)(x=x)["y"]
         np.testing.assert_array_equal(a, b)
         assert step > 0
+
+
+def test_compile_and_tuning_builds_take_the_same_pipeline(tmp_path):
+    """Tuning's candidate builds lower with the pipeline compile uses, so a tuned table-reading
+    kernel is measured with the permutes it ships with (the default pipeline would read the byte
+    table with scalar loads)."""
+    import shutil
+    import subprocess
+
+    import tvm
+
+    from mmopt.codegen.byte_lookup import PIPELINE, tir_pipeline_for
+    from mmopt.targets import get
+    from mmopt.tuning.workers import _build_and_export  # noqa: PLC2701
+
+    assert tir_pipeline_for(tvm.target.Target(_VBMI)) == PIPELINE
+    for name in ("x86-avx2", "arm"):
+        assert tir_pipeline_for(get(name).tvm_target()) == "default"
+    if shutil.which("objdump") is None:
+        pytest.skip("no objdump to read the candidate's code")
+    path = _build_and_export(None)(tvm.IRModule({"main": _kernel(16, "uint8")}),
+                                   tvm.target.Target(_VBMI))
+    code = subprocess.run(["objdump", "-d", path], capture_output=True, text=True,
+                          check=True).stdout
+    assert "vpermt2b" in code or "vpermi2b" in code

@@ -31,8 +31,10 @@ def _build_and_export(cross_compiler: str | None):
 
         # MetaSchedule's default build first imports tvm.s_tir.tensor_intrin (20-30 s per worker).
         # Candidates arrive with their intrinsics already applied; lowering does not need it.
+        from mmopt.codegen.byte_lookup import tir_pipeline_for
+
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-        lib = tvm_build(mod, target=target)
+        lib = tvm_build(mod, target=target, pipeline=tir_pipeline_for(target))
         path = _os.path.join(_tempfile.mkdtemp(prefix="mmopt-tune-"), "candidate.so")
         if cross_compiler:
             lib.export_library(path, fcompile=_cc.cross_compiler(cross_compiler))
