@@ -108,28 +108,25 @@ def test_targets_with_byte_permutes():
 
 def test_quantized_hard_swish_model_reads_tables_by_permutes(tmp_path, monkeypatch):
     """A QDQ Conv -> HardSwish -> Conv model on this machine's target: with byte permutes
-    (where the CPU has VBMI) the artifact's outputs are bit-identical to the gathering build's,
-    and both match the QDQ reference."""
+    (where the CPU has VBMI) the artifact passes compile's verification against the QDQ
+    reference, and its outputs are bit-identical to the gathering build's."""
     if not _host_has_vbmi():
         pytest.skip("this CPU has no AVX-512 VBMI")
     import mmopt
     from mmopt.codegen import byte_lookup
     from mmopt.codegen.quantized_lut_test import _model, _quantized
-    from mmopt.runtime.verify import quantized_output_step
 
     qdq = _quantized(_model("HardSwish"), "uint8")
     permuted = mmopt.compile(qdq, "x86", tmp_path / "permuted")
     assert permuted.verification.passed
     monkeypatch.setattr(byte_lookup, "byte_tables_pay", lambda _target: False)
     gathered = mmopt.compile(qdq, "x86", tmp_path / "gathered", verify=False)
-    step = quantized_output_step(qdq)
     rng = np.random.default_rng(3)
     for _ in range(3):
         x = rng.standard_normal((1, 8, 10, 10)).astype(np.float32) * 1.5
         a = mmopt.load(permuted.library)(x=x)["y"]
         b = mmopt.load(gathered.library)(x=x)["y"]
         np.testing.assert_array_equal(a, b)
-        assert step > 0
 
 
 def test_compile_and_tuning_builds_take_the_same_pipeline(tmp_path):

@@ -222,7 +222,7 @@ def mark_elementwise():
 def _byte_table(table: np.ndarray):
     """``(bytes, bias)`` with ``bytes + bias == table`` for an integer table whose values span at
     most 256 consecutive integers (uint8 or int8 storage), else None."""
-    if not np.issubdtype(table.dtype, np.integer) and not np.all(table == np.round(table)):
+    if not np.issubdtype(table.dtype, np.integer):
         return None
     lo, hi = int(table.min()), int(table.max())
     if 0 <= lo and hi <= 255:

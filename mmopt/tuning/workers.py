@@ -29,10 +29,10 @@ def _build_and_export(cross_compiler: str | None):
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
         from tvm.support import cc as _cc
 
-        # MetaSchedule's default build first imports tvm.s_tir.tensor_intrin (20-30 s per worker).
-        # Candidates arrive with their intrinsics already applied; lowering does not need it.
         from mmopt.codegen.byte_lookup import tir_pipeline_for
 
+        # MetaSchedule's default build first imports tvm.s_tir.tensor_intrin (20-30 s per worker).
+        # Candidates arrive with their intrinsics already applied; lowering does not need it.
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
         lib = tvm_build(mod, target=target, pipeline=tir_pipeline_for(target))
         path = _os.path.join(_tempfile.mkdtemp(prefix="mmopt-tune-"), "candidate.so")
