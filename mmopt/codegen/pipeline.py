@@ -78,9 +78,10 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     FoldConstant) and, on CPUs, convolutions on weights pre-packed for the kernels' access order
     (integer: ``pack_dot_convs``, and the depthwise ones' padding as a select,
     :mod:`mmopt.codegen.select_padding`; float: :mod:`mmopt.codegen.packed_conv` when
-    ``options.pack_weights``, with Winograd when ``options.winograd``); last, long element-wise
-    chains on 8-bit tensors become table reads (:mod:`mmopt.codegen.quantized_lut`, when
-    ``options.lookup_tables``)."""
+    ``options.pack_weights``, with Winograd when ``options.winograd``); a dequantized tensor read
+    by several consumers is dequantized by each (:mod:`mmopt.codegen.dequantize_per_use`); last,
+    long element-wise chains on 8-bit tensors become table reads
+    (:mod:`mmopt.codegen.quantized_lut`, when ``options.lookup_tables``)."""
     from tvm import relax
 
     options = options or CodegenOptions()
@@ -120,6 +121,12 @@ def _layout(target: Target, options: CodegenOptions | None = None):
             facts = cpu_facts(target.tvm_target())
             passes.append(pack_float_convs(max(4, facts.lanes), facts.vector_registers,
                                            options.winograd))
+    if target.device == "cpu":
+        # a dequantized tensor with several consumers: each dequantizes for itself, so the
+        # producer writes 8 bits, not float32 (mmopt.codegen.dequantize_per_use)
+        from mmopt.codegen.dequantize_per_use import dequantize_per_use
+
+        passes.append(dequantize_per_use())
     if target.device == "cpu" and options.lookup_tables:
         from mmopt.codegen.byte_lookup import byte_tables_pay
         from mmopt.codegen.quantized_lut import lookup_tables
