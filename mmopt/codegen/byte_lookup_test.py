@@ -1,4 +1,5 @@
-"""8-bit table reads as byte permutes: the TIR rewrite, the table packing, and whole models."""
+"""8-bit table reads as byte permutes (VBMI) or shuffles (AVX2): the TIR rewrites, the table
+packing, and whole models."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def _kernel(lanes: int, dtype: str):
     from tvm.script import from_source
 
     return from_source(_TABLE_KERNEL.replace("LANES", str(lanes)).replace("DTYPE", dtype))
+
+
+#: every index 0..255 (the identity after rounding), 12 rows of LANES
+_EVERY_INDEX_KERNEL = (_TABLE_KERNEL.replace("LANES * 8", "LANES * 12")
+                       .replace("range(8)", "range(12)")
+                       .replace("T.float32(0.5)) * T.float32(2.0)", "T.float32(1.0))"))
+
+
+def _every_index_kernel(lanes: int, dtype: str):
+    from tvm.script import from_source
+
+    return from_source(_EVERY_INDEX_KERNEL.replace("LANES", str(lanes)).replace("DTYPE", dtype))
 
 
 def _host_has_vbmi() -> bool:
@@ -95,15 +108,77 @@ def test_byte_table_packing():
     assert _byte_table(np.arange(256, dtype=np.int32) * 2) is None  # spans 511 values
 
 
-def test_targets_with_byte_permutes():
+def test_table_readers_by_target():
+    """VBMI CPUs permute, other AVX2 ones (Haswell to Cascade Lake, Zen 1-3) shuffle, others
+    keep 32-bit tables and gathers."""
     import tvm
 
-    from mmopt.codegen.byte_lookup import byte_tables_pay
+    from mmopt.codegen.byte_lookup import byte_tables_pay, table_reader
     from mmopt.targets import get
 
-    assert byte_tables_pay(tvm.target.Target(_VBMI))
-    for name in ("x86-avx2", "x86-avx512", "x86-vnni", "arm"):  # Skylake/Cascade Lake: no VBMI
-        assert not byte_tables_pay(get(name).tvm_target()), name
+    assert table_reader(tvm.target.Target(_VBMI)) == "permute"
+    for name in ("x86-avx2", "x86-avx512", "x86-vnni"):  # Skylake/Cascade Lake: no VBMI
+        assert table_reader(get(name).tvm_target()) == "shuffle", name
+    assert table_reader(get("arm").tvm_target()) is None
+    assert not byte_tables_pay(get("arm").tvm_target())
+
+
+@pytest.mark.parametrize("lanes", [32, 64])
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_wide_table_read_becomes_byte_shuffles_on_avx2(lanes, dtype):
+    """On an AVX2 CPU without VBMI a byte-table read of 32 or 64 lanes compiles to vpshufb (16
+    per 32 lanes), with no per-lane byte extraction, and returns table[index] for every lane,
+    both halves of the table and the edges of each 16-entry chunk included (run: AVX2 is the
+    floor of every x86 machine this project supports)."""
+    import tvm
+
+    from mmopt.codegen.byte_lookup import register_pipeline
+    from mmopt.targets import get
+
+    func = _every_index_kernel(lanes, dtype)
+    target = get("x86-avx2").tvm_target()
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=target,
+                         pipeline=register_pipeline())
+    asm = lib.inspect_source("asm")
+    assert asm.count("vpshufb") >= 16 and "vpextrb" not in asm and "gather" not in asm
+    rng = np.random.default_rng(lanes)
+    q = np.concatenate([np.arange(256), rng.integers(0, 256, lanes * 12 - 256)]).astype(np.uint8)
+    table = rng.integers(-128 if dtype == "int8" else 0, 128 if dtype == "int8" else 256,
+                         256).astype(dtype)
+    want = table[q].astype(np.int32) - 7
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(lanes * 12, np.int16), dev)
+    lib["main"](tvm.runtime.tensor(q, dev), tvm.runtime.tensor(table, dev), out)
+    np.testing.assert_array_equal(out.numpy(), want.astype(np.int16))
+
+
+def test_narrow_table_read_is_not_shuffled():
+    """Below 32 lanes the shuffle sequence costs more than reading lane by lane: left alone."""
+    import tvm
+
+    from mmopt.codegen.byte_lookup import register_pipeline
+    from mmopt.targets import get
+
+    lib = tvm.tirx.build(tvm.IRModule({"main": _kernel(8, "uint8")}),
+                         target=get("x86-avx2").tvm_target(), pipeline=register_pipeline())
+    assert "vpshufb" not in lib.inspect_source("asm")
+
+
+def test_vector_rounding_only_where_it_pays():
+    """TVM's vector rounding is switched on for a function whose table read it makes a wide
+    vector (a 32-lane loop on a shuffling CPU; any on a permuting one), not for an 8-lane one
+    on a shuffling CPU (LLVM's loop vectorizer did better there)."""
+    import tvm
+
+    from mmopt.codegen.byte_lookup import _vector_rounding_pays  # noqa: PLC2701
+    from mmopt.targets import get
+
+    avx2, vbmi = get("x86-avx2").tvm_target(), tvm.target.Target(_VBMI)
+    kernel = _every_index_kernel  # its input (12 rows) is no 256-entry buffer
+    assert _vector_rounding_pays(kernel(32, "uint8").with_attr("target", avx2))
+    assert not _vector_rounding_pays(kernel(8, "uint8").with_attr("target", avx2))
+    assert _vector_rounding_pays(kernel(8, "uint8").with_attr("target", vbmi))
+    assert not _vector_rounding_pays(kernel(32, "int32").with_attr("target", avx2))
 
 
 def test_quantized_hard_swish_model_reads_tables_by_permutes(tmp_path, monkeypatch):
@@ -143,8 +218,8 @@ def test_compile_and_tuning_builds_take_the_same_pipeline(tmp_path):
     from mmopt.tuning.workers import _build_and_export  # noqa: PLC2701
 
     assert tir_pipeline_for(tvm.target.Target(_VBMI)) == PIPELINE
-    for name in ("x86-avx2", "arm"):
-        assert tir_pipeline_for(get(name).tvm_target()) == "default"
+    assert tir_pipeline_for(get("x86-avx2").tvm_target()) == PIPELINE
+    assert tir_pipeline_for(get("arm").tvm_target()) == "default"
     if shutil.which("objdump") is None:
         pytest.skip("no objdump to read the candidate's code")
     path = _build_and_export(None)(tvm.IRModule({"main": _kernel(16, "uint8")}),

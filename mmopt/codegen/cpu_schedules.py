@@ -41,6 +41,7 @@ import contextvars
 import logging
 from dataclasses import asdict, dataclass
 
+from mmopt.codegen.byte_lookup import table_read_lanes
 from mmopt.codegen.register_tiles import (known_multiple, largest_divisor, pad_multiples,
                                           pick_lanes, register_tile, round_up, tile_efficiency,
                                           tile_fits)
@@ -452,7 +453,8 @@ _MIN_PARALLEL_TILES = 64
 
 
 def schedule_contraction(sch, name: str, lanes: int, registers: int,
-                         knobs: ContractionKnobs | None = None, pad_symbolic: bool = True) -> None:
+                         knobs: ContractionKnobs | None = None, pad_symbolic: bool = True,
+                         target=None) -> None:
     block_rv = sch.get_sblock(name)
     if pad_symbolic or all(e is not None for e in _contraction_axes(sch, block_rv)[4]):
         block_rv = _pad_contraction(sch, block_rv, lanes, registers)
@@ -540,11 +542,12 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     sch.parallel(fused)
 
     # micro-kernel: rows unrolled, nv vectors unrolled, lanes vectorized
-    def vectorize_tail(blk, split: bool) -> None:
+    def vectorize_tail(blk, split: bool, width: int | None = None) -> None:
         lps = sch.get_loops(blk)
         inner = lps[-1]
-        if vec > 1 and split and nv > 1:
-            vo, inner = sch.split(inner, factors=[nv, vec])
+        width = width or vec
+        if vec > 1 and split and nv * vec > width:
+            vo, inner = sch.split(inner, factors=[nv * vec // width, width])
             sch.unroll(vo)
         if vec > 1:
             sch.vectorize(inner)
@@ -573,8 +576,11 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
         crops = sch.get_consumers(writeback)
         if len(crops) == 1:
             inline_epilogue(sch, crops[0])
+    # a write-back reading a byte table reads it in wider vectors where that pays (AVX2)
+    table_lanes = table_read_lanes(sch.get(writeback), target)
     try:
-        vectorize_tail(writeback, True)
+        vectorize_tail(writeback, True, table_lanes if table_lanes and vec > 1
+                       and (nv * vec) % table_lanes == 0 else None)
     except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
         pass
 
@@ -590,8 +596,8 @@ def inline_epilogue(sch, writeback) -> None:
         downstream = _downstream(sch, writeback)
         inlined = False
         for block in downstream:
-            if not sch.get_consumers(block):
-                continue  # writes the function's output: the last one, inlined below
+            if not sch.get_consumers(block) or _broadcast_into_consumer(sch, block):
+                continue  # the function's output (inlined below), or computed once per channel
             try:
                 sch.compute_inline(block)
                 inlined = True
@@ -627,7 +633,8 @@ def _inline_injective_chains(sch, contractions) -> None:
             consumers = sch.get_consumers(block_rv)
             if (not consumers or "R" in _iter_kinds(block)
                     or any("R" in _iter_kinds(sch.get(c)) or _selects_between(sch.get(c))
-                           for c in consumers)):
+                           for c in consumers)
+                    or _broadcast_into_consumer(sch, block_rv)):
                 continue
             try:
                 sch.compute_inline(block_rv)
@@ -635,6 +642,41 @@ def _inline_injective_chains(sch, contractions) -> None:
                 continue
             changed = True
             break
+
+
+#: a block whose consumer iterates over at least this many times more points than the block
+#: itself is not inlined into it (:func:`_broadcast_into_consumer`)
+BROADCAST_RECOMPUTE = 16
+
+
+def _broadcast_into_consumer(sch, block_rv) -> bool:
+    """Whether a consumer of the block reads its values broadcast over a much larger domain:
+    inlined, every value would be computed once per point of the consumer instead of once. A
+    squeeze-and-excitation gate (``[1, 1, 1, C]``, a hard-sigmoid on the pooled vector) feeding
+    the ``[1, H, W, C]`` rescale is the case that matters: inlined, the gate's requantization
+    and table read ran H*W times per channel (a 160x160x96 int8 rescale of the PP-OCR detector:
+    1.87 ms on AVX2, where the table read is a gather). Kept, it is a loop over C at the root
+    (or joins its contraction's write-back). A nearest 2x resize reads each value 4 times and is
+    still inlined: below :data:`BROADCAST_RECOMPUTE`, recomputing costs less than a pass over
+    memory. Symbolic extents count as not broadcast."""
+
+    def points(block):
+        total = 1
+        for iv in block.iter_vars:
+            extent = static_extent(iv.dom.extent)
+            if extent is None:
+                return None
+            total *= extent
+        return total
+
+    own = points(sch.get(block_rv))
+    if own is None:
+        return False
+    for consumer in sch.get_consumers(block_rv):
+        theirs = points(sch.get(consumer))
+        if theirs is not None and theirs >= BROADCAST_RECOMPUTE * own:
+            return True
+    return False
 
 
 def _selects_between(block) -> bool:
@@ -846,12 +888,23 @@ def schedule_row_reduction(sch, name: str, lanes: int):
     return trial
 
 
-def schedule_injective(sch, name: str, lanes: int) -> None:
+def schedule_injective(sch, name: str, lanes: int, target=None) -> None:
     block_rv = sch.get_sblock(name)
     loops = sch.get_loops(block_rv)
     if not loops:
         return
     extents = [_extent(sch, lp) for lp in loops]
+    table_lanes = table_read_lanes(sch.get(block_rv), target)
+    if table_lanes:
+        # a byte-table read in vectors of ``table_lanes`` (AVX2 shuffles); an innermost extent
+        # they do not divide is first fused with the one outside it (rows of an NHWC tensor)
+        if (len(loops) > 1 and None not in extents[-2:] and extents[-1] % table_lanes
+                and extents[-1] * extents[-2] % table_lanes == 0
+                and _loops_match_iters(sch, block_rv) and _writes_whole_rows(sch.get(block_rv))):
+            loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
+            extents = [*extents[:-2], extents[-2] * extents[-1]]
+        if extents[-1] is not None and extents[-1] % table_lanes == 0:
+            lanes = table_lanes
     total = 1
     for e in extents:
         # a symbolic extent: assume a large kernel (dynamic dims are image sizes, sequences)
@@ -893,6 +946,23 @@ def schedule_injective(sch, name: str, lanes: int) -> None:
                 break
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         sch.parallel(fused)
+
+
+def _writes_whole_rows(block) -> bool:
+    """Whether the block's loops (one per iter) write its output buffer in row-major order,
+    every element: fusing its two innermost loops then walks contiguous memory."""
+    if len(block.writes) != 1:
+        return False
+    region = block.writes[0].region
+    buffer = _buffer(block.writes[0])
+    if len(region) != len(block.iter_vars) or len(region) != len(buffer.shape):
+        return False
+    for rng, iv, dim in zip(region, block.iter_vars, buffer.shape):
+        if _kind(rng.min) != "Var" or not rng.min.same_as(iv.var):
+            return False
+        if static_extent(iv.dom.extent) != static_extent(dim):
+            return False
+    return True
 
 
 #: where :func:`_try` reports blocks left as generated (see :func:`record_fallbacks`)
@@ -1017,7 +1087,8 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
         else:
             trial = sch.copy()
             try:
-                schedule_contraction(trial, name, lanes, registers, knobs.get(name))
+                schedule_contraction(trial, name, lanes, registers, knobs.get(name),
+                                     target=target)
                 sch = trial
             except SymbolicInnermost:
                 sch = _try(sch, schedule_contraction_symbolic, name)
@@ -1038,7 +1109,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
             sch = (schedule_row_reduction(sch, name, lanes)
                    or _try(sch, schedule_reduction, name, lanes))
         else:
-            sch = _try(sch, schedule_injective, name, lanes)
+            sch = _try(sch, schedule_injective, name, lanes, target)
     return sch
 
 

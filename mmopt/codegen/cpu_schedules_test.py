@@ -112,6 +112,35 @@ def test_static_injective_runs_its_outer_loops_in_parallel(target):
     np.testing.assert_array_equal(got, np.pad(xs, ((0, 0), (1, 1), (1, 1), (0, 0))))
 
 
+def test_per_channel_gate_is_computed_once_not_per_pixel(target):
+    """A squeeze-and-excitation gate (a [1, 1, 1, C] chain) feeding a [1, H, W, C] rescale stays
+    a block of its own, computed once per channel; inlined, it ran once per pixel (the PP-OCR
+    detector's int8 160x160x96 rescale: 1.87 ms against 0.88 ms kept). A 2x nearest resize's
+    producer (each value read 4 times) is still inlined."""
+    from tvm import te, tirx
+
+    x = te.placeholder((1, 20, 20, 16), name="x")
+    g = te.placeholder((1, 1, 1, 16), name="g")
+    gate = te.compute(g.shape, lambda *i: tirx.exp(g(*i) * 2.0 + 1.0), name="gate")
+    out = te.compute(x.shape, lambda n, h, w, c: x[n, h, w, c] * gate[0, 0, 0, c], name="out")
+    xs = np.random.default_rng(1).standard_normal((1, 20, 20, 16)).astype("float32")
+    gs = np.random.default_rng(2).standard_normal((1, 1, 1, 16)).astype("float32")
+    script, got = _build_and_run(te.create_prim_func([x, g, out]), target,
+                                 [xs, gs, np.zeros((1, 20, 20, 16), "float32")])
+    assert 'T.sblock("gate")' in script, script
+    np.testing.assert_allclose(got, xs * np.exp(gs * 2.0 + 1.0), rtol=1e-5)
+
+    y = te.placeholder((1, 10, 10, 16), name="y")
+    scaled = te.compute(y.shape, lambda *i: y(*i) * 3.0, name="scaled")
+    resized = te.compute((1, 20, 20, 16), lambda n, h, w, c: scaled[n, h // 2, w // 2, c],
+                         name="resized")
+    ys = np.random.default_rng(3).standard_normal((1, 10, 10, 16)).astype("float32")
+    script, got = _build_and_run(te.create_prim_func([y, resized]), target,
+                                 [ys, np.zeros((1, 20, 20, 16), "float32")])
+    assert 'T.sblock("scaled")' not in script, script
+    np.testing.assert_allclose(got, np.repeat(np.repeat(ys * 3.0, 2, 1), 2, 2), rtol=1e-6)
+
+
 def test_nhwc_conv_with_odd_channels(target):
     from tvm import te
 

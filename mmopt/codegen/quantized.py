@@ -450,6 +450,9 @@ VNNI = DotProduct("vnni", 16, "uint8", "llvm.x86.avx512.vpdpbusd.512", 16, mnemo
 #: the same on 256-bit registers (AVX-512VL), for output channel counts such as 24 or 40
 VNNI_256 = DotProduct("vnni256", 8, "uint8", "llvm.x86.avx512.vpdpbusd.256", 16,
                       mnemonic="vpdpbusd")
+#: and on 128-bit registers, for output channel counts that are multiples of 4 only (12, 20, 44)
+VNNI_128 = DotProduct("vnni128", 4, "uint8", "llvm.x86.avx512.vpdpbusd.128", 16,
+                      mnemonic="vpdpbusd")
 #: AArch64 dot product (ARMv8.2 +dotprod): sdot, s8 x s8, 4 lanes
 SDOT = DotProduct("sdot", 4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", 24, mnemonic="sdot")
 
@@ -476,7 +479,7 @@ def dot_products_for(tvm_target) -> list[DotProduct]:
     try:
         if "x86_64" in triple and codegen.target_has_features(["avx512vnni"], tvm_target):
             narrow = codegen.target_has_features(["avx512vl"], tvm_target)
-            return [VNNI, VNNI_256] if narrow else [VNNI]
+            return [VNNI, VNNI_256, VNNI_128] if narrow else [VNNI]
         if "aarch64" in triple and codegen.target_has_features(["dotprod"], tvm_target):
             return [SDOT]
         if "x86_64" in triple:
@@ -587,7 +590,7 @@ def _register_intrinsic(dot: DotProduct) -> str:
 
 
 def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
-                      tensorize: bool = True):
+                      tensorize: bool = True, target=None):
     """Register-tiled, tensorized schedule of a :data:`DOT_BLOCK` block (inside a fused PrimFunc).
 
     Tile: ``rows`` output pixels along the width x ``nv`` blocks of ``lanes`` output channels,
@@ -602,6 +605,7 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
     ``sch.tensorize(loop, dot.intrinsic)`` after the other blocks of the function are scheduled
     (TVM 0.27 cannot copy some tensorized schedules: ``Schedule.copy`` fails on them).
     """
+    from mmopt.codegen.byte_lookup import table_read_lanes
     from mmopt.codegen.cpu_schedules import (_extent, _inline_injective_chains,
                                              _inline_plain_copies, inline_epilogue,
                                              schedule_injective)
@@ -637,7 +641,11 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
     inline_epilogue(sch, writeback)
     try:
         loops = sch.get_loops(writeback)
-        across, vec = sch.split(loops[-1], factors=[None, dot.lanes])
+        # a byte-table read in the epilogue pays in wider vectors on some CPUs (AVX2 shuffles)
+        width = table_read_lanes(sch.get(writeback), target) or dot.lanes
+        if (_extent(sch, loops[-1]) or 1) % width:
+            width = dot.lanes
+        across, vec = sch.split(loops[-1], factors=[None, width])
         sch.vectorize(vec)
         # straight-line vector code for the whole tile: left as loops, LLVM re-vectorizes the
         # write-back across the vectors (element gathers instead of vector loads on AVX2)
@@ -699,7 +707,8 @@ def dot_schedule_pass():
                 name = sch.get(blocks[0]).name_hint
                 layout = _packed_layout(sch.get(blocks[0]))
                 dot = next(d for d in dots if layout is not None and d.packs(*layout))
-                instruction_loop = schedule_dot_conv(sch, blocks[0], dot, tensorize=False)
+                instruction_loop = schedule_dot_conv(sch, blocks[0], dot, tensorize=False,
+                                                     target=target)
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
                 cs.logger.debug("dot-product schedule failed: %s", exc)
                 return None
@@ -710,7 +719,8 @@ def dot_schedule_pass():
                     continue
                 kind = (cs.schedule_reduction if "R" in cs._iter_kinds(block)  # noqa: SLF001
                         else cs.schedule_injective)
-                sch = cs._try(sch, kind, block.name_hint, lanes)  # noqa: SLF001
+                extra = () if kind is cs.schedule_reduction else (target,)
+                sch = cs._try(sch, kind, block.name_hint, lanes, *extra)  # noqa: SLF001
             try:
                 sch.tensorize(instruction_loop, _register_intrinsic(dot))
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules

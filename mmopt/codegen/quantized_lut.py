@@ -23,9 +23,9 @@ Exactness: the tables are computed by TVM from the same Relax operators, compile
 ``llvm`` host target, one operator after the other in float32 (no fused multiply-add across
 operators), which is what the QDQ reference execution does; the compiled chain could only differ
 from that by a contraction LLVM chose. Tables are stored as int32 (integer results) or float32 and
-cast back, so the vectorized read is a 32-bit gather; on CPUs with byte permutes (AVX-512 VBMI)
-integer tables are stored as 256 bytes plus a constant and read with ``vpermi2b`` instead
-(:mod:`mmopt.codegen.byte_lookup`).
+cast back, so the vectorized read is a 32-bit gather; on x86 CPUs with byte permutes (AVX-512
+VBMI) or shuffles (AVX2) integer tables are stored as 256 bytes plus a constant and read with
+``vpermi2b`` / ``vpshufb`` instead (:mod:`mmopt.codegen.byte_lookup`).
 
 Only chains of at least :data:`MIN_OPS` operators are replaced: a table read costs about as much as
 a dozen vector operations, so a plain requantization (``astype``, ``subtract``, ``multiply``,
@@ -238,7 +238,8 @@ def lookup_tables(byte_tables: bool = False):
     """The Relax module pass described in the module docstring (runs after ``lower_qdq`` and the
     layout passes, before legalization). ``byte_tables``: store tables of integer results as
     8-bit entries (plus a constant) where they fit, for targets that read them with register
-    permutes (:mod:`mmopt.codegen.byte_lookup`); elsewhere 32-bit entries, read by gathers."""
+    permutes or shuffles (:mod:`mmopt.codegen.byte_lookup`); elsewhere 32-bit entries, read by
+    gathers."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator

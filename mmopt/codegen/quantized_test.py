@@ -81,6 +81,8 @@ CASES = {
     "depthwise": (16, 16, 16, 1, "uint8", 8),
     # weights on [-64, 64]: vpmaddubsw on x86 without VNNI
     "7-bit-weights": (16, 32, 1, 1, "uint8", 7),
+    # 12 output channels: 4-lane (xmm) instructions, not the plain integer loop
+    "12-channels": (16, 12, 1, 1, "uint8", 8),
 }
 
 #: x86 targets whose integer kernels are tested: this machine's CPU (VNNI where it has it), AVX2
