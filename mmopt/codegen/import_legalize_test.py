@@ -184,3 +184,55 @@ def test_symbolic_resize_and_range_match_onnxruntime_at_several_sizes(tmp_path):
     assert len(v.runs) >= 5 and any((r["sizes"]["w"] // 16) % 2 for r in v.runs)
     whats = [d["what"] for d in result.meta.extra["dynamic_kernels"]["degradations"]]
     assert not any(w.startswith("pack_weights:") for w in whats), whats
+
+
+def _quantized_conv_transpose():
+    """Conv -> ConvTranspose(k=s=2) -> Relu, quantized (QDQ, per-channel int8 weights)."""
+    from mmopt.quantize import quantize
+
+    rng = np.random.default_rng(2)
+    w0 = (rng.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32)
+    w1 = (rng.standard_normal((8, 8, 2, 2)) * 0.3).astype(np.float32)
+    b1 = rng.standard_normal(8).astype(np.float32) * 0.1
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w0"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+         helper.make_node("ConvTranspose", ["c", "w1", "b1"], ["u"], name="up",
+                          kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("Relu", ["u"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 12, 12])],
+        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1"),
+         numpy_helper.from_array(b1, "b1")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = [{"x": rng.standard_normal((1, 4, 6, 6)).astype(np.float32)} for _ in range(8)]
+    qdq, _ = quantize(model, calib, method="minmax", activations="uint8")
+    return onnx.shape_inference.infer_shapes(qdq)
+
+
+def test_quantized_conv_transpose_keeps_integer_weights_and_quantizes_before_the_shuffle(tmp_path):
+    """A quantized ConvTranspose(k=s): the 1x1 conv reads int8 weights through a
+    DequantizeLinear (so it compiles to an integer kernel, not a float one), the output is
+    quantized before DepthToSpace (which then moves bytes), and onnxruntime without graph
+    optimizations gives the same outputs before and after the rewrite, bit for bit."""
+    import mmopt
+    from mmopt.codegen.quantized import record_int8_kernels
+    from mmopt.runtime.ort import session
+
+    qdq = _quantized_conv_transpose()
+    out = legalize_for_import(qdq)
+    onnx.checker.check_model(out)
+    nodes = {n.name: n for n in out.graph.node}
+    conv = nodes["up.as_conv"]
+    weight = next(n for n in out.graph.node if n.output[0] == conv.input[1])
+    assert weight.op_type == "DequantizeLinear"
+    d2s = nodes["up.depth_to_space"]
+    before = next(n for n in out.graph.node if n.output[0] == d2s.input[0])
+    assert before.op_type == "QuantizeLinear" and before.input[0] == conv.output[0]
+    x = np.random.default_rng(4).standard_normal((1, 4, 6, 6)).astype(np.float32)
+    want = session(qdq, label="qdq").run(None, {"x": x})[0]
+    got = session(out, label="rewritten").run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+    with record_int8_kernels() as kernels:
+        result = mmopt.compile(qdq, "x86-avx2", tmp_path / "up")
+    assert result.verification.passed
+    assert "float" not in [k["path"] for k in kernels], kernels
