@@ -69,15 +69,21 @@ def test_each_consumer_dequantizes_for_itself():
 
 def test_se_block_matches_the_qdq_reference(tmp_path):
     """The compiled SE block (the conv kernel now ends at its 8-bit output; the mean, rescale and
-    add dequantize it themselves) passes compile's verification against the QDQ reference, and
-    stays within two output steps of onnxruntime run without graph optimizations."""
+    add dequantize it themselves) passes compile's verification against the QDQ reference, is
+    reported without float fallbacks, and stays within two output steps of onnxruntime run
+    without graph optimizations."""
     import mmopt
     from mmopt.runtime.ort import session as ort_session
     from mmopt.runtime.verify import quantized_output_step
 
+    from mmopt.codegen.quantized import record_int8_kernels
+
     qdq = _quantized()
-    result = mmopt.compile(qdq, "x86-avx2", tmp_path / "se")
+    with record_int8_kernels() as kernels:
+        result = mmopt.compile(qdq, "x86-avx2", tmp_path / "se")
     assert result.verification.passed
+    # the mean sums (q - z) * s: no contraction, so no float fallback is reported for it
+    assert "float" not in [k["path"] for k in kernels], kernels
     step = quantized_output_step(qdq)
     session = ort_session(qdq, label="reference", optimization="off")
     rng = np.random.default_rng(5)

@@ -83,6 +83,8 @@ CASES = {
     "7-bit-weights": (16, 32, 1, 1, "uint8", 7),
     # 12 output channels: 4-lane (xmm) instructions, not the plain integer loop
     "12-channels": (16, 12, 1, 1, "uint8", 8),
+    # 18 output channels: padded to 20 with zero weights, cropped after the integer kernel
+    "18-channels": (16, 18, 1, 1, "uint8", 8),
 }
 
 #: x86 targets whose integer kernels are tested: this machine's CPU (VNNI where it has it), AVX2
@@ -111,7 +113,10 @@ def _path(target, out_channels: int, weight_bits: int = 8) -> str:
     quantized on the full int8 grid reach beyond [-64, 64]; 7-bit ones do not)."""
     from mmopt.codegen.quantized import dot_products_for
 
-    fitting = [d for d in dot_products_for(target.tvm_target()) if out_channels % d.lanes == 0
+    dots = dot_products_for(target.tvm_target())
+    if dots and out_channels > 4:  # output channels padded to a multiple of 4
+        out_channels += -out_channels % 4
+    fitting = [d for d in dots if out_channels % d.lanes == 0
                and (d.weight_limit is None or weight_bits == 7)]
     return fitting[0].name if fitting else "integer-loop"
 
