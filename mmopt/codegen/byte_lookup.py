@@ -73,14 +73,22 @@ def byte_tables_pay(tvm_target) -> bool:
     return table_reader(tvm_target) is not None
 
 
+def reads_byte_table(block) -> bool:
+    """Whether a TIR block reads a byte table (a 256-entry 8-bit buffer)."""
+    return any(_is_table(r.source if hasattr(r, "source") else r.buffer) for r in block.reads)
+
+
+def table_read_lanes_for(tvm_target) -> int | None:
+    """:data:`SHUFFLE_LANES` where byte tables pay only in vectors that wide (AVX2 shuffles),
+    else None."""
+    return SHUFFLE_LANES if table_reader(tvm_target) == "shuffle" else None
+
+
 def table_read_lanes(block, tvm_target) -> int | None:
     """The vector width a loop writing ``block`` should have when the block reads a byte table
     on a CPU that reads them with ``vpshufb`` (:data:`SHUFFLE_LANES`: the sequence costs the same
     for 8 lanes as for 32), else None (no table, or any width serves)."""
-    if table_reader(tvm_target) != "shuffle":
-        return None
-    tables = [r.source if hasattr(r, "source") else r.buffer for r in block.reads]
-    return SHUFFLE_LANES if any(_is_table(b) for b in tables) else None
+    return table_read_lanes_for(tvm_target) if reads_byte_table(block) else None
 
 
 def _is_table(buffer) -> bool:

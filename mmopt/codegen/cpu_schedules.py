@@ -41,7 +41,7 @@ import contextvars
 import logging
 from dataclasses import asdict, dataclass
 
-from mmopt.codegen.byte_lookup import table_read_lanes
+from mmopt.codegen.byte_lookup import reads_byte_table, table_read_lanes, table_read_lanes_for
 from mmopt.codegen.register_tiles import (known_multiple, largest_divisor, pad_multiples,
                                           pick_lanes, register_tile, round_up, tile_efficiency,
                                           tile_fits)
@@ -566,8 +566,12 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     for lp in init_loops[len(sch.get_loops(init)) - (3 if nv > 1 and vec > 1 else 2):-1]:
         sch.unroll(lp)
 
+    # a table read in the epilogue: on CPUs that read tables in wide vectors only (AVX2
+    # shuffles), a tile narrower than that leaves the read to a loop of its own
+    wide = table_read_lanes_for(target)
+    apart = bool(wide) and vec > 1 and (nv * vec) % wide != 0
     if extents[v_axis] is not None:
-        inline_epilogue(sch, writeback)
+        inline_epilogue(sch, writeback, tables_apart=apart)
     else:
         # a symbolic innermost extent, padded: the crop would put a per-lane predicate in the
         # vectorized write-back, which TVM then writes one element at a time (2.5x slower on
@@ -585,19 +589,31 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
         pass
 
 
-def inline_epilogue(sch, writeback) -> None:
+def inline_epilogue(sch, writeback, tables_apart: bool = False) -> None:
     """Fuse the element-wise epilogue after a contraction into its write-back block.
 
     Intermediate element-wise blocks are first inlined into their consumers (an epilogue that
     uses a value twice, such as HardSwish's ``x * relu6(x + 3) / 6`` or a requantized residual,
     is a diamond, not a chain); the single block left is then inlined into the write-back, so the
-    whole epilogue runs on the register tile. What cannot be inlined stays a block of its own."""
+    whole epilogue runs on the register tile. What cannot be inlined stays a block of its own.
+
+    ``tables_apart``: a byte-table read stays a block of its own (the requantization before it
+    joins the write-back), for the caller's tile too narrow for the target's wide table reads
+    (:func:`mmopt.codegen.byte_lookup.table_read_lanes`): that block is then scheduled as an
+    element-wise loop whose rows give the width (AVX2 shuffles read 32 lanes; lane by lane, a
+    24-channel tile's reads were a third of an int8 depthwise layer's time)."""
+    def apart(block_rv) -> bool:
+        return tables_apart and reads_byte_table(sch.get(block_rv))
+
     while True:
         downstream = _downstream(sch, writeback)
         inlined = False
         for block in downstream:
-            if not sch.get_consumers(block) or _broadcast_into_consumer(sch, block):
-                continue  # the function's output (inlined below), or computed once per channel
+            if (not sch.get_consumers(block) or _broadcast_into_consumer(sch, block)
+                    or any(apart(c) for c in sch.get_consumers(block))):
+                # the function's output (inlined below), computed once per channel, or the
+                # index of a table read kept apart
+                continue
             try:
                 sch.compute_inline(block)
                 inlined = True
@@ -608,7 +624,7 @@ def inline_epilogue(sch, writeback) -> None:
             break
     while True:
         consumers = sch.get_consumers(writeback)
-        if len(consumers) != 1:
+        if len(consumers) != 1 or apart(consumers[0]):
             break
         try:
             sch.reverse_compute_inline(consumers[0])
