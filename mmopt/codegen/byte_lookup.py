@@ -217,6 +217,8 @@ def _vector_rounding_pays(func) -> bool:
     import tvm_ffi
     from tvm import tirx
 
+    from mmopt.codegen.quantized import DOT_BLOCK
+
     if not isinstance(func, tirx.PrimFunc):
         return False
     types = [getattr(param, "ty", None) for param in func.params]
@@ -228,7 +230,7 @@ def _vector_rounding_pays(func) -> bool:
             if (node.kind == tirx.ForKind.VECTORIZED and isinstance(node.extent, tirx.IntImm)
                     and int(node.extent) % SHUFFLE_LANES == 0):
                 found["wide"] = True
-        elif str(getattr(node, "name_hint", "")).startswith("mmopt_qconv_dot"):
+        elif str(getattr(node, "name_hint", "")).startswith(DOT_BLOCK):
             found["dot"] = True
         return visitor.default_visit(node)
 
