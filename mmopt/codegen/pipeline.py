@@ -84,23 +84,32 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     (:mod:`mmopt.codegen.quantized_lut`, when ``options.lookup_tables``)."""
     from tvm import relax
 
-    options = options or CodegenOptions()
+    from mmopt.codegen.batch_norm import batch_norm_scale_shift
     from mmopt.codegen.layout_cleanup import cancel_transposes, nhwc_depth_to_space
     from mmopt.codegen.quantized import dot_product_for, fold_pad_transposes, lower_qdq, pack_dot_convs
 
+    options = options or CodegenOptions()
     # QDQ -> integer convolutions and element-wise (de)quantization (CPU: the GPU schedules are
     # not verified on integer convolutions)
     dot = dot_product_for(target.tvm_target())
     passes = []
     if target.device == "cpu":
         # the requantizing epilogue as one multiply-add per channel (mmopt.codegen.requantize);
-        # fp16 models: sums in float32 (mmopt.codegen.fp16_accumulate)
+        # quantize chains moved across concatenations and nearest up-sampling, so those copy
+        # bytes (mmopt.codegen.elementwise_motion); fp16 models: sums in float32
+        # (mmopt.codegen.fp16_accumulate)
+        from mmopt.codegen.elementwise_motion import (elementwise_before_upsampling,
+                                                      quantize_concat_inputs)
         from mmopt.codegen.fp16_accumulate import accumulate_in_fp32
         from mmopt.codegen.requantize import fold_requantization
 
         passes += [lower_qdq(dot.data_dtype, 4) if dot else lower_qdq(), fold_requantization(),
+                   quantize_concat_inputs(), elementwise_before_upsampling(),
                    accumulate_in_fp32()]
-    passes += [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
+    # a batch norm no convolution absorbed: onnxruntime's per-channel multiply-add, not TVM's
+    # division per element (mmopt.codegen.batch_norm)
+    passes += [batch_norm_scale_shift(), relax.transform.DecomposeOpsForInference(),
+               _clip_to_min_max(),
                relax.transform.CanonicalizeBindings()]
     if options.layout_for(target) == "NHWC":
         # conv2d_transpose stays NCHW: TVM 0.27 cannot legalize it in NHWC
@@ -177,8 +186,11 @@ def _schedule_gpu():
 def _schedule_cpu():
     from mmopt.codegen.cpu_schedules import default_cpu_schedule_pass
     from mmopt.codegen.quantized import dot_schedule_pass
+    from mmopt.codegen.requantize_roundtrip import fold_requantize_roundtrips
 
-    return [dot_schedule_pass(), default_cpu_schedule_pass()]
+    # then, inside each scheduled kernel, quantize -> dequantize round trips without the 8-bit
+    # detour (exact; mmopt.codegen.requantize_roundtrip)
+    return [dot_schedule_pass(), default_cpu_schedule_pass(), fold_requantize_roundtrips()]
 
 
 def _lower(device: str):
