@@ -279,9 +279,11 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
             bytes, and the tensor it reads stays 8-bit: its producer's write-back no longer
             dequantizes to a float32 tensor for it, nor does the resize write one for the next
             quantize (a DB detector's FPN up-sampling: 4x less memory traffic in and out)."""
-            if str(call.attrs.method) != "nearest_neighbor" or (
-                    call.attrs.out_dtype is not None
-                    and str(call.attrs.out_dtype) not in ("", "float32")):
+            # (crop-and-resize extrapolates a float constant, which is not a copy)
+            if (str(call.attrs.method) != "nearest_neighbor"
+                    or str(call.attrs.coordinate_transformation_mode) == "tf_crop_and_resize"
+                    or (call.attrs.out_dtype is not None
+                        and str(call.attrs.out_dtype) not in ("", "float32"))):
                 return None
             act = self._activation(call.args[0])
             if act is None:
