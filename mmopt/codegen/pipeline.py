@@ -84,7 +84,6 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     (:mod:`mmopt.codegen.quantized_lut`, when ``options.lookup_tables``)."""
     from tvm import relax
 
-    from mmopt.codegen.batch_norm import batch_norm_scale_shift
     from mmopt.codegen.layout_cleanup import cancel_transposes, nhwc_depth_to_space
     from mmopt.codegen.quantized import dot_product_for, fold_pad_transposes, lower_qdq, pack_dot_convs
 
@@ -106,10 +105,7 @@ def _layout(target: Target, options: CodegenOptions | None = None):
         passes += [lower_qdq(dot.data_dtype, 4) if dot else lower_qdq(), fold_requantization(),
                    quantize_concat_inputs(), elementwise_before_upsampling(),
                    accumulate_in_fp32()]
-    # a batch norm no convolution absorbed: onnxruntime's per-channel multiply-add, not TVM's
-    # division per element (mmopt.codegen.batch_norm)
-    passes += [batch_norm_scale_shift(), relax.transform.DecomposeOpsForInference(),
-               _clip_to_min_max(),
+    passes += [relax.transform.DecomposeOpsForInference(), _clip_to_min_max(),
                relax.transform.CanonicalizeBindings()]
     if options.layout_for(target) == "NHWC":
         # conv2d_transpose stays NCHW: TVM 0.27 cannot legalize it in NHWC
