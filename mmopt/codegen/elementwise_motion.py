@@ -26,7 +26,8 @@ concatenation is left alone), and a value moves only when the copy is its chain'
 from __future__ import annotations
 
 from mmopt.codegen.quantized_lut import ELEMENTWISE
-from mmopt.codegen.relax_util import bindings, const_array, op_name, tensor_dtype, users
+from mmopt.codegen.relax_util import (bindings, const_array, op_name, static_shape,
+                                      tensor_dtype, users)
 
 
 def _scalar(expr) -> bool:
@@ -90,15 +91,9 @@ def _upsampling(value) -> bool:
     """Whether ``value`` is a nearest-neighbour ``resize2d`` to at least its input's size."""
     if op_name(value) != "relax.image.resize2d" or str(value.attrs.method) != "nearest_neighbor":
         return False
-    if not (_static(value.args[0]) and _static(value)):
-        return False
-    before = [int(d) for d in value.args[0].ty.shape]
-    return all(b <= int(a) for b, a in zip(before, value.ty.shape))
-
-
-def _static(expr) -> bool:
-    shape = getattr(expr.ty, "shape", None)
-    return shape is not None and all(hasattr(d, "value") for d in shape)
+    before, after = static_shape(value.args[0]), static_shape(value)
+    return before is not None and after is not None and all(
+        b <= a for b, a in zip(before, after))
 
 
 def _motion_pass(moves, name: str):
@@ -110,9 +105,10 @@ def _motion_pass(moves, name: str):
 
     @mutator
     class _Move(PyExprMutator):
-        def __init__(self, mod):
+        def __init__(self, mod, found):
             super().__init__(mod)
             self.mod_ = mod
+            self.found = found  # {function: its chains}
             self.chains = {}
 
         def _chain_on(self, expr, chain):
@@ -136,19 +132,18 @@ def _motion_pass(moves, name: str):
             self.set_var_remap(binding.var, self.builder_.emit(new))
 
         def transform(self):
-            for gvar, func in self.mod_.functions.items():
-                if isinstance(func, relax.Function):
-                    self.chains = _chains(func, moves)
-                    if self.chains:
-                        self.builder_.update_func(gvar, self.visit_expr(func))
+            for gvar, chains in self.found.items():
+                self.chains = chains
+                self.builder_.update_func(gvar, self.visit_expr(self.mod_[gvar]))
             return self.builder_.get()
 
     @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
-        if not any(isinstance(f, relax.Function) and _chains(f, moves)
-                   for f in mod.functions.values()):
+        found = {gvar: chains for gvar, func in mod.functions.items()
+                 if isinstance(func, relax.Function) and (chains := _chains(func, moves))}
+        if not found:
             return mod
-        return relax.transform.DeadCodeElimination()(_Move(mod).transform())
+        return relax.transform.DeadCodeElimination()(_Move(mod, found).transform())
 
     return _pass
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmopt.codegen.relax_util import static_shape
+
 #: element-wise operators with one tensor operand (attributes are kept as they are)
 _UNARY = frozenset({
     "relax.nn.relu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu", "relax.sigmoid",
@@ -43,22 +45,6 @@ def _axes(call) -> list[int] | None:
     return None if axes is None else [int(a) for a in axes]
 
 
-def _static_shape(expr) -> list[int] | None:
-    from tvm import tirx
-
-    shape = getattr(getattr(expr, "ty", None), "shape", None)
-    if shape is None:
-        return None
-    shape = getattr(shape, "values", shape)
-    try:
-        dims = list(shape)
-    except TypeError:
-        return None
-    if not all(isinstance(d, tirx.IntImm) for d in dims):
-        return None
-    return [int(d) for d in dims]
-
-
 def nhwc_depth_to_space():
     """``reshape(permute(reshape(permute(x, NHWC->NCHW))))`` of a depth-to-space (modes DCR and
     CRD) -> the same on ``x`` in NHWC, then ``permute(., NHWC->NCHW)``."""
@@ -75,9 +61,9 @@ def nhwc_depth_to_space():
     def rewrite(expr, matches):
         src = matches[to_nchw]
         x = src.args[0]
-        x_shape = _static_shape(x)
-        six = _static_shape(matches[split])
-        out = _static_shape(expr)
+        x_shape = static_shape(x)
+        six = static_shape(matches[split])
+        out = static_shape(expr)
         if (_axes(src) != [0, 3, 1, 2] or x_shape is None or six is None or out is None
                 or len(six) != 6 or len(out) != 4):
             return expr
@@ -159,8 +145,8 @@ def cancel_transposes():
         @staticmethod
         def _operands(call, rank):
             """(index of the tensor operand, index of the small operand) of a binary call."""
-            shapes = [_static_shape(a) for a in call.args]
-            out = _static_shape(call)
+            shapes = [static_shape(a) for a in call.args]
+            out = static_shape(call)
             if out is None or len(out) != rank or any(s is None for s in shapes):
                 return None, None
             for i in (0, 1):
@@ -185,7 +171,7 @@ def cancel_transposes():
                         else:
                             tensor, small = self._operands(call, len(q))
                             other = call.args[small]
-                            if len(_static_shape(other)) == len(q):
+                            if len(static_shape(other)) == len(q):
                                 other = self.builder_.emit(relax.op.permute_dims(other, q))
                             args = [None, None]
                             args[tensor], args[small] = cur, other

@@ -35,6 +35,23 @@ def tensor_dtype(expr) -> str:
     return str(expr.ty.dtype)
 
 
+def static_shape(expr) -> list[int] | None:
+    """The dimensions of a tensor-valued Relax expression when all are constants, else None."""
+    from tvm import tirx
+
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    if shape is None:
+        return None
+    shape = getattr(shape, "values", shape)
+    try:
+        dims = list(shape)
+    except TypeError:
+        return None
+    if not all(isinstance(d, tirx.IntImm) for d in dims):
+        return None
+    return [int(d) for d in dims]
+
+
 def bindings(func) -> dict:
     """Every ``var -> value`` binding of a Relax function (all blocks)."""
     from tvm import relax
