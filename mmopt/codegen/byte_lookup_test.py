@@ -186,6 +186,34 @@ def test_vector_rounding_only_where_it_pays():
     assert not _vector_rounding_pays(kernel(32, "int32").with_attr("target", avx2))
 
 
+def _requantized_sum(acc_dtype: str):
+    """A 3-tap sum over an int16 row into ``acc_dtype``, requantized to uint8 (a depthwise
+    convolution's shape, without its padding)."""
+    from tvm import te, tirx
+
+    x = te.placeholder((64, 32), "int16", name="x")
+    w = te.placeholder((3, 32), "int16", name="w")
+    r = te.reduce_axis((0, 3), "r")
+    acc = te.compute((62, 32), lambda i, c: te.sum(
+        x[i + r, c].astype(acc_dtype) * w[r, c].astype(acc_dtype), axis=r), name="acc")
+    out = te.compute((62, 32), lambda i, c: tirx.Cast("uint8", tirx.min(tirx.max(
+        tirx.nearbyint(tirx.Cast("float32", acc[i, c]) * tirx.const(0.25, "float32")),
+        tirx.const(0.0, "float32")), tirx.const(255.0, "float32"))), name="requantize")
+    return te.create_prim_func([x, w, out])
+
+
+def test_vector_rounding_for_every_integer_sum():
+    """Any kernel summing into int32 (a depthwise convolution too, not only the dot-product
+    kernels) gets TVM's vector rounding: LLVM left a depthwise write-back scalar. A float sum
+    does not."""
+    from mmopt.codegen.byte_lookup import _vector_rounding_pays  # noqa: PLC2701
+    from mmopt.targets import get
+
+    avx2 = get("x86-avx2").tvm_target()
+    assert _vector_rounding_pays(_requantized_sum("int32").with_attr("target", avx2))
+    assert not _vector_rounding_pays(_requantized_sum("float32").with_attr("target", avx2))
+
+
 def test_quantized_hard_swish_model_reads_tables_by_permutes(tmp_path, monkeypatch):
     """A QDQ Conv -> HardSwish -> Conv model on this machine's target: with byte permutes
     (where the CPU has VBMI) the artifact passes compile's verification against the QDQ
