@@ -430,3 +430,68 @@ def test_artifact_engine_scores_the_compiled_model(cnn, tmp_path):
     assert result.exit_code == 0, result.output
     assert "eval engine artifact (the compiled mmopt artifact for target x86-avx2" in \
         " ".join(result.output.split())
+
+
+# --------------------------------------------------------------------------------------------------
+# --prefer speed (latency-aware mixed precision)
+
+
+def test_latency_attribution_and_decision():
+    """Kernel minimums go to the contractions they compute (split evenly when a kernel computes
+    two); a layer stays float only when int8 is slower by more than the margin, and a layer one
+    profile does not map stays int8."""
+    from types import SimpleNamespace as K
+
+    from mmopt.quantize.latency_aware import MARGIN, layer_times, slower_layers
+
+    nodes = {"a": "Conv", "b": "Conv", "c": "MatMul", "d": "Conv"}
+    float_times = layer_times([K(onnx_nodes=["a", "relu"], min_ms=1.0),
+                               K(onnx_nodes=["b", "c"], min_ms=2.0)], nodes)
+    assert float_times == {"a": 1.0, "b": 1.0, "c": 1.0}
+    int8_times = layer_times([K(onnx_nodes=["q", "a", "dq"], min_ms=0.5),
+                              K(onnx_nodes=["b"], min_ms=1.0 + MARGIN / 2),
+                              K(onnx_nodes=["c"], min_ms=1.0 + 2 * MARGIN),
+                              K(onnx_nodes=["d"], min_ms=9.0)], nodes)
+    rows = {r.node: r for r in slower_layers(float_times, int8_times, nodes)}
+    assert [n for n, r in rows.items() if r.int8_slower] == ["c"]
+    assert rows["d"].float_ms is None and not rows["d"].int8_slower
+
+
+def test_prefer_speed_measures_every_layer_and_builds_the_mixed_model(cnn, monkeypatch):
+    """Real compiles and profiles on this machine: every named contraction gets both times; with
+    the margin forced below zero every layer counts as slower in int8, so the mixed model (all of
+    them float) is built, timed against the all-int8 one and reported either way."""
+    from mmopt.quantize import latency_aware
+
+    named = onnx.ModelProto()
+    named.CopyFrom(cnn)
+    for i, node in enumerate(named.graph.node):
+        node.name = node.name or f"{node.op_type.lower()}{i}"
+    shapes = {"x": (1, 3, 16, 16)}
+    _, report = quantize(named, _data(4), prefer="speed", input_shapes=shapes)
+    lat = report.latency
+    assert {r.node for r in lat.layers} == {"conv0", "conv3", "gemm7"}
+    assert all(r.float_ms and r.int8_ms for r in lat.layers if r.op_type == "Conv")
+    assert lat.float_ms > 0 and lat.int8_ms > 0
+    assert report.to_dict()["latency"]["layers"]
+
+    monkeypatch.setattr(latency_aware, "MARGIN", -1.0)
+    out, report = quantize(named, _data(4), prefer="speed", input_shapes=shapes)
+    lat = report.latency
+    assert lat.mixed_ms is not None and any("interleaved" in n for n in lat.notes)
+    if lat.chosen == "mixed":
+        float_convs = {n.name for n in out.graph.node if n.op_type == "Conv"}
+        assert set(lat.kept_float) <= set(report.kept_float)
+        assert "conv0" in float_convs and not any(
+            n.op_type == "DequantizeLinear" and n.output[0] in
+            [i for c in out.graph.node if c.name == "conv0" for i in c.input[1:2]]
+            for n in out.graph.node)
+    else:
+        assert lat.kept_float == [] and "no faster" in lat.notes[-1]
+
+
+def test_prefer_option_errors(cnn):
+    with pytest.raises(MmoptError, match="--prefer fast"):
+        quantize(cnn, _data(4), prefer="fast")
+    with pytest.raises(MmoptError, match="--prefer speed applies to static int8"):
+        quantize(cnn, _data(4), prefer="speed", dtype="fp16")

@@ -14,13 +14,14 @@ from mmopt.cli.common import (err, html_option, import_options, input_shape_opti
 from mmopt.errors import MmoptError
 from mmopt.quantize.calibrate import DEFAULT_PERCENTILE, METHODS
 from mmopt.quantize.evaluate import METRICS
-from mmopt.quantize.pipeline import DEFAULT_ACTIVATIONS, DEFAULT_METHOD, DTYPES
+from mmopt.quantize.pipeline import DEFAULT_ACTIVATIONS, DEFAULT_METHOD, DTYPES, PREFER
 from mmopt.quantize.qdq import ACTIVATION_TYPES
 from mmopt.quantize.evaluate import ENGINES, describe_engine
 from mmopt.runtime.ort import DEFAULT_ENGINE
 
 _STAGES = {"calibrate": "calibrating", "sensitivity": "ranking layers",
-           "fallback": "keeping layers in float"}
+           "fallback": "keeping layers in float",
+           "latency": "profiling float, int8, mixed"}
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -102,8 +103,15 @@ def _dims(text: str | None, option: str):
                    "int8 kernels, CPU-dependent; for models shipped on onnxruntime); artifact = "
                    "each candidate compiled with mmopt for --target and run here (what is "
                    "deployed; one compile per candidate).")
+@click.option("--prefer", type=click.Choice(list(PREFER)), default=PREFER[0], show_default=True,
+              help="accuracy = every quantizable layer int8 (unless --max-drop needs it float); "
+                   "speed = also compile the float and the int8 model for --target, profile "
+                   "them here kernel by kernel, and keep in float the convolutions/matmuls whose "
+                   "int8 kernel measured over 10% slower, when that makes the whole model faster "
+                   "(the report lists every layer's two times).")
 @click.option("-t", "--target", default="x86", show_default=True,
-              help="Target --eval-engine artifact compiles for (it must run on this machine).")
+              help="Target --eval-engine artifact and --prefer speed compile for (it must run on "
+                   "this machine).")
 @input_shape_option
 @click.option("--per-layer/--no-per-layer", "per_layer", default=None,
               help="Compare every tensor of the float and the quantized model on the first "
@@ -118,7 +126,7 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
                  exclude,
                  samples, dtype, weight_only, preprocess_file, resize, crop, mean, std, scale,
                  channel_order, layout, eval_data, eval_samples, metric, max_drop, eval_engine,
-                 target, input_shapes, per_layer, report_path, as_json, html_path):
+                 prefer, target, input_shapes, per_layer, report_path, as_json, html_path):
     """Quantize MODEL and write the result as ONNX (QDQ int8 by default).
 
     \b
@@ -155,7 +163,7 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
             dtype=dtype, weight_only=weight_only, preprocess=preprocess,
             input_shapes=shapes(input_shapes), eval_data=eval_data, eval_samples=eval_samples,
             metric=metric, max_drop=max_drop, eval_engine=eval_engine, target=target,
-            per_layer=bool(html_path) if per_layer is None else per_layer, progress=progress)
+            prefer=prefer, per_layer=bool(html_path) if per_layer is None else per_layer, progress=progress)
     mir.save(qmodel, output)
     data = {"output": str(output), **report.to_dict()}
     if report_path:
@@ -223,6 +231,13 @@ def _print(report, output) -> None:
                               "" if s.score.top1 is None else f"{s.score.top1:.2f}",
                               "yes" if s.within_budget else "-")
             out.print(table)
+    lat = report.latency
+    if lat is not None:
+        out.print(f"  speed        {lat.summary()}", markup=False)
+        if lat.kept_float:
+            out.print(f"  kept float   {', '.join(lat.kept_float)}", markup=False)
+        for note in lat.notes:
+            out.print(f"  note         {note}", markup=False)
 
 
 command = quantize_cmd

@@ -37,6 +37,7 @@ from mmopt.check.per_layer import PerLayerReport
 from mmopt.errors import MmoptError
 from mmopt.quantize import accuracy_aware, calibrate as cal, data as qdata, qdq
 from mmopt.quantize.evaluate import Evaluator, Score
+from mmopt.quantize.latency_aware import LatencyReport
 from mmopt.runtime import ort
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ DEFAULT_METHOD = "percentile"
 #: uint8 asymmetric: one more bit for the (mostly non-negative) activations than int8 symmetric
 DEFAULT_ACTIVATIONS = "uint8"
 DTYPES = ("int8", "fp16")
+#: ``--prefer``: keep every quantizable layer int8 (accuracy budget permitting), or measure and
+#: keep float the layers int8 makes slower (:mod:`mmopt.quantize.latency_aware`)
+PREFER = ("accuracy", "speed")
 #: bytes of intermediate activations one calibration batch may hold (sets the batch size)
 BATCH_BYTES = 64 << 20
 MAX_BATCH = 32
@@ -82,6 +86,8 @@ class QuantizeReport:
     calibration_ranges: list[dict] = field(default_factory=list)
     #: float vs quantized model tensor by tensor (``per_layer=True``)
     per_layer: PerLayerReport | None = None
+    #: ``prefer="speed"``: per-layer float/int8 kernel times and the choice made from them
+    latency: LatencyReport | None = None
     details: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -91,10 +97,12 @@ class QuantizeReport:
         from mmopt.report.data import finite
 
         out = {"kind": "quantize", **{k: v for k, v in self.__dict__.items()
-                                      if k not in ("evaluation", "accuracy_aware", "per_layer")}}
+                                      if k not in ("evaluation", "accuracy_aware", "per_layer",
+                                                   "latency")}}
         out["evaluation"] = self.evaluation.to_dict() if self.evaluation else None
         out["accuracy_aware"] = self.accuracy_aware.to_dict() if self.accuracy_aware else None
         out["per_layer"] = self.per_layer.to_dict() if self.per_layer else None
+        out["latency"] = self.latency.to_dict() if self.latency else None
         out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
         return finite(out)
 
@@ -141,6 +149,7 @@ def quantize(
     target: str = "x86",
     batch_size: int | None = None,
     per_layer: bool | int = False,
+    prefer: str = "accuracy",
     progress: Progress | None = None,
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
     """Quantize ``model`` (path or ModelProto); returns the new model and a report.
@@ -158,7 +167,11 @@ def quantize(
     (``0.005`` = ``"0.5%"``), a bare number >= 1 an error. ``per_layer``: compare the float and
     the quantized model tensor by tensor on the first samples (``True``: as many as
     ``mmopt check --per-layer`` takes; a number: that many) of ``eval_data``, else of
-    ``calib_data`` (``report.per_layer``).
+    ``calib_data`` (``report.per_layer``). ``prefer="speed"`` (static int8): the float and the
+    int8 model are compiled for ``target`` and profiled here, and the contractions whose int8
+    kernel measured slower than their float one stay float when that makes the whole model faster
+    (:mod:`mmopt.quantize.latency_aware`; ``report.latency``); ``"accuracy"`` (default) keeps every
+    quantizable layer int8 unless ``max_drop`` needs it float.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -187,6 +200,10 @@ def quantize(
         raise MmoptError("--max-drop applies to static int8 quantization only")
     if samples is not None and samples <= 0:
         raise MmoptError(f"--samples {samples}: must be positive")
+    if prefer not in PREFER:
+        raise MmoptError(f"--prefer {prefer}: use one of {', '.join(PREFER)}")
+    if prefer == "speed" and (dtype != "int8" or weight_only):
+        raise MmoptError("--prefer speed applies to static int8 quantization only")
 
     from mmopt import frontends
 
@@ -279,6 +296,21 @@ def quantize(
                 report.accuracy_aware = accuracy_aware.AccuracyAwareReport(
                     evaluator.metric, max_drop, met=True, final=score,
                     steps=[accuracy_aware.Step("all int8", [], score, True)])
+        if prefer == "speed":
+            from mmopt.quantize import latency_aware
+
+            t0 = time.perf_counter()
+            kept = list(report.kept_float)
+            out, report.latency = latency_aware.choose(
+                build, prepared, out, kept, target=target, input_shapes=input_shapes,
+                progress=progress)
+            if report.latency.kept_float:
+                report.kept_float = [*kept, *report.latency.kept_float]
+                if eval_data is not None:  # the score of the model written, not of its all-int8 twin
+                    report.evaluation = _evaluator(prepared, eval_data, inputs, preprocess,
+                                                   eval_samples, metric, eval_engine,
+                                                   target).score(out)
+            timings["latency_aware"] = time.perf_counter() - t0
     if eval_data is not None and report.evaluation is None:
         evaluator = _evaluator(prepared, eval_data, inputs, preprocess, eval_samples, metric,
                                eval_engine, target)

@@ -1,0 +1,206 @@
+"""Latency-aware mixed precision (``mmopt quantize --prefer speed``).
+
+int8 is not faster everywhere: a layer whose integer kernel has little work per byte (a 1x1
+convolution over few channels followed by a hard-swish table read, a transposing head) or no fast
+instruction on the CPU (a depthwise convolution on x86 without VNNI) can measure slower than its
+float kernel. Which layers these are depends on the target, so they are measured, not guessed:
+
+1. the float model and the all-int8 QDQ model are compiled for the target and profiled here
+   kernel by kernel (:func:`mmopt.runtime.profile.profile`, minimum over the runs, which a busy
+   machine inflates least);
+2. each kernel's time is attributed to the quantizable contractions (Conv, ConvTranspose, MatMul,
+   Gemm) it computes (the profiler maps kernels to the ONNX nodes they came from; a kernel that
+   computes several of them is split evenly);
+3. a layer whose int8 time exceeds its float time by more than :data:`MARGIN` stays float;
+4. the mixed model is compiled too and kept only when it is faster as a whole (the two timed
+   interleaved): a float layer between int8 ones adds a dequantize and a quantize, which can cost
+   more than the layer saved.
+
+The report lists every layer's two times and the decision, and the three whole-model minimums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import onnx
+
+#: contractions whose kernels dominate a model's time: the layers the decision is made for
+CONTRACTIONS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: an int8 layer must be this much slower than its float kernel (relative) to stay float: below
+#: it, run-to-run noise of per-kernel minimums decides
+MARGIN = 0.10
+
+
+@dataclass
+class LayerTiming:
+    node: str
+    op_type: str
+    float_ms: float | None
+    int8_ms: float | None
+    #: the int8 time exceeds the float one by more than the margin
+    int8_slower: bool = False
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type,
+                "float_ms": None if self.float_ms is None else round(self.float_ms, 4),
+                "int8_ms": None if self.int8_ms is None else round(self.int8_ms, 4),
+                "int8_slower": self.int8_slower}
+
+
+@dataclass
+class LatencyReport:
+    target: str
+    threads: int
+    runs: int
+    margin: float = MARGIN
+    layers: list[LayerTiming] = field(default_factory=list)
+    #: whole-model minimums (ms) of the float, all-int8 and mixed models (mixed: None when no
+    #: layer measured slower in int8)
+    float_ms: float | None = None
+    int8_ms: float | None = None
+    mixed_ms: float | None = None
+    #: "all int8" or "mixed"
+    chosen: str = "all int8"
+    #: the layers the chosen model keeps in float for speed
+    kept_float: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "layers"}
+        for key in ("float_ms", "int8_ms", "mixed_ms"):
+            out[key] = None if out[key] is None else round(out[key], 4)
+        out["layers"] = [layer.to_dict() for layer in self.layers]
+        return out
+
+    def summary(self) -> str:
+        slower = [layer for layer in self.layers if layer.int8_slower]
+
+        def ms(value):
+            return "-" if value is None else f"{value:.3f} ms"
+
+        text = (f"latency ({self.target}, {self.threads} threads, min of {self.runs} runs): "
+                f"float {ms(self.float_ms)}, int8 {ms(self.int8_ms)}")
+        if self.mixed_ms is not None:
+            text += f", mixed {ms(self.mixed_ms)}"
+        text += (f"; {len(slower)} of {len(self.layers)} layers slower in int8; "
+                 f"chosen: {self.chosen}")
+        return text
+
+
+def layer_times(kernels: Sequence, nodes: Mapping[str, str]) -> dict[str, float]:
+    """Per node of ``nodes`` (name -> op type), the summed minimum time (ms) of the kernels that
+    compute it; a kernel computing several of them is split evenly among them."""
+    times: dict[str, float] = {}
+    for kernel in kernels:
+        mine = [n for n in dict.fromkeys(kernel.onnx_nodes) if n in nodes]
+        for name in mine:
+            times[name] = times.get(name, 0.0) + kernel.min_ms / len(mine)
+    return times
+
+
+def slower_layers(float_times: Mapping[str, float], int8_times: Mapping[str, float],
+                  nodes: Mapping[str, str], margin: float = MARGIN) -> list[LayerTiming]:
+    """Every node of ``nodes`` (graph order) with its two times, ``int8_slower`` where the int8
+    time exceeds the float one by more than ``margin`` (a node missing from either profile is
+    left int8: nothing measured says otherwise)."""
+    rows = []
+    for name, op_type in nodes.items():
+        f, q = float_times.get(name), int8_times.get(name)
+        slow = f is not None and q is not None and q > f * (1 + margin)
+        rows.append(LayerTiming(name, op_type, f, q, int8_slower=slow))
+    return rows
+
+
+def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.ModelProto,
+           quantized: onnx.ModelProto, kept: Sequence[str], *, target: str,
+           input_shapes: Mapping[str, Sequence[int]] | None = None, threads: int = 2,
+           runs: int = 10, rounds: int = 2,
+           progress: Callable[[str, int, int], None] | None = None,
+           ) -> tuple[onnx.ModelProto, LatencyReport]:
+    """The module docstring's steps. ``build(kept)`` writes the QDQ model with the nodes ``kept``
+    in float; ``quantized`` is ``build(kept)``, the model chosen so far (``kept``: layers already
+    float, e.g. for accuracy). Returns the faster of it and the mixed model, and the report.
+
+    A shared machine runs whole processes slower for minutes at a time, so nothing is compared
+    across one such phase: the float and int8 profiles alternate ``rounds`` times (each kernel's
+    minimum over all of them), and the int8 and mixed models are timed interleaved
+    (:func:`mmopt.runtime.bench.time_engines`); the mixed model is chosen only when both its
+    minimum and its median are lower."""
+    import tempfile
+    from pathlib import Path
+
+    import mmopt
+    from mmopt import ir as mir
+    from mmopt import targets
+    from mmopt.errors import MmoptError
+    from mmopt.runtime.bench import time_engines
+    from mmopt.runtime.inputs import random_feeds
+    from mmopt.runtime.profile import profile
+
+    tgt = targets.get(target)
+    if not tgt.runs_here():
+        raise MmoptError(f"--prefer speed measures the layers on this machine, and target "
+                         f"{tgt.name} cannot run here ({tgt.why_not_here()})")
+    report = LatencyReport(target=tgt.name, threads=threads, runs=runs * rounds)
+    nodes = {n.name: n.op_type for n in prepared.graph.node
+             if n.op_type in CONTRACTIONS and n.name and n.name not in set(kept)}
+    steps = 2 + 2 * rounds + 2
+    done = 0
+
+    def step():
+        nonlocal done
+        if progress:
+            progress("latency", done, steps)
+        done += 1
+
+    with tempfile.TemporaryDirectory(prefix="mmopt-latency-") as tmp:
+        def compiled(model, name):
+            step()
+            path = Path(tmp) / f"{name}.onnx"  # a file: the profiler maps kernels to its nodes
+            mir.save(model, path)
+            return mmopt.compile(str(path), tgt.name, Path(tmp) / name, input_shapes=input_shapes,
+                                 verify=False)
+
+        float_art, int8_art = compiled(prepared, "float"), compiled(quantized, "int8")
+        float_times: dict[str, float] = {}
+        int8_times: dict[str, float] = {}
+        for _ in range(rounds):
+            for art, times, total in ((float_art, float_times, "float_ms"),
+                                      (int8_art, int8_times, "int8_ms")):
+                step()
+                result = profile(str(art.library), threads=threads, runs=runs)
+                for name, ms in layer_times(result.kernels, nodes).items():
+                    times[name] = min(ms, times.get(name, ms))
+                best = getattr(report, total)
+                setattr(report, total, result.total_min_ms if best is None
+                        else min(best, result.total_min_ms))
+        report.margin = MARGIN
+        report.layers = slower_layers(float_times, int8_times, nodes, MARGIN)
+        unmapped = sum(1 for layer in report.layers
+                       if layer.int8_ms is None or layer.float_ms is None)
+        if unmapped:
+            report.notes.append(f"{unmapped} layer(s) not found in both profiles (no kernel "
+                                "mapped to them): left int8")
+        slow = [layer.node for layer in report.layers if layer.int8_slower]
+        if not slow:
+            return quantized, report
+        mixed = build([*kept, *slow])
+        mixed_art = compiled(mixed, "mixed")
+        step()
+        feeds = random_feeds(mixed_art.meta.inputs)
+        int8_timing, mixed_timing = time_engines(
+            [("mmopt", str(int8_art.library)), ("mmopt", str(mixed_art.library))], feeds,
+            threads=threads, warmup=3, repeat=max(10, runs), rounds=10)
+    report.mixed_ms = mixed_timing.min_ms
+    report.notes.append(f"int8 vs mixed, interleaved: min {int8_timing.min_ms:.3f} vs "
+                        f"{mixed_timing.min_ms:.3f} ms, median {int8_timing.median_ms:.3f} vs "
+                        f"{mixed_timing.median_ms:.3f} ms")
+    if (mixed_timing.min_ms < int8_timing.min_ms
+            and mixed_timing.median_ms < int8_timing.median_ms):
+        report.chosen, report.kept_float = "mixed", slow
+        return mixed, report
+    report.notes.append("the mixed model measured no faster as a whole (the dequantize/quantize "
+                        "around its float layers cost more than they saved): all int8 kept")
+    return quantized, report
