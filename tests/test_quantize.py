@@ -474,6 +474,10 @@ def test_prefer_speed_measures_every_layer_and_builds_the_mixed_model(cnn, monke
     assert all(r.float_ms and r.int8_ms for r in lat.layers if r.op_type == "Conv")
     assert lat.float_ms > 0 and lat.int8_ms > 0
     assert report.to_dict()["latency"]["layers"]
+    from mmopt.report import render
+
+    page = render(report.to_dict())
+    assert "speed-layers" in page and "conv3 (Conv)" in page
 
     monkeypatch.setattr(latency_aware, "MARGIN", -1.0)
     out, report = quantize(named, _data(4), prefer="speed", input_shapes=shapes)

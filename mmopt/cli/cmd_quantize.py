@@ -163,7 +163,8 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
             dtype=dtype, weight_only=weight_only, preprocess=preprocess,
             input_shapes=shapes(input_shapes), eval_data=eval_data, eval_samples=eval_samples,
             metric=metric, max_drop=max_drop, eval_engine=eval_engine, target=target,
-            prefer=prefer, per_layer=bool(html_path) if per_layer is None else per_layer, progress=progress)
+            prefer=prefer, per_layer=bool(html_path) if per_layer is None else per_layer,
+            progress=progress)
     mir.save(qmodel, output)
     data = {"output": str(output), **report.to_dict()}
     if report_path:

@@ -121,7 +121,8 @@ def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.Mod
            ) -> tuple[onnx.ModelProto, LatencyReport]:
     """The module docstring's steps. ``build(kept)`` writes the QDQ model with the nodes ``kept``
     in float; ``quantized`` is ``build(kept)``, the model chosen so far (``kept``: layers already
-    float, e.g. for accuracy). Returns the faster of it and the mixed model, and the report.
+    float: asked for, or for accuracy; they are not measured). Returns the faster of it and the
+    mixed model, and the report.
 
     A shared machine runs whole processes slower for minutes at a time, so nothing is compared
     across one such phase: the float and int8 profiles alternate ``rounds`` times (each kernel's

@@ -300,12 +300,11 @@ def quantize(
             from mmopt.quantize import latency_aware
 
             t0 = time.perf_counter()
-            kept = list(report.kept_float)
             out, report.latency = latency_aware.choose(
-                build, prepared, out, kept, target=target, input_shapes=input_shapes,
-                progress=progress)
+                build, prepared, out, [*excluded, *report.kept_float], target=target,
+                input_shapes=input_shapes, progress=progress)
             if report.latency.kept_float:
-                report.kept_float = [*kept, *report.latency.kept_float]
+                report.kept_float = [*report.kept_float, *report.latency.kept_float]
                 if eval_data is not None:  # the score of the model written, not of its all-int8 twin
                     report.evaluation = _evaluator(prepared, eval_data, inputs, preprocess,
                                                    eval_samples, metric, eval_engine,

@@ -1,5 +1,6 @@
 """The quantize report (``mmopt quantize --json`` / ``--report``): the settings, the accuracy
-against the float model, the accuracy-aware search step by step against its budget, where along the
+against the float model, the accuracy-aware search step by step against its budget, the layers
+``--prefer speed`` measured and kept in float, where along the
 network the error jumps (``--per-layer``), and the range calibration chose for each tensor."""
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def build(page: Page) -> None:
     _evaluation(page)
     if aa:
         _search(page)
+    if d.get("latency"):
+        _speed(page)
     layers = page.section("Accuracy along the network", "layers")
     if d.get("per_layer"):
         add_layers(page, layers, "per_layer")
@@ -87,6 +90,45 @@ def _evaluation(page: Page) -> None:
                                                   unit=" points")),
                  ("verdict", badge(aa["met"], "met", "NOT met"))]
     s.kv(rows)
+
+
+def _speed(page: Page) -> None:
+    """``--prefer speed``: the whole-model minimums, the decision, and every layer's float and
+    int8 kernel time."""
+    lat = page.data["latency"]
+    s = page.section("Speed: layers kept in float where int8 measured slower", "speed")
+    s.text(f"Profiled here for {lat['target']} ({lat['threads']} threads, minimum of "
+           f"{lat['runs']} runs per kernel); a layer whose int8 time is over "
+           f"{100 * lat['margin']:.0f}% above its float time is a candidate for float, and the "
+           "mixed model is kept only when it is faster as a whole.")
+    s.kv([("float model", page.value("latency", "float_ms", spec=".3f", unit=" ms")),
+          ("all-int8 model", page.value("latency", "int8_ms", spec=".3f", unit=" ms")),
+          ("mixed model", page.value("latency", "mixed_ms", spec=".3f", unit=" ms")),
+          ("chosen", page.value("latency", "chosen")),
+          ("kept in float for speed", page.value("latency", "kept_float"))])
+    for note in lat.get("notes") or []:
+        s.note(note)
+    layers = lat.get("layers") or []
+    if not layers:
+        return
+    fig = figure(height=height_for(len(layers)), barmode="group",
+                 xaxis_title="kernel time (ms, minimum)",
+                 yaxis={"autorange": "reversed", "automargin": True},
+                 title="each layer's kernel time, float and int8")
+    names = [f"{x['node']} ({x['op_type']})" for x in layers]
+    fig.add_bar(orientation="h", y=names, x=[x["float_ms"] for x in layers], name="float",
+                marker_color=COLORS["default"])
+    fig.add_bar(orientation="h", y=names, x=[x["int8_ms"] for x in layers], name="int8",
+                marker_color=[COLORS["bad"] if x["int8_slower"] else COLORS["mmopt"]
+                              for x in layers])
+    s.chart(fig, "speed-layers")
+    s.table(["layer", "op", "float ms", "int8 ms", "int8 slower"],
+            ([page.value("latency", "layers", i, "node"),
+              page.value("latency", "layers", i, "op_type"),
+              page.value("latency", "layers", i, "float_ms", spec=".4f"),
+              page.value("latency", "layers", i, "int8_ms", spec=".4f"),
+              badge(not x["int8_slower"], "no", "yes")]
+             for i, x in enumerate(layers)), name="speed-layers")
 
 
 def _search(page: Page) -> None:
