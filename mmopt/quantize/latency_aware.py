@@ -11,10 +11,11 @@ float kernel. Which layers these are depends on the target, so they are measured
 2. each kernel's time is attributed to the quantizable contractions (Conv, ConvTranspose, MatMul,
    Gemm) it computes (the profiler maps kernels to the ONNX nodes they came from; a kernel that
    computes several of them is split evenly);
-3. a layer whose int8 time exceeds its float time by more than :data:`MARGIN` stays float;
-4. the mixed model is compiled too and kept only when it is faster as a whole (the two timed
-   interleaved): a float layer between int8 ones adds a dequantize and a quantize, which can cost
-   more than the layer saved.
+3. a layer whose int8 time exceeds its float time by more than :data:`MARGIN` (and
+   :data:`MIN_DIFFERENCE_MS`) is a candidate for float;
+4. the mixed model (the candidates float) is compiled too and kept only when it is faster as a
+   whole by :data:`WHOLE_MARGIN`, the two timed interleaved: a float layer between int8 ones adds
+   a dequantize and a quantize, which can cost more than the layer saved.
 
 The report lists every layer's two times and the decision, and the three whole-model minimums.
 """
@@ -31,6 +32,12 @@ CONTRACTIONS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: an int8 layer must be this much slower than its float kernel (relative) to stay float: below
 #: it, run-to-run noise of per-kernel minimums decides
 MARGIN = 0.10
+#: ... and by at least this much in absolute terms (ms): a few microseconds are within what a
+#: kernel's minimum moves between profiles
+MIN_DIFFERENCE_MS = 0.005
+#: the mixed model must beat the all-int8 one by this much (relative), in minimum and median, to
+#: be chosen
+WHOLE_MARGIN = 0.02
 
 
 @dataclass
@@ -56,11 +63,12 @@ class LatencyReport:
     runs: int
     margin: float = MARGIN
     layers: list[LayerTiming] = field(default_factory=list)
-    #: whole-model minimums (ms) of the float, all-int8 and mixed models (mixed: None when no
-    #: layer measured slower in int8)
+    #: whole-model minimums (ms) of the float and all-int8 models, from their profiles
     float_ms: float | None = None
     int8_ms: float | None = None
-    mixed_ms: float | None = None
+    #: the all-int8 and the mixed model timed interleaved, whole calls (ms): ``{"int8": {"min",
+    #: "median"}, "mixed": {...}}``; None when no layer measured slower in int8
+    interleaved: dict | None = None
     #: "all int8" or "mixed"
     chosen: str = "all int8"
     #: the layers the chosen model keeps in float for speed
@@ -69,7 +77,7 @@ class LatencyReport:
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "layers"}
-        for key in ("float_ms", "int8_ms", "mixed_ms"):
+        for key in ("float_ms", "int8_ms"):
             out[key] = None if out[key] is None else round(out[key], 4)
         out["layers"] = [layer.to_dict() for layer in self.layers]
         return out
@@ -80,10 +88,12 @@ class LatencyReport:
         def ms(value):
             return "-" if value is None else f"{value:.3f} ms"
 
-        text = (f"latency ({self.target}, {self.threads} threads, min of {self.runs} runs): "
+        text = (f"profiles ({self.target}, {self.threads} threads, min of {self.runs} runs): "
                 f"float {ms(self.float_ms)}, int8 {ms(self.int8_ms)}")
-        if self.mixed_ms is not None:
-            text += f", mixed {ms(self.mixed_ms)}"
+        if self.interleaved:
+            q, m = self.interleaved["int8"], self.interleaved["mixed"]
+            text += (f"; int8 vs mixed interleaved: min {ms(q['min'])} vs {ms(m['min'])}, "
+                     f"median {ms(q['median'])} vs {ms(m['median'])}")
         text += (f"; {len(slower)} of {len(self.layers)} layers slower in int8; "
                  f"chosen: {self.chosen}")
         return text
@@ -108,7 +118,8 @@ def slower_layers(float_times: Mapping[str, float], int8_times: Mapping[str, flo
     rows = []
     for name, op_type in nodes.items():
         f, q = float_times.get(name), int8_times.get(name)
-        slow = f is not None and q is not None and q > f * (1 + margin)
+        slow = (f is not None and q is not None and q > f * (1 + margin)
+                and q - f >= MIN_DIFFERENCE_MS)
         rows.append(LayerTiming(name, op_type, f, q, int8_slower=slow))
     return rows
 
@@ -194,14 +205,14 @@ def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.Mod
         int8_timing, mixed_timing = time_engines(
             [("mmopt", str(int8_art.library)), ("mmopt", str(mixed_art.library))], feeds,
             threads=threads, warmup=3, repeat=max(10, runs), rounds=10)
-    report.mixed_ms = mixed_timing.min_ms
-    report.notes.append(f"int8 vs mixed, interleaved: min {int8_timing.min_ms:.3f} vs "
-                        f"{mixed_timing.min_ms:.3f} ms, median {int8_timing.median_ms:.3f} vs "
-                        f"{mixed_timing.median_ms:.3f} ms")
-    if (mixed_timing.min_ms < int8_timing.min_ms
-            and mixed_timing.median_ms < int8_timing.median_ms):
+    report.interleaved = {name: {"min": round(t.min_ms, 4), "median": round(t.median_ms, 4)}
+                          for name, t in (("int8", int8_timing), ("mixed", mixed_timing))}
+    faster = 1 - WHOLE_MARGIN
+    if (mixed_timing.min_ms < int8_timing.min_ms * faster
+            and mixed_timing.median_ms < int8_timing.median_ms * faster):
         report.chosen, report.kept_float = "mixed", slow
         return mixed, report
-    report.notes.append("the mixed model measured no faster as a whole (the dequantize/quantize "
-                        "around its float layers cost more than they saved): all int8 kept")
+    report.notes.append(f"the mixed model was not {100 * WHOLE_MARGIN:.0f}% faster as a whole "
+                        "(the dequantize/quantize around its float layers cost about what they "
+                        "saved, or more): all int8 kept")
     return quantized, report

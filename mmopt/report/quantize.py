@@ -101,9 +101,12 @@ def _speed(page: Page) -> None:
            f"{lat['runs']} runs per kernel); a layer whose int8 time is over "
            f"{100 * lat['margin']:.0f}% above its float time is a candidate for float, and the "
            "mixed model is kept only when it is faster as a whole.")
-    s.kv([("float model", page.value("latency", "float_ms", spec=".3f", unit=" ms")),
-          ("all-int8 model", page.value("latency", "int8_ms", spec=".3f", unit=" ms")),
-          ("mixed model", page.value("latency", "mixed_ms", spec=".3f", unit=" ms")),
+    s.kv([("float model (profile, min)", page.value("latency", "float_ms", spec=".3f",
+                                                     unit=" ms")),
+          ("all-int8 model (profile, min)", page.value("latency", "int8_ms", spec=".3f",
+                                                        unit=" ms")),
+          ("all-int8, interleaved (min / median)", _pair(page, "int8")),
+          ("mixed, interleaved (min / median)", _pair(page, "mixed")),
           ("chosen", page.value("latency", "chosen")),
           ("kept in float for speed", page.value("latency", "kept_float"))])
     for note in lat.get("notes") or []:
@@ -129,6 +132,13 @@ def _speed(page: Page) -> None:
               page.value("latency", "layers", i, "int8_ms", spec=".4f"),
               badge(not x["int8_slower"], "no", "yes")]
              for i, x in enumerate(layers)), name="speed-layers")
+
+
+def _pair(page: Page, model: str) -> str:
+    timing = (page.data["latency"].get("interleaved") or {}).get(model)
+    if not timing:
+        return "-"
+    return f"{timing['min']:.3f} / {timing['median']:.3f} ms"
 
 
 def _search(page: Page) -> None:
