@@ -149,10 +149,12 @@ def rewrite_dense_nhwc_convs(mod, rewrite):
     return rewrite_nhwc_convs(mod, rewrite, grouped=False)
 
 
-def rewrite_nhwc_convs(mod, rewrite, *, grouped: bool):
+def rewrite_nhwc_convs(mod, rewrite, *, grouped: bool, with_lookup: bool = False):
     """:func:`rewrite_dense_nhwc_convs` for the convolutions with ``groups == 1`` (``grouped``
     false) or with ``groups > 1`` (``grouped`` true: depthwise and grouped; their HWIO weights
-    have ``IC / groups`` input channels)."""
+    have ``IC / groups`` input channels). ``with_lookup``: ``rewrite`` also gets the binding
+    lookup (``lookup(var)`` -> the expression bound to it, or None), to see the producer of the
+    convolution's input."""
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
@@ -173,7 +175,9 @@ def rewrite_nhwc_convs(mod, rewrite, *, grouped: bool):
                     or len(call.args[0].ty.shape) != 4):
                 return call
             w = hwio_weight(call.args[1], self.lookup_binding)
-            new = rewrite(call, w, self.builder_) if w is not None and w.ndim == 4 else None
+            extra = (self.lookup_binding,) if with_lookup else ()
+            new = (rewrite(call, w, self.builder_, *extra) if w is not None and w.ndim == 4
+                   else None)
             return call if new is None else new
 
         def transform(self):

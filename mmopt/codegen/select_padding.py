@@ -1,8 +1,9 @@
 """Integer grouped (depthwise) NHWC convolutions whose zero padding is a select, not a branch.
 
-A quantized depthwise convolution reads its centered int16 activation through the convolution's
-own zero padding (:mod:`mmopt.codegen.quantized`), and its schedule inlines that padding into the
-micro-kernel (:func:`mmopt.codegen.cpu_schedules._inline_plain_copies`). TVM's padding is
+A quantized depthwise convolution reads its 8-bit activation padded with the zero point, an
+explicit ``pad`` before it (:mod:`mmopt.codegen.quantized`) that this pass folds into the
+convolution, and its schedule inlines that padding into the micro-kernel
+(:func:`mmopt.codegen.cpu_schedules._inline_plain_copies`). TVM's padding is
 ``if_then_else(inside, x[y - top, x - left], 0)``, which LLVM code generation lowers to a branch
 around the load, since the load must not run when it would read outside the tensor. With a
 branch between every multiply-add of the register tile, LLVM stores the accumulators to memory
@@ -12,10 +13,10 @@ per ``vpmulld``.
 Here the padded copy reads the input at indices clamped into the tensor and selects zero where
 the position lies in the padding::
 
-    pad[b, y, x, c] = inside(y, x) ? data[b, clamp(y - top, 0, H - 1), clamp(x - left, 0, W - 1), c] : 0
+    pad[b, y, x, c] = inside(y, x) ? data[b, clamp(y - top, 0, H - 1), clamp(x - left, 0, W - 1), c] : v
 
-which equals the original where ``inside`` holds (the clamp is then the identity) and is zero
-elsewhere, as before. Every load is in bounds, so LLVM emits a straight line of loads (masked
+which equals the original where ``inside`` holds (the clamp is then the identity) and is the pad
+value ``v`` (the zero point; 0 for a convolution's own padding) elsewhere, as before. Every load is in bounds, so LLVM emits a straight line of loads (masked
 loads on AVX-512) and keeps the accumulators in registers. ``inside`` is written as
 ``clamp(y) == y``: TVM's simplifier rewrites a select's true value under its condition, and
 from plain bounds on ``y`` it proves the clamps redundant and drops them (the AVX2 kernel then
@@ -35,14 +36,18 @@ import numpy as np
 
 from mmopt.codegen.relax_util import conv_output_size, rewrite_nhwc_convs, tensor_dtype
 
-#: activation dtypes whose grouped convolutions are rewritten: the centered activation of a
-#: quantized depthwise convolution (:mod:`mmopt.codegen.quantized`)
-_INTEGER_INPUTS = ("int16",)
+#: activation dtypes whose grouped convolutions are rewritten: the 8-bit activation of a quantized
+#: depthwise convolution (:mod:`mmopt.codegen.quantized`), padded with its zero point by an
+#: explicit ``pad`` this pass folds in, and the zero-point-centered int16 one (padded with zeros
+#: by the convolution itself)
+_INTEGER_INPUTS = ("uint8", "int8", "int16")
 
 
-def _grouped_conv_te(data, weight, strides, padding, dilation, groups: int, out_dtype: str):
+def _grouped_conv_te(data, weight, strides, padding, dilation, groups: int, out_dtype: str,
+                     pad_value: int = 0):
     """NHWC grouped convolution of ``data`` with HWIO ``weight`` (``IC / groups`` input channels
-    per output channel), summed in ``out_dtype``, padding as described in the module docstring."""
+    per output channel), summed in ``out_dtype``, padding (with ``pad_value``) as described in the
+    module docstring."""
     from tvm import te, tirx
 
     n, h, w, _ic = data.shape
@@ -61,7 +66,7 @@ def _grouped_conv_te(data, weight, strides, padding, dilation, groups: int, out_
             # x it proved the clamps redundant and removed them -- a plain (unmasked) load then
             # read outside the tensor at the borders (AVX2 blends; segfault at a page edge)
             inside = tirx.all(yy == y - top, xx == x - left)
-            return tirx.Select(inside, source[b, yy, xx, c], tirx.const(0, data.dtype))
+            return tirx.Select(inside, source[b, yy, xx, c], tirx.const(pad_value, data.dtype))
 
         data = te.compute((n, h + top + bottom, w + left + right, data.shape[3]), pad,
                           name="pad_temp")
@@ -84,19 +89,41 @@ def select_padding():
     import tvm
     from tvm import relax
 
-    def rewrite(call, w, builder):
+    def rewrite(call, w, builder, lookup):
         attrs = call.attrs
         out_dtype = str(attrs.out_dtype) if attrs.out_dtype is not None else ""
         if tensor_dtype(call.args[0]) not in _INTEGER_INPUTS or out_dtype != "int32":
             return None
+        data, padding = call.args[0], [int(v) for v in attrs.padding]
+        pad_value = 0
+        folded = _spatial_pad(lookup(data)) if not any(padding) else None
+        if folded is not None:
+            data, padding, pad_value = folded
         return builder.call_te(
-            _grouped_conv_te, call.args[0], relax.const(np.ascontiguousarray(w)),
-            [int(v) for v in attrs.strides], [int(v) for v in attrs.padding],
-            [int(v) for v in attrs.dilation], int(attrs.groups), out_dtype,
-            primfunc_name_hint="group_conv2d_nhwc")
+            _grouped_conv_te, data, relax.const(np.ascontiguousarray(w)),
+            [int(v) for v in attrs.strides], padding, [int(v) for v in attrs.dilation],
+            int(attrs.groups), out_dtype, pad_value, primfunc_name_hint="group_conv2d_nhwc")
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_select_padding")
     def _pass(mod, _ctx):
-        return rewrite_nhwc_convs(mod, rewrite, grouped=True)
+        return rewrite_nhwc_convs(mod, rewrite, grouped=True, with_lookup=True)
 
     return _pass
+
+
+def _spatial_pad(expr):
+    """``(data, [top, left, bottom, right], value)`` when ``expr`` is a constant-mode NHWC
+    ``pad`` of an integer tensor on height and width only (the quantized depthwise convolution's
+    input padded with its zero point), else None."""
+    from mmopt.codegen.relax_util import op_name
+
+    if expr is None or op_name(expr) != "relax.nn.pad" or str(expr.attrs.pad_mode) != "constant":
+        return None
+    width = [int(v) for v in expr.attrs.pad_width]  # (before, after) per NHWC axis
+    value = float(expr.attrs.pad_value)
+    if len(width) != 8 or any(width[:2]) or any(width[6:]) or value != int(value):
+        return None
+    data = expr.args[0]
+    if tensor_dtype(data) not in _INTEGER_INPUTS:
+        return None
+    return data, [width[2], width[4], width[3], width[5]], int(value)
