@@ -234,17 +234,21 @@ def test_requantization_is_one_multiply_add_per_channel():
     assert folded == len(convs)  # each conv's sums, rescaled once
 
 
-def _depthwise_relu_model(channels: int, hw: int) -> onnx.ModelProto:
+def _depthwise_relu_model(channels: int, hw: int, expand_first: bool = False) -> onnx.ModelProto:
     """Depthwise 3x3 -> Relu -> 1x1 -> Relu: int8 outputs with zero point 0 (a ReLU'd range), as
-    in MobileNet blocks."""
+    in MobileNet blocks. ``expand_first``: 1x1 -> Relu -> depthwise -> Relu instead (the
+    depthwise convolution's input is then another kernel's output, its zero-point padding an
+    explicit pad in the graph)."""
     rng = np.random.default_rng(0)
-    w1 = (rng.standard_normal((channels, 1, 3, 3)) * 0.3).astype(np.float32)
-    w2 = (rng.standard_normal((channels, channels, 1, 1)) * 0.3).astype(np.float32)
+    dw = (rng.standard_normal((channels, 1, 3, 3)) * 0.3).astype(np.float32)
+    pw = (rng.standard_normal((channels, channels, 1, 1)) * 0.3).astype(np.float32)
+    w1, w2 = (pw, dw) if expand_first else (dw, pw)
+    dw_attrs = {"kernel_shape": [3, 3], "pads": [1] * 4, "group": channels}
+    pw_attrs = {"kernel_shape": [1, 1]}
     nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4,
-                         group=channels),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], **(pw_attrs if expand_first else dw_attrs)),
         helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], **(dw_attrs if expand_first else pw_attrs)),
         helper.make_node("Relu", ["c2"], ["y"]),
     ]
     shape = [1, channels, hw, hw]

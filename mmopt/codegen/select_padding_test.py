@@ -83,29 +83,6 @@ def test_float_and_dense_convs_are_left_alone():
     assert "R.nn.conv2d" in select_padding()(mod).script()
 
 
-def _expand_then_depthwise_model(channels: int, hw: int):
-    """1x1 -> Relu -> depthwise 3x3 -> Relu, as in a MobileNet block (the depthwise convolution's
-    input is another kernel's output, its zero-point padding an explicit pad in the graph)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w1 = (rng.standard_normal((channels, channels, 1, 1)) * 0.3).astype(np.float32)
-    w2 = (rng.standard_normal((channels, 1, 3, 3)) * 0.3).astype(np.float32)
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1] * 4,
-                         group=channels),
-        helper.make_node("Relu", ["c2"], ["y"]),
-    ]
-    shape = [1, channels, hw, hw]
-    graph = helper.make_graph(
-        nodes, "expand_dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 def test_quantized_depthwise_kernel_has_no_padding_branch():
     """In the scheduled kernel of a QDQ depthwise convolution the padding (the 8-bit input's
     zero point) is read through a select: TVM lowers an if-then-else around a load to a branch,
@@ -114,11 +91,12 @@ def test_quantized_depthwise_kernel_has_no_padding_branch():
     import tvm
 
     from mmopt.codegen import pipeline
+    from mmopt.codegen.quantized_test import _depthwise_relu_model
     from mmopt.codegen.relax_import import to_relax
     from mmopt.quantize import quantize
     from mmopt.targets import get
 
-    model = _expand_then_depthwise_model(32, 14)
+    model = _depthwise_relu_model(32, 14, expand_first=True)
     rng = np.random.default_rng(1)
     calib = [{"x": rng.random((1, 32, 14, 14), dtype=np.float32)} for _ in range(4)]
     qdq, _ = quantize(model, calib, method="minmax", weight_bits=7)
@@ -177,6 +155,7 @@ def test_padded_reads_stay_inside_the_tensor(tmp_path):
     import tvm
 
     from mmopt.codegen import pipeline
+    from mmopt.codegen.quantized_test import _depthwise_relu_model
     from mmopt.codegen.relax_import import to_relax
     from mmopt.quantize import quantize
     from mmopt.targets import get
@@ -184,7 +163,7 @@ def test_padded_reads_stay_inside_the_tensor(tmp_path):
     target = get("x86-avx2")
     if not target.runs_here():
         pytest.skip("x86-avx2 cannot run here")
-    model = _expand_then_depthwise_model(64, 16)  # 16 x 16 x 64 bytes: exactly four 4 KiB pages
+    model = _depthwise_relu_model(64, 16, expand_first=True)  # 16x16x64 bytes: four 4 KiB pages
     rng = np.random.default_rng(1)
     calib = [{"x": rng.random((1, 64, 16, 16), dtype=np.float32)} for _ in range(4)]
     qdq, _ = quantize(model, calib, method="minmax", weight_bits=7)
