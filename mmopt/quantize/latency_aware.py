@@ -139,7 +139,7 @@ def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.Mod
     across one such phase: the float and int8 profiles alternate ``rounds`` times (each kernel's
     minimum over all of them), and the int8 and mixed models are timed interleaved
     (:func:`mmopt.runtime.bench.time_engines`); the mixed model is chosen only when both its
-    minimum and its median are lower."""
+    minimum and its median are :data:`WHOLE_MARGIN` lower."""
     import tempfile
     from pathlib import Path
 
@@ -161,11 +161,11 @@ def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.Mod
     steps = 2 + 2 * rounds + 2
     done = 0
 
-    def step():
+    def step(finished: bool = False):
         nonlocal done
+        done = steps if finished else done + 1
         if progress:
             progress("latency", done, steps)
-        done += 1
 
     with tempfile.TemporaryDirectory(prefix="mmopt-latency-") as tmp:
         def compiled(model, name):
@@ -197,6 +197,7 @@ def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.Mod
                                 "mapped to them): left int8")
         slow = [layer.node for layer in report.layers if layer.int8_slower]
         if not slow:
+            step(finished=True)
             return quantized, report
         mixed = build([*kept, *slow])
         mixed_art = compiled(mixed, "mixed")
@@ -205,6 +206,7 @@ def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.Mod
         int8_timing, mixed_timing = time_engines(
             [("mmopt", str(int8_art.library)), ("mmopt", str(mixed_art.library))], feeds,
             threads=threads, warmup=3, repeat=max(10, runs), rounds=10)
+        step(finished=True)
     report.interleaved = {name: {"min": round(t.min_ms, 4), "median": round(t.median_ms, 4)}
                           for name, t in (("int8", int8_timing), ("mixed", mixed_timing))}
     faster = 1 - WHOLE_MARGIN
