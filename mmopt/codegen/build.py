@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mmopt.codegen.byte_lookup import tir_pipeline_for
+from mmopt.codegen.tir_pipeline import tir_pipeline_for
 from mmopt.codegen.pipeline import relax_pipeline
 from mmopt.errors import MmoptError, summarize
 from mmopt.frontends._native import (

@@ -27,8 +27,9 @@ it for 32 lanes or more, which the schedules give table-reading write-backs on s
 rewrites every vector read of a 256-entry 8-bit buffer at a computed index into that sequence
 (VBMI: vectors of 8 to 64 lanes, widened to 64 by repeating them; AVX2: multiples of 32). A read
 TVM left in a scalar loop is not rewritten (LLVM then vectorizes it with scalar byte loads:
-correct, slower); for the requantizing write-backs that read tables, :func:`register_pipeline`
-makes sure TVM vectorizes. Other targets keep 32-bit tables (:func:`byte_tables_pay`);
+correct, slower); for the requantizing write-backs that read tables,
+:func:`lower_with_vector_rounding` makes sure TVM vectorizes (:mod:`mmopt.codegen.tir_pipeline`
+runs both). Other targets keep 32-bit tables (:func:`byte_tables_pay`);
 ``quantized_lut`` stores 8-bit tables only where this pass will read them.
 """
 
@@ -38,8 +39,6 @@ import contextlib
 
 import numpy as np
 
-#: name under which :func:`register_pipeline` registers the TIR pipeline with this pass
-PIPELINE = "mmopt_byte_lookup"
 #: lanes of one ``vpermi2b`` (512-bit registers, bytes)
 PERMUTE_LANES = 64
 #: lanes of one AVX2 ``vpshufb`` (256-bit registers, bytes)
@@ -264,48 +263,31 @@ def _vector_rounding_pays(func) -> bool:
     return reader == "permute" or (reader == "shuffle" and found["wide"])
 
 
-def register_pipeline() -> str:
-    """Register (once) TVM's default TIR pipeline, with ``nearbyint`` vectorizable, followed by
-    :func:`byte_table_reads` under :data:`PIPELINE`; returns the name for
-    ``tvm.compile(..., tir_pipeline=...)``."""
+def lower_with_vector_rounding(lower):
+    """TVM's lowering ``lower`` (a module pass), run with ``nearbyint`` vectorizable
+    (:func:`_vectorizable_rounding`) on the functions where that pays
+    (:func:`_vector_rounding_pays`); :mod:`mmopt.codegen.tir_pipeline` runs it, then
+    :func:`byte_table_reads`."""
     import tvm
-    from tvm.tirx import compilation_pipeline
 
-    if PIPELINE not in compilation_pipeline.PIPELINE_MAP:
-        def factory():
-            lower, host, device = compilation_pipeline.get_tir_pipeline("default")
+    @tvm.transform.module_pass(opt_level=0, name="mmopt_lower_vectorized_rounding")
+    def _lower(mod, _ctx):
+        # only where it pays (:func:`_vector_rounding_pays`): elsewhere TVM's own vector
+        # rounding was slower than LLVM's loop vectorizer (a PP-OCR detector's resize
+        # and depth-to-space requantizations by 20-35% on AVX2)
+        tables = [gv for gv, func in mod.functions.items() if _vector_rounding_pays(func)]
+        if not tables:
+            return lower(mod)
+        if len(tables) == len(mod.functions):
+            with _vectorizable_rounding():
+                return lower(mod)
+        reading = tvm.IRModule({gv: mod[gv] for gv in tables}, attrs=mod.attrs)
+        rest = tvm.IRModule({gv: func for gv, func in mod.functions.items()
+                             if not any(gv.same_as(t) for t in tables)}, attrs=mod.attrs)
+        with _vectorizable_rounding():
+            reading = lower(reading)
+        rest = lower(rest)
+        rest.update(reading)
+        return rest
 
-            @tvm.transform.module_pass(opt_level=0, name="mmopt_lower_vectorized_rounding")
-            def _lower(mod, _ctx):
-                # only where it pays (:func:`_vector_rounding_pays`): elsewhere TVM's own vector
-                # rounding was slower than LLVM's loop vectorizer (a PP-OCR detector's resize
-                # and depth-to-space requantizations by 20-35% on AVX2)
-                tables = [gv for gv, func in mod.functions.items() if _vector_rounding_pays(func)]
-                if not tables:
-                    return lower(mod)
-                if len(tables) == len(mod.functions):
-                    with _vectorizable_rounding():
-                        return lower(mod)
-                reading = tvm.IRModule({gv: mod[gv] for gv in tables}, attrs=mod.attrs)
-                rest = tvm.IRModule({gv: func for gv, func in mod.functions.items()
-                                     if not any(gv.same_as(t) for t in tables)}, attrs=mod.attrs)
-                with _vectorizable_rounding():
-                    reading = lower(reading)
-                rest = lower(rest)
-                rest.update(reading)
-                return rest
-
-            return tvm.transform.Sequential([_lower, byte_table_reads()]), host, device
-
-        compilation_pipeline.register_tir_pipeline(PIPELINE, factory)
-    return PIPELINE
-
-
-def tir_pipeline_for(tvm_target) -> str:
-    """The TIR pipeline name for ``tvm.compile`` / ``tvm.tirx.build`` on ``tvm_target``: this
-    module's where the target reads byte tables by permutes (only those targets get byte
-    tables), else TVM's default. Compile and tuning's candidate builds both take it, so tuning
-    measures the code that ships."""
-    if str(tvm_target.kind.name) == "llvm" and byte_tables_pay(tvm_target):
-        return register_pipeline()
-    return "default"
+    return _lower

@@ -55,12 +55,12 @@ def test_table_read_becomes_byte_permutes_and_reads_the_same_entries(lanes, dtyp
     returns table[index] for every lane (run where the CPU has VBMI)."""
     import tvm
 
-    from mmopt.codegen.byte_lookup import register_pipeline
+    from mmopt.codegen.tir_pipeline import BYTE_TABLES, register
 
     func = _kernel(lanes, dtype)
     target = tvm.target.Target(_VBMI)
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=target,
-                         pipeline=register_pipeline())
+                         pipeline=register(BYTE_TABLES))
     asm = lib.inspect_source("asm")
     assert "vpermt2b" in asm or "vpermi2b" in asm
     assert "gather" not in asm and "vpinsrb" not in asm
@@ -95,10 +95,10 @@ def test_only_byte_tables_are_rewritten():
     """A 256-entry int32 table keeps its gather (the permute reads bytes)."""
     import tvm
 
-    from mmopt.codegen.byte_lookup import register_pipeline
+    from mmopt.codegen.tir_pipeline import BYTE_TABLES, register
 
     lib = tvm.tirx.build(tvm.IRModule({"main": _kernel(16, "int32")}),
-                         target=tvm.target.Target(_VBMI), pipeline=register_pipeline())
+                         target=tvm.target.Target(_VBMI), pipeline=register(BYTE_TABLES))
     assert "vpermt2b" not in lib.inspect_source("asm")
 
 
@@ -142,13 +142,13 @@ def test_wide_table_read_becomes_byte_shuffles_on_avx2(lanes, dtype):
     floor of every x86 machine this project supports)."""
     import tvm
 
-    from mmopt.codegen.byte_lookup import register_pipeline
+    from mmopt.codegen.tir_pipeline import BYTE_TABLES, register
     from mmopt.targets import get
 
     func = _every_index_kernel(lanes, dtype)
     target = get("x86-avx2").tvm_target()
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=target,
-                         pipeline=register_pipeline())
+                         pipeline=register(BYTE_TABLES))
     asm = lib.inspect_source("asm")
     assert asm.count("vpshufb") >= 16 and "vpextrb" not in asm and "gather" not in asm
     rng = np.random.default_rng(lanes)
@@ -161,11 +161,11 @@ def test_narrow_table_read_is_not_shuffled():
     """Below 32 lanes the shuffle sequence costs more than reading lane by lane: left alone."""
     import tvm
 
-    from mmopt.codegen.byte_lookup import register_pipeline
+    from mmopt.codegen.tir_pipeline import BYTE_TABLES, register
     from mmopt.targets import get
 
     lib = tvm.tirx.build(tvm.IRModule({"main": _kernel(8, "uint8")}),
-                         target=get("x86-avx2").tvm_target(), pipeline=register_pipeline())
+                         target=get("x86-avx2").tvm_target(), pipeline=register(BYTE_TABLES))
     assert "vpshufb" not in lib.inspect_source("asm")
 
 
@@ -246,13 +246,13 @@ def test_compile_and_tuning_builds_take_the_same_pipeline(tmp_path):
 
     import tvm
 
-    from mmopt.codegen.byte_lookup import PIPELINE, tir_pipeline_for
+    from mmopt.codegen.tir_pipeline import BYTE_TABLES, CPU, tir_pipeline_for
     from mmopt.targets import get
     from mmopt.tuning.workers import _build_and_export  # noqa: PLC2701
 
-    assert tir_pipeline_for(tvm.target.Target(_VBMI)) == PIPELINE
-    assert tir_pipeline_for(get("x86-avx2").tvm_target()) == PIPELINE
-    assert tir_pipeline_for(get("arm").tvm_target()) == "default"
+    assert tir_pipeline_for(tvm.target.Target(_VBMI)) == BYTE_TABLES
+    assert tir_pipeline_for(get("x86-avx2").tvm_target()) == BYTE_TABLES
+    assert tir_pipeline_for(get("arm").tvm_target()) == CPU
     if shutil.which("objdump") is None:
         pytest.skip("no objdump to read the candidate's code")
     path = _build_and_export(None)(tvm.IRModule({"main": _kernel(16, "uint8")}),
@@ -288,7 +288,7 @@ def test_narrow_tile_reads_its_table_in_a_wide_loop_of_its_own(target_name):
     permuting one it stays in the write-back. Both give table[requantized] exactly."""
     import tvm
 
-    from mmopt.codegen.byte_lookup import register_pipeline
+    from mmopt.codegen.tir_pipeline import BYTE_TABLES, register
     from mmopt.codegen.cpu_schedules import schedule_prim_func
     from mmopt.targets import get
 
@@ -300,12 +300,12 @@ def test_narrow_tile_reads_its_table_in_a_wide_loop_of_its_own(target_name):
     assert apart == (target_name == "x86-avx2"), script
     if apart:
         assert "T.vectorized(32)" in script or "T.vectorized(T.int64(32))" in script, script
-        lib = tvm.tirx.build(sch.mod, target=target, pipeline=register_pipeline())
+        lib = tvm.tirx.build(sch.mod, target=target, pipeline=register(BYTE_TABLES))
         assert "vpshufb" in lib.inspect_source("asm")
     elif not _host_has_vbmi():
         return
     else:
-        lib = tvm.tirx.build(sch.mod, target=target, pipeline=register_pipeline())
+        lib = tvm.tirx.build(sch.mod, target=target, pipeline=register(BYTE_TABLES))
     rng = np.random.default_rng(9)
     xs = rng.integers(-255, 256, (1, 10, 10, 24)).astype(np.int16)
     ws = rng.integers(-127, 128, (3, 3, 24)).astype(np.int8)

@@ -305,9 +305,18 @@ def test_fused_injective_chain_runs_as_one_loop_nest(target):
     np.testing.assert_array_equal(got, np.clip(np.round(d2s * np.float32(10.0)), -20, 20))
 
 
+def _jumps_back(line: str, start: int) -> bool:
+    """Whether ``objdump`` line ``line`` jumps back to an address at or after ``start``."""
+    import re
+
+    m = re.match(r"\s*([0-9a-f]+):.*\tj\w+\s+([0-9a-f]+) <", line)
+    return bool(m) and start <= int(m.group(2), 16) < int(m.group(1), 16)
+
+
 def _fma_loop_spills(asm: str) -> tuple[int, int]:
     """``(fmas, stack accesses)`` of the innermost loop holding the most vector FMAs: the backward
-    jump's target up to the jump, in ``objdump -d`` output."""
+    jump's target up to the jump, in ``objdump -d`` output, with no other jump back inside it (an
+    outer loop around several FMA loops spills its loop bounds, which costs nothing)."""
     import re
 
     lines = asm.splitlines()
@@ -321,6 +330,8 @@ def _fma_loop_spills(asm: str) -> tuple[int, int]:
         if start is None:
             continue
         body = lines[start:i + 1]
+        if any(_jumps_back(b, int(m.group(1), 16)) for b in body[:-1]):
+            continue  # not innermost: a loop inside it jumps back
         fmas = sum("vfmadd" in b for b in body)
         if fmas > best[0]:
             best = (fmas, sum("(%rsp)" in b or "(%rbp)" in b for b in body))

@@ -29,7 +29,7 @@ def _build_and_export(cross_compiler: str | None):
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
         from tvm.support import cc as _cc
 
-        from mmopt.codegen.byte_lookup import tir_pipeline_for
+        from mmopt.codegen.tir_pipeline import tir_pipeline_for
 
         # MetaSchedule's default build first imports tvm.s_tir.tensor_intrin (20-30 s per worker).
         # Candidates arrive with their intrinsics already applied; lowering does not need it.
