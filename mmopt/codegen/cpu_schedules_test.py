@@ -555,3 +555,33 @@ def test_rows_are_rounded_up_only_where_the_register_tile_gains():
     for v_ext, r_ext, lanes, registers in [(256, 14, 8, 16), (512, 7, 8, 16), (512, 7, 16, 32),
                                            (192, 26, 16, 32), (64, 56, 16, 32)]:
         assert rounded_rows(v_ext, r_ext, lanes, registers) is None, (v_ext, r_ext, lanes)
+
+
+def _depthwise(dtype: str, acc: str, channel_reduction: int = 1):
+    from tvm import te
+
+    x = te.placeholder((1, 10, 10, 24), dtype, name="x")
+    w = te.placeholder((3, 3, channel_reduction, 24), dtype, name="w")
+    ry, rx = te.reduce_axis((0, 3), "ry"), te.reduce_axis((0, 3), "rx")
+    rc = te.reduce_axis((0, channel_reduction), "rc")
+    out = te.compute((1, 8, 8, 24), lambda n, h, v, c: te.sum(
+        x[n, h + ry, v + rx, c + rc].astype(acc) * w[ry, rx, rc, c].astype(acc),
+        axis=[ry, rx, rc]), name="conv")
+    return te.create_prim_func([x, w, out])
+
+
+def test_integer_depthwise_tiles_leave_registers_for_their_temporaries():
+    """An int8 depthwise convolution's tile is chosen from 4 registers fewer (the widened input
+    and weight, the padding select): a 4 x 3 AVX2 tile in registers spilled inside its loop. Float
+    depthwise and other integer contractions keep the whole register file."""
+    from tvm import s_tir
+
+    from mmopt.codegen.cpu_schedules import INTEGER_DEPTHWISE_TEMPS, _tile_registers
+
+    def registers(func):
+        sch = s_tir.Schedule(func)
+        return _tile_registers(sch, sch.get_sblock("conv"), 16)
+
+    assert registers(_depthwise("int8", "int32")) == 16 - INTEGER_DEPTHWISE_TEMPS
+    assert registers(_depthwise("float32", "float32")) == 16
+    assert registers(_depthwise("int8", "int32", channel_reduction=3)) == 16

@@ -11,15 +11,15 @@ accumulator back after each multiply-add.
 
 :func:`stack_tiles` marks ``local`` allocations of a static size up to
 :data:`STACK_TILE_BYTES` with TVM's ``disable_lower_builtin`` annotation, which leaves them to
-LLVM as stack allocations, on targets with 32 vector registers (AVX-512, AArch64). Measured on
-Zen 4 (2 threads, `mmopt profile` minimum): MobileNetV2's 7x7x960 depthwise convolution 0.026 ->
-0.012 ms; whole models, ``x86``: MobileNetV2 fp32 3.81 -> 3.38 ms, int8 1.64 -> 1.38 ms,
-ResNet-50 fp32 34.6 -> 33.4 ms, the PP-OCR-style detector int8 12.1 -> 11.7 ms.
+LLVM as stack allocations. Measured on Zen 4 (2 threads, ``mmopt profile`` minimum, alternating
+A/B): MobileNetV2's 7x7x960 depthwise convolution 0.026 -> 0.012 ms; whole models, ``x86``
+(AVX-512): MobileNetV2 fp32 3.81 -> 3.38 ms, int8 1.64 -> 1.38 ms, ResNet-50 fp32 34.6 -> 33.4
+ms, the PP-OCR-style detector int8 12.1 -> 11.7 ms; ``x86-avx2``: the detector int8 22.1-22.3 ->
+21.1-21.4 ms (its int8 dot-product kernels 5-10% faster), MobileNetV2 int8 2.89 -> 2.60 ms.
 
-Not on AVX2's 16 registers: there a 12-accumulator int8 depthwise tile kept in registers left too
-few for the kernel's temporaries (zero-extensions, the padding select, the weight vectors) and
-LLVM spilled inside the loop; the detector's 5x5 int8 depthwise layers ran 25-40% slower than
-with the tile in (heap) memory, so ``x86-avx2`` artifacts keep TVM's allocation.
+With the tile in registers, a kernel whose tile plus temporaries exceeds the register file
+spills inside its loop instead of reading the tile from memory: the integer depthwise tiles
+leave registers for their temporaries (:data:`mmopt.codegen.cpu_schedules.INTEGER_DEPTHWISE_TEMPS`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from __future__ import annotations
 #: file (AVX-512: 32 registers of 64 bytes). Larger ``local`` buffers are not register tiles and
 #: keep TVM's heap workspace (the threads' stacks are finite).
 STACK_TILE_BYTES = 2048
-#: vector registers a target needs for its tiles to go on the stack (module docstring)
-MIN_REGISTERS = 32
 
 #: TVM's allocation annotation (``tvm::tirx::transform::kDisableLowerTVMBuiltin``)
 _ON_STACK = "disable_lower_builtin"
@@ -59,8 +57,7 @@ def _register_tile(node) -> bool:
 
 def stack_tiles():
     """A TIR pass (after lowering, before ``LowerTVMBuiltin``) annotating every register-tile
-    ``local`` allocation of a kernel for a target with :data:`MIN_REGISTERS` vector registers to
-    stay a stack allocation (module docstring)."""
+    ``local`` allocation to stay a stack allocation (module docstring)."""
     import tvm
     import tvm_ffi
     from tvm import tirx
@@ -74,12 +71,6 @@ def stack_tiles():
 
     @tvm.tirx.transform.prim_func_pass(opt_level=0, name="mmopt_stack_tiles")
     def _pass(func, _mod, _ctx):
-        from mmopt.targets.cpu import cpu_facts
-
-        target = func.attrs.get("target") if func.attrs is not None else None
-        target = target or tvm.target.Target.current(allow_none=True)
-        if target is None or cpu_facts(target).vector_registers < MIN_REGISTERS:
-            return func
         return tvm_ffi.structural_map(func, [(tirx.AllocBuffer, annotate)])
 
     return _pass
