@@ -280,8 +280,8 @@ INTEGER_DEPTHWISE_TEMPS = 4
 
 def _tile_registers(sch, block_rv, registers: int) -> int:
     """The vector registers a contraction block's register tile is chosen from: all of them, less
-    :data:`INTEGER_DEPTHWISE_TEMPS` for an integer depthwise convolution (a window reduction
-    without a channel one, summing into int32)."""
+    :data:`INTEGER_DEPTHWISE_TEMPS` for an integer depthwise convolution (its channel reduction
+    has extent 1; it sums into int32)."""
     block = sch.get(block_rv)
     kinds = _iter_kinds(block)
     extents = [static_extent(iv.dom.extent) for iv in block.iter_vars]
