@@ -89,9 +89,10 @@ def test_kernel_with_a_stack_tile_computes_the_same_values():
 
 
 def test_avx512_depthwise_kernel_keeps_its_accumulators_out_of_memory(tmp_path):
-    """A 7x7x96 depthwise convolution for AVX-512 (a 7 x 3 register tile): no workspace call in the compiled library, so no per-task heap tile whose every
-    accumulator is stored back after each multiply-add (2.4x slower on MobileNetV2's 7x7x960
-    layer). Verified against onnxruntime where the CPU runs AVX-512."""
+    """A 7x7x96 depthwise convolution for AVX-512 (a 7 x 3 register tile): no workspace call in
+    the compiled library, so no per-task heap tile whose every accumulator is stored back after
+    each multiply-add (2.2x slower on MobileNetV2's 7x7x960 layer). Verified against onnxruntime
+    where the CPU runs AVX-512."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

@@ -3,8 +3,9 @@
 ``tvm.compile`` (and tuning's candidate builds) take a TIR pipeline by name. For LLVM (CPU)
 targets mmopt registers its own, in this order:
 
-1. TVM's default lowering -- where byte tables pay (:func:`mmopt.codegen.byte_lookup.byte_tables_pay`)
-   with ``nearbyint`` vectorizable in the kernels that requantize
+1. TVM's default lowering -- where byte tables pay
+   (:func:`mmopt.codegen.byte_lookup.byte_tables_pay`) with ``nearbyint`` vectorizable in the
+   kernels that requantize
    (:func:`mmopt.codegen.byte_lookup.lower_with_vector_rounding`);
 2. there, the byte-table reads as register permutes or shuffles
    (:func:`mmopt.codegen.byte_lookup.byte_table_reads`);
