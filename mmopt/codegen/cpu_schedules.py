@@ -287,9 +287,15 @@ def _tile_registers(sch, block_rv, registers: int) -> int:
     extents = [static_extent(iv.dom.extent) for iv in block.iter_vars]
     reductions = [e for e, k in zip(extents, kinds) if k == "R"]
     integer = all(str(_buffer(w).dtype) == "int32" for w in block.writes)
-    if integer and reductions and reductions[-1] == 1:
+    if integer and _depthwise(reductions):
         return registers - INTEGER_DEPTHWISE_TEMPS
     return registers
+
+
+def _depthwise(reduction_extents) -> bool:
+    """Whether a contraction with these reduction extents is a depthwise convolution: its
+    innermost (channel) reduction has extent 1."""
+    return bool(reduction_extents) and reduction_extents[-1] == 1
 
 
 #: a prime above every row count a tile may have: ``m * _NO_DIVISORS`` has, among them, exactly
@@ -558,7 +564,7 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     tile_loop = r_o if r_axis is not None and not r_o.same_as(outer[-1]) else fused
 
     # a depthwise convolution: its only channel "reduction" has extent 1
-    depthwise = bool(red_extents) and red_extents[-1] == 1
+    depthwise = _depthwise(red_extents)
     _inline_plain_copies(sch, block_rv, padding=depthwise)
     if r_sym and registers >= 32:
         _inline_row_padding(sch, block_rv, v_axis)

@@ -14,10 +14,11 @@ neither op has layout inference, ConvertLayout wraps each of them in NHWC<->NCHW
   Padding uses the zero point (the quantized zero), so the correction term is the same for every
   output position. Activations are moved (by 128, zero point with them) to the type the target's
   dot-product instruction reads: uint8 for x86 (VNNI u8 x s8; ``vpmaddwd`` widens u8), int8 for
-  AArch64 ``sdot`` (s8 x s8). Grouped (depthwise) convolutions read the centered activation
-  ``int16(xq) - zx`` instead, with the convolution's own zero padding: no padding kernel, no
-  correction. ``matmul`` (ONNX MatMul/Gemm with constant weights) becomes a 1x1 NHWC integer
-  convolution over the rows of ``x``, so it shares the convolution kernels.
+  AArch64 ``sdot`` (s8 x s8). Grouped (depthwise) convolutions read the 8-bit activation as it
+  comes, padded with its zero point too (the pad folds into their kernel,
+  :mod:`mmopt.codegen.select_padding`), with the same correction term. ``matmul`` (ONNX
+  MatMul/Gemm with constant weights) becomes a 1x1 NHWC integer convolution over the rows of
+  ``x``, so it shares the convolution kernels.
 * ``max_pool2d`` of a dequantized tensor pools the integers and dequantizes after (exact: the
   maximum commutes with a monotone dequantization);
 * activation ``quantize``/``dequantize`` (per-tensor) become element-wise arithmetic

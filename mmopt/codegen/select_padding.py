@@ -16,11 +16,11 @@ the position lies in the padding::
     pad[b, y, x, c] = inside(y, x) ? data[b, clamp(y - top, 0, H - 1), clamp(x - left, 0, W - 1), c] : v
 
 which equals the original where ``inside`` holds (the clamp is then the identity) and is the pad
-value ``v`` (the zero point; 0 for a convolution's own padding) elsewhere, as before. Every load is in bounds, so LLVM emits a straight line of loads (masked
-loads on AVX-512) and keeps the accumulators in registers. ``inside`` is written as
-``clamp(y) == y``: TVM's simplifier rewrites a select's true value under its condition, and
-from plain bounds on ``y`` it proves the clamps redundant and drops them (the AVX2 kernel then
-read outside the tensor). The extra compares cost MobileNetV2's depthwise kernels ~5% on
+value ``v`` (the zero point; 0 for a convolution's own padding) elsewhere, as before. Every load
+is in bounds, so LLVM emits a straight line of loads (masked loads on AVX-512) and keeps the
+accumulators in registers. ``inside`` is written as ``clamp(y) == y``: TVM's simplifier rewrites
+a select's true value under its condition, and from plain bounds on ``y`` it proves the clamps
+redundant and drops them (the AVX2 kernel then read outside the tensor). The extra compares cost MobileNetV2's depthwise kernels ~5% on
 ``x86-vnni`` (0.60 -> 0.64 ms summed).
 
 Measured (MobileNetV2-style int8, sum of the 17 depthwise kernels' minimums over 100 runs,
@@ -38,8 +38,8 @@ from mmopt.codegen.relax_util import conv_output_size, rewrite_nhwc_convs, tenso
 
 #: activation dtypes whose grouped convolutions are rewritten: the 8-bit activation of a quantized
 #: depthwise convolution (:mod:`mmopt.codegen.quantized`), padded with its zero point by an
-#: explicit ``pad`` this pass folds in, and the zero-point-centered int16 one (padded with zeros
-#: by the convolution itself)
+#: explicit ``pad`` this pass folds in, and int16 activations (padded with zeros by the
+#: convolution itself)
 _INTEGER_INPUTS = ("uint8", "int8", "int16")
 
 
