@@ -545,14 +545,19 @@ def test_padded_symbolic_rows_read_the_row_operand_in_place():
 
 def test_rows_are_rounded_up_only_where_the_register_tile_gains():
     """A convolution's output width is computed rounded up when the rounded-up width's register
-    tile does more useful work: 13 columns (1-row tiles) become 14 (AVX-512 7 x 2, AVX2 2 x 4);
-    widths that tile well already stay (AVX2's 14 as 2 x 4, ResNet's 7, a 26 with 2 x 6 tiles)."""
+    tile does more useful work: 13 columns (1-row tiles) become 14 (AVX-512 7 x 2, AVX2 2 x 4),
+    and AVX2's 7 (7 x 1: too few accumulators) becomes 8 (4 x 2, 4 x 3 for 960 channels);
+    widths that tile well already stay (AVX2's 14 as 2 x 4, AVX-512's 7 as 7 x 2, a 26 with
+    2 x 6 tiles)."""
     from mmopt.codegen.register_tiles import register_tile, rounded_rows
 
     assert register_tile(64, 13, 16, 32) == (1, 4)
     assert rounded_rows(64, 13, 16, 32) == 7 and register_tile(64, 14, 16, 32) == (7, 2)
     assert rounded_rows(64, 13, 8, 16) == 2 and register_tile(64, 14, 8, 16) == (2, 4)
-    for v_ext, r_ext, lanes, registers in [(256, 14, 8, 16), (512, 7, 8, 16), (512, 7, 16, 32),
+    assert register_tile(512, 7, 8, 16) == (7, 1)
+    assert rounded_rows(512, 7, 8, 16) == 4 and register_tile(512, 8, 8, 16) == (4, 2)
+    assert rounded_rows(960, 7, 8, 16) == 4 and register_tile(960, 8, 8, 16) == (4, 3)
+    for v_ext, r_ext, lanes, registers in [(256, 14, 8, 16), (512, 7, 16, 32),
                                            (192, 26, 16, 32), (64, 56, 16, 32)]:
         assert rounded_rows(v_ext, r_ext, lanes, registers) is None, (v_ext, r_ext, lanes)
 

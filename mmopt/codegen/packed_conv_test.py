@@ -60,7 +60,8 @@ def test_output_tile_follows_the_default_schedule():
     assert output_tile(48, 56, 16, 32) == 48  # 3 vectors of 16
     assert output_tile(24, 56, 16, 32) == 24  # 3 vectors of 8
     assert output_tile(10, 56, 16, 32) == 1   # does not vectorize: left as HWIO
-    # AVX2 (8 lanes, 16 registers): a 7-wide output cannot hold 7 x 2 vectors: 7 x 1
+    # AVX2 (8 lanes, 16 registers): a 7-wide output cannot hold 7 x 2 vectors: 7 x 1 (the packer
+    # computes such an output 8 wide instead: test_avx2_seven_wide_conv_is_computed_eight_wide)
     assert output_tile(512, 7, 8, 16) == 8
     assert output_tile(256, 14, 8, 16) == 32  # 2 rows x 4 vectors
     for oc, rows, lanes, registers in [(64, 56, 16, 32), (512, 7, 8, 16), (96, 28, 8, 16),
@@ -91,4 +92,30 @@ def test_conv_of_a_prime_width_runs_on_whole_register_tiles(k, stride, pad, hw, 
     assert f"{PACKED_BLOCK}_crop" in text and f"T.int64(14), T.int64({oc})" in text, text
     if target.runs_here():
         result = mmopt.compile(model, target_name, tmp_path / "conv")
+        assert result.verification.passed, result.verification.to_dict()
+
+
+@pytest.mark.parametrize(("k", "stride", "pad", "hw"), [(3, 1, 1, 7), (3, 2, 1, 14), (1, 1, 0, 7)])
+def test_avx2_seven_wide_conv_is_computed_eight_wide(k, stride, pad, hw, tmp_path):
+    """AVX2's register tile on a 7-wide output is 7 x 1 (7 accumulators); the convolution is
+    computed 8 wide in 4 x 2 tiles and cropped (:func:`mmopt.codegen.register_tiles.rounded_rows`),
+    and the cropped result matches onnxruntime. AVX-512 keeps the exact width (7 x 2 tiles)."""
+    import tvm
+
+    import mmopt
+    from mmopt.codegen import pipeline
+    from mmopt.codegen.packed_conv import PACKED_BLOCK
+    from mmopt.codegen.relax_import import to_relax
+    from mmopt.targets import get
+
+    model = _model(32, 64, k, stride, pad, 1, 1, hw=hw)
+    for name, crop in (("x86-avx2", True), ("x86-avx512", False)):
+        target = get(name)
+        with target.tvm_target():
+            text = tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
+        assert (f"{PACKED_BLOCK}_crop" in text) == crop, (name, text)
+        assert ("T.int64(8), T.int64(64)" in text) == crop, (name, text)
+    target = get("x86-avx2")
+    if target.runs_here():
+        result = mmopt.compile(model, "x86-avx2", tmp_path / "conv")
         assert result.verification.passed, result.verification.to_dict()

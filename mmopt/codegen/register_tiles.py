@@ -153,6 +153,11 @@ def pad_multiples(v_ext: int, r_ext: int | None, lanes: int, registers: int,
     return pad_v, pad_r
 
 
+#: a convolution's width (:func:`rounded_rows`) may be rounded up by this fraction at most: one
+#: more column on a 7-wide map (ResNet's and MobileNet's last stage at 224 x 224)
+_MAX_ROW_ROUNDING = 0.15
+
+
 def rounded_rows(v_ext: int, r_ext: int, lanes: int, registers: int,
                  min_acc: int = 8) -> int | None:
     """The row tile a static row extent ``r_ext`` is rounded up to a multiple of (None: tiled
@@ -160,22 +165,35 @@ def rounded_rows(v_ext: int, r_ext: int, lanes: int, registers: int,
     :func:`pad_multiples` (a convolution reads ``x + kw``: no ``pad_einsum``; the packed
     convolutions of :mod:`mmopt.codegen.packed_conv` compute the rounded-up width and crop).
 
-    Every rounded-up extent wasting at most :data:`_MAX_PAD_WASTE` is scored by its register
+    Every rounded-up extent wasting at most :data:`_MAX_ROW_ROUNDING` is scored by its register
     tile's :func:`tile_efficiency` times the useful fraction of the rows; the best one is taken
-    if it beats the exact extent's tile. AVX-512, 64 channels: 13 columns tile 1 x 4, 14 tile
-    7 x 2 (taken); AVX2 keeps 14 columns' 2 x 4 rather than 15's 5 x 2; a 26-wide map with 192
-    channels keeps its 2 x 6, which fills AVX-512's FMA units already."""
+    if it beats the exact extent's tile, or ties with it while the exact tile has fewer than
+    ``min_acc`` accumulators and the rounded-up one does not. AVX-512, 64 channels: 13 columns
+    tile 1 x 4, 14 tile 7 x 2 (taken); AVX2 keeps 14 columns' 2 x 4 rather than 15's 5 x 2; a
+    26-wide map with 192 channels keeps its 2 x 6, which fills AVX-512's FMA units already.
+
+    The tie: AVX2's 7-wide maps tile 7 x 1 (7 accumulators, one short of hiding the FMA
+    latency); 8 columns tile 4 x 2 or 4 x 3, which the model scores the same after the wasted
+    column. Measured in whole models (Zen 4, ``x86-avx2``, 2 threads), the rounded-up width is
+    faster: MobileNetV2's 7 x 7 1x1 convolutions by 10-26%, ResNet-50's stage-4 convolutions by
+    7-10% (the 7 x 1 tile alone, its weights in cache, matches the model; in the network it
+    does not). AVX-512 keeps 7 x 2."""
     vec = pick_lanes(v_ext, lanes)
     if vec == 1:
         return None
 
-    def useful(rows_ext: int) -> tuple[float, int]:
+    def useful(rows_ext: int) -> tuple[float, int, int]:
         rows, nv = register_tile(v_ext, rows_ext, vec, registers, min_acc)
-        return tile_efficiency(rows, nv, min_acc) * r_ext / rows_ext, rows
+        return tile_efficiency(rows, nv, min_acc) * r_ext / rows_ext, rows, rows * nv
 
-    best, best_useful = None, useful(r_ext)[0]
-    for padded in range(r_ext + 1, int(r_ext * (1 + _MAX_PAD_WASTE)) + 1):
-        value, rows = useful(padded)
-        if value > best_useful + 1e-9 and round_up(r_ext, rows) == padded:
+    best_useful, _rows, exact_acc = useful(r_ext)
+    best = None
+    for padded in range(r_ext + 1, int(r_ext * (1 + _MAX_ROW_ROUNDING)) + 1):
+        value, rows, acc = useful(padded)
+        if round_up(r_ext, rows) != padded:
+            continue
+        ties = (best is None and abs(value - best_useful) < 1e-9
+                and exact_acc < min_acc <= acc)
+        if value > best_useful + 1e-9 or ties:
             best, best_useful = rows, value
     return best
