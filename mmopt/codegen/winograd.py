@@ -241,7 +241,7 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
     from tvm import relax
 
     from mmopt.codegen.cpu_schedules import static_extent, symbolic_tile
-    from mmopt.codegen.register_tiles import known_multiple
+    from mmopt.codegen.register_tiles import known_multiple, rounded_rows
 
     n, h, w = (x.ty.shape[i] for i in range(3))
     oc = hwio.shape[3]
@@ -259,6 +259,11 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
             # cannot pad this GEMM itself: its packed weights are not read as an einsum)
             pad_rows = rows
     else:
+        # a count without a good register tile (ResNet-50's stage 3 at 224: 7 x 7 = 49 tiles,
+        # 7 x 1 on AVX2) is rounded up the way a convolution's width is (50: 5 x 2 tiles)
+        rows = rounded_rows(oc, count, lanes, registers)
+        if rows is not None:
+            pad_rows, count = rows, -(-count // rows) * rows
         tile = output_tile(oc, count, lanes, registers)
     v = builder.emit(_input_transform(builder, x, lanes, pad_rows))
     u = relax.const(transform_weights(hwio, tile))

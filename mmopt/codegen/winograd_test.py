@@ -130,3 +130,29 @@ def test_symbolic_heights_and_widths_of_any_parity(tmp_path):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(ours(x=x)["y"], theirs.run(None, {"x": x})[0], rtol=1e-4,
                                    atol=1e-4, err_msg=str(shape))
+
+
+@pytest.mark.parametrize(("target_name", "ic", "oc", "hw", "rows"),
+                         [("x86-avx2", 16, 64, 14, 50), ("x86-avx512", 32, 96, 26, 170)])
+def test_tile_counts_without_a_good_register_tile_are_rounded_up(target_name, ic, oc, hw, rows,
+                                                                 tmp_path):
+    """The GEMM's rows are the 2x2 output tiles: 7 x 7 = 49 of them (a 14 x 14 map) tile 7 x 1 on
+    AVX2, 13 x 13 = 169 (26 x 26, YOLOX at 416) 1 x 8 on AVX-512; the input transform writes 50
+    and 170 rows (zeros beyond the tiles) for 5-row register tiles, and the result matches
+    onnxruntime."""
+    import tvm
+
+    import mmopt
+    from mmopt.codegen import pipeline
+    from mmopt.codegen.relax_import import to_relax
+    from mmopt.targets import get
+
+    model = _model(ic, oc, hw, 1, 1)
+    target = get(target_name)
+    with target.tvm_target():
+        text = tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
+    tiles = (hw // 2) ** 2
+    assert f"R.Tensor((16, {rows}, {oc})" in text and f"R.Tensor((16, {tiles}, {oc})" not in text
+    if target.runs_here():
+        result = mmopt.compile(model, target_name, tmp_path / "conv")
+        assert result.verification.passed, result.verification.to_dict()
