@@ -163,7 +163,8 @@ def rounded_rows(v_ext: int, r_ext: int, lanes: int, registers: int,
     """The row tile a static row extent ``r_ext`` is rounded up to a multiple of (None: tiled
     exact), for contractions that pad their rows themselves rather than through
     :func:`pad_multiples` (a convolution reads ``x + kw``: no ``pad_einsum``; the packed
-    convolutions of :mod:`mmopt.codegen.packed_conv` compute the rounded-up width and crop).
+    convolutions of :mod:`mmopt.codegen.packed_conv` compute the rounded-up width and crop, and
+    :mod:`mmopt.codegen.winograd`'s input transform writes zero tiles up to the rounded count).
 
     Every rounded-up extent wasting at most :data:`_MAX_ROW_ROUNDING` is scored by its register
     tile's :func:`tile_efficiency` times the useful fraction of the rows; the best one is taken
@@ -186,7 +187,7 @@ def rounded_rows(v_ext: int, r_ext: int, lanes: int, registers: int,
         rows, nv = register_tile(v_ext, rows_ext, vec, registers, min_acc)
         return tile_efficiency(rows, nv, min_acc) * r_ext / rows_ext, rows, rows * nv
 
-    best_useful, _rows, exact_acc = useful(r_ext)
+    best_useful, _, exact_acc = useful(r_ext)
     best = None
     for padded in range(r_ext + 1, int(r_ext * (1 + _MAX_ROW_ROUNDING)) + 1):
         value, rows, acc = useful(padded)

@@ -241,7 +241,7 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
     from tvm import relax
 
     from mmopt.codegen.cpu_schedules import static_extent, symbolic_tile
-    from mmopt.codegen.register_tiles import known_multiple, rounded_rows
+    from mmopt.codegen.register_tiles import known_multiple, round_up, rounded_rows
 
     n, h, w = (x.ty.shape[i] for i in range(3))
     oc = hwio.shape[3]
@@ -263,7 +263,7 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
         # 7 x 1 on AVX2) is rounded up the way a convolution's width is (50: 5 x 2 tiles)
         rows = rounded_rows(oc, count, lanes, registers)
         if rows is not None:
-            pad_rows, count = rows, -(-count // rows) * rows
+            pad_rows, count = rows, round_up(count, rows)
         tile = output_tile(oc, count, lanes, registers)
     v = builder.emit(_input_transform(builder, x, lanes, pad_rows))
     u = relax.const(transform_weights(hwio, tile))
