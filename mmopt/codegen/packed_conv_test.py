@@ -31,21 +31,27 @@ def _model(ic, oc, k, stride, pad, dilation, groups, hw=15):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_packed_conv_matches_onnxruntime(case, tmp_path):
+def _layout_text(model, target) -> str:
+    """The model's Relax after mmopt's layout passes for ``target`` (a :class:`Target`)."""
     import tvm
 
-    import mmopt
     from mmopt.codegen import pipeline
-    from mmopt.codegen.packed_conv import PACKED_BLOCK
     from mmopt.codegen.relax_import import to_relax
+
+    passes = tvm.transform.Sequential(pipeline._layout(target))  # noqa: SLF001
+    with target.tvm_target():
+        return passes(to_relax(model)).script()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_packed_conv_matches_onnxruntime(case, tmp_path):
+    import mmopt
+    from mmopt.codegen.packed_conv import PACKED_BLOCK
     from mmopt.targets import get
 
     ic, oc, k, stride, pad, dilation, groups = CASES[case]
     model = _model(ic, oc, k, stride, pad, dilation, groups)
-    target = get("x86")
-    with target.tvm_target():
-        text = tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
+    text = _layout_text(model, get("x86"))
     assert (PACKED_BLOCK in text) == (groups == 1), text
     result = mmopt.compile(model, "x86", tmp_path / case)
     assert result.verification.passed, result.verification.to_dict()
@@ -77,18 +83,13 @@ def test_conv_of_a_prime_width_runs_on_whole_register_tiles(k, stride, pad, hw, 
     """An output 13 wide (YOLOX at 416 x 416) has 1-row register tiles on its exact width: it is
     computed 14 wide (7-row tiles) and cropped, padded with zeros or, without padding, reading the
     last input column again; the cropped result matches onnxruntime (where the target runs)."""
-    import tvm
-
     import mmopt
-    from mmopt.codegen import pipeline
     from mmopt.codegen.packed_conv import PACKED_BLOCK
-    from mmopt.codegen.relax_import import to_relax
     from mmopt.targets import get
 
     model = _model(16, oc, k, stride, pad, 1, 1, hw=hw)
     target = get(target_name)
-    with target.tvm_target():
-        text = tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
+    text = _layout_text(model, target)
     assert f"{PACKED_BLOCK}_crop" in text and f"T.int64(14), T.int64({oc})" in text, text
     if target.runs_here():
         result = mmopt.compile(model, target_name, tmp_path / "conv")
@@ -100,19 +101,13 @@ def test_avx2_seven_wide_conv_is_computed_eight_wide(k, stride, pad, hw, tmp_pat
     """AVX2's register tile on a 7-wide output is 7 x 1 (7 accumulators); the convolution is
     computed 8 wide in 4 x 2 tiles and cropped (:func:`mmopt.codegen.register_tiles.rounded_rows`),
     and the cropped result matches onnxruntime. AVX-512 keeps the exact width (7 x 2 tiles)."""
-    import tvm
-
     import mmopt
-    from mmopt.codegen import pipeline
     from mmopt.codegen.packed_conv import PACKED_BLOCK
-    from mmopt.codegen.relax_import import to_relax
     from mmopt.targets import get
 
     model = _model(32, 64, k, stride, pad, 1, 1, hw=hw)
     for name, crop in (("x86-avx2", True), ("x86-avx512", False)):
-        target = get(name)
-        with target.tvm_target():
-            text = tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
+        text = _layout_text(model, get(name))
         assert (f"{PACKED_BLOCK}_crop" in text) == crop, (name, text)
         assert ("T.int64(8), T.int64(64)" in text) == crop, (name, text)
     target = get("x86-avx2")

@@ -35,14 +35,14 @@ def _model(ic, oc, hw, stride, pad, seed=0, dims=None):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _layout_text(model, options=None, dims=None) -> str:
+def _layout_text(model, options=None, dims=None, target_name: str = "x86") -> str:
     import tvm
 
     from mmopt.codegen import pipeline
     from mmopt.codegen.relax_import import to_relax
     from mmopt.targets import get
 
-    target = get("x86")
+    target = get(target_name)
     with target.tvm_target():
         return tvm.transform.Sequential(pipeline._layout(target, options))(  # noqa: SLF001
             to_relax(model, dims=dims)).script()
@@ -140,17 +140,12 @@ def test_tile_counts_without_a_good_register_tile_are_rounded_up(target_name, ic
     AVX2, 13 x 13 = 169 (26 x 26, YOLOX at 416) 1 x 8 on AVX-512; the input transform writes 50
     and 170 rows (zeros beyond the tiles) for 5-row register tiles, and the result matches
     onnxruntime."""
-    import tvm
-
     import mmopt
-    from mmopt.codegen import pipeline
-    from mmopt.codegen.relax_import import to_relax
     from mmopt.targets import get
 
     model = _model(ic, oc, hw, 1, 1)
+    text = _layout_text(model, target_name=target_name)
     target = get(target_name)
-    with target.tvm_target():
-        text = tvm.transform.Sequential(pipeline._layout(target))(to_relax(model)).script()  # noqa: SLF001
     tiles = (hw // 2) ** 2
     assert f"R.Tensor((16, {rows}, {oc})" in text and f"R.Tensor((16, {tiles}, {oc})" not in text
     if target.runs_here():
