@@ -38,8 +38,8 @@ def _layout_text(model, target) -> str:
     from mmopt.codegen import pipeline
     from mmopt.codegen.relax_import import to_relax
 
-    passes = tvm.transform.Sequential(pipeline._layout(target))  # noqa: SLF001
     with target.tvm_target():
+        passes = tvm.transform.Sequential(pipeline._layout(target))  # noqa: SLF001
         return passes(to_relax(model)).script()
 
 
