@@ -563,9 +563,7 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = r_o if r_axis is not None and not r_o.same_as(outer[-1]) else fused
 
-    # a depthwise convolution: its only channel "reduction" has extent 1
-    depthwise = _depthwise(red_extents)
-    _inline_plain_copies(sch, block_rv, padding=depthwise)
+    _inline_plain_copies(sch, block_rv, padding=_depthwise(red_extents))
     if r_sym and registers >= 32:
         _inline_row_padding(sch, block_rv, v_axis)
     writeback = sch.cache_write(block_rv, 0, "local")

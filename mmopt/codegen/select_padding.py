@@ -20,8 +20,8 @@ value ``v`` (the zero point; 0 for a convolution's own padding) elsewhere, as be
 is in bounds, so LLVM emits a straight line of loads (masked loads on AVX-512) and keeps the
 accumulators in registers. ``inside`` is written as ``clamp(y) == y``: TVM's simplifier rewrites
 a select's true value under its condition, and from plain bounds on ``y`` it proves the clamps
-redundant and drops them (the AVX2 kernel then read outside the tensor). The extra compares cost MobileNetV2's depthwise kernels ~5% on
-``x86-vnni`` (0.60 -> 0.64 ms summed).
+redundant and drops them (the AVX2 kernel then read outside the tensor). The extra compares
+cost MobileNetV2's depthwise kernels ~5% on ``x86-vnni`` (0.60 -> 0.64 ms summed).
 
 Measured (MobileNetV2-style int8, sum of the 17 depthwise kernels' minimums over 100 runs,
 ``mmopt profile``, Zen 4, 2 threads): ``x86-vnni`` 0.678 -> 0.605 ms, where the padding becomes
