@@ -104,8 +104,8 @@ def codegen_options(func):
     func = click.option("--pack-weights/--no-pack-weights", "pack_weights", default=None,
                         help="Re-lay float conv weights out for the CPU kernels [default: on].")(func)
     func = click.option("--winograd/--no-winograd", "winograd", default=None,
-                        help="Winograd F(2x2,3x3) for the 3x3 float convs where it pays "
-                             "[default: on].")(func)
+                        help="Winograd F(4x4,3x3) or F(2x2,3x3) for the 3x3 float convs where "
+                             "it pays [default: on].")(func)
     return func
 
 

@@ -1139,6 +1139,18 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
                 sch = _try(sch, schedule_contraction_symbolic, name)
             except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
                 sch = _unpadded_retry(sch, name, lanes, registers, exc)
+    from mmopt.codegen import winograd
+
+    tiled = []
+    for name in winograd.output_blocks(sch):
+        trial = sch.copy()
+        try:
+            winograd.schedule_output(trial, name, lanes)
+            sch = trial
+            tiled.append(name)
+        except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
+            note_skip(name, "winograd.schedule_output", f"{exc}".strip().splitlines()[-1][:200]
+                      + "; scheduled as an element-wise loop", kind="degraded")
     sch = _try(sch, _inline_injective_chains, contractions)
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
     root = sch.get_sblock("root")
@@ -1147,8 +1159,9 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
         name = block.name_hint
         # skip the contractions and the init/write-back blocks their schedules created (inside
         # the contraction's parallel loops); a padded contraction's copy-out stays to schedule
-        if name in contractions or (any(name.startswith(c + "_") for c in contractions)
-                                    and _in_scheduled_loops(sch, block_rv)):
+        if name in contractions or name in tiled or (
+                any(name.startswith(c + "_") for c in contractions)
+                and _in_scheduled_loops(sch, block_rv)):
             continue
         if "R" in _iter_kinds(block):
             sch = (schedule_row_reduction(sch, name, lanes)

@@ -5,7 +5,7 @@ inside a pass), written into the artifact JSON (``codegen``) and into the tuning
 the records they were measured with, so that a compile with other settings than the tuning run
 says so instead of silently applying fewer records.
 
-* ``winograd``: 3x3 float convolutions where F(2x2, 3x3) pays run as Winograd
+* ``winograd``: 3x3 float convolutions where F(4x4, 3x3) or F(2x2, 3x3) pays run as Winograd
   (:mod:`mmopt.codegen.winograd`);
 * ``pack_weights``: float NHWC convolution weights are re-laid out at compile time for the
   micro-kernel's access order (:mod:`mmopt.codegen.packed_conv`);

@@ -1,31 +1,41 @@
-"""Winograd F(2x2, 3x3) for float NHWC 3x3 convolutions (stride 1, "same" padding) on CPUs.
+"""Winograd F(m x m, 3x3) (m = 2 or 4) for float NHWC 3x3 convolutions (stride 1, "same"
+padding) on CPUs.
 
 A direct 3x3 convolution does 9 multiply-adds per output and input channel; on the 3x3 layers of a
 ResNet the default schedule already runs near the machine's FMA peak, so fewer multiplications is
-the remaining lever. Winograd's minimal filtering computes each 2x2 output tile from a 4x4 input
-tile with 16 element-wise products instead of 36 (2.25x fewer), as three kernels:
+the remaining lever. Winograd's minimal filtering computes each m x m output tile from an n x n
+input tile (n = m + 2) with n*n element-wise products: F(2x2, 3x3) 16 per 4 outputs instead of 36
+(2.25x fewer), F(4x4, 3x3) 36 per 16 outputs instead of 144 (4x fewer). Three kernels:
 
-1. input transform: ``V[e, p, c] = (B^T d_p B)[e]`` for every 4x4 input tile ``d_p`` (tiles overlap
-   by 2; ``e`` = the 16 positions of the transformed tile, ``p`` = the tile);
-2. 16 independent matrix products ``M[e] = V[e] @ U[e]`` over the input channels, where
+1. input transform: ``V[e, p, c] = (B^T d_p B)[e]`` for every n x n input tile ``d_p`` (tiles
+   overlap by 2; ``e`` = the n*n positions of the transformed tile, ``p`` = the tile);
+2. n*n independent matrix products ``M[e] = V[e] @ U[e]`` over the input channels, where
    ``U[e] = (G g G^T)[e]`` is the transformed filter, computed at compile time and pre-packed like
-   :mod:`mmopt.codegen.packed_conv`'s weights (``[16, OC/tile, IC, tile]``) -- the default
+   :mod:`mmopt.codegen.packed_conv`'s weights (``[n*n, OC/tile, IC, tile]``) -- the default
    contraction schedule (and tuning) handles it as any batched matmul;
-3. output transform: ``Y_p = A^T M_p A`` (2x2 per tile), written in NHWC so bias/activation
-   epilogues fuse into it.
+3. output transform: ``Y_p = A^T M_p A`` (m x m per tile), written in NHWC so bias/activation
+   epilogues fuse into it, and scheduled tile by tile (:func:`schedule_output`).
 
-The transforms are sums with fixed small coefficients (0, +-1, +-1/2), so F(2x2, 3x3) is accurate to
-a few float32 ulps of the direct sum. Used only where it pays: output sizes at least
-:data:`MIN_PIXELS` pixels and even, both channel counts at least :data:`MIN_CHANNELS` (small layers
-are dominated by the transforms) and transformed tensors of at most :data:`MAX_TRANSFORMED_BYTES`.
-The compile option ``--no-winograd`` (``CodegenOptions.winograd``) turns it off.
+The matrices come from the Toom-Cook construction (:func:`matrices`). F(2x2, 3x3)'s transforms are
+sums with coefficients 0, +-1, +-1/2: accurate to a few float32 ulps of the direct sum. F(4x4, 3x3)
+has larger coefficients and loses about a bit more (:data:`POINTS`), and its weights are 36/9 = 4x
+the direct ones: it is taken where it saves enough products after rounding the map up to whole
+4x4 tiles and its weights stay small (:func:`tile_size`; measured on ResNet-50's 14 x 14 x 256
+layers, 9.4 MB of transformed weights made its GEMM bandwidth-bound: no gain). Winograd is used
+only where it pays: output sizes at least :data:`MIN_PIXELS` pixels and even, both channel counts
+at least :data:`MIN_CHANNELS` (small layers are dominated by the transforms) and transformed
+tensors of at most :data:`MAX_TRANSFORMED_BYTES`. The compile option ``--no-winograd``
+(``CodegenOptions.winograd``) turns it off.
 
 Dynamic shapes: batch, height and width may be symbolic; the tile counts are then expressions of
-them (rounded up where a size may be odd), and the choice is made for the middle of the dims'
-ranges (:func:`choice_shape`).
+them (rounded up where m may not divide a size), and the choice is made for the middle of the
+dims' ranges (:func:`choice_shape`).
 """
 
 from __future__ import annotations
+
+import functools
+from fractions import Fraction
 
 import numpy as np
 
@@ -35,45 +45,117 @@ from mmopt.codegen.relax_util import tensor_dtype
 
 #: block names (the GEMM is what the schedules and tuning see as a contraction)
 INPUT_BLOCK = "mmopt_winograd_input"
+ROWS_BLOCK = "mmopt_winograd_input_rows"
 GEMM_BLOCK = "mmopt_winograd_gemm"
 OUTPUT_BLOCK = "mmopt_winograd_output"
+#: the output transform's block annotation: its tile size m (read by :func:`schedule_output`)
+TILE_ATTR = "mmopt.winograd_m"
 
 #: smallest output (H*W) and channel counts transformed (7x7 outputs pay more for their padded
 #: tiles and 16x larger transformed weights than they save)
 MIN_PIXELS = 14 * 14
 MIN_CHANNELS = 16
-#: largest transformed tensor (V or M, 4x the input or output) worth writing out: beyond the caches
-#: the transforms cost more than the multiplications save (measured: the 160x160x96 -> 24 layer of
-#: the PP-OCR detector got slower)
+#: largest transformed tensor (V or M: 4x the input or output for F(2, 3), 2.25x for F(4, 3)) worth
+#: writing out: beyond the caches the transforms cost more than the multiplications save
+#: (measured: the 160x160x96 -> 24 layer of the PP-OCR detector got slower)
 MAX_TRANSFORMED_BYTES = 8 << 20
 
 #: relax's OpPatternKind.kOpaque: FuseOps leaves a function with it alone
 OPAQUE = 8
 
-# F(2x2, 3x3) matrices (Lavin & Gray, 2015)
-_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
-_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
-_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+#: interpolation points of F(m x m, 3 x 3) by output tile size m (the point at infinity is implied).
+#: F(2, 3) takes Lavin & Gray's (0, 1, -1); F(4, 3) takes (0, 1, -1, 1/2, -2) rather than their
+#: (0, +-1, +-2): the transforms' float32 rounding error grows with the points' spread, and this set
+#: keeps a 256-channel layer within ~4e-6 of the exact sum (a direct float32 sum: ~1.5e-6; with
+#: (0, +-1, +-2): ~1.2e-5), as error analyses of Toom-Cook filtering recommend
+POINTS = {2: (0, 1, -1), 4: (0, 1, -1, Fraction(1, 2), -2)}
+#: F(4, 3) replaces F(2, 3) where its tiles (6x6 per 4x4 outputs, 2.25 products per output instead
+#: of 4) leave at least this share of the multiplications -- after rounding the map up to whole
+#: tiles -- and its transformed weights (36 x IC x OC floats) stay under the limit below
+F4_MAX_WORK = 0.8
+F4_MAX_WEIGHT_BYTES = 4 << 20
 
 
-def transform_weights(hwio: np.ndarray, tile: int) -> np.ndarray:
-    """``U = G g G^T`` for every (input, output) channel pair, packed ``[16, OC/tile, IC, tile]``."""
-    u = np.einsum("ak,bl,klio->abio", _G, _G, hwio.astype(np.float64))  # [4, 4, IC, OC]
+@functools.lru_cache(maxsize=None)
+def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A^T, G, B^T)`` of F(m, 3) by the Toom-Cook construction over :data:`POINTS` ``[m]`` and
+    the point at infinity (n = m + 2 points): with ``y = A^T [(G g) * (B^T d)]`` the correlation
+    ``y_i = sum_k g_k d_{i+k}`` of an n-element input ``d`` and a 3-tap filter ``g``:
+
+    * ``A^T[i, j] = p_j^i`` (the product evaluated back: a Vandermonde matrix; column n-1, the
+      point at infinity, is 1 in the last row only);
+    * ``G[j, k] = p_j^k / prod_{l != j} (p_j - p_l)`` (the filter polynomial at p_j, with the
+      Lagrange denominator folded in at compile time); row n-1 picks the leading coefficient;
+    * ``B^T[j]`` = the coefficients of ``prod_{l != j} (x - p_l)`` over the finite points, and row
+      n-1 those of ``prod_l (x - p_l)``.
+
+    Computed exactly (fractions), returned as float64."""
+    points = [Fraction(v) for v in POINTS[m]]
+    n = m + 2
+
+    def poly(roots):  # coefficients of prod (x - r), lowest power first
+        c = [Fraction(1)]
+        for r in roots:
+            c = [Fraction(0)] + c
+            for k in range(len(c) - 1):
+                c[k] -= r * c[k + 1]
+        return c + [Fraction(0)] * (n - len(c))
+
+    at = [[p ** i for p in points] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g = []
+    for j, p in enumerate(points):
+        denominator = Fraction(1)
+        for q in points[:j] + points[j + 1:]:
+            denominator *= p - q
+        g.append([p ** k / denominator for k in range(3)])
+    g.append([Fraction(0), Fraction(0), Fraction(1)])
+    bt = [poly(points[:j] + points[j + 1:]) for j in range(n - 1)] + [poly(points)]
+    return tuple(np.array([[float(v) for v in row] for row in a]) for a in (at, g, bt))
+
+
+def transform_weights(hwio: np.ndarray, tile: int, m: int = 2) -> np.ndarray:
+    """``U = G g G^T`` for every (input, output) channel pair, packed ``[n*n, OC/tile, IC, tile]``
+    (n = m + 2)."""
+    g_mat = matrices(m)[1]
+    n = m + 2
+    u = np.einsum("ak,bl,klio->abio", g_mat, g_mat, hwio.astype(np.float64))  # [n, n, IC, OC]
     ic, oc = hwio.shape[2], hwio.shape[3]
-    u = u.reshape(16, ic, oc // tile, tile).transpose(0, 2, 1, 3)
+    u = u.reshape(n * n, ic, oc // tile, tile).transpose(0, 2, 1, 3)
     return np.ascontiguousarray(u.astype(np.float32))
 
 
-def applies(x_shape, w_shape, strides, padding, dilation) -> bool:
-    """Whether F(2x2, 3x3) pays for a convolution of input ``x_shape`` (NHWC, integers: for a
-    symbolic input, the sizes of :func:`choice_shape`)."""
+def _products(h: int, w: int, m: int) -> int:
+    """Element-wise products per (input, output) channel pair of F(m, 3) on an h x w map (also
+    the floats per channel of its transformed input V and product M)."""
+    return (m + 2) ** 2 * -(-h // m) * -(-w // m)
+
+
+def tile_size(x_shape, w_shape, strides, padding, dilation) -> int | None:
+    """The output tile size m of the F(m x m, 3 x 3) that pays for a convolution of input
+    ``x_shape`` (NHWC, integers: for a symbolic input, the sizes of :func:`choice_shape`), or None
+    where Winograd does not pay (see the module docstring): F(4, 3) where it leaves at most
+    :data:`F4_MAX_WORK` of F(2, 3)'s products and its weights fit :data:`F4_MAX_WEIGHT_BYTES`,
+    else F(2, 3); either only while its transformed tensors fit
+    :data:`MAX_TRANSFORMED_BYTES`."""
     n, h, w, ic = x_shape
     kh, kw, _, oc = w_shape
-    transformed = 16 * n * (h // 2) * (w // 2) * 4  # bytes per channel of V (input) and M (output)
-    return ((kh, kw) == (3, 3) and list(strides) == [1, 1] and list(dilation) == [1, 1]
+    if not ((kh, kw) == (3, 3) and list(strides) == [1, 1] and list(dilation) == [1, 1]
             and list(padding) == [1, 1, 1, 1] and h % 2 == 0 and w % 2 == 0
-            and h * w >= MIN_PIXELS and ic >= MIN_CHANNELS and oc >= MIN_CHANNELS
-            and transformed * max(ic, oc) <= MAX_TRANSFORMED_BYTES)
+            and h * w >= MIN_PIXELS and ic >= MIN_CHANNELS and oc >= MIN_CHANNELS):
+        return None
+
+    def fits(m):  # V and M, per channel, times the wider side
+        return n * _products(h, w, m) * 4 * max(ic, oc) <= MAX_TRANSFORMED_BYTES
+
+    if (_products(h, w, 4) <= F4_MAX_WORK * _products(h, w, 2)
+            and 36 * ic * oc * 4 <= F4_MAX_WEIGHT_BYTES and fits(4)):
+        return 4
+    return 2 if fits(2) else None
+
+
+def applies(x_shape, w_shape, strides, padding, dilation) -> bool:
+    """Whether Winograd pays for a convolution of input ``x_shape`` (:func:`tile_size`)."""
+    return tile_size(x_shape, w_shape, strides, padding, dilation) is not None
 
 
 def choice_shape(shape, bounds) -> list[int] | None:
@@ -107,85 +189,117 @@ def _select(index, values):
     return out
 
 
-def _tile_count(size):
-    """2x2 output tiles along an axis of ``size`` outputs: ``size / 2`` when it is known even, else
-    rounded up (the last tile's second row or column is computed and dropped)."""
+def _tile_count(size, m: int = 2):
+    """m x m output tiles along an axis of ``size`` outputs: ``size / m`` when m is known to
+    divide it, else rounded up (the last tile's extra rows or columns are computed and dropped)."""
     from mmopt.codegen.cpu_schedules import static_extent
     from mmopt.codegen.register_tiles import known_multiple
 
     static = static_extent(size)
-    even = static % 2 == 0 if static is not None else known_multiple(size) % 2 == 0
-    return size // 2 if even else (size + 1) // 2
+    whole = static % m == 0 if static is not None else known_multiple(size) % m == 0
+    return size // m if whole else (size + m - 1) // m
 
 
-def _input_te(data, rows=1):
-    """``V[e, p, c]``, ``e = 4a + b``: ``(B^T d B)[a, b]`` of the tile ``p``; each ``B^T`` row has
-    two non-zeros, so every element is a signed sum of 4 input values. ``rows``: the tile count
-    is rounded up to a multiple of it (symbolic counts: whole register tiles in the GEMM, see
-    :func:`winograd_conv`); the extra tiles are zeros."""
+def _weighted_sum(terms, dtype):
+    """``sum c * x`` over ``(c, x)`` with constant float coefficients: zeros dropped, +-1 as an
+    add or a subtract, others multiplied."""
+    from tvm import tirx
+
+    total = None
+    for c, x in terms:
+        if c == 0:
+            continue
+        if abs(c) != 1:
+            x = tirx.const(abs(c), dtype) * x
+        if total is None:
+            total = x if c > 0 else tirx.const(0.0, dtype) - x
+        else:
+            total = total + x if c > 0 else total - x
+    return total if total is not None else tirx.const(0.0, dtype)
+
+
+def _input_te(data, rows=1, m=2):
+    """``V[e, p, c]``, ``e = n a + b``: ``(B^T d B)[a, b]`` of the n x n input tile ``p`` (n = m
+    + 2; tiles overlap by 2), in two steps with the matrix's zeros left out: ``T[a, j, p, c] =
+    sum_i B^T[a, i] d[i, j]`` (:data:`ROWS_BLOCK`), then ``V = sum_j B^T[b, j] T[a, j]``; the
+    coefficients are selects on ``a`` and ``b`` that fold once the schedule unrolls them
+    (:func:`_schedule_input`). ``rows``: the tile count is rounded up to a multiple of it (whole
+    register tiles in the GEMM, see :func:`winograd_conv`); the extra tiles are zeros."""
     from tvm import te, tirx
 
-    n, h, w = (data.shape[i] for i in range(3))  # batch, height, width may be symbolic
+    n_batch, h, w = (data.shape[i] for i in range(3))  # batch, height, width may be symbolic
     c = data.shape[3]
-    nh, nw = _tile_count(h), _tile_count(w)
-    count = n * nh * nw
+    nh, nw = _tile_count(h, m), _tile_count(w, m)
+    count = n_batch * nh * nw
     padded = (count + rows - 1) // rows * rows if rows > 1 else count
     dtype = data.dtype
-    # row a of B^T: +-d[first(a)] +- d[second(a)]
-    first, second = [0, 1, 1, 1], [2, 2, 2, 3]
-    s_first, s_second = [1.0, 1.0, -1.0, 1.0], [-1.0, 1.0, 1.0, -1.0]
+    bt = matrices(m)[2]
+    n = m + 2
 
     def value(b, y, x, ch):
-        # the conv's zero padding of 1: tile (ty, tx) starts at (2ty - 1, 2tx - 1); the tiles of
-        # a rounded-up count (b >= n) read zeros
-        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, *([b < n] if rows > 1 else []))
-        at = data[tirx.min(b, n - 1) if rows > 1 else b, tirx.min(tirx.max(y, 0), h - 1),
+        # the conv's zero padding of 1: tile (ty, tx) starts at (m ty - 1, m tx - 1); the tiles
+        # of a rounded-up count (b >= n_batch) read zeros
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w, *([b < n_batch] if rows > 1 else []))
+        at = data[tirx.min(b, n_batch - 1) if rows > 1 else b, tirx.min(tirx.max(y, 0), h - 1),
                   tirx.min(tirx.max(x, 0), w - 1), ch]
         return tirx.if_then_else(inside, at, tirx.const(0.0, dtype))
 
-    def compute(e, p, ch):
-        a, bb = e // 4, e % 4
+    def row_sums(a, j, p, ch):
         b, rest = p // (nh * nw), p % (nh * nw)
-        y0, x0 = (rest // nw) * 2 - 1, (rest % nw) * 2 - 1
-        total = None
-        for ri, rs in ((first, s_first), (second, s_second)):
-            for ci, cs in ((first, s_first), (second, s_second)):
-                sign = _select(a, [tirx.const(v, dtype) for v in rs]) * _select(
-                    bb, [tirx.const(v, dtype) for v in cs])
-                term = sign * value(b, y0 + _select(a, ri), x0 + _select(bb, ci), ch)
-                total = term if total is None else total + term
-        return total
+        y0, x0 = (rest // nw) * m - 1, (rest % nw) * m - 1
+        d = [value(b, y0 + i, x0 + j, ch) for i in range(n)]
+        return _select(a, [_weighted_sum([(bt[r, i], d[i]) for i in range(n)], dtype)
+                           for r in range(n)])
 
-    return te.compute((16, padded, c), compute, name=INPUT_BLOCK)
+    t = te.compute((n, n, padded, c), row_sums, name=ROWS_BLOCK)
+
+    def compute(e, p, ch):
+        a, b = e // n, e % n
+        return _select(b, [_weighted_sum([(bt[r, j], t[a, j, p, ch]) for j in range(n)], dtype)
+                           for r in range(n)])
+
+    return te.compute((n * n, padded, c), compute, name=INPUT_BLOCK)
 
 
 def _schedule_input(func, lanes: int):
-    """The input transform's PrimFunc scheduled: per tile and vector of channels, the 16 outputs
-    unrolled (their coefficients fold to constants and the 4x4 input tile is loaded once), tiles
-    in parallel."""
+    """The input transform's PrimFunc scheduled: per tile and vector of channels, the n*n outputs
+    unrolled row by row (``a``), each row's n partial sums ``T[a, :]`` computed just before it
+    into a local tile (n vectors, registers), so every coefficient folds to a constant; tiles in
+    parallel."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(INPUT_BLOCK)
     e, p, ch = sch.get_loops(block)
+    n = int(round(int(sch.get(e).extent) ** 0.5))
     vec = pick_lanes(int(sch.get(ch).extent), lanes)
+    a, b = sch.split(e, factors=[n, n])
     c_o, c_i = sch.split(ch, factors=[None, vec])
-    sch.reorder(p, c_o, e, c_i)
+    sch.reorder(p, c_o, a, b, c_i)
     sch.parallel(p)
-    sch.unroll(e)
+    sch.unroll(a)
+    sch.unroll(b)
     if vec > 1:
         sch.vectorize(c_i)
+    rows = sch.get_sblock(ROWS_BLOCK)
+    sch.compute_at(rows, a)
+    sch.set_scope(rows, 0, "local")
+    loops = sch.get_loops(rows)
+    j, t_c = loops[-2], loops[-1]
+    sch.unroll(j)
+    if vec > 1:
+        sch.vectorize(t_c)
     # opaque to FuseOps: fusing a producer in would drop this schedule (and FuseTIR cannot merge
     # a scheduled function)
     return (sch.mod["main"].with_attr("tirx.is_scheduled", True)
             .with_attr("op_pattern", OPAQUE))
 
 
-def _input_transform(builder, x, lanes: int, rows: int):
+def _input_transform(builder, x, lanes: int, rows: int, m: int):
     """``call_tir`` of the scheduled input transform of ``x`` (BlockBuilder.call_te makes the
     PrimFunc, with its own copies of the symbolic variables and, where a shape is an expression
     of them, passes them along; it is scheduled in place)."""
-    call = builder.call_te(_input_te, x, rows, primfunc_name_hint=INPUT_BLOCK)
+    call = builder.call_te(_input_te, x, rows, m, primfunc_name_hint=INPUT_BLOCK)
     gvar = call.args[0]
     func = builder.get()[gvar]
     if func.attrs is None or "tirx.is_scheduled" not in func.attrs:  # not a shared copy
@@ -197,46 +311,101 @@ def _gemm_te(v, u):
     from tvm import te
 
     p, ic = v.shape[1], int(v.shape[2])  # tiles: symbolic where the input is
-    _e, blocks, _ic, tile = (int(d) for d in u.shape)
+    positions, blocks, _ic, tile = (int(d) for d in u.shape)
     rc = te.reduce_axis((0, ic), "rc")
     return te.compute(
-        (16, p, blocks * tile),
+        (positions, p, blocks * tile),
         lambda e, q, co: te.sum(v[e, q, rc] * u[e, co // tile, rc, co % tile], axis=[rc]),
         name=GEMM_BLOCK)
 
 
-def _output_te(m, n, h, w):
-    """``Y[b, y, x, co] = (A^T M A)[y % 2, x % 2]`` of tile ``(y // 2, x // 2)``: row ``i`` of
-    ``A^T`` is ``[1, 1, 1, 0]`` (i = 0) or ``[0, 1, -1, -1]`` (i = 1), i.e. ``M[k + i]`` for
-    ``k = 0..2`` with sign ``+1`` for ``k = 0`` and ``1 - 2i`` otherwise."""
-    from tvm import te, tirx
+def _axis_terms(i, m: int, dtype):
+    """The terms of ``sum_k A^T[i, k] z_k`` along one axis for a symbolic output position ``i``
+    in the tile: ``[(k, coefficient), ...]`` with ``k`` an index expression. The columns of the
+    finite non-zero points ``p`` are ``p^i`` (a select on ``i``; 1 for p = 1, no multiply);
+    column 0 (p = 0: only i = 0) and column n-1 (infinity: only i = m-1) share one term that reads
+    whichever applies."""
+    from tvm import tirx
 
-    nh, nw = _tile_count(h), _tile_count(w)  # may be symbolic
-    dtype = m.dtype
-    oc = int(m.shape[2])
+    at = matrices(m)[0]
+    n = m + 2
+    terms = []
+    for k in range(1, n - 1):
+        column = at[:, k]
+        coef = None if np.all(column == 1) else _select(
+            i, [tirx.const(float(v), dtype) for v in column])
+        terms.append((k, coef))
+    edge = [0] + [None] * (m - 2) + [n - 1]
+    edge_k = _select(i, [tirx.const(v if v is not None else 0, "int32") for v in edge])
+    edge_coef = None if m == 2 else _select(
+        i, [tirx.const(1.0 if v is not None else 0.0, dtype) for v in edge])
+    terms.append((edge_k, edge_coef))
+    return terms
+
+
+def _output_te(mm, n_batch, h, w, m=2):
+    """``Y[b, y, x, co] = (A^T M A)[y % m, x % m]`` of tile ``(y // m, x // m)``, written in NHWC
+    (bias and activation epilogues fuse into it); the terms per axis: :func:`_axis_terms`."""
+    from tvm import te
+
+    nh, nw = _tile_count(h, m), _tile_count(w, m)  # may be symbolic
+    dtype = mm.dtype
+    oc = int(mm.shape[2])
+    n = m + 2
 
     def compute(b, y, x, co):
-        i, j = y % 2, x % 2
-        p = b * nh * nw + (y // 2) * nw + x // 2
-        si = tirx.Cast(dtype, 1 - 2 * i)
-        sj = tirx.Cast(dtype, 1 - 2 * j)
+        p = b * nh * nw + (y // m) * nw + x // m
         total = None
-        for k in range(3):
-            for l in range(3):  # noqa: E741 - the usual name of the second tile index
-                term = m[(k + i) * 4 + (l + j), p, co]
-                if k:
-                    term = term * si
-                if l:
-                    term = term * sj
+        for k, ck in _axis_terms(y % m, m, dtype):
+            for l, cl in _axis_terms(x % m, m, dtype):  # noqa: E741 - the usual tile index name
+                term = mm[k * n + l, p, co]
+                for c in (ck, cl):
+                    if c is not None:
+                        term = term * c
                 total = term if total is None else total + term
         return total
 
-    return te.compute((n, h, w, oc), compute, name=OUTPUT_BLOCK)
+    return te.compute((n_batch, h, w, oc), compute, name=OUTPUT_BLOCK, attrs={TILE_ATTR: m})
 
 
-def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
-    """Emit the three kernels for ``conv2d(x, hwio)`` (3x3, stride 1, padding 1) with ``builder``;
-    returns the NHWC output expression. Batch, height and width may be symbolic (of any parity:
+def output_blocks(sch) -> list[str]:
+    """Names of the top-level blocks of a (fused) function that are Winograd output transforms."""
+    root = sch.get_sblock("root")
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(root)
+            if TILE_ATTR in sch.get(b).annotations]
+
+
+def schedule_output(sch, name: str, lanes: int) -> None:
+    """Schedule an output transform (with its fused epilogue) tile by tile: the element-wise
+    epilogue (bias, activation, a residual add) is inlined into it, then per m x m output tile and
+    vector of channels the m*m outputs are unrolled, so ``y % m`` and ``x % m`` are constants:
+    the coefficients of :func:`_axis_terms` fold and the tile's n*n products are loaded once for
+    all its outputs (as one output per loop iteration, F(4, 3) ran 25 loads and multiply-adds of
+    selected coefficients per output: its transform took as long as the input transform and a
+    sixth of the GEMM). A height or width that m does not divide leaves a predicate on the last
+    tile. Tiles run in parallel."""
+    from mmopt.codegen.cpu_schedules import inline_epilogue, static_extent
+
+    block = sch.get_sblock(name)
+    m = int(sch.get(block).annotations[TILE_ATTR])
+    inline_epilogue(sch, block)
+    b, y, x, co = sch.get_loops(block)
+    ty, i = sch.split(y, factors=[None, m])
+    tx, j = sch.split(x, factors=[None, m])
+    channels = static_extent(sch.get(co).extent)
+    vec = pick_lanes(channels, lanes) if channels is not None else 1
+    co_o, co_i = sch.split(co, factors=[None, vec])
+    sch.reorder(b, ty, tx, co_o, i, j, co_i)
+    sch.parallel(sch.fuse(b, ty, tx))
+    sch.unroll(i)
+    sch.unroll(j)
+    if vec > 1:
+        sch.vectorize(co_i)
+
+
+def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: int = 2):
+    """Emit the three kernels of F(m x m, 3 x 3) for ``conv2d(x, hwio)`` (3x3, stride 1, padding
+    1) with ``builder``; returns the NHWC output expression. Batch, height and width may be symbolic (of any parity:
     :func:`choice_shape`)."""
     from tvm import relax
 
@@ -247,7 +416,7 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
     oc = hwio.shape[3]
     # the GEMM's rows are the input tiles: the weights are packed for the output-channel tile the
     # contraction schedule gives them (for a symbolic count, the one it takes for symbolic rows)
-    tiles = n * _tile_count(h) * _tile_count(w)
+    tiles = n * _tile_count(h, m) * _tile_count(w, m)
     count, pad_rows = static_extent(tiles), 1
     if count is None:
         multiple = known_multiple(tiles)
@@ -265,10 +434,10 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int):
         if rows is not None:
             pad_rows, count = rows, round_up(count, rows)
         tile = output_tile(oc, count, lanes, registers)
-    v = builder.emit(_input_transform(builder, x, lanes, pad_rows))
-    u = relax.const(transform_weights(hwio, tile))
-    m = builder.emit(builder.call_te(_gemm_te, v, u, primfunc_name_hint=GEMM_BLOCK))
-    return builder.call_te(_output_te, m, n, h, w, primfunc_name_hint=OUTPUT_BLOCK)
+    v = builder.emit(_input_transform(builder, x, lanes, pad_rows, m))
+    u = relax.const(transform_weights(hwio, tile, m))
+    products = builder.emit(builder.call_te(_gemm_te, v, u, primfunc_name_hint=GEMM_BLOCK))
+    return builder.call_te(_output_te, products, n, h, w, m, primfunc_name_hint=OUTPUT_BLOCK)
 
 
 def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=None):
@@ -291,9 +460,8 @@ def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=Non
                 note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "winograd",
                           "symbolic shape without a range: the direct convolution runs instead")
             return None
-    if not applies(x_shape, w.shape, [int(v) for v in attrs.strides],
-                   [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation]):
+    m = tile_size(x_shape, w.shape, [int(v) for v in attrs.strides],
+                  [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation])
+    if m is None or pick_lanes(w.shape[3], lanes) == 1:
         return None
-    if pick_lanes(w.shape[3], lanes) == 1:
-        return None
-    return winograd_conv(builder, call.args[0], w, lanes, registers)
+    return winograd_conv(builder, call.args[0], w, lanes, registers, m)
