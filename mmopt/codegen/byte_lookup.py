@@ -74,12 +74,9 @@ def byte_tables_pay(tvm_target) -> bool:
 
 def reads_byte_table(block) -> bool:
     """Whether a TIR block reads a byte table (a 256-entry 8-bit buffer)."""
-    return any(_is_table(_region_buffer(r)) for r in block.reads)
+    from mmopt.codegen.cpu_schedules import region_buffer  # imports this module
 
-
-def _region_buffer(region):
-    """The buffer a block's read/write region covers."""
-    return region.source if hasattr(region, "source") else region.buffer
+    return any(_is_table(region_buffer(r)) for r in block.reads)
 
 
 def table_read_lanes_for(tvm_target) -> int | None:
@@ -216,12 +213,14 @@ def _integer_sum(node) -> bool:
     and the depthwise ones' alike)."""
     from tvm import tirx
 
+    from mmopt.codegen.cpu_schedules import region_buffer  # imports this module
+
     iter_vars = getattr(node, "iter_vars", None)
     writes = getattr(node, "writes", None)
     if not iter_vars or not writes:
         return False
     return (any(iv.iter_type == tirx.IterVar.CommReduce for iv in iter_vars)
-            and all(str(_region_buffer(w).dtype) == "int32" for w in writes))
+            and all(str(region_buffer(w).dtype) == "int32" for w in writes))
 
 
 def _vector_rounding_pays(func) -> bool:

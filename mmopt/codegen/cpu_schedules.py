@@ -161,7 +161,7 @@ def _kind(expr) -> str:
     return type(expr).__name__
 
 
-def _buffer(region):
+def region_buffer(region):
     """The buffer of a block read/write region (``TensorRegion.source`` in TVM 0.27)."""
     return region.source if hasattr(region, "source") else region.buffer
 
@@ -186,8 +186,8 @@ def _is_contraction(block) -> bool:
     kinds = _iter_kinds(block)
     if "R" not in kinds or "S" not in kinds or len(block.writes) != 1:
         return False
-    out = _buffer(block.writes[0])
-    inputs = [r for r in block.reads if not _buffer(r).same_as(out)]
+    out = region_buffer(block.writes[0])
+    inputs = [r for r in block.reads if not region_buffer(r).same_as(out)]
     if len(inputs) < 2 or _kind(block.body) != "BufferStore":
         return False
     value = block.body.value
@@ -286,7 +286,7 @@ def _tile_registers(sch, block_rv, registers: int) -> int:
     kinds = _iter_kinds(block)
     extents = [static_extent(iv.dom.extent) for iv in block.iter_vars]
     reductions = [e for e, k in zip(extents, kinds) if k == "R"]
-    integer = all(str(_buffer(w).dtype) == "int32" for w in block.writes)
+    integer = all(str(region_buffer(w).dtype) == "int32" for w in block.writes)
     if integer and _depthwise(reductions):
         return registers - INTEGER_DEPTHWISE_TEMPS
     return registers
@@ -634,23 +634,7 @@ def inline_epilogue(sch, writeback, tables_apart: bool = False) -> None:
     def apart(block_rv) -> bool:
         return tables_apart and reads_byte_table(sch.get(block_rv))
 
-    while True:
-        downstream = _downstream(sch, writeback)
-        inlined = False
-        for block in downstream:
-            if (not sch.get_consumers(block) or _broadcast_into_consumer(sch, block)
-                    or any(apart(c) for c in sch.get_consumers(block))):
-                # the function's output (inlined below), computed once per channel, or the
-                # index of a table read kept apart
-                continue
-            try:
-                sch.compute_inline(block)
-                inlined = True
-                break
-            except Exception:  # noqa: BLE001 - not element-wise, or feeds a reduction
-                continue
-        if not inlined:
-            break
+    inline_intermediates(sch, writeback, apart)
     while True:
         consumers = sch.get_consumers(writeback)
         if len(consumers) != 1 or apart(consumers[0]):
@@ -658,6 +642,29 @@ def inline_epilogue(sch, writeback, tables_apart: bool = False) -> None:
         try:
             sch.reverse_compute_inline(consumers[0])
         except Exception:  # noqa: BLE001 - not element-wise: schedule it on its own later
+            break
+
+
+def inline_intermediates(sch, block, apart=lambda _block: False) -> None:
+    """Inline the element-wise blocks downstream of ``block`` into their consumers, until one block
+    (the function's output) or what cannot be inlined is left: a diamond (HardSwish's ``x *
+    relu6(x + 3) / 6``) becomes one expression. Kept: blocks whose values are broadcast into a
+    consumer (computed once per channel) and, per ``apart``, the index of a table read."""
+    while True:
+        inlined = False
+        for candidate in _downstream(sch, block):
+            if (not sch.get_consumers(candidate) or _broadcast_into_consumer(sch, candidate)
+                    or any(apart(c) for c in sch.get_consumers(candidate))):
+                # the function's output, computed once per channel, or the index of a table
+                # read kept apart
+                continue
+            try:
+                sch.compute_inline(candidate)
+                inlined = True
+                break
+            except Exception:  # noqa: BLE001 - not element-wise, or feeds a reduction
+                continue
+        if not inlined:
             break
 
 
@@ -792,8 +799,8 @@ def _inline_row_padding(sch, block_rv, v_axis: int) -> None:
         written = sch.get(producer)
         if len(written.writes) != 1 or not has_branch(written):
             continue
-        buffer = _buffer(written.writes[0])
-        regions = [r for r in block.reads if _buffer(r).same_as(buffer)]
+        buffer = region_buffer(written.writes[0])
+        regions = [r for r in block.reads if region_buffer(r).same_as(buffer)]
         if not regions or any(any(v.same_as(v_var) for rng in r.region
                                   for v in tirx.analysis.undefined_vars(rng.min))
                               for r in regions):
@@ -878,8 +885,8 @@ def _row_reduction_loop(sch, block_rv, lanes: int):
         least = _least_extent(sch, loops[last])
         if least is None or least < lanes or static_extent(sch.get(loops[last]).min) != 0:
             return None
-    out = _buffer(block.writes[0])
-    contiguous = any(not _buffer(r).same_as(out) and r.region
+    out = region_buffer(block.writes[0])
+    contiguous = any(not region_buffer(r).same_as(out) and r.region
                      and _index_iter(block, r.region[-1]) == last for r in block.reads)
     return loops[last] if contiguous else None
 
@@ -999,7 +1006,7 @@ def _writes_whole_rows(block) -> bool:
     if len(block.writes) != 1:
         return False
     region = block.writes[0].region
-    buffer = _buffer(block.writes[0])
+    buffer = region_buffer(block.writes[0])
     if len(region) != len(block.iter_vars) or len(region) != len(buffer.shape):
         return False
     for rng, iv, dim in zip(region, block.iter_vars, buffer.shape):
@@ -1151,7 +1158,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
             note_skip(name, "winograd.schedule_output", f"{exc}".strip().splitlines()[-1][:200]
                       + "; scheduled as an element-wise loop", kind="degraded")
-    sch = _try(sch, _inline_injective_chains, contractions)
+    sch = _try(sch, _inline_injective_chains, contractions + tiled)
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
     root = sch.get_sblock("root")
     for block_rv in sch.get_child_blocks(root):

@@ -712,10 +712,10 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
 def _packed_layout(block) -> tuple[int, int, str] | None:
     """``(lanes, block, weight dtype)`` of a packed convolution block's weights
     ``[OC/lanes, KH, KW, IC/block, lanes, block]``: which :class:`DotProduct` packed them."""
-    from mmopt.codegen.cpu_schedules import _buffer
+    from mmopt.codegen.cpu_schedules import region_buffer
 
     for region in block.reads:
-        buf = _buffer(region)
+        buf = region_buffer(region)
         if len(buf.shape) == 6:
             return int(buf.shape[4]), int(buf.shape[5]), str(buf.dtype)
     return None
@@ -835,10 +835,10 @@ def kernel_path(func, dots) -> dict | None:
         return None
     if anchor is None or not _is_product_sum(anchor) or len(anchor.writes) != 1:
         return None
-    from mmopt.codegen.cpu_schedules import _buffer
+    from mmopt.codegen.cpu_schedules import region_buffer
 
-    out = str(_buffer(anchor.writes[0]).dtype)
-    reads = {str(_buffer(r).dtype) for r in anchor.reads}
+    out = str(region_buffer(anchor.writes[0]).dtype)
+    reads = {str(region_buffer(r).dtype) for r in anchor.reads}
     if out == "int32" and reads & integer:
         return {"path": "integer-loop"}
     return {"path": "float"} if out.startswith(("float", "bfloat")) else None

@@ -376,20 +376,31 @@ def output_blocks(sch) -> list[str]:
 
 
 def schedule_output(sch, name: str, lanes: int) -> None:
-    """Schedule an output transform (with its fused epilogue) tile by tile: the element-wise
-    epilogue (bias, activation, a residual add) is inlined into it, then per m x m output tile and
-    vector of channels the m*m outputs are unrolled, so ``y % m`` and ``x % m`` are constants:
-    the coefficients of :func:`_axis_terms` fold and the tile's n*n products are loaded once for
-    all its outputs (as one output per loop iteration, F(4, 3) ran 25 loads and multiply-adds of
-    selected coefficients per output: its transform took as long as the input transform and a
-    sixth of the GEMM). A height or width that m does not divide leaves a predicate on the last
-    tile. Tiles run in parallel."""
-    from mmopt.codegen.cpu_schedules import inline_epilogue, static_extent
+    """Schedule an output transform (with its fused epilogue) tile by tile: per m x m output tile
+    and vector of channels, the transform's m*m outputs are unrolled into a local tile, so ``y %
+    m`` and ``x % m`` are constants: the coefficients of :func:`_axis_terms` fold and the tile's
+    n*n products are loaded once for all its outputs (as one output per loop iteration, F(4, 3)
+    ran 25 loads and multiply-adds of selected coefficients per output: its transform took as long
+    as the input transform and a sixth of the GEMM). The element-wise epilogue (bias, activation,
+    a residual add), inlined into one block, then reads the local tile in a plain loop: unrolled
+    with it, a SiLU's expression 16 times per tile took seconds to compile per layer. A height or
+    width that m does not divide leaves a predicate on the last tile. Tiles run in parallel. A
+    consumer that writes another shape (a transpose) is left to the element-wise schedule."""
+    from mmopt.codegen.cpu_schedules import inline_intermediates, region_buffer, static_extent
 
     block = sch.get_sblock(name)
     m = int(sch.get(block).annotations[TILE_ATTR])
-    inline_epilogue(sch, block)
-    b, y, x, co = sch.get_loops(block)
+    inline_intermediates(sch, block)
+    consumers = sch.get_consumers(block)
+    if len(consumers) > 1:
+        raise ValueError(f"{len(consumers)} epilogue blocks left after inlining")
+    if consumers and ([list(region_buffer(r).shape) for r in sch.get(consumers[0]).writes]
+                      != [list(region_buffer(r).shape) for r in sch.get(block).writes]):
+        # not an element-wise epilogue in the same layout (a model's NCHW output transpose):
+        # the transform alone, the consumer scheduled as any element-wise block
+        consumers = []
+    outer = consumers[0] if consumers else block
+    b, y, x, co = sch.get_loops(outer)
     ty, i = sch.split(y, factors=[None, m])
     tx, j = sch.split(x, factors=[None, m])
     channels = static_extent(sch.get(co).extent)
@@ -397,10 +408,19 @@ def schedule_output(sch, name: str, lanes: int) -> None:
     co_o, co_i = sch.split(co, factors=[None, vec])
     sch.reorder(b, ty, tx, co_o, i, j, co_i)
     sch.parallel(sch.fuse(b, ty, tx))
-    sch.unroll(i)
-    sch.unroll(j)
     if vec > 1:
         sch.vectorize(co_i)
+    if not consumers:
+        sch.unroll(i)
+        sch.unroll(j)
+        return
+    sch.compute_at(block, co_o)
+    sch.set_scope(block, 0, "local")
+    t_i, t_j, t_c = sch.get_loops(block)[-3:]
+    sch.unroll(t_i)
+    sch.unroll(t_j)
+    if vec > 1:
+        sch.vectorize(t_c)
 
 
 def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: int = 2):

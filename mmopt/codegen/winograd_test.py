@@ -196,8 +196,9 @@ def test_tile_size_follows_products_weights_and_transformed_sizes():
 
 
 def test_output_transform_runs_tile_by_tile():
-    """The output transform (with its bias and ReLU) is scheduled per 4 x 4 tile, the tile's
-    outputs unrolled, also on a 14 x 14 map (the last tile predicated); nothing degraded."""
+    """The output transform is scheduled per 4 x 4 tile, the tile's outputs unrolled into a local
+    tile that its bias and ReLU then read in a loop of their own, also on a 14 x 14 map (the last
+    tile predicated); nothing degraded."""
     import tvm
 
     from mmopt.codegen.cpu_schedules import record_fallbacks
@@ -207,6 +208,11 @@ def test_output_transform_runs_tile_by_tile():
 
     target = get("x86")
     model = _model(16, 64, 14, 1, 1)
+    # a 1x1 convolution after it: the ReLU stays in NHWC (the model's output is transposed back)
+    model.graph.node[1].output[0] = "r"
+    model.graph.node.append(helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[1, 1]))
+    model.graph.initializer.append(numpy_helper.from_array(
+        np.full((64, 64, 1, 1), 0.01, np.float32), "w2"))
     with record_fallbacks() as found:
         mod = tuning_module(relax_module(model)[0], target)
         with target.tvm_target():
@@ -215,4 +221,5 @@ def test_output_transform_runs_tile_by_tile():
     assert len(outputs) == 1
     text = outputs[0].script()
     assert text.count("T.unroll(T.int64(4))") == 2 and "T.parallel" in text, text
+    assert 'scope="local"' in text and text.count("T.sblock(") == 3, text  # with the root
     assert found == [], found
