@@ -16,13 +16,13 @@ input tile (n = m + 2) with n*n element-wise products: F(2x2, 3x3) 16 per 4 outp
 3. output transform: ``Y_p = A^T M_p A`` (m x m per tile), written in NHWC so bias/activation
    epilogues fuse into it, and scheduled tile by tile (:func:`schedule_output`).
 
-The matrices come from the Toom-Cook construction (:func:`matrices`). F(2x2, 3x3)'s transforms are
-sums with coefficients 0, +-1, +-1/2: accurate to a few float32 ulps of the direct sum. F(4x4, 3x3)
-has larger coefficients and loses about a bit more (:data:`POINTS`), and its weights are 36/9 = 4x
-the direct ones: it is taken where it saves enough products after rounding the map up to whole
-4x4 tiles and its weights stay small (:func:`tile_size`; measured on ResNet-50's 14 x 14 x 256
-layers, 9.4 MB of transformed weights made its GEMM bandwidth-bound: no gain). Winograd is used
-only where it pays: output sizes at least :data:`MIN_PIXELS` pixels and even, both channel counts
+The matrices come from the Toom-Cook construction (:func:`matrices`). F(2x2, 3x3)'s transforms
+are sums with coefficients 0, +-1, +-1/2: accurate to a few float32 ulps of the direct sum.
+F(4x4, 3x3) has larger coefficients and 2-3x the direct sum's rounding error (:data:`POINTS`),
+and its weights are 36/9 = 4x the direct ones: it is taken where it saves enough products after
+rounding the map up to whole 4x4 tiles and its weights stay small (:func:`tile_size`; measured on
+ResNet-50's 14 x 14 x 256 layers, 9.4 MB of transformed weights made its GEMM bandwidth-bound: no
+gain). Winograd is used only where it pays: output sizes at least :data:`MIN_PIXELS` pixels and even, both channel counts
 at least :data:`MIN_CHANNELS` (small layers are dominated by the transforms) and transformed
 tensors of at most :data:`MAX_TRANSFORMED_BYTES`. The compile option ``--no-winograd``
 (``CodegenOptions.winograd``) turns it off.
@@ -66,8 +66,9 @@ OPAQUE = 8
 #: interpolation points of F(m x m, 3 x 3) by output tile size m (the point at infinity is implied).
 #: F(2, 3) takes Lavin & Gray's (0, 1, -1); F(4, 3) takes (0, 1, -1, 1/2, -2) rather than their
 #: (0, +-1, +-2): the transforms' float32 rounding error grows with the points' spread, and this set
-#: keeps a 256-channel layer within ~4e-6 of the exact sum (a direct float32 sum: ~1.5e-6; with
-#: (0, +-1, +-2): ~1.2e-5), as error analyses of Toom-Cook filtering recommend
+#: keeps a 256-channel layer within ~4e-6 of the exact sum, relative to its largest output (a
+#: direct float32 sum: ~1.5e-6; with (0, +-1, +-2): ~1.2e-5), as error analyses of Toom-Cook
+#: filtering recommend
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, Fraction(1, 2), -2)}
 #: F(4, 3) replaces F(2, 3) where its tiles (6x6 per 4x4 outputs, 2.25 products per output instead
 #: of 4) leave at least this share of the multiplications -- after rounding the map up to whole
@@ -356,8 +357,9 @@ def _output_te(mm, n_batch, h, w, m=2):
     def compute(b, y, x, co):
         p = b * nh * nw + (y // m) * nw + x // m
         total = None
+        columns = _axis_terms(x % m, m, dtype)
         for k, ck in _axis_terms(y % m, m, dtype):
-            for l, cl in _axis_terms(x % m, m, dtype):  # noqa: E741 - the usual tile index name
+            for l, cl in columns:  # noqa: E741 - the usual tile index name
                 term = mm[k * n + l, p, co]
                 for c in (ck, cl):
                     if c is not None:
@@ -425,8 +427,8 @@ def schedule_output(sch, name: str, lanes: int) -> None:
 
 def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: int = 2):
     """Emit the three kernels of F(m x m, 3 x 3) for ``conv2d(x, hwio)`` (3x3, stride 1, padding
-    1) with ``builder``; returns the NHWC output expression. Batch, height and width may be symbolic (of any parity:
-    :func:`choice_shape`)."""
+    1) with ``builder``; returns the NHWC output expression. Batch, height and width may be
+    symbolic (of any parity: :func:`choice_shape`)."""
     from tvm import relax
 
     from mmopt.codegen.cpu_schedules import static_extent, symbolic_tile

@@ -91,8 +91,8 @@ def test_accuracy_is_that_of_the_direct_sum(ic, oc, hw, factor, tmp_path):
     """Deep inputs (576 and 1152 products per output): the Winograd result stays within float32
     rounding of a float64 reference, within ``factor`` of onnxruntime's direct convolution's
     error. F(4x4, 3x3) multiplies by up to 2.5 in its transforms and loses a little more (measured
-    here: 5.5x onnxruntime's error, 9e-6 on outputs of about 1); with the points 0, +-1, +-2 of
-    the usual construction it would lose about twice that again."""
+    here: 9e-6, 5.5x onnxruntime's error); with the points 0, +-1, +-2 of the usual construction
+    it would lose about twice that again."""
     import onnxruntime as ort
 
     import mmopt
