@@ -114,7 +114,7 @@ def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tuple(np.array([[float(v) for v in row] for row in a]) for a in (at, g, bt))
 
 
-def transform_weights(hwio: np.ndarray, tile: int, m: int = 2) -> np.ndarray:
+def transform_weights(hwio: np.ndarray, tile: int, m: int) -> np.ndarray:
     """``U = G g G^T`` for every (input, output) channel pair, packed ``[n*n, OC/tile, IC, tile]``
     (n = m + 2)."""
     g_mat = matrices(m)[1]
@@ -154,11 +154,6 @@ def tile_size(x_shape, w_shape, strides, padding, dilation) -> int | None:
     return 2 if fits(2) else None
 
 
-def applies(x_shape, w_shape, strides, padding, dilation) -> bool:
-    """Whether Winograd pays for a convolution of input ``x_shape`` (:func:`tile_size`)."""
-    return tile_size(x_shape, w_shape, strides, padding, dilation) is not None
-
-
 def choice_shape(shape, bounds) -> list[int] | None:
     """The integer NHWC shape that Winograd is chosen for when ``shape`` has symbolic dims (None:
     a dim has no known range).
@@ -190,7 +185,7 @@ def _select(index, values):
     return out
 
 
-def _tile_count(size, m: int = 2):
+def _tile_count(size, m: int):
     """m x m output tiles along an axis of ``size`` outputs: ``size / m`` when m is known to
     divide it, else rounded up (the last tile's extra rows or columns are computed and dropped)."""
     from mmopt.codegen.cpu_schedules import static_extent
@@ -219,7 +214,7 @@ def _weighted_sum(terms, dtype):
     return total if total is not None else tirx.const(0.0, dtype)
 
 
-def _input_te(data, rows=1, m=2):
+def _input_te(data, rows: int, m: int):
     """``V[e, p, c]``, ``e = n a + b``: ``(B^T d B)[a, b]`` of the n x n input tile ``p`` (n = m
     + 2; tiles overlap by 2), in two steps with the matrix's zeros left out: ``T[a, j, p, c] =
     sum_i B^T[a, i] d[i, j]`` (:data:`ROWS_BLOCK`), then ``V = sum_j B^T[b, j] T[a, j]``; the
@@ -344,7 +339,7 @@ def _axis_terms(i, m: int, dtype):
     return terms
 
 
-def _output_te(mm, n_batch, h, w, m=2):
+def _output_te(mm, n_batch, h, w, m: int):
     """``Y[b, y, x, co] = (A^T M A)[y % m, x % m]`` of tile ``(y // m, x // m)``, written in NHWC
     (bias and activation epilogues fuse into it); the terms per axis: :func:`_axis_terms`."""
     from tvm import te
@@ -425,7 +420,7 @@ def schedule_output(sch, name: str, lanes: int) -> None:
         sch.vectorize(t_c)
 
 
-def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: int = 2):
+def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: int):
     """Emit the three kernels of F(m x m, 3 x 3) for ``conv2d(x, hwio)`` (3x3, stride 1, padding
     1) with ``builder``; returns the NHWC output expression. Batch, height and width may be
     symbolic (of any parity: :func:`choice_shape`)."""
