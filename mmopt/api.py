@@ -268,7 +268,8 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
         extra={**({"tuning": tuning} if tuning else {}),
                **({"schedule_fallbacks": fallbacks} if fallbacks else {}),
                **({"int8_kernels": int8_kernels} if int8_kernels else {}),
-               **({"dynamic_kernels": _dynamic_summary(degraded)} if ranges else {}),
+               **({"dynamic_kernels": _degradations(degraded)} if ranges
+                  else {"degraded_kernels": _degradations(degraded)} if degraded else {}),
                **_random_weights(reference)},
     )
 
@@ -328,9 +329,12 @@ def _verify_sizes(ranges, buckets) -> list[dict] | None:
     return sets + [b.sizes for b in buckets if b.sizes not in sets]
 
 
-def _dynamic_summary(degraded: list[dict]) -> dict:
-    """What symbolic shapes cost the dynamic kernels (recorded in the artifact JSON): the kernels
-    that kept a generic form (Winograd skipped, tiles with predicated tails)."""
+def _degradations(degraded: list[dict]) -> dict:
+    """The kernels that kept a slower form, by what and why (recorded in the artifact JSON):
+    for a dynamic artifact what symbolic shapes cost (Winograd skipped, tiles with predicated
+    tails; ``extra.dynamic_kernels``), for any artifact a schedule that failed and left a
+    working but slower kernel (an integer convolution without its dot-product instruction, a
+    Winograd output transform as an element-wise loop; ``extra.degraded_kernels`` when static)."""
     by: dict[str, list[str]] = {}
     for d in degraded:
         by.setdefault(f"{d['schedule']}: {d['reason']}", []).append(d["block"])

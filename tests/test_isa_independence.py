@@ -6,7 +6,7 @@ saturating int16 pairs. They now judge by QDQ reference semantics or by mmopt's 
 ``scripts/avx2-emulated.sh`` runs them here as on such a machine (qemu's Haswell CPU model for every
 Python process, ``/proc/cpuinfo`` without AVX-512), so an AVX-512 development machine or CI keeps
 them honest. Emulation is slow: the quick ones run here; the zoo CNN cosine tests
-(``tests/test_quantize_models.py::test_zoo_cnn_cosine``, ~10 minutes emulated) are run by hand:
+(``tests/test_quantize_models.py::test_zoo_cnn_cosine``, 7 minutes emulated here) are run by hand:
 ``scripts/avx2-emulated.sh python3 -m pytest -n0 tests/test_quantize_models.py``.
 """
 

@@ -185,6 +185,8 @@ def _print_compile_report(result, verify_asked: bool | None = None) -> None:
                if meta.buckets else ""))
         for d in (meta.extra.get("dynamic_kernels") or {}).get("degradations", []):
             out.print(f"  [yellow]note[/]      dynamic kernels: {d['what']} ({d['count']})")
+    for d in (meta.extra.get("degraded_kernels") or {}).get("degradations", []):
+        out.print(f"  [yellow]warning[/]   degraded kernels: {d['what']} ({d['count']})")
     int8_kernels = meta.extra.get("int8_kernels") or []
     if int8_kernels:
         from collections import Counter

@@ -1050,7 +1050,7 @@ def note_skip(block: str, schedule: str, reason: str, kind: str = "skipped") -> 
             found.append(entry)
 
 
-def _exception_reason(exc: BaseException) -> str:
+def exception_reason(exc: BaseException) -> str:
     """The last non-empty line of an exception's message (TVM's end with the error itself), else
     its type's name."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -1058,7 +1058,7 @@ def _exception_reason(exc: BaseException) -> str:
 
 
 def note_fallback(block: str, schedule: str, exc: BaseException) -> None:
-    reason = _exception_reason(exc)
+    reason = exception_reason(exc)
     logger.debug("schedule %s on %s failed: %s", schedule, block, reason)
     found = _FALLBACKS.get()
     if found is not None:
@@ -1162,7 +1162,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
             sch = trial
             tiled.append(name)
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
-            note_skip(name, "winograd.schedule_output", _exception_reason(exc)[:200]
+            note_skip(name, "winograd.schedule_output", exception_reason(exc)[:200]
                       + "; scheduled as an element-wise loop", kind="degraded")
     sch = _try(sch, _inline_injective_chains, contractions + tiled)
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)

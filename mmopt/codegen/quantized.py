@@ -746,24 +746,29 @@ def dot_schedule_pass():
             if not dots or not _has_dot_block(func):
                 return None
             sch = s_tir.Schedule(func)
+            # which convolution, in a report: its packed weights' shape
+            weights = next(("x".join(str(d) for d in p.shape) for p in func.params
+                            if hasattr(p, "shape") and len(p.shape) == 6), "?")
+            name, what = f"{DOT_BLOCK} (weights {weights})", "dot-product schedule"
             try:
                 root = sch.get_sblock("root")
                 blocks = [b for b in sch.get_child_blocks(root)
                           if sch.get(b).name_hint.startswith(DOT_BLOCK)]
                 if len(blocks) != 1:
                     return None
-                name = sch.get(blocks[0]).name_hint
+                block_name = sch.get(blocks[0]).name_hint
                 layout = _packed_layout(sch.get(blocks[0]))
                 dot = next(d for d in dots if layout is not None and d.packs(*layout))
+                what = f"{dot.name} dot-product schedule"
                 instruction_loop = schedule_dot_conv(sch, blocks[0], dot, tensorize=False,
                                                      target=target)
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
-                cs.logger.debug("dot-product schedule failed: %s", exc)
+                _note_integer_loop(name, what, exc)
                 return None
             lanes = max(4, cs._vector_bits(target) // 32)  # noqa: SLF001
             for block_rv in sch.get_child_blocks(sch.get_sblock("root")):
                 block = sch.get(block_rv)
-                if block.name_hint == name or block.name_hint.startswith(name + "_"):
+                if block.name_hint == block_name or block.name_hint.startswith(block_name + "_"):
                     continue
                 kind = (cs.schedule_reduction if "R" in cs._iter_kinds(block)  # noqa: SLF001
                         else cs.schedule_injective)
@@ -772,12 +777,21 @@ def dot_schedule_pass():
             try:
                 sch.tensorize(instruction_loop, _register_intrinsic(dot))
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
-                cs.logger.debug("dot-product tensorization failed: %s", exc)
+                _note_integer_loop(name, f"{dot.name} tensorization", exc)
                 return None
             return sch
 
     return tvm.transform.Sequential([dl.ApplyDefaultSchedule(_Rule()), _log_int8_kernels()],
                                     name="mmopt_dot_schedule")
+
+
+def _note_integer_loop(block: str, what: str, exc: BaseException) -> None:
+    """A packed integer convolution whose instruction schedule failed runs the default schedule's
+    integer loop instead (correct, several times slower): reported as degraded, with the reason."""
+    from mmopt.codegen import cpu_schedules as cs
+
+    cs.note_skip(block, what, cs.exception_reason(exc)[:200] + "; the integer loop runs instead",
+                 kind="degraded")
 
 
 # --------------------------------------------------------------------------------------------------

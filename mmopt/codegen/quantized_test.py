@@ -486,3 +486,34 @@ def test_quantized_model_with_dynamic_height_and_width_compiles(tmp_path):
     result = mmopt.compile(qdq, "x86-avx2", tmp_path / "dyn",
                            dims=[parse_dim_option("h=16..64:8"), parse_dim_option("w=16..64:8")])
     assert result.verification.passed and len(result.verification.runs) >= 3
+
+
+def test_failed_dot_product_schedule_is_reported_not_silent(monkeypatch, tmp_path):
+    """When the instruction schedule of a packed integer convolution fails, the kernel still runs
+    (the default schedule's integer loop, several times slower) and the compile says so: a
+    warning line, and the reason under ``extra.degraded_kernels`` in the artifact JSON."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mmopt.cli.main import cli
+    from mmopt.codegen import quantized
+
+    _target("x86-avx2")
+
+    def failing(*_args, **_kwargs):
+        raise RuntimeError("no tile fits")
+
+    monkeypatch.setattr(quantized, "schedule_dot_conv", failing)
+    qdq = _quantized(_float_model(16, 32), "uint8", weight_bits=7)
+    onnx.save(qdq, tmp_path / "q.onnx")
+    result = CliRunner().invoke(cli, ["compile", str(tmp_path / "q.onnx"), "--target", "x86-avx2",
+                                      "-o", str(tmp_path / "q")])
+    assert result.exit_code == 0, result.output
+    assert "degraded kernels: pmaddubsw dot-product schedule: no tile fits; the integer loop " \
+           "runs instead (2)" in " ".join(result.output.split()), result.output
+    meta = json.loads((tmp_path / "q.json").read_text())
+    [entry] = meta["extra"]["degraded_kernels"]["degradations"]
+    assert entry["count"] == 2 and "no tile fits" in entry["what"]
+    assert {k["path"] for k in meta["extra"]["int8_kernels"]} == {"integer-loop"}
+    assert meta["verification"]["passed"]
