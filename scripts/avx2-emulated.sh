@@ -47,8 +47,12 @@ exec "$WORK/bin/python3" -m mmopt.cli.main "\$@"
 EOF
 chmod +x "$WORK/bin/python3" "$WORK/bin/mmopt"
 ln -s python3 "$WORK/bin/python"
+# the wrapper's directory looks like the interpreter's home (its lib/), so the emulated
+# interpreter finds its standard library from sys.executable, without a PYTHONHOME that other
+# programs' interpreters (an aarch64 Python under qemu, the system one) would inherit
+ln -s "$HOME_DIR/lib" "$WORK/lib"
 
-export PATH="$WORK/bin:$PATH" PYTHONHOME="$HOME_DIR"
+export PATH="$WORK/bin:$PATH"
 if [ "$EXTRA" != "-" ]; then export PYTHONPATH="$EXTRA${PYTHONPATH:+:$PYTHONPATH}"; fi
 # /proc/cpuinfo without AVX-512, as the emulated CPU reports it
 sed -E 's/ (avx512[a-z0-9_]*|avx_vnni)\b//g' /proc/cpuinfo > "$WORK/cpuinfo"
