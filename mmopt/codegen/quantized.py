@@ -746,10 +746,7 @@ def dot_schedule_pass():
             if not dots or not _has_dot_block(func):
                 return None
             sch = s_tir.Schedule(func)
-            # which convolution, in a report: its packed weights' shape
-            weights = next(("x".join(str(d) for d in p.shape) for p in func.params
-                            if hasattr(p, "shape") and len(p.shape) == 6), "?")
-            name, what = f"{DOT_BLOCK} (weights {weights})", "dot-product schedule"
+            what = "dot-product schedule"
             try:
                 root = sch.get_sblock("root")
                 blocks = [b for b in sch.get_child_blocks(root)
@@ -763,7 +760,7 @@ def dot_schedule_pass():
                 instruction_loop = schedule_dot_conv(sch, blocks[0], dot, tensorize=False,
                                                      target=target)
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
-                _note_integer_loop(name, what, exc)
+                _note_integer_loop(func, what, exc)
                 return None
             lanes = max(4, cs._vector_bits(target) // 32)  # noqa: SLF001
             for block_rv in sch.get_child_blocks(sch.get_sblock("root")):
@@ -777,7 +774,7 @@ def dot_schedule_pass():
             try:
                 sch.tensorize(instruction_loop, _register_intrinsic(dot))
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
-                _note_integer_loop(name, f"{dot.name} tensorization", exc)
+                _note_integer_loop(func, f"{dot.name} tensorization", exc)
                 return None
             return sch
 
@@ -785,12 +782,16 @@ def dot_schedule_pass():
                                     name="mmopt_dot_schedule")
 
 
-def _note_integer_loop(block: str, what: str, exc: BaseException) -> None:
-    """A packed integer convolution whose instruction schedule failed runs the default schedule's
-    integer loop instead (correct, several times slower): reported as degraded, with the reason."""
+def _note_integer_loop(func, what: str, exc: BaseException) -> None:
+    """The packed integer convolution ``func``, whose instruction schedule failed, runs the default
+    schedule's integer loop instead (correct, several times slower): reported as degraded, with
+    the reason, and named by its packed weights' shape."""
     from mmopt.codegen import cpu_schedules as cs
 
-    cs.note_skip(block, what, cs.exception_reason(exc)[:200] + "; the integer loop runs instead",
+    weights = next(("x".join(str(d) for d in p.shape) for p in func.params
+                    if hasattr(p, "shape") and len(p.shape) == 6), "?")
+    cs.note_skip(f"{DOT_BLOCK} (weights {weights})", what,
+                 cs.exception_reason(exc)[:200] + "; the integer loop runs instead",
                  kind="degraded")
 
 

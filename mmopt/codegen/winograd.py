@@ -22,10 +22,10 @@ F(4x4, 3x3) has larger coefficients and 2-3x the direct sum's rounding error (:d
 and its weights are 36/9 = 4x the direct ones: it is taken where it saves enough products after
 rounding the map up to whole 4x4 tiles and its weights stay small (:func:`tile_size`; measured on
 ResNet-50's 14 x 14 x 256 layers, 9.4 MB of transformed weights made its GEMM bandwidth-bound: no
-gain). Winograd is used only where it pays: output sizes at least :data:`MIN_PIXELS` pixels and even, both channel counts
-at least :data:`MIN_CHANNELS` (small layers are dominated by the transforms) and transformed
-tensors of at most :data:`MAX_TRANSFORMED_BYTES`. The compile option ``--no-winograd``
-(``CodegenOptions.winograd``) turns it off.
+gain). Winograd is used only where it pays: output sizes at least :data:`MIN_PIXELS` pixels and
+even, both channel counts at least :data:`MIN_CHANNELS` (small layers are dominated by the
+transforms) and transformed tensors of at most :data:`MAX_TRANSFORMED_BYTES`. The compile option
+``--no-winograd`` (``CodegenOptions.winograd``) turns it off.
 
 Dynamic shapes: batch, height and width may be symbolic; the tile counts are then expressions of
 them (rounded up where m may not divide a size), and the choice is made for the middle of the
