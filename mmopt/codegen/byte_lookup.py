@@ -230,7 +230,8 @@ def _vector_rounding_pays(func) -> bool:
     and an integer convolution's requantizing write-back ran 2x faster so (0.72 -> 0.35 ms, a
     160x160x96 1x1 layer of the PP-OCR detector, AVX2) than re-vectorized by LLVM. Depthwise ones
     too: LLVM left MobileNetV2's first (112x112x32, 8x32 register tile) write-back scalar, 2.6x
-    the kernel's time (0.21 -> 0.081 ms, Zen 4)."""
+    the kernel's time (0.21 -> 0.081 ms, Zen 4). And any function whose vectors read and write
+    with unit stride (:func:`_unit_stride_vectors`)."""
     import tvm
     import tvm_ffi
     from tvm import tirx
@@ -253,13 +254,92 @@ def _vector_rounding_pays(func) -> bool:
         return visitor.default_visit(node)
 
     tvm_ffi.structural_visit(func.body, visit)
-    if found["dot"]:
+    if found["dot"] or _unit_stride_vectors(func):
         return True
     if not table:
         return False
     target = func.attrs.get("target") if func.attrs is not None else None
     reader = table_reader(target or tvm.target.Target.current(allow_none=True))
     return reader == "permute" or (reader == "shuffle" and found["wide"])
+
+
+def _vector_steps(expr, variables, steps) -> int | None:
+    """How far ``expr`` (an index over a block's iterators ``variables``) moves when the vectorized
+    loop advances by one, the iterators moving by ``steps``; None where it is not linear in them
+    (an index read from a tensor, a division)."""
+    import tvm
+
+    coefficients = tvm.sym.detect_linear_equation(expr, variables)
+    if len(coefficients) != len(variables) + 1:
+        return None
+    # a moving iterator inside the constant part: under a load or a cast (a table read)
+    moving = [v for v, step in zip(variables, steps) if step]
+    if any(v.same_as(m) for v in tvm.tirx.analysis.undefined_vars(coefficients[-1])
+           for m in moving):
+        return None
+    total = 0
+    for coefficient, step in zip(coefficients, steps):
+        if step:
+            if not isinstance(coefficient, tvm.tirx.IntImm):
+                return None
+            total += int(coefficient) * step
+    return total
+
+
+def _unit_stride_vectors(func) -> bool:
+    """Whether ``func`` has vectorized loops and every tensor access under them walks its
+    innermost axis one element per lane (or does not move with the vector): an element-wise
+    requantization, a concatenation. TVM's vector rounding pays there: LLVM re-vectorized such a
+    scalar loop over the next loop outward when the vector covered half of a 16-channel row,
+    reading and writing lane by lane (a 160x160x16 quantize 0.097 -> 0.029 ms, YOLOv8n's C2f
+    concatenations 15-30% faster, AVX2 on Zen 4); where an access transposes or gathers (a
+    depth-to-space's transpose: 0.254 -> 0.313 ms vector-rounded) LLVM's choice stays."""
+    import tvm
+    import tvm_ffi
+    from tvm import tirx
+
+    state = {"vectors": 0, "strided": False}
+    vector_loops: list = []
+    scopes: list[tuple[list, list[int]]] = []  # (block iterators, their steps per lane)
+
+    def contiguous(indices) -> bool:
+        if not indices:
+            return True
+        # outside a block (lowered TIR), the indices use the loop variable itself
+        variables, steps = scopes[-1] if scopes else ([vector_loops[-1]], [1])
+        moves = [_vector_steps(index, variables, steps) for index in indices]
+        if any(m is None for m in moves):
+            return False
+        return all(m == 0 for m in moves) or (moves[-1] == 1 and not any(moves[:-1]))
+
+    def visit(node, visitor):
+        if isinstance(node, tirx.For) and node.kind == tirx.ForKind.VECTORIZED:
+            state["vectors"] += 1
+            vector_loops.append(node.loop_var)
+            visitor.default_visit(node)
+            vector_loops.pop()
+            return None
+        if vector_loops and type(node).__name__ == "SBlockRealize":
+            variables = [iv.var for iv in node.block.iter_vars]
+            steps = []
+            for value in node.iter_values:
+                step = _vector_steps(value, [vector_loops[-1]], [1])
+                if step is None:
+                    state["strided"] = True
+                    return None
+                steps.append(step)
+            scopes.append((variables, steps))
+            visitor.default_visit(node)
+            scopes.pop()
+            return None
+        if vector_loops and isinstance(node, (tirx.BufferStore, tvm.ir.TensorLoad)):
+            if not contiguous(list(node.indices)):
+                state["strided"] = True
+                return None
+        return visitor.default_visit(node)
+
+    tvm_ffi.structural_visit(func.body, visit)
+    return state["vectors"] > 0 and not state["strided"]
 
 
 def lower_with_vector_rounding(lower):
@@ -272,8 +352,8 @@ def lower_with_vector_rounding(lower):
     @tvm.transform.module_pass(opt_level=0, name="mmopt_lower_vectorized_rounding")
     def _lower(mod, _ctx):
         # only where it pays (:func:`_vector_rounding_pays`): elsewhere TVM's own vector
-        # rounding was slower than LLVM's loop vectorizer (a PP-OCR detector's resize
-        # and depth-to-space requantizations by 20-35% on AVX2)
+        # rounding was slower than LLVM's loop vectorizer (a PP-OCR detector's depth-to-space
+        # requantization by 23% on AVX2, its resizes by 20-35% once)
         tables = [gv for gv, func in mod.functions.items() if _vector_rounding_pays(func)]
         if not tables:
             return lower(mod)

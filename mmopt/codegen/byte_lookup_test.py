@@ -214,6 +214,62 @@ def test_vector_rounding_for_every_integer_sum():
     assert not _vector_rounding_pays(_requantized_sum("float32").with_attr("target", avx2))
 
 
+#: a QuantizeLinear of an NHWC tensor of 16 channels in two 8-lane vectors (AVX2), as the
+#: element-wise schedule leaves it; INDEX is the read (``c, w``: a transposing one)
+_QUANTIZE_KERNEL = '''
+# from tvm.script import tirx as T
+@T.prim_func(s_tir=True)
+def main(x: T.Buffer((1, 4, 20, 16), "float32"), y: T.Buffer((1, 4, 20, 16), "uint8")):
+    for h in T.parallel(4):
+        for w, c0 in T.grid(20, 2):
+            for c1 in T.vectorized(8):
+                with T.sblock("quantize"):
+                    vh, vw = T.axis.remap("SS", [h, w])
+                    vc = T.axis.spatial(16, c0 * 8 + c1)
+                    y[0, vh, vw, vc] = T.Cast("uint8", T.min(T.max(T.nearbyint(
+                        x[0, INDEX] * T.float32(0.5)) + T.float32(3.0), T.float32(0.0)),
+                        T.float32(255.0)))
+'''
+
+
+def _quantize_kernel(transposed: bool):
+    from tvm.script import from_source
+
+    index = "vh, vc, vw" if transposed else "vh, vw, vc"
+    return from_source(_QUANTIZE_KERNEL.replace("INDEX", index).replace(
+        "(1, 4, 20, 16), \"float32\"", "(1, 4, 16, 20), \"float32\"" if transposed
+        else "(1, 4, 20, 16), \"float32\""))
+
+
+def test_vector_rounding_for_unit_stride_requantization():
+    """An element-wise requantization whose vectors walk the channels (8 of 16 per vector) is
+    lowered with TVM's vector rounding: whole vectors in and out, where LLVM re-vectorized the
+    scalar loop over the width and wrote byte by byte (``vpextrb``); the result rounds half to
+    even as QuantizeLinear does. A transposing read keeps LLVM's choice."""
+    import tvm
+
+    from mmopt.codegen.byte_lookup import _vector_rounding_pays  # noqa: PLC2701
+    from mmopt.codegen.tir_pipeline import BYTE_TABLES, register
+    from mmopt.targets import get
+
+    avx2 = get("x86-avx2").tvm_target()
+    plain, transposed = _quantize_kernel(False), _quantize_kernel(True)
+    assert _vector_rounding_pays(plain.with_attr("target", avx2))
+    assert not _vector_rounding_pays(transposed.with_attr("target", avx2))
+
+    lib = tvm.tirx.build(tvm.IRModule({"main": plain}), target=avx2,
+                         pipeline=register(BYTE_TABLES))
+    asm = lib.inspect_source("asm")
+    assert "vpextrb" not in asm and "vroundps" in asm
+    x = (np.arange(4 * 20 * 16, dtype=np.float32).reshape(1, 4, 20, 16) - 600) * 0.5
+    x[0, 0, 0, :4] = [1.0, 3.0, -1.0, 5.0]  # ties: 0.5, 1.5, -0.5, 2.5 round to even
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(x.shape, np.uint8), dev)
+    lib["main"](tvm.runtime.tensor(x, dev), out)
+    np.testing.assert_array_equal(out.numpy(), np.clip(np.rint(x * 0.5) + 3, 0, 255))
+    assert list(out.numpy()[0, 0, 0, :4]) == [3, 5, 3, 5]
+
+
 def test_quantized_hard_swish_model_reads_tables_by_permutes(tmp_path, monkeypatch):
     """A QDQ Conv -> HardSwish -> Conv model on this machine's target: with byte permutes
     (where the CPU has VBMI) the artifact passes compile's verification against the QDQ
