@@ -459,6 +459,18 @@ def test_latency_attribution_and_decision():
     assert rows["d"].float_ms is None and not rows["d"].int8_slower
 
 
+def test_candidates_slower_in_place_go_back_to_int8():
+    """A float candidate whose kernels in the mixed model (the quantize fused after it counted)
+    take at least its int8 time goes back to int8; one that got faster, or that the mixed
+    profile does not map, stays float."""
+    from mmopt.quantize.latency_aware import reverted_layers
+
+    int8_times = {"a": 0.66, "b": 1.78, "c": 0.38, "d": 0.5}
+    mixed_times = {"a": 0.76, "b": 1.27, "c": 0.38}
+    assert reverted_layers(["a", "b", "c", "d"], mixed_times, int8_times) == {"a": 0.76,
+                                                                              "c": 0.38}
+
+
 def test_prefer_speed_measures_every_layer_and_builds_the_mixed_model(cnn, monkeypatch):
     """Real compiles and profiles on this machine: every named contraction gets both times; with
     the margin forced below zero every layer counts as slower in int8, so the mixed model (all of
@@ -485,7 +497,9 @@ def test_prefer_speed_measures_every_layer_and_builds_the_mixed_model(cnn, monke
     monkeypatch.setattr(latency_aware, "MIN_DIFFERENCE_MS", -1.0)
     out, report = quantize(named, _data(4), prefer="speed", input_shapes=shapes)
     lat = report.latency
-    assert set(lat.interleaved) == {"int8", "mixed"}
+    assert {"int8", "mixed"} <= set(lat.interleaved) <= {"int8", "mixed", "refined"}
+    assert ("refined" in lat.interleaved) == bool(lat.reverted) and set(lat.reverted) < {
+        r.node for r in lat.layers}
     if lat.chosen == "mixed":
         float_convs = {n.name for n in out.graph.node if n.op_type == "Conv"}
         assert set(lat.kept_float) <= set(report.kept_float)
@@ -493,8 +507,10 @@ def test_prefer_speed_measures_every_layer_and_builds_the_mixed_model(cnn, monke
             n.op_type == "DequantizeLinear" and n.output[0] in
             [i for c in out.graph.node if c.name == "conv0" for i in c.input[1:2]]
             for n in out.graph.node)
+    elif lat.chosen == "refined":
+        assert set(lat.kept_float) == {r.node for r in lat.layers} - set(lat.reverted)
     else:
-        assert lat.kept_float == [] and "not 2% faster" in lat.notes[-1]
+        assert lat.kept_float == [] and "no mixed model was 2% faster" in lat.notes[-1]
 
 
 def test_prefer_option_errors(cnn):

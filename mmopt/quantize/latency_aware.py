@@ -13,9 +13,12 @@ float kernel. Which layers these are depends on the target, so they are measured
    computes several of them is split evenly);
 3. a layer whose int8 time exceeds its float time by more than :data:`MARGIN` (and
    :data:`MIN_DIFFERENCE_MS`) is a candidate for float;
-4. the mixed model (the candidates float) is compiled too and kept only when it is faster as a
-   whole by :data:`WHOLE_MARGIN`, the two timed interleaved: a float layer between int8 ones adds
-   a dequantize and a quantize, which can cost more than the layer saved.
+4. the mixed model (the candidates float) is compiled and profiled too: a float layer between
+   int8 ones adds a dequantize and a quantize, which can cost more than the layer saved, so a
+   candidate whose time in the mixed model (its kernels with the conversions fused into them)
+   is not below its int8 time goes back to int8, and that refined model is compiled as well;
+5. the all-int8 model and the mixed one(s) are timed interleaved, and the fastest mixed model is
+   kept only when it beats the all-int8 one by :data:`WHOLE_MARGIN`.
 
 The report lists every layer's two times and the decision, and the three whole-model minimums.
 """
@@ -67,12 +70,16 @@ class LatencyReport:
     float_ms: float | None = None
     int8_ms: float | None = None
     #: the all-int8 and the mixed model timed interleaved, whole calls (ms): ``{"int8": {"min",
-    #: "median"}, "mixed": {...}}``; None when no layer measured slower in int8
+    #: "median"}, "mixed": {...}, "refined": {...}}`` ("refined" only when a layer went back to
+    #: int8); None when no layer measured slower in int8
     interleaved: dict | None = None
-    #: "all int8" or "mixed"
+    #: "all int8", "mixed" or "refined"
     chosen: str = "all int8"
     #: the layers the chosen model keeps in float for speed
     kept_float: list[str] = field(default_factory=list)
+    #: candidates whose time in the mixed model was not below their int8 time (step 4): int8
+    #: again in the refined model, ``{node: mixed ms}``
+    reverted: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -91,9 +98,12 @@ class LatencyReport:
         text = (f"profiles ({self.target}, {self.threads} threads, min of {self.runs} runs): "
                 f"float {ms(self.float_ms)}, int8 {ms(self.int8_ms)}")
         if self.interleaved:
-            q, m = self.interleaved["int8"], self.interleaved["mixed"]
-            text += (f"; int8 vs mixed interleaved: min {ms(q['min'])} vs {ms(m['min'])}, "
-                     f"median {ms(q['median'])} vs {ms(m['median'])}")
+            names = [n for n in ("int8", "mixed", "refined") if n in self.interleaved]
+            mins = " vs ".join(ms(self.interleaved[n]["min"]) for n in names)
+            medians = " vs ".join(ms(self.interleaved[n]["median"]) for n in names)
+            text += f"; {' vs '.join(names)} interleaved: min {mins}, median {medians}"
+        if self.reverted:
+            text += f"; {len(self.reverted)} back to int8 after the mixed model's profile"
         text += (f"; {len(slower)} of {len(self.layers)} layers slower in int8; "
                  f"chosen: {self.chosen}")
         return text
@@ -122,6 +132,20 @@ def slower_layers(float_times: Mapping[str, float], int8_times: Mapping[str, flo
                 and q - f >= MIN_DIFFERENCE_MS)
         rows.append(LayerTiming(name, op_type, f, q, int8_slower=slow))
     return rows
+
+
+def reverted_layers(candidates: Sequence[str], mixed_times: Mapping[str, float],
+                    int8_times: Mapping[str, float]) -> dict[str, float]:
+    """The candidates whose time in the mixed model (``mixed_times``: their float kernels with
+    the quantize/dequantize kernels the profiler maps to them) is not below their all-int8 time,
+    with that time: float does not pay for them in place. A candidate either profile does not map
+    stays float (nothing measured says otherwise)."""
+    out = {}
+    for name in candidates:
+        mixed, int8 = mixed_times.get(name), int8_times.get(name)
+        if mixed is not None and int8 is not None and mixed >= int8:
+            out[name] = round(mixed, 4)
+    return out
 
 
 def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.ModelProto,
@@ -158,7 +182,7 @@ def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.Mod
     report = LatencyReport(target=tgt.name, threads=threads, runs=runs * rounds)
     nodes = {n.name: n.op_type for n in prepared.graph.node
              if n.op_type in CONTRACTIONS and n.name and n.name not in set(kept)}
-    steps = 2 + 2 * rounds + 2
+    steps = 2 + 2 * rounds + 4
     done = 0
 
     def step(finished: bool = False):
@@ -199,22 +223,36 @@ def choose(build: Callable[[Sequence[str]], onnx.ModelProto], prepared: onnx.Mod
         if not slow:
             step(finished=True)
             return quantized, report
-        mixed = build([*kept, *slow])
-        mixed_art = compiled(mixed, "mixed")
+        candidates = {"mixed": (build([*kept, *slow]), slow)}
+        mixed_art = compiled(candidates["mixed"][0], "mixed")
         step()
+        mixed_profile = profile(str(mixed_art.library), threads=threads, runs=runs)
+        report.reverted = reverted_layers(slow, layer_times(mixed_profile.kernels, nodes),
+                                          int8_times)
+        refined = [name for name in slow if name not in report.reverted]
+        engines = [("int8", int8_art), ("mixed", mixed_art)]
+        if report.reverted and refined:
+            candidates["refined"] = (build([*kept, *refined]), refined)
+            engines.append(("refined", compiled(candidates["refined"][0], "refined")))
+        else:
+            step()
         feeds = random_feeds(mixed_art.meta.inputs)
-        int8_timing, mixed_timing = time_engines(
-            [("mmopt", str(int8_art.library)), ("mmopt", str(mixed_art.library))], feeds,
-            threads=threads, warmup=3, repeat=max(10, runs), rounds=10)
+        timings = time_engines([("mmopt", str(art.library)) for _, art in engines], feeds,
+                               threads=threads, warmup=3, repeat=max(10, runs), rounds=10)
         step(finished=True)
+    timed = {name: t for (name, _), t in zip(engines, timings)}
     report.interleaved = {name: {"min": round(t.min_ms, 4), "median": round(t.median_ms, 4)}
-                          for name, t in (("int8", int8_timing), ("mixed", mixed_timing))}
+                          for name, t in timed.items()}
     faster = 1 - WHOLE_MARGIN
-    if (mixed_timing.min_ms < int8_timing.min_ms * faster
-            and mixed_timing.median_ms < int8_timing.median_ms * faster):
-        report.chosen, report.kept_float = "mixed", slow
-        return mixed, report
-    report.notes.append(f"the mixed model was not {100 * WHOLE_MARGIN:.0f}% faster as a whole "
+    int8_timing = timed["int8"]
+    winners = [name for name in candidates
+               if timed[name].min_ms < int8_timing.min_ms * faster
+               and timed[name].median_ms < int8_timing.median_ms * faster]
+    if winners:
+        best = min(winners, key=lambda name: timed[name].min_ms)
+        report.chosen, report.kept_float = best, candidates[best][1]
+        return candidates[best][0], report
+    report.notes.append(f"no mixed model was {100 * WHOLE_MARGIN:.0f}% faster as a whole "
                         "(the dequantize/quantize around its float layers cost about what they "
                         "saved, or more): all int8 kept")
     return quantized, report

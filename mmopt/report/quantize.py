@@ -107,6 +107,9 @@ def _speed(page: Page) -> None:
                                                         unit=" ms")),
           ("all-int8, interleaved (min / median)", _pair(page, "int8")),
           ("mixed, interleaved (min / median)", _pair(page, "mixed")),
+          ("refined (slower-in-place layers int8 again), interleaved", _pair(page, "refined")),
+          ("back to int8 after the mixed model's profile (ms in it)",
+           page.value("latency", "reverted")),
           ("chosen", page.value("latency", "chosen")),
           ("kept in float for speed", page.value("latency", "kept_float"))])
     for note in lat.get("notes") or []:
