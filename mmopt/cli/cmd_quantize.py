@@ -109,6 +109,10 @@ def _dims(text: str | None, option: str):
                    "them here kernel by kernel, and keep in float the convolutions/matmuls whose "
                    "int8 kernel measured over 10% slower, when that makes the whole model faster "
                    "(the report lists every layer's two times).")
+@click.option("--share-concat-scales/--own-concat-scales", default=True, show_default=True,
+              help="int8: give a concatenation and its inputs one range (their union) where no "
+                   "input's quantization step grows over 4x, so the compiled concatenation "
+                   "copies bytes instead of requantizing (as TFLite's int8 format requires).")
 @click.option("-t", "--target", default="x86", show_default=True,
               help="Target --eval-engine artifact and --prefer speed compile for (it must run on "
                    "this machine).")
@@ -126,7 +130,8 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
                  exclude,
                  samples, dtype, weight_only, preprocess_file, resize, crop, mean, std, scale,
                  channel_order, layout, eval_data, eval_samples, metric, max_drop, eval_engine,
-                 prefer, target, input_shapes, per_layer, report_path, as_json, html_path):
+                 prefer, share_concat_scales, target, input_shapes, per_layer, report_path,
+                 as_json, html_path):
     """Quantize MODEL and write the result as ONNX (QDQ int8 by default).
 
     \b
@@ -163,8 +168,8 @@ def quantize_cmd(model, output, calib, method, percentile, per_channel, activati
             dtype=dtype, weight_only=weight_only, preprocess=preprocess,
             input_shapes=shapes(input_shapes), eval_data=eval_data, eval_samples=eval_samples,
             metric=metric, max_drop=max_drop, eval_engine=eval_engine, target=target,
-            prefer=prefer, per_layer=bool(html_path) if per_layer is None else per_layer,
-            progress=progress)
+            prefer=prefer, share_concat_scales=share_concat_scales,
+            per_layer=bool(html_path) if per_layer is None else per_layer, progress=progress)
     mir.save(qmodel, output)
     data = {"output": str(output), **report.to_dict()}
     if report_path:
@@ -195,6 +200,17 @@ def _print(report, output) -> None:
                   f"{report.calibration_bytes / 1024:.0f} KiB")
     if report.excluded:
         out.print(f"  excluded     {', '.join(report.excluded)}")
+    if report.details.get("float_concats"):
+        out.print(f"  concat float {', '.join(report.details['float_concats'])} (inputs' ranges "
+                  "differ over 4x and only float nodes read the output: quantizing it would lose "
+                  "the narrow inputs' precision)", markup=False)
+    shared = report.shared_scales
+    if shared and (shared["groups"] or shared["kept"]):
+        joined = sum(len(g["concats"]) for g in shared["groups"])
+        kept = ", ".join(f"{k['node']} ({k['factor']:g}x)" for k in shared["kept"])
+        out.print(f"  concat       {joined} share one range with their inputs (byte copies)"
+                  + (f"; own ranges kept (step growth over {shared['limit']:g}x): {kept}"
+                     if kept else ""), markup=False)
     if "weight_only" in report.details:
         wo = report.details["weight_only"]
         out.print(f"  weights      {len(wo['weights'])} int8, {wo['bytes_before'] / 1e6:.2f} MB -> "

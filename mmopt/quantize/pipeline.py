@@ -6,7 +6,9 @@ int8 (static QDQ), the default:
    (:mod:`mmopt.quantize.qdq`);
 2. calibrate: stream the calibration samples through the float model, one fixed-size summary per
    activation (:mod:`mmopt.quantize.calibrate`), then ranges by ``method``;
-3. write QDQ: int8 symmetric per-channel weights, int8/uint8 activations, int32 bias;
+3. write QDQ: int8 symmetric per-channel weights, int8/uint8 activations, int32 bias; a
+   concatenation and its inputs share one range where that costs little resolution
+   (:mod:`mmopt.quantize.shared_scales`);
 4. with ``eval_data``: score int8 against float on ``eval_engine`` (``reference`` by default: the
    QDQ definition, identical on every CPU; ``onnxruntime``: its optimized, CPU-dependent int8
    kernels; :mod:`mmopt.runtime.ort`); with ``max_drop`` too, and a drop over it, keep the fewest
@@ -88,6 +90,9 @@ class QuantizeReport:
     per_layer: PerLayerReport | None = None
     #: ``prefer="speed"``: per-layer float/int8 kernel times and the choice made from them
     latency: LatencyReport | None = None
+    #: concatenations given one range with their inputs (:mod:`mmopt.quantize.shared_scales`);
+    #: None when ``share_concat_scales=False`` or not static int8
+    shared_scales: dict | None = None
     details: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -150,6 +155,7 @@ def quantize(
     batch_size: int | None = None,
     per_layer: bool | int = False,
     prefer: str = "accuracy",
+    share_concat_scales: bool = True,
     progress: Progress | None = None,
 ) -> tuple[onnx.ModelProto, QuantizeReport]:
     """Quantize ``model`` (path or ModelProto); returns the new model and a report.
@@ -171,7 +177,10 @@ def quantize(
     int8 model are compiled for ``target`` and profiled here, and the contractions whose int8
     kernel measured slower than their float one stay float when that makes the whole model faster
     (:mod:`mmopt.quantize.latency_aware`; ``report.latency``); ``"accuracy"`` (default) keeps every
-    quantizable layer int8 unless ``max_drop`` needs it float.
+    quantizable layer int8 unless ``max_drop`` needs it float. ``share_concat_scales`` (static
+    int8): a concatenation and its inputs get one range where no tensor's quantization step grows
+    more than 4x, so the compiled concatenation copies bytes instead of requantizing
+    (:mod:`mmopt.quantize.shared_scales`; ``report.shared_scales``).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -258,6 +267,22 @@ def quantize(
                                histogram=method != "minmax", total=src.count(samples),
                                progress=stage("calibrate"))
         ranges = result.ranges(method, unsigned=activations == "uint8", percentile=percentile)
+        from mmopt.quantize import shared_scales
+
+        # concatenations whose output would lose their narrow inputs' precision, read by float
+        # nodes only (a detector's output): float, so that precision reaches the output
+        wide = shared_scales.float_output_concats(prepared, ranges,
+                                                  qdq.quantized_nodes(prepared, excluded))
+        if wide:
+            logger.info("concatenation(s) kept float (inputs' ranges differ by over %gx, output "
+                        "read by float nodes only): %s", shared_scales.DEFAULT_LIMIT,
+                        ", ".join(wide))
+            report.kept_float = [*wide]
+            report.details["float_concats"] = [*wide]
+        if share_concat_scales:
+            ranges, shared = shared_scales.share_concat_ranges(
+                prepared, ranges, qdq.quantized_nodes(prepared, [*excluded, *wide]))
+            report.shared_scales = shared.to_dict()
         report.calibration_ranges = [
             {"tensor": name, "min": float(result.stats[name].min),
              "max": float(result.stats[name].max),
@@ -270,7 +295,7 @@ def quantize(
 
         def build(kept: Sequence[str]) -> onnx.ModelProto:
             return qdq.write_qdq(prepared, ranges, per_channel=per_channel,
-                                 activations=activations, exclude=[*excluded, *kept],
+                                 activations=activations, exclude=[*excluded, *wide, *kept],
                                  weight_bits=weight_bits)
 
         t0 = time.perf_counter()
@@ -285,11 +310,11 @@ def quantize(
             timings["evaluate"] = time.perf_counter() - t0
             if max_drop is not None and score.drop > max_drop:
                 t0 = time.perf_counter()
-                candidates = qdq.quantized_nodes(prepared, excluded)
+                candidates = qdq.quantized_nodes(prepared, [*excluded, *wide])
                 out, aa = accuracy_aware.recover(build, evaluator, candidates, max_drop,
                                                  initial=(out, score), progress=progress)
                 report.accuracy_aware = aa
-                report.kept_float = aa.kept_float
+                report.kept_float = [*wide, *aa.kept_float]
                 report.evaluation = aa.final
                 timings["accuracy_aware"] = time.perf_counter() - t0
             elif max_drop is not None:

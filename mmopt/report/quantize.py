@@ -1,7 +1,8 @@
 """The quantize report (``mmopt quantize --json`` / ``--report``): the settings, the accuracy
 against the float model, the accuracy-aware search step by step against its budget, the layers
 ``--prefer speed`` measured and kept in float, where along the
-network the error jumps (``--per-layer``), and the range calibration chose for each tensor."""
+network the error jumps (``--per-layer``), and the range calibration chose for each tensor (and
+which concatenations share one)."""
 
 from __future__ import annotations
 
@@ -223,3 +224,16 @@ def _ranges(page: Page) -> None:
                   page.value("calibration_ranges", i, "hi", spec=".5g")]
                  for i in range(len(ranges))), name="ranges")
     s.details(f"all {len(ranges)} ranges", table)
+    shared = d.get("shared_scales")
+    if shared and (shared.get("groups") or shared.get("kept")):
+        s.text("Concatenations that share one range with their inputs (the union of their "
+               "ranges: the compiled concatenation copies bytes), and those that keep their own "
+               f"because joining would make some tensor's step more than {shared['limit']:g}x "
+               "coarser.")
+        rows = [[", ".join(g["concats"]),
+                 page.value("shared_scales", "groups", i, "lo", spec=".5g"),
+                 page.value("shared_scales", "groups", i, "hi", spec=".5g"), len(g["tensors"])]
+                for i, g in enumerate(shared["groups"])]
+        rows += [[k["node"], "own ranges", f"{k['factor']:g}x coarser if shared", ""]
+                 for k in shared["kept"]]
+        s.table(["concatenations", "range lo", "range hi", "tensors"], rows, name="shared_scales")

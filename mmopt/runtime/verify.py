@@ -24,8 +24,15 @@ QDQ_OUTLIER_FRACTION = 1e-5
 QDQ_OUTLIER_FACTOR = 4.0
 
 
+#: float ops that only move or select elements: an output they make of dequantized tensors is
+#: as precise as those (the quantizer leaves a detector's output concatenation float)
+_COPIES = frozenset({"Concat", "Flatten", "Gather", "Identity", "Reshape", "Slice", "Split",
+                     "Squeeze", "Transpose", "Unsqueeze"})
+
+
 def quantized_output_step(model: onnx.ModelProto) -> float | None:
-    """Largest per-tensor scale of a DequantizeLinear producing a graph output (None: not a QDQ model
+    """Largest per-tensor scale of a DequantizeLinear producing a graph output, directly or through
+    element copies (:data:`_COPIES`) of dequantized tensors and constants (None: not a QDQ model
     or no output is dequantized)."""
     from onnx import numpy_helper
 
@@ -35,12 +42,27 @@ def quantized_output_step(model: onnx.ModelProto) -> float | None:
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute:
             consts.setdefault(node.output[0], node.attribute[0].t)
-    outputs = {o.name for o in model.graph.output}
-    steps = []
-    for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.output[0] in outputs and node.input[1] in consts:
-            scale = numpy_helper.to_array(consts[node.input[1]])
-            steps.append(float(np.max(np.abs(scale))))
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def step(name: str, depth: int = 0) -> float | None:
+        """The largest dequantization step ``name`` is copied from; None if it is computed."""
+        node = producer.get(name)
+        if name in consts:
+            return 0.0
+        if node is None or depth > 64:
+            return None
+        if node.op_type == "DequantizeLinear":
+            if node.input[1] not in consts:
+                return None
+            return float(np.max(np.abs(numpy_helper.to_array(consts[node.input[1]]))))
+        if node.op_type not in _COPIES:
+            return None
+        data = node.input[:1] if node.op_type in ("Gather", "Reshape", "Slice", "Split") else [
+            i for i in node.input if i]
+        found = [step(i, depth + 1) for i in data]
+        return None if any(f is None for f in found) else max(found)
+
+    steps = [s for s in (step(o.name) for o in model.graph.output) if s]
     return max(steps) if steps else None
 
 

@@ -40,3 +40,31 @@ def test_allowed_outliers():
     assert allowed_outliers(705_600, 1e-5) == 7
     assert allowed_outliers(1000, 1e-5) == 1
     assert allowed_outliers(1000, 0.0) == 0
+
+
+def test_output_step_reaches_through_element_copies():
+    """An output concatenated (float) from dequantized tensors has the larger of their steps; an
+    output computed in float from them (a Sigmoid) has none."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mmopt.runtime.verify import quantized_output_step
+
+    def model(last: str):
+        inits = [numpy_helper.from_array(np.array(s, np.float32), f"s{i}")
+                 for i, s in enumerate((0.5, 0.01))]
+        inits.append(numpy_helper.from_array(np.array(0, np.uint8), "z"))
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s0", "z"], ["qa"]),
+                 helper.make_node("DequantizeLinear", ["qa", "s0", "z"], ["a"]),
+                 helper.make_node("QuantizeLinear", ["x", "s1", "z"], ["qb"]),
+                 helper.make_node("DequantizeLinear", ["qb", "s1", "z"], ["b"])]
+        if last == "Concat":
+            nodes.append(helper.make_node("Concat", ["a", "b"], ["y"], axis=1))
+        else:
+            nodes.append(helper.make_node("Sigmoid", ["a"], ["y"]))
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        return helper.make_model(graph)
+
+    assert quantized_output_step(model("Concat")) == 0.5
+    assert quantized_output_step(model("Sigmoid")) is None
