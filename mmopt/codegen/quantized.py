@@ -21,6 +21,11 @@ neither op has layout inference, ConvertLayout wraps each of them in NHWC<->NCHW
   ``x``, so it shares the convolution kernels.
 * ``max_pool2d`` of a dequantized tensor pools the integers and dequantizes after (exact: the
   maximum commutes with a monotone dequantization);
+* ``split``, ``concat`` (inputs of one scale and zero point), ``reshape``, ``permute_dims`` and a
+  nearest ``resize2d`` of dequantized tensors move the 8-bit elements and dequantize after (exact:
+  every output element is a copy of one input element); a ``quantize`` of such a result, or of a
+  ``dequantize``, with the same scale, zero point and type is dropped (``(q - z) * s * (1 / s)``
+  rounds back to ``q - z``), so a C2f block's split and concatenation copy bytes;
 * activation ``quantize``/``dequantize`` (per-tensor) become element-wise arithmetic
   (``saturate(round(x * (1/s)) + z)``, ``(x - z) * s``), which propagates any layout and fuses
   into the neighbouring kernels: a convolution's output is quantized in its write-back, and uint8
@@ -275,10 +280,8 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
             act = self._activation(call.args[0])
             if act is None or act[1] <= 0:
                 return None
-            deq = self._bound(call.args[0])
             pooled = self.builder_.emit(relax.Call(call.op, [self.visit_expr(act[0])], call.attrs))
-            return self._activation_qdq(relax.op.dequantize(
-                pooled, deq.args[1], deq.args[2], int(deq.attrs.axis), str(deq.attrs.out_dtype)))
+            return self._copied(call, pooled, self._bound(call.args[0]))
 
         def _integer_resize(self, call):
             """``resize2d(dequantize(xq))`` with nearest-neighbour sampling ->
@@ -296,7 +299,6 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
             act = self._activation(call.args[0])
             if act is None:
                 return None
-            deq = self._bound(call.args[0])
             attrs = call.attrs
             resized = self.builder_.emit(relax.op.image.resize2d(
                 self.visit_expr(act[0]), self.visit_expr(call.args[1]), roi=list(attrs.roi),
@@ -305,14 +307,110 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
                 rounding_method=str(attrs.rounding_method), cubic_alpha=float(attrs.cubic_alpha),
                 cubic_exclude=int(attrs.cubic_exclude),
                 extrapolation_value=float(attrs.extrapolation_value)))
+            return self._copied(call, resized, self._bound(call.args[0]))
+
+        def _integer_concat(self, call):
+            """``concat(dequantize(q1, s, z), dequantize(q2, s, z), ...)`` with one scale and
+            zero point for every input -> ``dequantize(concat(q1, q2, ...), s, z)``: the
+            concatenation copies elements, so it commutes with the shared dequantization, exactly.
+            It then copies bytes; when its output is quantized with the same ``s`` and ``z``
+            again (the quantizer's shared concatenation scales,
+            :mod:`mmopt.quantize.shared_scales`; TFLite-converted models) nothing is requantized
+            at all (:meth:`_requantized`)."""
+            fields = self._bound(call.args[0])
+            if not isinstance(fields, relax.Tuple) or not fields.fields:
+                return None
+            acts = [self._activation(f) for f in fields.fields]
+            if any(a is None for a in acts) or len(
+                    {(a[1], a[2], tensor_dtype(a[0])) for a in acts}) != 1:
+                return None
+            joined = self.builder_.emit(relax.op.concat(
+                [self.visit_expr(a[0]) for a in acts], axis=int(call.attrs.axis)))
+            return self._copied(call, joined, self._bound(fields.fields[0]))
+
+        def _integer_rearranged(self, call):
+            """``reshape`` / ``permute_dims`` of ``dequantize(q)`` -> the same of ``q``,
+            dequantized: both move elements without changing them (a detector head's flatten
+            and transpose between two quantizations with the same parameters then copy bytes)."""
+            act = self._activation(call.args[0])
+            if act is None:
+                return None
+            moved = self.builder_.emit(relax.Call(
+                call.op, [self.visit_expr(act[0]), *(self.visit_expr(a) for a in call.args[1:])],
+                call.attrs))
+            return self._copied(call, moved, self._bound(call.args[0]))
+
+        def _integer_split(self, call):
+            """``split(dequantize(q, s, z))`` -> the parts of ``split(q)``, each dequantized: a
+            split copies elements too. Its parts keep ``s`` and ``z`` (onnxruntime's QDQ writer
+            quantizes a Split's outputs with its input's parameters), so their quantizations
+            give back the split bytes (:meth:`_requantized`)."""
+            act = self._activation(call.args[0])
+            if act is None:
+                return None
+            attrs = call.attrs
+            sections = attrs.indices_or_sections
+            sections = (int(sections) if isinstance(sections, (int, tvm.tirx.IntImm))
+                        else [int(i) for i in sections])
+            parts = self.builder_.emit(relax.op.split(self.visit_expr(act[0]), sections,
+                                                      axis=int(attrs.axis)))
+            count = len(parts.ty.fields)
+            self.integer[call] = (parts, act[1], act[2], tensor_dtype(act[0]))
+            deq = self._bound(call.args[0])
+            return relax.Tuple([self.builder_.emit(self._activation_qdq(relax.op.dequantize(
+                self.builder_.emit(relax.TupleGetItem(parts, i)), deq.args[1], deq.args[2],
+                int(deq.attrs.axis), str(deq.attrs.out_dtype)))) for i in range(count)])
+
+        def _copied(self, call, integers, deq):
+            """The float value of ``call`` (an operator that copies elements) computed as
+            ``integers`` (the same operator on the 8-bit input that ``deq`` dequantizes),
+            dequantized as ``deq`` does; the integer form is kept for a quantization of the
+            result with the same parameters (:meth:`_requantized`)."""
+            self.integer[call] = (integers, _scalar(const_array(deq.args[1])),
+                                  int(_scalar(const_array(deq.args[2]))), tensor_dtype(integers))
             return self._activation_qdq(relax.op.dequantize(
-                resized, deq.args[1], deq.args[2], int(deq.attrs.axis), str(deq.attrs.out_dtype)))
+                integers, deq.args[1], deq.args[2], int(deq.attrs.axis), str(deq.attrs.out_dtype)))
+
+        def _integer_form(self, expr):
+            """``(q, s, z, dtype)``: ``expr`` is ``dequantize(q, s, z)`` (per tensor, 8 bits), or a
+            copying operator's result whose integer form :meth:`_copied` kept; else None."""
+            value = self._bound(expr)
+            if isinstance(value, relax.TupleGetItem):
+                form = self.integer.get(self._bound(value.tuple_value))
+                if form is None:
+                    return None
+                part = self.builder_.emit(relax.TupleGetItem(form[0], int(value.index)))
+                return (part, *form[1:])
+            if value in self.integer:
+                return self.integer[value]
+            act = self._activation(expr)
+            if act is None:
+                return None
+            return self.visit_expr(act[0]), act[1], act[2], tensor_dtype(act[0])
+
+        def _requantized(self, call):
+            """``quantize(x, s, z)`` of an ``x`` whose integer form (:meth:`_integer_form`) has the
+            same ``s``, ``z`` and type -> those integers. Exact: ``(q - z) * s * (1 / s)`` is
+            within a few float32 ulps of the integer ``q - z`` (``|q - z| <= 255``), so it rounds
+            back to it, and ``q`` is inside the type's range."""
+            s, z = _scalar(const_array(call.args[1])), _scalar(const_array(call.args[2]))
+            if s is None or z is None:
+                return None
+            form = self._integer_form(call.args[0])
+            if form is None or form[1:] != (s, int(z), str(call.attrs.out_dtype)):
+                return None
+            return form[0]
 
         def visit_call_(self, call):
             # the integer conv looks at the original operands (their dequantize calls), before
             # those are rewritten to arithmetic
             rewrites = {"relax.nn.max_pool2d": self._integer_max_pool,
-                        "relax.image.resize2d": self._integer_resize}
+                        "relax.image.resize2d": self._integer_resize,
+                        "relax.concat": self._integer_concat,
+                        "relax.split": self._integer_split,
+                        "relax.reshape": self._integer_rearranged,
+                        "relax.permute_dims": self._integer_rearranged,
+                        "relax.quantize": self._requantized}
             if op_name(call) in rewrites:
                 new = rewrites[op_name(call)](call)
                 if new is not None:
@@ -334,6 +432,9 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
             for gvar, func in self.mod_.functions.items():
                 if isinstance(func, relax.Function):
                     self.original = bindings(func)
+                    #: original call of an element-copying operator -> (its result computed on
+                    #: the integers, scale, zero point, integer type)
+                    self.integer = {}
                     self.builder_.update_func(gvar, self.visit_expr(func))
             return self.builder_.get()
 

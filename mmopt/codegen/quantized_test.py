@@ -204,6 +204,61 @@ def test_max_pool_of_quantized_tensor_pools_integers(pads, kernel, stride, activ
         assert np.abs(ours - _plain_ort(qdq, {"x": x})).max() / step <= 2.0 + 1e-3
 
 
+def _split_concat_model(hw: int = 10) -> onnx.ModelProto:
+    """YOLOv8's C2f in small: Conv -> Split in halves -> Conv(3x3) on the second half ->
+    Concat(both halves, that conv) -> Conv(1x1)."""
+    rng = np.random.default_rng(3)
+    w0 = (rng.standard_normal((16, 8, 1, 1)) * 0.3).astype(np.float32)
+    w1 = (rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((16, 24, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="cv1", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu"),
+        helper.make_node("Split", ["r0", "halves"], ["a", "b"], name="split", axis=1),
+        helper.make_node("Conv", ["b", "w1"], ["m"], name="m", kernel_shape=[3, 3],
+                         pads=[1] * 4),
+        helper.make_node("Concat", ["a", "b", "m"], ["cat"], name="concat", axis=1),
+        helper.make_node("Conv", ["cat", "w2"], ["y"], name="cv2", kernel_shape=[1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "c2f", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, hw, hw])],
+        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1"),
+         numpy_helper.from_array(w2, "w2"),
+         numpy_helper.from_array(np.array([8, 8], np.int64), "halves")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_split_and_concat_copy_bytes(share, tmp_path):
+    """A split of a quantized tensor splits its bytes; a concatenation whose inputs and output
+    share one scale (the quantizer's default) copies bytes with no requantization left. With the
+    inputs' own ranges the concatenation requantizes them. Either way the artifact matches the
+    QDQ reference."""
+    import mmopt
+    from mmopt.codegen.relax_util import bindings, op_name, tensor_dtype
+    from mmopt.quantize import quantize
+
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((1, 8, 10, 10)).astype(np.float32)} for _ in range(8)]
+    qdq, _ = quantize(_split_concat_model(), calib, method="minmax", share_concat_scales=share)
+    table = bindings(_lowered(qdq, "x86-avx2")["main"])
+    splits = [v for v, value in table.items() if op_name(value) == "relax.split"]
+    assert splits and all(str(v.ty.fields[0].dtype) == "uint8" for v in splits)
+    concats = [v for v, value in table.items() if op_name(value) == "relax.concat"]
+    assert concats and all(tensor_dtype(v) == "uint8" for v in concats)
+    # the input's and the three convolutions' output quantizations; nothing at the concatenation
+    rounds = sum(op_name(value) == "relax.round" for value in table.values())
+    assert rounds == 4 if share else rounds > 4
+    result = mmopt.compile(qdq, "x86-avx2", tmp_path / "c2f")
+    assert result.verification.passed
+    step = _output_step(qdq)
+    for _ in range(3):
+        x = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
+        ours = mmopt.load(result.library)(x=x)["y"]
+        assert np.abs(ours - _plain_ort(qdq, {"x": x})).max() / step <= 2.0 + 1e-3
+
+
 def test_requantization_is_one_multiply_add_per_channel():
     """After the layout stage every output quantization rounds ``float(acc) * k + c`` (per-channel
     constants, mmopt.codegen.requantize): no separate dequantizing multiply is left before it."""
