@@ -354,20 +354,30 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
                         else [int(i) for i in sections])
             parts = self.builder_.emit(relax.op.split(self.visit_expr(act[0]), sections,
                                                       axis=int(attrs.axis)))
-            count = len(parts.ty.fields)
-            self.integer[call] = (parts, act[1], act[2], tensor_dtype(act[0]))
             deq = self._bound(call.args[0])
-            return relax.Tuple([self.builder_.emit(self._activation_qdq(relax.op.dequantize(
-                self.builder_.emit(relax.TupleGetItem(parts, i)), deq.args[1], deq.args[2],
-                int(deq.attrs.axis), str(deq.attrs.out_dtype)))) for i in range(count)])
+            self.integer[call] = self._form(parts, deq)
+            return relax.Tuple([
+                self.builder_.emit(self._dequantized(
+                    self.builder_.emit(relax.TupleGetItem(parts, i)), deq))
+                for i in range(len(parts.ty.fields))])
 
         def _copied(self, call, integers, deq):
             """The float value of ``call`` (an operator that copies elements) computed as
             ``integers`` (the same operator on the 8-bit input that ``deq`` dequantizes),
             dequantized as ``deq`` does; the integer form is kept for a quantization of the
             result with the same parameters (:meth:`_requantized`)."""
-            self.integer[call] = (integers, _scalar(const_array(deq.args[1])),
-                                  int(_scalar(const_array(deq.args[2]))), tensor_dtype(integers))
+            self.integer[call] = self._form(integers, deq)
+            return self._dequantized(integers, deq)
+
+        @staticmethod
+        def _form(integers, deq):
+            """``(integers, s, z, type)``: integers of ``deq``'s input type that ``deq``'s
+            parameters dequantize."""
+            return (integers, _scalar(const_array(deq.args[1])),
+                    int(_scalar(const_array(deq.args[2]))), tensor_dtype(deq.args[0]))
+
+        def _dequantized(self, integers, deq):
+            """``integers`` dequantized with ``deq``'s parameters, as arithmetic."""
             return self._activation_qdq(relax.op.dequantize(
                 integers, deq.args[1], deq.args[2], int(deq.attrs.axis), str(deq.attrs.out_dtype)))
 

@@ -91,6 +91,16 @@ def _width(lo: float, hi: float) -> float:
     return max(hi - lo, 0.0)
 
 
+def _spread(ranges: Mapping[str, tuple[float, float]], names: Iterable[str]) -> float:
+    """How many times coarser the narrowest of ``names``' ranges would be as their union (inf
+    when one is empty)."""
+    names = list(names)
+    lo = min(ranges[n][0] for n in names)
+    hi = max(ranges[n][1] for n in names)
+    narrowest = min(_width(*ranges[n]) for n in names)
+    return _width(lo, hi) / narrowest if narrowest > 0 else float("inf")
+
+
 def share_concat_ranges(
     model: onnx.ModelProto,
     ranges: Mapping[str, tuple[float, float]],
@@ -119,11 +129,7 @@ def share_concat_ranges(
         names = [*node.input, *node.output]
         if not all(n in ranges for n in names):
             continue  # a constant input (not calibrated): the concatenation cannot copy bytes
-        free = [n for n in groups.members(names) if n not in tied]
-        lo = min(ranges[n][0] for n in free)
-        hi = max(ranges[n][1] for n in free)
-        narrowest = min(_width(*ranges[n]) for n in free)
-        factor = _width(lo, hi) / narrowest if narrowest > 0 else float("inf")
+        factor = _spread(ranges, (n for n in groups.members(names) if n not in tied))
         if factor > limit:
             report.kept.append({"node": node.name, "factor": round(factor, 2)})
             continue
@@ -161,12 +167,7 @@ def float_output_concats(
     wide = {}
     for node in quantized:
         names = [n for n in node.input if n in ranges]
-        if node.op_type != "Concat" or len(names) < 2:
-            continue
-        lo = min(ranges[n][0] for n in names)
-        hi = max(ranges[n][1] for n in names)
-        narrowest = min(_width(*ranges[n]) for n in names)
-        if narrowest <= 0 or _width(lo, hi) / narrowest > limit:
+        if node.op_type == "Concat" and len(names) > 1 and _spread(ranges, names) > limit:
             wide[node.name] = node
     quantized_names = {n.name for n in quantized}
     chosen: list[str] = []
