@@ -389,8 +389,8 @@ def lower_qdq(data_dtype: str = "uint8", channel_multiple: int = 0):
                 form = self.integer.get(self._bound(value.tuple_value))
                 if form is None:
                     return None
-                part = self.builder_.emit(relax.TupleGetItem(form[0], int(value.index)))
-                return (part, *form[1:])
+                # not emitted here: only a match uses it
+                return (relax.TupleGetItem(form[0], int(value.index)), *form[1:])
             if value in self.integer:
                 return self.integer[value]
             act = self._activation(expr)

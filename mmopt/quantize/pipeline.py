@@ -281,7 +281,7 @@ def quantize(
             report.details["float_concats"] = [*wide]
         if share_concat_scales:
             ranges, shared = shared_scales.share_concat_ranges(
-                prepared, ranges, qdq.quantized_nodes(prepared, [*excluded, *wide]))
+                ranges, qdq.quantized_nodes(prepared, [*excluded, *wide]))
             report.shared_scales = shared.to_dict()
         report.calibration_ranges = [
             {"tensor": name, "min": float(result.stats[name].min),

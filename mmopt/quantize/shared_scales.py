@@ -102,7 +102,6 @@ def _spread(ranges: Mapping[str, tuple[float, float]], names: Iterable[str]) -> 
 
 
 def share_concat_ranges(
-    model: onnx.ModelProto,
     ranges: Mapping[str, tuple[float, float]],
     quantized: Iterable[onnx.NodeProto],
     *,

@@ -47,7 +47,7 @@ def test_concat_and_split_halves_share_the_union_range():
     take) all get the union of their ranges."""
     model = _c2f_model()
     ranges = _ranges(x=1.0, c0=2.0, a=1.5, b=2.0, m=3.0, cat=3.0, y=4.0)
-    out, report = share_concat_ranges(model, ranges, model.graph.node)
+    out, report = share_concat_ranges(ranges, model.graph.node)
     for name in ("c0", "a", "b", "m", "cat"):
         assert out[name] == pytest.approx((-0.3, 3.0)), name
     assert out["x"] == ranges["x"] and out["y"] == ranges["y"]
@@ -60,7 +60,7 @@ def test_a_much_narrower_input_keeps_its_own_range():
     the report says why."""
     model = _c2f_model()
     ranges = _ranges(x=1.0, c0=0.3, a=0.3, b=0.3, m=3.0, cat=3.0, y=4.0)
-    out, report = share_concat_ranges(model, ranges, model.graph.node)
+    out, report = share_concat_ranges(ranges, model.graph.node)
     assert out == ranges
     assert not report.groups
     assert report.kept == [{"node": "concat", "factor": 10.0}]
@@ -70,7 +70,7 @@ def test_nodes_left_float_are_not_joined():
     model = _c2f_model()
     ranges = _ranges(x=1.0, c0=2.0, a=1.5, b=2.0, m=3.0, cat=3.0, y=4.0)
     out, report = share_concat_ranges(
-        model, ranges, [n for n in model.graph.node if n.name != "concat"])
+        ranges, [n for n in model.graph.node if n.name != "concat"])
     assert out == ranges and not report.groups
 
 
