@@ -18,6 +18,10 @@ ISAs: each model is compiled for the host target ``x86`` (this CPU's own ``-mcpu
 one of ``x86-avx2`` / ``x86-avx512`` this CPU runs (``--isa`` picks some). All of a model's
 artifacts and onnxruntime are timed in one run, their calls interleaved in blocks (see
 mmopt.runtime.bench.time_engines), so a model's rows compare with each other and with onnxruntime.
+onnxruntime picks its kernels by CPUID: next to an ``x86-avx2`` artifact on an AVX-512 CPU it runs
+with AVX-512 hidden from its process (mmopt.runtime.cpu_mask, CPUID faulting), so that row compares
+AVX2 code with onnxruntime's AVX2 kernels; each row records the ISA onnxruntime saw
+(``onnxruntime_isa``) and, where the mask was needed but unavailable, a note saying so.
 
 Writes ``benchmarks/results/speed.json`` and a bar chart of the ratios ``speed.png`` (ratio =
 mmopt median latency / onnxruntime median latency; below 1 mmopt is faster). The JSON records the
@@ -242,7 +246,7 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
     """
     import mmopt
     from mmopt import ir as mir
-    from mmopt.runtime.bench import time_engines
+    from mmopt.runtime.bench import ort_mask, time_engines
 
     isas = list(isas or default_isas())
     _check_isas(isas)
@@ -311,9 +315,13 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
             if not compiled:
                 continue
             feeds = mir.random_inputs(reference, 0)
-            refs = sorted({c[4] for c in compiled}, key=str)
+            # onnxruntime runs each reference once per ISA it is compared at: an x86-avx2 row
+            # against onnxruntime's AVX2 kernels (AVX-512 hidden from its process), the others
+            # against what the CPU has
+            masks = {isa: ort_mask(isa) for isa in isas}
+            refs = sorted({(c[4], masks[c[1]][0]) for c in compiled}, key=str)
             engines = ([("mmopt", str(c[3].library)) for c in compiled]
-                       + [("onnxruntime", str(r)) for r in refs])
+                       + [("onnxruntime", str(r), mask) for r, mask in refs])
             load_model = _check_load(f"before timing {name}", warnings)
             per_round = []
             for _ in range(max(rounds, 1)):
@@ -322,7 +330,7 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                 per_round.append((timings[:len(compiled)],
                                   dict(zip(refs, timings[len(compiled):]))))
             for i, (variant, isa, database, result, ref, compile_s, tune_s) in enumerate(compiled):
-                pairs = [(mm[i], ort[ref]) for mm, ort in per_round]
+                pairs = [(mm[i], ort[(ref, masks[isa][0])]) for mm, ort in per_round]
                 ratios = [m.median_ms / o.median_ms for m, o in pairs]
                 order = sorted(range(len(pairs)), key=ratios.__getitem__)
                 mm_t, ort_t = pairs[order[(len(order) - 1) // 2]]
@@ -337,7 +345,8 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                        "throughput": {
                            "mmopt": _throughput(flops, mm_t.median_ms, peaks[isa]),
                            "onnxruntime": _throughput(flops, ort_t.median_ms, host_peak)},
-                       "load_before_timing": load_model}
+                       "load_before_timing": load_model,
+                       "onnxruntime_isa": ort_t.cpu_isa, "notes": masks[isa][1]}
                 if database:
                     row["tuning"] = {"database": str(database), "trials_per_task": tune_trials,
                                      "search": search if tune_trials else None,
@@ -373,7 +382,8 @@ def _line(row: dict, rounds: int) -> str:
     mm, ort = row["mmopt"], row["onnxruntime"]
     text = (f"{row['model']:<22} {row['variant']:<10} {row['isa']:<10} "
             f"mmopt med {mm['median_ms']:9.3f} min {mm['min_ms']:9.3f} ms | "
-            f"onnxruntime med {ort['median_ms']:9.3f} min {ort['min_ms']:9.3f} ms | "
+            f"onnxruntime ({row.get('onnxruntime_isa') or '?'}) med {ort['median_ms']:9.3f} "
+            f"min {ort['min_ms']:9.3f} ms | "
             f"ratio {row['ratio']:5.2f} (min {row['min_ratio']:5.2f})")
     t_mm, t_ort = row["throughput"]["mmopt"], row["throughput"]["onnxruntime"]
     if t_mm["gflops"] is not None:

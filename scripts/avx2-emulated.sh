@@ -12,17 +12,36 @@
 # such as those that run onnxruntime's int8 kernels (its AVX2 u8 x s8 path saturates where its
 # VNNI one does not). Needs qemu-user (scripts/setup-arm-emulation.sh installs it). Example:
 #   scripts/avx2-emulated.sh python3 -m pytest -n0 tests/test_check.py
+#
+# --cpuid: no emulation, native speed. Every process runs on the real CPU with CPUID faulting
+# (mmopt/runtime/cpu_mask.c, preloaded): its CPUID answers have no AVX-512 / VNNI / AMX bits and
+# name the vendor's last AVX2-only core (AMD Zen 3, Intel Coffee Lake), so onnxruntime, numpy and
+# LLVM's host CPU pick AVX2 code as they do on such a machine; the README test command runs in
+# about its usual time. What it cannot do is fault on an AVX-512 instruction that some code uses
+# without asking CPUID (qemu's Haswell model does). Needs a kernel and CPU with CPUID faulting
+# (`cpuid_fault` in /proc/cpuinfo) and a C compiler. Example:
+#   scripts/avx2-emulated.sh --cpuid python3 -m pytest -q
 set -euo pipefail
 
+MODE=qemu
+if [ "${1:-}" = --cpuid ]; then MODE=cpuid; shift; fi
 if [ $# -eq 0 ]; then
-  echo "usage: $0 COMMAND [ARG...]" >&2
+  echo "usage: $0 [--cpuid] COMMAND [ARG...]" >&2
   exit 2
 fi
 [ "$(uname -m)" = x86_64 ] || { echo "$0: needs an x86-64 machine" >&2; exit 2; }
+PYTHON=${PYTHON:-python3}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mmopt-avx2.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+if [ "$MODE" = cpuid ]; then
+  LIB=$("$PYTHON" -c 'from mmopt.runtime import cpu_mask; print(cpu_mask.library())') || {
+    echo "$0: --cpuid is not available here (see the line above)" >&2; exit 2; }
+  export LD_PRELOAD="$LIB${LD_PRELOAD:+ $LD_PRELOAD}" MMOPT_CPU_MASK=avx2
+else
 QEMU=$(command -v qemu-x86_64 || command -v qemu-x86_64-static || true)
 [ -n "$QEMU" ] || { echo "$0: qemu-x86_64 not found (install qemu-user)" >&2; exit 2; }
 
-PYTHON=${PYTHON:-python3}
 # the interpreter's ELF file, where its standard library is, and a virtual environment's packages
 read -r REAL HOME_DIR EXTRA < <("$PYTHON" - <<'EOF'
 import os, site, sys
@@ -34,8 +53,6 @@ EOF
 # Haswell: AVX2, FMA, F16C, BMI2, no AVX-512; less the system features qemu's TCG does not emulate
 # (each would print a warning per process)
 CPU=Haswell,-invpcid,-rtm,-hle,-pcid,-x2apic,-tsc-deadline
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/mmopt-avx2.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/bin"
 cat > "$WORK/bin/python3" <<EOF
 #!/bin/sh
@@ -54,6 +71,7 @@ ln -s "$HOME_DIR/lib" "$WORK/lib"
 
 export PATH="$WORK/bin:$PATH"
 if [ "$EXTRA" != "-" ]; then export PYTHONPATH="$EXTRA${PYTHONPATH:+:$PYTHONPATH}"; fi
+fi
 # /proc/cpuinfo without AVX-512, as the emulated CPU reports it
 sed -E 's/ (avx512[a-z0-9_]*|avx_vnni)\b//g' /proc/cpuinfo > "$WORK/cpuinfo"
 status=0

@@ -23,6 +23,12 @@ logger = logging.getLogger("mmopt")
 @input_shape_option
 @click.option("--vs", "versus", type=click.Choice(["onnxruntime", "none"]), default="onnxruntime",
               show_default=True, help="Reference engine timed in the same run.")
+@click.option("--ort-isa", type=click.Choice(["auto", "native", "avx2"]), default="auto",
+              show_default=True,
+              help="The CPU onnxruntime is shown. auto: the artifact's ISA (an x86-avx2 artifact "
+                   "on an AVX-512 CPU is timed against onnxruntime's AVX2 kernels, AVX-512 hidden "
+                   "from its process by CPUID faulting); native: this CPU's best ISA; avx2: AVX2 "
+                   "whatever the artifact.")
 @click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True,
               help="Threads for both engines.")
 @click.option("--warmup", type=click.IntRange(0, 10_000), default=5, show_default=True)
@@ -30,13 +36,15 @@ logger = logging.getLogger("mmopt")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @html_option
 @import_options
-def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_json, html_path):
+def bench_cmd(model, target, input_shapes, versus, ort_isa, threads, warmup, repeat, as_json,
+              html_path):
     """Benchmark MODEL (compiled here, untuned) or a compiled ARTIFACT against onnxruntime.
 
     Reports latency min / median / p90, throughput and each engine's memory: the high-water mark
     of its own process's resident set (interpreter included), what stays resident after the runs,
     and for mmopt the storage its VM allocates per call. The ratio is mmopt / onnxruntime median
-    latency (below 1: mmopt is faster).
+    latency (below 1: mmopt is faster). The ISA column: the artifact's target for mmopt (it runs
+    that code), the best vector ISA its process saw for onnxruntime (it picks its kernels by it).
     """
     import mmopt
     from mmopt import ir as mir
@@ -85,7 +93,7 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
                 mir.save(fixed, reference)
         with err.status(f"timing ({repeat} runs, {threads} threads)"):
             res = bench(artifact, reference, feeds, threads=threads, warmup=warmup,
-                        repeat=repeat)
+                        repeat=repeat, ort_isa=ort_isa)
         res.model = model  # as given (a model is compiled into a directory that is gone now)
     data = res.to_dict()
     if html_path:
@@ -94,16 +102,22 @@ def bench_cmd(model, target, input_shapes, versus, threads, warmup, repeat, as_j
         out.print_json(json.dumps(data))
         return
     table = Table(box=None, padding=(0, 2))
-    for col in ("engine", "threads", "min ms", "median ms", "p90 ms", "inf/s", "peak RSS MB",
+    for col in ("engine", "ISA", "threads", "min ms", "median ms", "p90 ms", "inf/s", "peak RSS MB",
                 "RSS MB", "workspace MB"):
         table.add_column(col, justify="right" if col != "engine" else "left")
     for t in (res.mmopt, res.onnxruntime):
         if t is not None:
-            table.add_row(t.engine, str(t.threads), f"{t.min_ms:.3f}", f"{t.median_ms:.3f}",
+            if t is res.mmopt:
+                isa = str(read_meta(artifact).target.get("name", "?"))
+            else:
+                isa = (t.cpu_isa or "?") + (" (masked)" if t.cpu_mask else "")
+            table.add_row(t.engine, isa, str(t.threads), f"{t.min_ms:.3f}", f"{t.median_ms:.3f}",
                           f"{t.p90_ms:.3f}", f"{t.throughput:.1f}", f"{t.peak_rss_mb:.0f}",
                           f"{t.rss_mb:.0f}" if t.rss_mb is not None else "n/a",
                           f"{t.workspace_mb:.1f}" if t.workspace_mb is not None else "n/a")
     out.print(table)
+    for note in res.notes:
+        out.print(f"note: {note}")
     if res.ratio is not None:
         verdict = "faster" if res.ratio < 1 else "slower"
         out.print(f"ratio mmopt/onnxruntime = {res.ratio:.2f} (mmopt is {verdict})")

@@ -150,8 +150,12 @@ def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, w
         out.print(f"  [yellow]note[/]      {note}")
     if result.onnxruntime:
         ort = result.onnxruntime
-        out.print(f"onnxruntime, {ort['threads']} thread(s), median of {ort['runs']} runs, by op "
-                  "type (its fused nodes count under their own op, e.g. Conv+Relu as Conv)")
+        isa = f"{ort.get('cpu_isa') or '?'} kernels"
+        if ort.get("cpu_mask"):
+            isa += ", AVX-512 hidden from its process"
+        out.print(f"onnxruntime ({isa}), {ort['threads']} thread(s), median of "
+                  f"{ort['runs']} runs, by op type (its fused nodes count under their own op, "
+                  "e.g. Conv+Relu as Conv)")
         out.print(ort_table(ort))
         out.print(f"  ratio     mmopt/onnxruntime = "
                   f"{result.total_median_ms / ort['total_median_ms']:.2f} (medians)"

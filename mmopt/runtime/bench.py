@@ -17,10 +17,17 @@ weights inside, file pages the kernel can drop, and loading it peaks at four cop
 onnxruntime's two). For mmopt, ``workspace_mb`` is the storage the Relax VM allocates per
 call (the memory plan of ``StaticPlanBlockMemory`` for intermediates, plus the outputs), read from
 the VM's ``vm.builtin.alloc_storage`` calls; onnxruntime does not expose its arena's size (None).
+
+The ISA each engine runs: a compiled artifact runs the code of its target; onnxruntime picks its
+kernels by CPUID when it loads. On an AVX-512 CPU an ``x86-avx2`` artifact is therefore timed
+against onnxruntime's AVX-512 kernels unless onnxruntime's process is shown an AVX2-only CPU
+(:mod:`mmopt.runtime.cpu_mask`): :func:`bench` does that by default (``ort_isa="auto"``) and every
+timing records the ISA its process saw (``cpu_isa``) and the mask it ran under (``cpu_mask``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -60,6 +67,11 @@ class Timing:
     memory_source: str = "VmHWM"
     #: every timed call's latency, in call order (the distribution the summary comes from)
     samples_ms: list[float] = field(default_factory=list)
+    #: the best vector ISA the engine's process saw through CPUID ("avx512_vnni", "avx2", ...):
+    #: what onnxruntime picks its kernels by (an artifact runs its target's code whatever it is)
+    cpu_isa: str | None = None
+    #: the :mod:`~mmopt.runtime.cpu_mask` level the process ran under ("avx2"), None: unmasked
+    cpu_mask: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +82,8 @@ class BenchResult:
     model: str
     mmopt: Timing
     onnxruntime: Timing | None = None
+    #: what makes the comparison less than like-for-like (onnxruntime on another ISA)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float | None:
@@ -81,10 +95,11 @@ class BenchResult:
     def to_dict(self) -> dict:
         return {"kind": "bench", "model": self.model, "mmopt": self.mmopt.to_dict(),
                 "onnxruntime": self.onnxruntime.to_dict() if self.onnxruntime else None,
-                "ratio": self.ratio}
+                "ratio": self.ratio, "notes": list(self.notes)}
 
 
-def _summarize(engine: str, threads: int, seconds: list[float], memory: dict) -> Timing:
+def _summarize(engine: str, threads: int, seconds: list[float], memory: dict,
+               mask: str | None) -> Timing:
     in_order = [s * 1e3 for s in seconds]
     ms = sorted(in_order)
     p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
@@ -98,7 +113,7 @@ def _summarize(engine: str, threads: int, seconds: list[float], memory: dict) ->
                   1e3 / median if median > 0 else float("inf"), memory["peak_kb"] / 1024.0,
                   mb(memory.get("baseline_kb")), mb(memory.get("rss_kb")),
                   mb(memory.get("anon_kb")), workspace / 2**20 if workspace is not None else None,
-                  memory["source"], in_order)
+                  memory["source"], in_order, memory.get("cpu_isa"), mask)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,9 +194,10 @@ def _child_entry(fn, args, threads, conn) -> None:
         conn.send((kind, text))
 
 
-def call_in_child(fn, *args, threads: int | None = None, what: str = ""):
+def call_in_child(fn, *args, threads: int | None = None, what: str = "", mask: str | None = None):
     """``fn(*args)`` in a freshly spawned process whose TVM (and OpenMP) thread pool has
-    ``threads`` workers; returns its (picklable) result.
+    ``threads`` workers (and that runs under the CPUID mask ``mask`` when given); returns its
+    (picklable) result.
 
     ``fn`` must be a module-level function. An :class:`~mmopt.errors.MmoptError` in the child is
     raised again here with its message; anything else as an ``MmoptError`` naming ``what``.
@@ -191,7 +207,8 @@ def call_in_child(fn, *args, threads: int | None = None, what: str = ""):
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_entry, args=(fn, args, threads, child))
-    proc.start()
+    with _spawn_environment(mask):
+        proc.start()
     child.close()
     try:
         kind, payload = parent.recv()
@@ -241,9 +258,12 @@ def _worker(engine: str, target: str, inputs_path: str, threads: int, warmup: in
                 seconds.append(time.perf_counter() - start)
             conn.send(("ok", seconds))
         peak_kb, source = peak_rss()  # before measuring the workspace (an extra call)
+        from mmopt.runtime.cpu_mask import seen_isa
+
         conn.send(("done", {"peak_kb": peak_kb, "source": source, "baseline_kb": baseline_kb,
                             "rss_kb": _status_kb("VmRSS"), "anon_kb": _status_kb("RssAnon"),
-                            "workspace_bytes": workspace() if workspace is not None else None}))
+                            "workspace_bytes": workspace() if workspace is not None else None,
+                            "cpu_isa": seen_isa()}))
     except BaseException as exc:  # noqa: BLE001 - report anything to the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -279,18 +299,43 @@ def _ort_runner(model_path: str, feeds, threads: int):
 _SETTLE_S = 0.1
 
 
-def time_engines(engines: list[tuple[str, str]], feeds: dict[str, np.ndarray], *, threads: int,
+@contextlib.contextmanager
+def _spawn_environment(mask: str | None):
+    """This process's environment while a ``spawn`` child starts (the child inherits it): with the
+    CPUID mask ``mask`` preloaded when given."""
+    if mask is None:
+        yield
+        return
+    from mmopt.runtime import cpu_mask
+
+    changed = {k: v for k, v in cpu_mask.environment(mask).items() if os.environ.get(k) != v}
+    saved = {k: os.environ.get(k) for k in changed}
+    os.environ.update(changed)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def time_engines(engines: list[tuple], feeds: dict[str, np.ndarray], *, threads: int,
                  warmup: int, repeat: int, rounds: int = 10) -> list[Timing]:
     """Time engines (``("mmopt", artifact)``, ``("onnxruntime", model.onnx)``) on the same inputs.
 
     Every engine lives in its own process; the timed calls are interleaved in ``rounds`` blocks
     (engine A, engine B, engine A, ...), so a slow phase of a shared machine hits all of them
-    alike instead of only the one that happened to be running.
+    alike instead of only the one that happened to be running. A third element names a
+    :mod:`~mmopt.runtime.cpu_mask` level the engine's process runs under
+    (``("onnxruntime", model.onnx, "avx2")``: onnxruntime's AVX2 kernels on an AVX-512 CPU).
     """
     from mmopt.errors import MmoptError
 
     ctx = mp.get_context("spawn")
     workers = []
+    masks: list[str | None] = []
 
     def expect(engine, conn, kind, proc):
         try:
@@ -310,13 +355,16 @@ def time_engines(engines: list[tuple[str, str]], feeds: dict[str, np.ndarray], *
         inputs_path = os.path.join(tmp, "inputs.npz")
         np.savez(inputs_path, **feeds)
         try:
-            for engine, target in engines:  # one at a time: loading is not timed but is heavy
+            for engine, target, *mask in engines:  # one at a time: loading is heavy
+                mask = mask[0] if mask else None
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_worker, args=(engine, str(target), inputs_path,
                                                          threads, warmup, child))
-                proc.start()
+                with _spawn_environment(mask):
+                    proc.start()
                 child.close()  # the worker's end: a worker that dies then ends recv() with EOF
                 workers.append((engine, proc, parent))
+                masks.append(mask)
                 expect(engine, parent, "ready", proc)
             seconds: list[list[float]] = [[] for _ in workers]
             rounds = max(1, min(rounds, repeat))
@@ -335,8 +383,8 @@ def time_engines(engines: list[tuple[str, str]], feeds: dict[str, np.ndarray], *
                 proc.join(timeout=10)
                 if proc.is_alive():
                     proc.kill()
-    return [_summarize(engine, threads, secs, mem)
-            for (engine, _p, _c), secs, mem in zip(workers, seconds, memory)]
+    return [_summarize(engine, threads, secs, mem, mask)
+            for (engine, _p, _c), secs, mem, mask in zip(workers, seconds, memory, masks)]
 
 
 def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threads: int,
@@ -346,17 +394,56 @@ def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threa
                         repeat=repeat)[0]
 
 
+#: ``ort_isa`` values of :func:`bench` besides the mask levels
+ORT_ISA_CHOICES = ("auto", "native")
+
+
+def ort_mask(target_name: str, ort_isa: str = "auto") -> tuple[str | None, list[str]]:
+    """The CPUID mask onnxruntime runs under next to an artifact for ``target_name``, and notes.
+
+    ``"auto"``: the mask that shows onnxruntime the artifact's ISA (an ``x86-avx2`` artifact on an
+    AVX-512 CPU: ``"avx2"``), none when the artifact already uses the CPU's best ISA; where the
+    mask is needed but unavailable, onnxruntime runs unmasked and a note says the comparison is
+    not like-for-like. ``"native"``: never masked. A level (``"avx2"``): that mask, or an error.
+    """
+    from mmopt.errors import MmoptError
+    from mmopt.runtime import cpu_mask
+
+    if ort_isa == "native":
+        return None, []
+    if ort_isa == "auto":
+        level = cpu_mask.level_for(target_name)
+        if level is None:
+            return None, []
+        reason = cpu_mask.unavailable()
+        if reason:
+            return None, [f"onnxruntime ran with this CPU's AVX-512 kernels against {target_name} "
+                          f"code (not like-for-like): {reason}"]
+        return level, []
+    if ort_isa not in cpu_mask.LEVELS:
+        raise MmoptError(f"--ort-isa {ort_isa}: use one of "
+                         f"{', '.join((*ORT_ISA_CHOICES, *cpu_mask.LEVELS))}")
+    reason = cpu_mask.unavailable()
+    if reason:
+        raise MmoptError(f"--ort-isa {ort_isa}: {reason}")
+    return ort_isa, []
+
+
 def bench(artifact, reference_onnx=None, feeds=None, *, threads: int = 2, warmup: int = 5,
-          repeat: int = 30) -> BenchResult:
+          repeat: int = 30, ort_isa: str = "auto") -> BenchResult:
     """Benchmark ``artifact`` (and onnxruntime on ``reference_onnx`` when given) on ``feeds``
-    (seeded random inputs by default)."""
+    (seeded random inputs by default). ``ort_isa``: the ISA onnxruntime is shown (:func:`ort_mask`;
+    by default the artifact's)."""
     from mmopt.runtime.artifact import read_meta
 
     meta = read_meta(artifact)
     if feeds is None:
         feeds = random_feeds(meta.inputs)
     engines = [("mmopt", str(artifact))]
+    notes: list[str] = []
     if reference_onnx is not None:
-        engines.append(("onnxruntime", str(reference_onnx)))
+        mask, notes = ort_mask(str(meta.target.get("name", "")), ort_isa)
+        engines.append(("onnxruntime", str(reference_onnx), mask))
     timings = time_engines(engines, feeds, threads=threads, warmup=warmup, repeat=repeat)
-    return BenchResult(str(Path(artifact)), timings[0], timings[1] if len(timings) > 1 else None)
+    return BenchResult(str(Path(artifact)), timings[0], timings[1] if len(timings) > 1 else None,
+                       notes)

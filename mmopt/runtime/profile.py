@@ -517,6 +517,11 @@ def map_kernels(model, values: Mapping[str, tuple], outputs: Sequence[Sequence[d
 # onnxruntime's per-op profile
 
 
+def _ort_profile_worker(model, feeds, threads: int, warmup: int, runs: int) -> dict:
+    """:func:`onnxruntime_profile` in a child process (see :func:`profile`)."""
+    return onnxruntime_profile(model, feeds, threads=threads, warmup=warmup, runs=runs)
+
+
 def onnxruntime_profile(model, feeds: Mapping[str, np.ndarray], *, threads: int, warmup: int,
                         runs: int) -> dict:
     """onnxruntime (default optimizations, ``threads`` intra-op threads) profiled with
@@ -559,9 +564,12 @@ def onnxruntime_profile(model, feeds: Mapping[str, np.ndarray], *, threads: int,
         ops.append(OrtOpProfile(op, len(nodes[op]), ms, 100 * ms / total if total else 0.0))
     ops.sort(key=lambda o: -o.median_ms)
     op_sum = sum(o.median_ms for o in ops)
+    from mmopt.runtime.cpu_mask import seen_isa
+
     return {"threads": threads, "runs": len(spans), "total_median_ms": total,
             "op_sum_ms": op_sum, "between_ms": total - op_sum,
-            "ops": [asdict(o) for o in ops]}
+            "ops": [asdict(o) for o in ops], "cpu_isa": seen_isa(),
+            "cpu_mask": os.environ.get("MMOPT_CPU_MASK")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -687,7 +695,7 @@ def profile_artifact(artifact, meta, reference, optimized, flops: Mapping[str, i
     ``mmopt.compile(..., profile=True)``, which has all of these at hand. A dynamic artifact
     runs at ``input_shapes`` (required for it; see :func:`dynamic_sizes`)."""
     from mmopt import targets
-    from mmopt.runtime.bench import call_in_child
+    from mmopt.runtime.bench import call_in_child, ort_mask
     from mmopt.runtime.inputs import random_feeds
 
     from mmopt.runtime.inputs import with_shapes
@@ -734,9 +742,13 @@ def profile_artifact(artifact, meta, reference, optimized, flops: Mapping[str, i
         if reference is None:
             notes.append("--vs onnxruntime: the source model is not available")
         else:
-            step(f"profiling onnxruntime ({runs} runs, {threads} threads)")
-            ort_profile = onnxruntime_profile(reference, feeds, threads=threads, warmup=warmup,
-                                              runs=runs)
+            # in its own process, shown the artifact's ISA (see mmopt.runtime.bench.ort_mask)
+            mask, mask_notes = ort_mask(tgt.name)
+            notes += mask_notes
+            step(f"profiling onnxruntime ({runs} runs, {threads} threads"
+                 + (f", {mask} kernels" if mask else "") + ")")
+            ort_profile = call_in_child(_ort_profile_worker, reference, feeds, threads, warmup,
+                                        runs, what="onnxruntime profile", mask=mask)
     machine["load_average_after"] = machine_info()["load_average"]
     return _assemble(meta.source_model, str(artifact), tgt.name, threads, runs, warmup, raw,
                      dict(flops), mapping, ort_profile, machine, notes)
