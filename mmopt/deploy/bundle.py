@@ -216,7 +216,7 @@ def runner_prefix(arch: str) -> list[str]:
     from mmopt.tuning import emulate
 
     qemu = emulate.qemu_binary()
-    return [qemu, "-L", str(arm64_sysroot())]
+    return [qemu, "-L", str(arm64_sysroot()), *emulate.guest_environment_fixes()]
 
 
 def arm64_sysroot() -> Path:

@@ -70,7 +70,8 @@ class Timing:
     #: the best vector ISA the engine's process saw through CPUID ("avx512_vnni", "avx2", ...):
     #: what onnxruntime picks its kernels by (an artifact runs its target's code whatever it is)
     cpu_isa: str | None = None
-    #: the :mod:`~mmopt.runtime.cpu_mask` level the process ran under ("avx2"), None: unmasked
+    #: the :mod:`~mmopt.runtime.cpu_mask` level the process ran under ("avx2"; given by mmopt or
+    #: inherited, e.g. from ``scripts/avx2-emulated.sh --cpuid``), None: unmasked
     cpu_mask: str | None = None
 
     def to_dict(self) -> dict:
@@ -98,8 +99,7 @@ class BenchResult:
                 "ratio": self.ratio, "notes": list(self.notes)}
 
 
-def _summarize(engine: str, threads: int, seconds: list[float], memory: dict,
-               mask: str | None) -> Timing:
+def _summarize(engine: str, threads: int, seconds: list[float], memory: dict) -> Timing:
     in_order = [s * 1e3 for s in seconds]
     ms = sorted(in_order)
     p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
@@ -113,7 +113,7 @@ def _summarize(engine: str, threads: int, seconds: list[float], memory: dict,
                   1e3 / median if median > 0 else float("inf"), memory["peak_kb"] / 1024.0,
                   mb(memory.get("baseline_kb")), mb(memory.get("rss_kb")),
                   mb(memory.get("anon_kb")), workspace / 2**20 if workspace is not None else None,
-                  memory["source"], in_order, memory.get("cpu_isa"), mask)
+                  memory["source"], in_order, memory.get("cpu_isa"), memory.get("cpu_mask"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +263,8 @@ def _worker(engine: str, target: str, inputs_path: str, threads: int, warmup: in
         conn.send(("done", {"peak_kb": peak_kb, "source": source, "baseline_kb": baseline_kb,
                             "rss_kb": _status_kb("VmRSS"), "anon_kb": _status_kb("RssAnon"),
                             "workspace_bytes": workspace() if workspace is not None else None,
-                            "cpu_isa": seen_isa()}))
+                            "cpu_isa": seen_isa(),
+                            "cpu_mask": os.environ.get("MMOPT_CPU_MASK") or None}))
     except BaseException as exc:  # noqa: BLE001 - report anything to the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -335,7 +336,6 @@ def time_engines(engines: list[tuple], feeds: dict[str, np.ndarray], *, threads:
 
     ctx = mp.get_context("spawn")
     workers = []
-    masks: list[str | None] = []
 
     def expect(engine, conn, kind, proc):
         try:
@@ -364,7 +364,6 @@ def time_engines(engines: list[tuple], feeds: dict[str, np.ndarray], *, threads:
                     proc.start()
                 child.close()  # the worker's end: a worker that dies then ends recv() with EOF
                 workers.append((engine, proc, parent))
-                masks.append(mask)
                 expect(engine, parent, "ready", proc)
             seconds: list[list[float]] = [[] for _ in workers]
             rounds = max(1, min(rounds, repeat))
@@ -383,8 +382,8 @@ def time_engines(engines: list[tuple], feeds: dict[str, np.ndarray], *, threads:
                 proc.join(timeout=10)
                 if proc.is_alive():
                     proc.kill()
-    return [_summarize(engine, threads, secs, mem, mask)
-            for (engine, _p, _c), secs, mem, mask in zip(workers, seconds, memory, masks)]
+    return [_summarize(engine, threads, secs, mem)
+            for (engine, _p, _c), secs, mem in zip(workers, seconds, memory)]
 
 
 def time_engine(engine: str, target: str, feeds: dict[str, np.ndarray], *, threads: int,

@@ -102,11 +102,13 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
     next_handler.sa_handler(sig);
     return;
   }
-  /* no handler of the process's own: the default action when the instruction faults again */
+  /* no handler of the process's own: the default action, when the instruction faults again or,
+   * for a signal sent by kill() or raise() (si_code <= 0), now */
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
   real_sigaction(SIGSEGV, &dfl, NULL);
+  if (info->si_code <= 0) raise(sig);
 }
 
 int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {

@@ -569,7 +569,7 @@ def onnxruntime_profile(model, feeds: Mapping[str, np.ndarray], *, threads: int,
     return {"threads": threads, "runs": len(spans), "total_median_ms": total,
             "op_sum_ms": op_sum, "between_ms": total - op_sum,
             "ops": [asdict(o) for o in ops], "cpu_isa": seen_isa(),
-            "cpu_mask": os.environ.get("MMOPT_CPU_MASK")}
+            "cpu_mask": os.environ.get("MMOPT_CPU_MASK") or None}
 
 
 # --------------------------------------------------------------------------------------------------

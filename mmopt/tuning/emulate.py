@@ -80,6 +80,13 @@ def _versions() -> dict[str, str]:
             "apache-tvm-ffi": metadata.version("apache-tvm-ffi"), "python": PYTHON}
 
 
+def guest_environment_fixes() -> list[str]:
+    """qemu-user options that keep this machine's ``LD_PRELOAD`` (x86-64 libraries: a profiler, an
+    allocator, :mod:`mmopt.runtime.cpu_mask`) from the aarch64 guest, whose loader would print an
+    error line for each into the program's output."""
+    return ["-U", "LD_PRELOAD"] if os.environ.get("LD_PRELOAD") else []
+
+
 @dataclass
 class Arm64Root:
     """A prepared aarch64 root: ``command(args)`` runs its Python under qemu."""
@@ -104,7 +111,7 @@ class Arm64Root:
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 
     def command(self, args: list[str]) -> list[str]:
-        cmd = [qemu_binary(), "-L", str(self.path)]
+        cmd = [qemu_binary(), "-L", str(self.path), *guest_environment_fixes()]
         for key, value in self.environment().items():
             cmd += ["-E", f"{key}={value}"]
         return cmd + [str(self.python), *args]
