@@ -236,7 +236,7 @@ def _vector_rounding_pays(func) -> bool:
     import tvm_ffi
     from tvm import tirx
 
-    from mmopt.codegen.quantized import DOT_BLOCK
+    from mmopt.codegen.int8_dot import DOT_BLOCK
 
     if not isinstance(func, tirx.PrimFunc):
         return False

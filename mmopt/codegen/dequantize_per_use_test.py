@@ -76,7 +76,7 @@ def test_se_block_matches_the_qdq_reference(tmp_path):
     from mmopt.runtime.ort import session as ort_session
     from mmopt.runtime.verify import quantized_output_step
 
-    from mmopt.codegen.quantized import record_int8_kernels
+    from mmopt.codegen.int8_paths import record_int8_kernels
 
     qdq = _quantized()
     with record_int8_kernels() as kernels:

@@ -215,7 +215,7 @@ def test_quantized_conv_transpose_keeps_integer_weights_and_quantizes_before_the
     quantized before DepthToSpace (which then moves bytes), and onnxruntime without graph
     optimizations gives the same outputs before and after the rewrite, bit for bit."""
     import mmopt
-    from mmopt.codegen.quantized import record_int8_kernels
+    from mmopt.codegen.int8_paths import record_int8_kernels
     from mmopt.runtime.ort import session
 
     qdq = _quantized_conv_transpose()

@@ -23,12 +23,12 @@ CPUs without VNNI (Skylake-SP) have no byte dot product. Two instruction sequenc
   multiply-adds take 2 instructions plus the widening of the input.
 
 Both are the same packed, register-tiled, tensorized convolution as the VNNI one
-(:func:`mmopt.codegen.quantized.schedule_dot_conv`). For ``vpmaddwd``, with a reduction block of 2
+(:func:`mmopt.codegen.int8_dot.schedule_dot_conv`). For ``vpmaddwd``, with a reduction block of 2
 int16 instead of 4 bytes:
 
 * weights are packed at compile time as int16 pairs ``[OC/lanes, KH, KW, IC/2, lanes, 2]``;
 * the kernel widens its (zero-point padded) uint8 input to int16 once per call
-  (:data:`~mmopt.codegen.quantized.WIDEN_BLOCK`), so each instruction's activation pair is one
+  (:data:`~mmopt.codegen.int8_dot.WIDEN_BLOCK`), so each instruction's activation pair is one
   32-bit broadcast from memory, as for VNNI;
 * ``vpmaddwd`` does not accumulate: each instruction is followed by a ``vpaddd`` into the
   accumulator, and the product needs a register of its own (``temporaries``: the broadcast and the
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmopt.codegen.quantized import DotProduct
+from mmopt.codegen.int8_dot import DotProduct
 
 
 @dataclass(frozen=True)

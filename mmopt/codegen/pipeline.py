@@ -84,8 +84,9 @@ def _layout(target: Target, options: CodegenOptions | None = None):
     (:mod:`mmopt.codegen.quantized_lut`, when ``options.lookup_tables``)."""
     from tvm import relax
 
+    from mmopt.codegen.int8_dot import dot_product_for, pack_dot_convs
     from mmopt.codegen.layout_cleanup import cancel_transposes, nhwc_depth_to_space
-    from mmopt.codegen.quantized import dot_product_for, fold_pad_transposes, lower_qdq, pack_dot_convs
+    from mmopt.codegen.quantized import fold_pad_transposes, lower_qdq
 
     options = options or CodegenOptions()
     # QDQ -> integer convolutions and element-wise (de)quantization (CPU: the GPU schedules are
@@ -181,7 +182,7 @@ def _schedule_gpu():
 
 def _schedule_cpu():
     from mmopt.codegen.cpu_schedules import default_cpu_schedule_pass
-    from mmopt.codegen.quantized import dot_schedule_pass
+    from mmopt.codegen.int8_dot import dot_schedule_pass
     from mmopt.codegen.requantize_roundtrip import fold_requantize_roundtrips
 
     # then, inside each scheduled kernel, quantize -> dequantize round trips without the 8-bit

@@ -103,7 +103,7 @@ def _target(name):
 
 
 def _dot(target):
-    from mmopt.codegen.quantized import dot_product_for
+    from mmopt.codegen.int8_dot import dot_product_for
 
     return dot_product_for(target.tvm_target())
 
@@ -111,7 +111,7 @@ def _dot(target):
 def _path(target, out_channels: int, weight_bits: int = 8) -> str:
     """The path a dense integer convolution with ``out_channels`` takes on ``target`` (weights
     quantized on the full int8 grid reach beyond [-64, 64]; 7-bit ones do not)."""
-    from mmopt.codegen.quantized import dot_products_for
+    from mmopt.codegen.int8_dot import dot_products_for
 
     dots = dot_products_for(target.tvm_target())
     if dots and out_channels > 4:  # output channels padded to a multiple of 4
@@ -125,7 +125,7 @@ def _path(target, out_channels: int, weight_bits: int = 8) -> str:
 @pytest.mark.parametrize("case", list(CASES))
 def test_integer_conv_matches_onnxruntime(case, target_name, tmp_path):
     import mmopt
-    from mmopt.codegen.quantized import record_int8_kernels
+    from mmopt.codegen.int8_paths import record_int8_kernels
 
     target = _target(target_name)
     ic, oc, groups, stride, activations, weight_bits = CASES[case]
@@ -340,7 +340,7 @@ def test_requantizing_write_back_stays_vectorized(target_name, tmp_path):
 
 
 def _host_has_vnni() -> bool:
-    from mmopt.codegen.quantized import VNNI, dot_product_for
+    from mmopt.codegen.int8_dot import VNNI, dot_product_for
     from mmopt.targets import get
 
     return dot_product_for(get("x86").tvm_target()) is VNNI
@@ -357,7 +357,7 @@ def test_dot_kernel_is_tensorized_and_exact(target_name, limit, tmp_path):
     import tvm
     from tvm import relax
 
-    from mmopt.codegen import quantized as q
+    from mmopt.codegen import int8_dot as q
     from mmopt.codegen.build import build
 
     target = _target(target_name)
@@ -411,7 +411,7 @@ def test_register_tiles_fit_the_registers():
     accumulators, one weight vector per column, and the instruction's temporaries (vpmaddwd: the
     broadcast and the product; AVX2 has 16 registers)."""
     from mmopt.codegen.int8_x86 import PMADDUBSW_256, PMADDUBSW_512, PMADDWD_256, PMADDWD_512
-    from mmopt.codegen.quantized import SDOT, VNNI, VNNI_256
+    from mmopt.codegen.int8_dot import SDOT, VNNI, VNNI_256
 
     for dot in (VNNI, VNNI_256, SDOT, PMADDWD_256, PMADDWD_512, PMADDUBSW_256, PMADDUBSW_512):
         for blocks in (1, 2, 3, 4, 6, 8, 12, 16, 20, 48, 125):
@@ -475,7 +475,7 @@ def test_integer_matmul_and_gemm_match_onnxruntime(target_name, tmp_path):
     """MatMul (3-D activations) and Gemm (transB) become integer 1x1 convolutions over rows: the
     MatMul's 48 output channels run the target's instruction, the Gemm's 20 plain integer code."""
     import mmopt
-    from mmopt.codegen.quantized import record_int8_kernels
+    from mmopt.codegen.int8_paths import record_int8_kernels
     from mmopt.quantize import quantize
 
     target = _target(target_name)
@@ -514,7 +514,7 @@ def test_integer_matmul_and_gemm_match_onnxruntime(target_name, tmp_path):
 def test_float_model_records_no_int8_kernels(tmp_path):
     """Only a model with integer kernels gets the per-kernel path list."""
     import mmopt
-    from mmopt.codegen.quantized import record_int8_kernels
+    from mmopt.codegen.int8_paths import record_int8_kernels
 
     _target("x86-avx2")
     with record_int8_kernels() as kernels:
@@ -552,14 +552,14 @@ def test_failed_dot_product_schedule_is_reported_not_silent(monkeypatch, tmp_pat
     from click.testing import CliRunner
 
     from mmopt.cli.main import cli
-    from mmopt.codegen import quantized
+    from mmopt.codegen import int8_dot
 
     _target("x86-avx2")
 
     def failing(*_args, **_kwargs):
         raise RuntimeError("no tile fits")
 
-    monkeypatch.setattr(quantized, "schedule_dot_conv", failing)
+    monkeypatch.setattr(int8_dot, "schedule_dot_conv", failing)
     qdq = _quantized(_float_model(16, 32), "uint8", weight_bits=7)
     onnx.save(qdq, tmp_path / "q.onnx")
     result = CliRunner().invoke(cli, ["compile", str(tmp_path / "q.onnx"), "--target", "x86-avx2",
