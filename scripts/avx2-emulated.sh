@@ -35,8 +35,16 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/mmopt-avx2.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 if [ "$MODE" = cpuid ]; then
-  LIB=$("$PYTHON" -c 'from mmopt.runtime import cpu_mask; print(cpu_mask.library())') || {
-    echo "$0: --cpuid is not available here (see the line above)" >&2; exit 2; }
+  LIB=$("$PYTHON" - <<'EOF'
+import sys
+from mmopt.errors import MmoptError
+from mmopt.runtime import cpu_mask
+try:
+    print(cpu_mask.library())
+except MmoptError as exc:
+    sys.exit(f"--cpuid: {exc.message}")
+EOF
+) || exit 2
   export LD_PRELOAD="$LIB${LD_PRELOAD:+ $LD_PRELOAD}" MMOPT_CPU_MASK=avx2
 else
 QEMU=$(command -v qemu-x86_64 || command -v qemu-x86_64-static || true)

@@ -7,9 +7,12 @@
  * MLAS, numpy, oneDNN) then choose their AVX2 paths, as on an AVX2-only CPU; the hardware still
  * runs whatever code a program was compiled to (a compiled mmopt artifact keeps its own ISA).
  *
- * The family and model (CPUID leaf 1) become those of the same vendor's last cores without AVX-512
- * (AMD Zen 3: family 19h model 01h; Intel Coffee Lake: family 6 model 9Eh), so that a program naming
- * the host CPU by its model (LLVM's -mcpu=native, mmopt's `x86` target) gets an AVX2 CPU as well.
+ * On a CPU that has AVX-512 the family and model (CPUID leaf 1) become those of the same vendor's
+ * last cores without it (AMD Zen 3: family 19h model 01h; Intel Coffee Lake: family 6 model 9Eh),
+ * so that a program naming the host CPU by its model (LLVM's -mcpu=native, mmopt's `x86` target)
+ * gets an AVX2 CPU as well; every instruction such a core has, an AVX-512 core of its vendor has
+ * too. A CPU without AVX-512 keeps its own family and model (renaming a Zen 2 to a Zen 3 would
+ * promise instructions it lacks).
  *
  * What it cannot hide: the kernel's /proc/cpuinfo flags, XGETBV (XCR0 keeps the AVX-512 state
  * bits; MLAS and numpy require the CPUID bit as well), and the features glibc's dynamic loader read
@@ -34,6 +37,7 @@ static sigaction_fn real_sigaction;
 static signal_fn real_signal;
 static struct sigaction next_handler; /* the handler the process installed (or had) */
 static int active;
+static int has_avx512; /* the real CPU's AVX512F bit, read before CPUID faults */
 
 /* CPUID leaf 7 sub-leaf 0: EBX AVX512F/DQ/IFMA/PF/ER/CD/BW/VL, ECX AVX512VBMI/VBMI2/VNNI/BITALG/
  * VPOPCNTDQ, EDX AVX512_4VNNIW/4FMAPS/VP2INTERSECT/AMX-BF16/AVX512_FP16/AMX-TILE/AMX-INT8;
@@ -64,7 +68,7 @@ static unsigned avx2_signature(unsigned eax) {
 }
 
 static void hide(unsigned leaf, unsigned sub, unsigned r[4]) {
-  if (leaf == 1) {
+  if (leaf == 1 && has_avx512) {
     r[0] = avx2_signature(r[0]);
   } else if (leaf == 7 && sub == 0) {
     r[1] &= ~hide7_ebx;
@@ -130,6 +134,9 @@ sighandler_t signal(int sig, sighandler_t handler) {
 
 __attribute__((constructor)) static void install(void) {
   struct sigaction sa;
+  unsigned r[4] = {0, 0, 0, 0};
+  if (__get_cpuid_max(0, 0) >= 7) __cpuid_count(7, 0, r[0], r[1], r[2], r[3]);
+  has_avx512 = (r[1] & BIT(16)) != 0;
   if (!real_sigaction) real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_segv;

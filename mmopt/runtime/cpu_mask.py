@@ -108,9 +108,11 @@ def seen_isa() -> str:
 
 
 def host_has_avx512() -> bool:
-    from mmopt.targets.registry import _cpu_flags
+    """Whether this machine's CPU has AVX-512 (as the kernel lists its flags: a mask does not
+    change that; ``scripts/avx2-emulated.sh --cpuid`` hides it by a private /proc/cpuinfo)."""
+    from mmopt.targets.registry import cpu_flags
 
-    return "avx512f" in _cpu_flags()
+    return "avx512f" in cpu_flags()
 
 
 def level_for(target_name: str) -> str | None:

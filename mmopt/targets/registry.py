@@ -99,6 +99,11 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags as ``/proc/cpuinfo`` lists them ("avx2", "avx512f", ...)."""
+    return _cpu_flags()
+
+
 @functools.cache
 def _cuda_available() -> bool:
     try:
