@@ -24,7 +24,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import warnings
 import zipfile
@@ -114,18 +113,11 @@ def _quiet() -> Iterator[None]:
 @contextlib.contextmanager
 def _weights_only_loads() -> Iterator[None]:
     """Make every ``torch.load`` inside the block use the restricted (weights-only) unpickler."""
-    saved = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD",
-                                            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    try:
+    from mmopt._environ import patched_environ
+
+    with patched_environ({"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1",
+                          "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": None}):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 _NO_FUNCTION = re.compile(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'")

@@ -307,19 +307,12 @@ def _spawn_environment(mask: str | None):
     if mask is None:
         yield
         return
+    from mmopt._environ import patched_environ
     from mmopt.runtime import cpu_mask
 
     changed = {k: v for k, v in cpu_mask.environment(mask).items() if os.environ.get(k) != v}
-    saved = {k: os.environ.get(k) for k in changed}
-    os.environ.update(changed)
-    try:
+    with patched_environ(changed):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def time_engines(engines: list[tuple], feeds: dict[str, np.ndarray], *, threads: int,

@@ -118,18 +118,11 @@ def measuring_threads(count: int | None):
         return
     # Unpinned worker threads, as mmopt.runtime runs models: a pinned one cannot move off a core
     # that other work keeps busy, and every parallel kernel then waits for it.
-    settings = {"TVM_NUM_THREADS": str(count),
-                "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS", "0")}
-    previous = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
+    from mmopt._environ import patched_environ
+
+    with patched_environ({"TVM_NUM_THREADS": str(count),
+                          "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS", "0")}):
         yield
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def load_tensor_intrinsics(tgt) -> None:
