@@ -36,11 +36,11 @@ slower.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 from dataclasses import asdict, dataclass
 
+from mmopt._collect import collecting
 from mmopt.codegen.byte_lookup import reads_byte_table, table_read_lanes, table_read_lanes_for
 from mmopt.codegen.register_tiles import (known_multiple, largest_divisor, pad_multiples,
                                           pick_lanes, register_tile, round_up, tile_efficiency,
@@ -1022,20 +1022,11 @@ _FALLBACKS: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmopt_
                                                                           default=None)
 
 
-@contextlib.contextmanager
 def record_fallbacks():
     """Collect, while the block runs, every block a default schedule could not handle: a list of
     ``{"block", "schedule", "reason"}``. Such a block runs as generated (correct, but a plain
     loop nest: not parallel, not vectorized), which a compile report must say."""
-    outer = _FALLBACKS.get()
-    found: list[dict] = []
-    token = _FALLBACKS.set(found)
-    try:
-        yield found
-    finally:
-        _FALLBACKS.reset(token)
-        if outer is not None:  # nested (a caller records around mmopt.compile): it sees them too
-            outer.extend(found)
+    return collecting(_FALLBACKS)
 
 
 def note_skip(block: str, schedule: str, reason: str, kind: str = "skipped") -> None:

@@ -8,15 +8,15 @@ carry the result, and ``mmopt compile`` warns when quantized layers fell back.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
+
+from mmopt._collect import collecting
 
 #: where :func:`log_int8_kernels` reports (see :func:`record_int8_kernels`)
 _INT8_KERNELS: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmopt_int8_kernels",
                                                                              default=None)
 
 
-@contextlib.contextmanager
 def record_int8_kernels():
     """Collect, while the block runs, the arithmetic of every convolution/matmul kernel of a
     compiled quantized model: a list of ``{"kernel", "path"}`` (plus ``"lanes"`` for an
@@ -27,15 +27,7 @@ def record_int8_kernels():
     ``"float"`` (a contraction left in float: not quantized, or activation x activation). Stays
     empty for a model without integer kernels. ``kernel`` is the fused function's name, as
     profilers show it."""
-    outer = _INT8_KERNELS.get()
-    found: list[dict] = []
-    token = _INT8_KERNELS.set(found)
-    try:
-        yield found
-    finally:
-        _INT8_KERNELS.reset(token)
-        if outer is not None:  # nested (a caller records around mmopt.compile): it sees them too
-            outer.extend(found)
+    return collecting(_INT8_KERNELS)
 
 
 def kernel_path(func, dots) -> dict | None:
