@@ -134,9 +134,7 @@ def test_lstm_quantize_dynamic(tmp_path):
     source = tmp_path / "lstm.onnx"
     onnx.save(build_lstm_classifier(batch=1), source)
     quantized = tmp_path / "lstm.int8.onnx"
-    # 7-bit weights (reduce_range, as onnxruntime advises for x86 without VNNI): its AVX2 u8 x s8
-    # kernels saturate int16 pair sums of full-range weights, and the verdict would follow the CPU
-    quantize_dynamic(source, quantized, weight_type=QuantType.QInt8, reduce_range=True)
+    quantize_dynamic(source, quantized, weight_type=QuantType.QInt8)
     assert _ms_ops(quantized) == {"DynamicQuantizeLSTM": 2}
     fused = _ort_extended(quantized, tmp_path / "lstm.int8.ort.onnx")
     assert _ms_ops(fused) == {"DynamicQuantizeLSTM": 2, "DynamicQuantizeMatMul": 1}
@@ -154,8 +152,7 @@ def test_transformer_block_quantize_dynamic_matmul_integer_to_float(tmp_path):
     source = tmp_path / "block.onnx"
     onnx.save(build_transformer_block(), source)
     quantized = tmp_path / "block.int8.onnx"
-    # 7-bit weights: see test_lstm_quantize_dynamic
-    quantize_dynamic(source, quantized, weight_type=QuantType.QInt8, reduce_range=True)
+    quantize_dynamic(source, quantized, weight_type=QuantType.QInt8)
     fused = _ort_extended(quantized, tmp_path / "block.int8.ort.onnx")
     ops = _ms_ops(fused)
     # q, k and v share one DynamicQuantizeLinear: MatMulIntegerToFloat; the others fuse whole

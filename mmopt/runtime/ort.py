@@ -4,8 +4,11 @@ Two ways of executing an ONNX model matter to mmopt; ``--eval-engine`` names the
 
 - ``reference`` (graph optimizations off): onnxruntime executes the graph as written. A QDQ model
   runs by its ONNX definition, ``DequantizeLinear -> float op -> QuantizeLinear``, which gives the
-  same numbers on every CPU (up to float summation order). Verification, calibration, per-layer
-  comparison and, by default, accuracy scoring use it; mmopt's compiled int8 kernels agree with it.
+  same numbers on every CPU (up to float summation order). Integer ops (``MatMulInteger``,
+  ``QLinearConv``, com.microsoft ``DynamicQuantizeMatMul``, ...) run with their int8 weights made
+  uint8 (:mod:`mmopt.runtime.exact_integer`), which onnxruntime sums exactly on every CPU, where
+  its u8 x s8 kernels saturate without VNNI. Verification, calibration, per-layer comparison and,
+  by default, accuracy scoring use it; mmopt's compiled int8 kernels agree with it.
 - ``onnxruntime`` (onnxruntime's default, all optimizations): what a user who ships on onnxruntime
   runs. QDQ groups fuse into QLinear integer kernels whose arithmetic depends on the instruction
   set: on AVX2 without VNNI, uint8 x int8 products are summed in saturating int16 pairs, so the same
@@ -40,7 +43,8 @@ ENGINES = {"reference": "off", "onnxruntime": "all"}
 DEFAULT_ENGINE = "reference"
 #: what each engine is, for reports
 ENGINE_DESCRIPTIONS = {
-    "reference": "onnxruntime, graph optimizations off: QDQ as dequantize -> float op -> quantize",
+    "reference": "onnxruntime, graph optimizations off: QDQ as dequantize -> float op -> quantize, "
+                 "integer ops exact on every CPU",
     "onnxruntime": "onnxruntime, default optimizations: fused int8 kernels, CPU-dependent",
 }
 #: onnxruntime graph optimization levels by mmopt's name for them
@@ -70,6 +74,8 @@ def session(model: onnx.ModelProto | str | os.PathLike | bytes, *, label: str,
     record onnxruntime's profile, written under that prefix by ``session.end_profiling()``
     (:mod:`mmopt.runtime.profile`). ``label`` starts the
     one-line :class:`MmoptError` raised when onnxruntime cannot load the model.
+
+    At ``"off"`` the int8 weights of integer ops are made uint8 first (the module docstring).
     """
     import onnxruntime as ort
 
@@ -95,6 +101,8 @@ def session(model: onnx.ModelProto | str | os.PathLike | bytes, *, label: str,
         options.enable_profiling = True
         options.profile_file_prefix = os.fspath(profile_prefix)
     try:
+        if optimization == "off":
+            model = _exact_integer(model)
         if hasattr(model, "SerializeToString"):
             source = model.SerializeToString()
         else:
@@ -102,6 +110,26 @@ def session(model: onnx.ModelProto | str | os.PathLike | bytes, *, label: str,
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise MmoptError(f"{label}: onnxruntime cannot load the model ({summarize(exc)})") from exc
+
+
+def _exact_integer(model):
+    """``model`` (a ``ModelProto``, path or bytes) with the int8 weights of its integer ops made
+    uint8 (:mod:`mmopt.runtime.exact_integer`); as given when it has none."""
+    import onnx
+
+    from mmopt.runtime.exact_integer import exact_integer_weights, needs_rewrite
+
+    if hasattr(model, "SerializeToString"):
+        proto = model
+    elif isinstance(model, bytes):
+        proto = onnx.load_from_string(model)
+    else:
+        proto = onnx.load(os.fspath(model), load_external_data=False)
+        if not needs_rewrite(proto):
+            return model
+        proto = onnx.load(os.fspath(model))
+    rewritten, count = exact_integer_weights(proto)
+    return rewritten if count else model
 
 
 def engine_session(model: onnx.ModelProto | str | os.PathLike, engine: str, *, label: str,

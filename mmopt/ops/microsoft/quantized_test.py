@@ -1,12 +1,7 @@
 """DynamicQuantizeMatMul and DynamicQuantizeLSTM against onnxruntime's integer kernels.
 
 The decompositions quantize and multiply the way onnxruntime does, so the results agree to float
-rounding (far below one quantization step of the activations).
-
-int8 weights are 7-bit (within +-64, onnxruntime's ``reduce_range``): on x86 CPUs without VNNI
-onnxruntime multiplies u8 x s8 with ``vpmaddubsw``, whose int16 pair sums saturate for full-range
-weights (255 x 127 x 2 > 32767), so its result, and a verdict against it, would depend on the CPU.
-"""
+rounding (far below one quantization step of the activations)."""
 
 from __future__ import annotations
 
@@ -17,12 +12,11 @@ from mmopt.ops.microsoft._testing import check_decomposition, ms_model, rand
 
 
 def _quantized(w: np.ndarray, dtype, axis=None):
-    """Symmetric 7-bit (int8) or asymmetric (uint8) quantization of ``w``, per tensor or per
-    ``axis`` (see the module docstring for the 7 bits)."""
+    """Symmetric (int8) or asymmetric (uint8) quantization of ``w``, per tensor or per ``axis``."""
     lo = w.min(axis=axis, keepdims=axis is not None)
     hi = w.max(axis=axis, keepdims=axis is not None)
     if dtype == np.int8:
-        scale = np.maximum(np.abs(lo), np.abs(hi)) / 63.0
+        scale = np.maximum(np.abs(lo), np.abs(hi)) / 127.0
         zero = np.zeros_like(scale, np.int8)
     else:
         scale = (np.maximum(hi, 0) - np.minimum(lo, 0)) / 255.0
