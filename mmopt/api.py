@@ -82,6 +82,14 @@ def _source_name(model) -> str:
     return "<ModelProto>"
 
 
+def _recorded_source(source: str) -> str:
+    """The source model as the artifact records it: a file by its absolute path, so that
+    ``profile``, ``bench`` and ``view`` find it from any directory; a zoo name or
+    ``<ModelProto>`` as it is."""
+    path = Path(source)
+    return str(path.resolve()) if path.is_file() else source
+
+
 def default_output(model, target: str) -> Path:
     stem = Path(model).stem if isinstance(model, (str, os.PathLike)) else "model"
     return Path(f"{stem}.{target}")
@@ -257,7 +265,7 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
         dims={name: r.to_dict() for name, r in ranges.items()},
         buckets=[b.to_dict() for b in resolved],
         target=target_info,
-        source_model=source,
+        source_model=_recorded_source(source),
         source_sha256=sha,
         passes_applied=report.applied,
         opt_level=opt_level,

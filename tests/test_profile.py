@@ -107,6 +107,23 @@ def test_cli_profiles_an_artifact_and_the_json_matches_the_table(artifact, tmp_p
         ort["total_median_ms"])
 
 
+def test_a_source_given_by_a_relative_path_is_found_from_elsewhere(tmp_path, monkeypatch):
+    """The artifact records its source by absolute path: profiled from another directory it still
+    maps kernels to ONNX nodes and counts their FLOPs."""
+    import mmopt
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "src")
+    onnx.save(models_zoo.build("conv_bn_relu"), "cbr.onnx")
+    result = mmopt.compile("cbr.onnx", "x86", "out/cbr", verify=False)
+    assert result.meta.source_model == str(tmp_path / "src" / "cbr.onnx")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    profile = mmopt.profile(tmp_path / "src" / "out" / "cbr.so", threads=1, runs=2, warmup=1)
+    assert not [n for n in profile.notes if "not available" in n], profile.notes
+    assert any(k.onnx_flops for k in profile.kernels)
+
+
 def test_api_compiles_and_profiles_a_model():
     import mmopt
 

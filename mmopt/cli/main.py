@@ -143,9 +143,19 @@ def _bucket_label(bucket: dict) -> str:
     return ";".join(f"{k}:{','.join(map(str, v))}" for k, v in bucket["inputs"].items())
 
 
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it (the artifact records
+    source models by absolute path)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _print_compile_report(result, verify_asked: bool | None = None) -> None:
     meta = result.meta
-    out.print(f"[bold]compiled[/] {meta.source_model} -> {result.library} + {result.meta_path.name}")
+    out.print(f"[bold]compiled[/] {_shown_path(meta.source_model)} -> {result.library} + "
+              f"{result.meta_path.name}")
     out.print(f"  target    {meta.target['name']}  ({json.dumps(meta.target['tvm'])})")
     cpu = meta.target.get("cpu")
     out.print("  codegen   " + ", ".join(f"{k} {v}" for k, v in meta.codegen.items())
