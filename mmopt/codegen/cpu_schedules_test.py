@@ -562,6 +562,22 @@ def test_rows_are_rounded_up_only_where_the_register_tile_gains():
         assert rounded_rows(v_ext, r_ext, lanes, registers) is None, (v_ext, r_ext, lanes)
 
 
+def test_among_equally_fed_tiles_the_tallest_wins():
+    """Tiles the FMA model scores alike: the one with the most rows reuses each weight vector
+    most (the weight panel is what leaves L1). ResNet-50's stage 3 on AVX-512 (14 columns,
+    256..1024 channels) takes 7 x 2, not 2 x 8; AVX2's choices, where the taller tile does not
+    keep the FMA units fed, stay (14 columns: 2 x 4; 56: 4 x 3 or 4 x 2)."""
+    from mmopt.codegen.register_tiles import register_tile
+
+    for channels in (256, 512, 1024):
+        assert register_tile(channels, 14, 16, 32) == (7, 2), channels
+        assert register_tile(channels, 28, 16, 32) == (7, 2), channels
+    assert register_tile(256, 56, 16, 32) == (8, 2)
+    assert register_tile(1024, 14, 8, 16) == (2, 4)
+    assert register_tile(256, 56, 8, 16) == (4, 2)
+    assert register_tile(192, 56, 8, 16) == (4, 3)
+
+
 def _depthwise(dtype: str, acc: str, channel_reduction: int = 1):
     from tvm import te
 

@@ -69,10 +69,23 @@ def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
 
     Every tile that fits the registers (:func:`tile_fits`) and divides the extents exactly (no
     predicated tails in the micro-kernel) is scored by :func:`tile_efficiency`; the best wins,
-    then the one with the most accumulators (each loaded weight and input is reused more), then
-    ``nv = 2``. Consequences: AVX2 (16 registers) takes 4 x 2 on 56- or 28-wide outputs, 2 x 4 on
+    then the one with the most rows, then the most accumulators, then ``nv = 2``.
+
+    Rows before accumulators: one reduction step loads ``nv`` weight vectors, each used by
+    ``rows`` accumulators. The weights are the operand that leaves L1 -- the micro-kernel streams
+    a ``K x nv``-vector panel of them (K: the reduction length) once per tile of rows, while a
+    row's inputs are K floats --, so among tiles the FMA model scores alike the taller one
+    streams the fewest weight bytes per FMA. On a 14-wide map with 256 input channels (ResNet-50's
+    stage 3, AVX-512) 2 x 8 streams a 128 KiB panel 98 times per output channel block, 7 x 2 a
+    32 KiB one (it stays in a 48 KiB L1) 28 times. Measured on Zen 5 (``x86``, 2 threads, whole
+    ResNet-50-style, min of alternating runs): those kernels 1.9x faster (0.393 -> 0.212 ms), the
+    model 17.09 -> 15.03 ms; on Zen 4, where the FMA units are half as wide, the wider tile's
+    extra traffic had stayed hidden.
+
+    Consequences: AVX2 (16 registers) takes 4 x 3 or 4 x 2 on 56- or 28-wide outputs, 2 x 4 on
     14-wide and 7 x 1 on 7-wide ones (2 x 2 or 1 x 2 would leave the FMA units waiting on
-    their own latency); AVX-512 and NEON (32 registers) take up to 8 x 2 (:data:`_MAX_ROWS`).
+    their own latency); AVX-512 and NEON (32 registers) take up to 8 x 2 (:data:`_MAX_ROWS`),
+    7 x 2 on 14- and 28-wide maps.
 
     The float weight packers (:mod:`mmopt.codegen.packed_conv`, :mod:`mmopt.codegen.winograd`)
     call this with the same extents, so weights are laid out for the tile the schedule uses."""
@@ -93,7 +106,7 @@ def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
         for rows in range(1, min(r_ext, _MAX_ROWS) + 1):
             if r_ext % rows or not tile_fits(rows, nv, registers):
                 continue
-            key = (round(tile_efficiency(rows, nv, min_acc), 3), rows * nv, nv == 2, -nv)
+            key = (round(tile_efficiency(rows, nv, min_acc), 3), rows, rows * nv, nv == 2, -nv)
             if best_key is None or key > best_key:
                 best, best_key = (rows, nv), key
     return best
