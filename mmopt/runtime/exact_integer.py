@@ -78,8 +78,17 @@ class _Graph:
                 zero_point = _input(node, 2 if node.op_type == "QuantizeLinear" else 7)
                 if zero_point in self.types:
                     self.types.setdefault(node.output[0], self.types[zero_point])
+        self.inputs = {v.name for v in graph.input}
         self.names = {*self.initializers, *(o for n in graph.node for o in n.output),
                       *(v.name for v in graph.input)}
+
+    def add(self, tensor: onnx.TensorProto, listed: bool) -> None:
+        """A new initializer; ``listed``: also a graph input, as IR version 3 models list their
+        initializers (onnxruntime refuses one that is not)."""
+        self.graph.initializer.append(tensor)
+        if listed:
+            self.graph.input.append(onnx.helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
 
     def unique(self, name: str) -> str:
         candidate, k = f"{name}__u8", 1
@@ -115,12 +124,13 @@ def _rewrite(graph: _Graph, node: onnx.NodeProto, spec: _Weights,
     if key not in done:
         shifted = numpy_helper.to_array(tensor).astype(np.int16) + 128
         new_weight = graph.unique(weight)
-        graph.graph.initializer.append(numpy_helper.from_array(shifted.astype(np.uint8), new_weight))
         zero = (numpy_helper.to_array(graph.initializers[zero_point]).astype(np.int16)
                 if zero_point else np.array(0, np.int16))
         new_zero = graph.unique(zero_point or f"{weight}_zero_point")
-        graph.graph.initializer.append(numpy_helper.from_array((zero + 128).astype(np.uint8),
-                                                               new_zero))
+        graph.add(numpy_helper.from_array(shifted.astype(np.uint8), new_weight),
+                  listed=weight in graph.inputs)
+        graph.add(numpy_helper.from_array((zero + 128).astype(np.uint8), new_zero),
+                  listed=weight in graph.inputs)
         done[key] = (new_weight, new_zero)
     new_weight, new_zero = done[key]
     while len(node.input) <= spec.weight_zero_point:
@@ -146,11 +156,16 @@ def exact_integer_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
             count += _rewrite(graph, node, spec, done)
     if not count:
         return model, 0
-    # the int8 originals nothing reads any more (a subgraph, an output or an input may still)
-    needed = _names_read(model_copy.graph) | {v.name for v in model_copy.graph.input}
-    kept = [t for t in model_copy.graph.initializer if t.name in needed]
+    # the int8 originals nothing reads any more (a subgraph or an output may still); one listed
+    # as a graph input (IR version 3) leaves the inputs with it
+    needed = _names_read(model_copy.graph)
+    dropped = {t.name for t in model_copy.graph.initializer if t.name not in needed}
+    kept = [t for t in model_copy.graph.initializer if t.name not in dropped]
     del model_copy.graph.initializer[:]
     model_copy.graph.initializer.extend(kept)
+    inputs = [v for v in model_copy.graph.input if v.name not in dropped]
+    del model_copy.graph.input[:]
+    model_copy.graph.input.extend(inputs)
     return model_copy, count
 
 

@@ -141,6 +141,25 @@ def test_left_alone():
     assert exact_integer_weights(unsigned)[1] == 0
 
 
+def test_ir_version_3_initializers_stay_listed_as_inputs():
+    """IR version 3 models list every initializer among the graph inputs; the rewritten ones are
+    listed in their place, and onnxruntime loads the result."""
+    w = _saturating_weights()
+    model = matmul_integer(w)
+    model.ir_version = 3
+    model.opset_import[0].version = 10
+    for tensor in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                               list(tensor.dims)))
+    rewritten, count = exact_integer_weights(model)
+    assert count == 1
+    inputs = {v.name for v in rewritten.graph.input}
+    assert {t.name for t in rewritten.graph.initializer} <= inputs and "w" not in inputs
+    a = _activations()
+    exact = a.astype(np.int64) @ w.astype(np.int64)
+    np.testing.assert_array_equal(_reference(model, {"a": a}), exact)
+
+
 def test_shared_weights_are_rewritten_once():
     w = _saturating_weights()
     model = matmul_integer(w)
