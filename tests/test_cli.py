@@ -159,6 +159,17 @@ def test_bench_an_artifact_against_onnxruntime(tmp_path, model_file):
     assert result["ratio"] > 0
 
 
+def test_bench_a_model_prints_the_table(model_file):
+    """A model (not an artifact) is compiled into a temporary directory; the table names the
+    artifact's target after the timing (it read the artifact's JSON after the directory was gone:
+    'model.json: no such file')."""
+    proc = mmopt_cli("bench", model_file, "--repeat", "3", "--warmup", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["mmopt"][1] == "x86" and "onnxruntime" in rows
+    assert "ratio mmopt/onnxruntime" in proc.stdout
+
+
 def test_an_importer_failure_is_one_line_without_tvm_output(tmp_path):
     """Fuzzing (conv_bn_relu/byte_flip_header/169: a Conv's group 0, which onnxruntime accepts):
     TVM's ONNX importer printed "Error converting operator Conv, with inputs: ..." (a Relax dump)

@@ -91,6 +91,8 @@ def bench_cmd(model, target, input_shapes, versus, ort_isa, threads, warmup, rep
                                     {s.name: s.shape for s in result.meta.inputs})
                 reference = Path(tmp) / "reference.onnx"
                 mir.save(fixed, reference)
+        # read while the artifact exists (a model given is compiled into ``tmp``)
+        artifact_isa = str(read_meta(artifact).target.get("name", "?"))
         with err.status(f"timing ({repeat} runs, {threads} threads)"):
             res = bench(artifact, reference, feeds, threads=threads, warmup=warmup,
                         repeat=repeat, ort_isa=ort_isa)
@@ -108,7 +110,7 @@ def bench_cmd(model, target, input_shapes, versus, ort_isa, threads, warmup, rep
     for t in (res.mmopt, res.onnxruntime):
         if t is not None:
             if t is res.mmopt:
-                isa = str(read_meta(artifact).target.get("name", "?"))
+                isa = artifact_isa
             else:
                 isa = (t.cpu_isa or "?") + (" (masked)" if t.cpu_mask else "")
             table.add_row(t.engine, isa, str(t.threads), f"{t.min_ms:.3f}", f"{t.median_ms:.3f}",
