@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from mmopt.cli.common import err, input_shape_option, model_path, out, shapes
+from mmopt.cli.common import err, input_shape_option, model_path, out, shapes, shown_path
 
 
 @click.command("view")
@@ -55,9 +55,10 @@ def view_cmd(source, target, input_shapes, opt_level, profile, threads, port, no
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with served(model, name, port=port, browse=not no_browser, keep=output) as url:
-        out.print(f"graph: {view.source}, {len(model.graph.node)} nodes"
+        # one line, however long the path (scripts and tests read it)
+        out.print(f"graph: {shown_path(view.source)}, {len(model.graph.node)} nodes"
                   + (f", {annotated} annotated with their kernel and time" if view.profile
-                     else f"; no kernel times ({view.no_profile})"))
+                     else f"; no kernel times ({view.no_profile})"), soft_wrap=True)
         if output:
             out.print(f"wrote {output}")
         out.print(f"Netron: {url}  (Ctrl-C stops)", soft_wrap=True)

@@ -18,6 +18,17 @@ def shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     return dict(parse_shape_option(v) for v in values)
 
 
+def shown_path(path) -> str:
+    """``path`` relative to the working directory when it lies under it, else as given (artifacts
+    record their source model by absolute path)."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def model_path(path: str) -> str:
     """Accept ``zoo:NAME`` for a built-in example model; otherwise a file path."""
     if path.startswith("zoo:"):

@@ -22,7 +22,7 @@ from mmopt.cli.cmd_farm import secret_option
 from mmopt.cli.common import (buckets as parse_buckets, codegen_from, codegen_options,
                               dims as parse_dims, dynamic_options, err, html_option,
                               import_options, input_shape_option, model_path, out, shapes,
-                              write_html)
+                              shown_path, write_html)
 from mmopt.errors import MmoptError
 
 logger = logging.getLogger("mmopt")
@@ -143,18 +143,9 @@ def _bucket_label(bucket: dict) -> str:
     return ";".join(f"{k}:{','.join(map(str, v))}" for k, v in bucket["inputs"].items())
 
 
-def _shown_path(path: str) -> str:
-    """``path`` relative to the working directory when it lies under it (the artifact records
-    source models by absolute path)."""
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return path
-
-
 def _print_compile_report(result, verify_asked: bool | None = None) -> None:
     meta = result.meta
-    out.print(f"[bold]compiled[/] {_shown_path(meta.source_model)} -> {result.library} + "
+    out.print(f"[bold]compiled[/] {shown_path(meta.source_model)} -> {result.library} + "
               f"{result.meta_path.name}")
     out.print(f"  target    {meta.target['name']}  ({json.dumps(meta.target['tvm'])})")
     cpu = meta.target.get("cpu")
