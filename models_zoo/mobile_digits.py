@@ -28,13 +28,13 @@ the convolutions)::
 
 SE (squeeze-excite): global average pool, 1x1 Conv, ReLU, 1x1 Conv, HardSigmoid, channel-wise Mul.
 
-Training: PyTorch (the ``torch`` extra), seeded, deterministic algorithms, one thread: AdamW with a
-one-cycle schedule, label smoothing 0.05, random +-2 pixel shifts, 20 epochs of the training split
-(about 15 s on one core). Held-out top-1: 99.2% (496 of 500). Exported with
-:func:`mmopt.frontends.from_torch` (opset 18, dynamic batch). Only the recipe is stored: the ONNX file
-is cached as ``zoo/mobile_digits-<RECIPE_VERSION>.onnx`` under ``$MMOPT_CACHE``
-(:mod:`models_zoo._cache`); change :data:`RECIPE_VERSION` whenever anything here changes what is
-trained.
+Training (:mod:`models_zoo._torch_training`): PyTorch (the ``torch`` extra), seeded, deterministic
+algorithms, one thread: AdamW with a one-cycle schedule, label smoothing 0.05, random +-2 pixel
+shifts, 20 epochs of the training split (about 15 s on one core). Held-out top-1: 99.2% (496 of
+500). Exported with :func:`mmopt.frontends.from_torch` (opset 18, dynamic batch). Only the recipe
+is stored: the ONNX file is cached as ``zoo/mobile_digits-<RECIPE_VERSION>.onnx`` under
+``$MMOPT_CACHE`` (:mod:`models_zoo._cache`); change :data:`RECIPE_VERSION` whenever anything here
+or in :mod:`models_zoo._torch_training` changes what is trained.
 
 Why seed 2: entropy calibration before commit ef025f1 clipped hard-sigmoid gates that stay away
 from zero to a constant. What that costs depends on which gate it hits: with seed 2 it is block 3's
@@ -50,9 +50,6 @@ search still fails (63.6% uint8, 64.6% int8).
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import time
 from dataclasses import replace
 from functools import cache
 
@@ -60,23 +57,16 @@ import numpy as np
 import onnx
 
 from . import _cache
+from ._torch_training import Recipe, export_classifier, fit
 from .digits import DigitsSplits
 from .digits import load_splits as _load_digits
-
-logger = logging.getLogger(__name__)
 
 #: bump when the data, architecture or training changes: it keys the cache
 RECIPE_VERSION = "1"
 
 NAME = "mobile_digits"
 SIZE = 16
-SEED = 2
-EPOCHS = 20
-BATCH = 32
-LEARNING_RATE = 4e-3
-WEIGHT_DECAY = 1e-4
-LABEL_SMOOTHING = 0.05
-SHIFT = 2
+RECIPE = Recipe(seed=2)
 
 
 def _upsample_matrix(n: int, size: int) -> np.ndarray:
@@ -180,84 +170,15 @@ def _torch_classes():
     return MobileDigits
 
 
-@contextlib.contextmanager
-def _deterministic_torch(seed: int):
-    """Seeded, deterministic algorithms, one thread (summation order fixed); restored after."""
-    import torch
-
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(threads)
-
-
-def _shift(x, generator, pixels: int = SHIFT):
-    """Each image shifted by -pixels..+pixels on each axis (zero fill)."""
-    import torch
-    from torch.nn import functional as F
-
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pixels, pixels, pixels, pixels))
-    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-
-
-def train(splits: DigitsSplits, *, epochs: int = EPOCHS, seed: int = SEED):
+def train(splits: DigitsSplits, *, epochs: int = RECIPE.epochs, seed: int = RECIPE.seed):
     """The trained module (eval mode) on ``splits``' training split."""
-    import torch
-    from torch.nn import functional as F
-
-    start = time.perf_counter()
-    with _deterministic_torch(seed):
-        model = _torch_classes()()
-        generator = torch.Generator().manual_seed(seed)
-        x = torch.from_numpy(splits.train_x)
-        y = torch.from_numpy(splits.train_y)
-        steps = epochs * -(-len(y) // BATCH)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE,
-                                      weight_decay=WEIGHT_DECAY)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, LEARNING_RATE, total_steps=steps)
-        model.train()
-        for _ in range(epochs):
-            order = torch.randperm(len(y), generator=generator)
-            for i in range(0, len(y), BATCH):
-                idx = order[i:i + BATCH]
-                loss = F.cross_entropy(model(_shift(x[idx], generator)), y[idx],
-                                       label_smoothing=LABEL_SMOOTHING)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-    logger.info("trained %s in %.1fs", NAME, time.perf_counter() - start)
-    return model.eval()
+    return fit(_torch_classes(), splits, replace(RECIPE, epochs=epochs, seed=seed), name=NAME)
 
 
 def export(module) -> onnx.ModelProto:
     """``module`` as ONNX: input ``input`` ``[N, 1, 16, 16]``, output ``logits`` ``[N, 10]``."""
-    import torch
-
-    from mmopt.frontends import from_torch
-
-    model = from_torch(module, torch.zeros(1, 1, SIZE, SIZE), dynamic_batch=True)
-    graph = model.graph
-    (output,) = graph.output
-    for node in graph.node:  # the exporter names the output after its node
-        node.output[:] = ["logits" if o == output.name else o for o in node.output]
-    output.name = "logits"
-    # the exporter's provenance: stack traces with this checkout's paths and line numbers, the
-    # exported program's signature (names the output's old name); none of it needed to run
-    for node in graph.node:
-        del node.metadata_props[:]
-    del graph.metadata_props[:]
-    model.doc_string = (f"MobileNetV3-style network, recipe {RECIPE_VERSION}, trained on sklearn "
-                        "digits at 16x16")
-    onnx.checker.check_model(model)
-    return model
+    return export_classifier(module, SIZE, f"MobileNetV3-style network, recipe {RECIPE_VERSION}, "
+                                           "trained on sklearn digits at 16x16")
 
 
 __all__ = ["NAME", "RECIPE_VERSION", "cache_path", "load_splits", "train_mobile_digits", "upsample"]
