@@ -13,16 +13,16 @@ def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
     """Set each variable of ``values`` (a None value removes it) while the block runs; restore the
     previous values (or absence) afterwards, whatever the block raised."""
     previous = {k: os.environ.get(k) for k in values}
+    _apply(values)
+    try:
+        yield
+    finally:
+        _apply(previous)
+
+
+def _apply(values: Mapping[str, str | None]) -> None:
     for key, value in values.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

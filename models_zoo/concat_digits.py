@@ -74,10 +74,6 @@ def train_concat_digits(cache: bool = True) -> tuple[onnx.ModelProto, DigitsSpli
     return model, splits
 
 
-def cache_path():
-    return _cache.cache_path(NAME, RECIPE_VERSION)
-
-
 # --------------------------------------------------------------------------------------------------
 # the network (torch is imported when training)
 
@@ -141,4 +137,4 @@ def export(module) -> onnx.ModelProto:
                                            "trained on sklearn digits at 16x16")
 
 
-__all__ = ["NAME", "RECIPE_VERSION", "cache_path", "load_splits", "train_concat_digits"]
+__all__ = ["NAME", "RECIPE_VERSION", "load_splits", "train_concat_digits"]

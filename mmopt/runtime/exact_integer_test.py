@@ -87,6 +87,18 @@ def test_matmul_integer_is_exact(zero_point):
     np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, {"a": a})[0], exact)
 
 
+def test_a_model_file_with_external_weights_is_rewritten(tmp_path):
+    """A reference session opened from a path reads the weights stored beside the file."""
+    w = _saturating_weights()
+    path = tmp_path / "mm.onnx"
+    onnx.save(matmul_integer(w), path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="mm.weights", size_threshold=0)
+    a = _activations()
+    exact = a.astype(np.int64) @ w.astype(np.int64)
+    session = ort.session(path, label="test reference")
+    np.testing.assert_array_equal(ort.run(session, {"a": a}, label="test reference")[0], exact)
+
+
 def test_conv_integer_and_qlinear_conv_are_exact():
     rng = np.random.default_rng(2)
     w = rng.integers(-128, 128, (4, 8, 3, 3)).astype(np.int8)

@@ -127,7 +127,8 @@ def _exact_integer(model):
         proto = onnx.load(os.fspath(model), load_external_data=False)
         if not needs_rewrite(proto):
             return model
-        proto = onnx.load(os.fspath(model))
+        # the weights stored beside the file, read only when they are to be rewritten
+        onnx.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(model)))
     rewritten, count = exact_integer_weights(proto)
     return rewritten if count else model
 
