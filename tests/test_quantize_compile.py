@@ -32,6 +32,7 @@ def test_int8_digits_artifact_agrees_with_onnxruntime(target, weight_bits, tmp_p
     # the artifact JSON says which arithmetic each conv/matmul kernel runs
     kernels = result.meta.extra["int8_kernels"]
     assert kernels and all(k["path"] in ("vnni", "vnni256", "pmaddubsw", "pmaddwd", "sdot",
+                                         "winograd-pmaddwd",
                                          "integer-loop", "float") for k in kernels)
     assert any(k["path"] != "float" for k in kernels)
     if target == "x86-avx2":  # 7-bit weights: no widening to int16

@@ -1149,7 +1149,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
     for name in winograd.output_blocks(sch):
         trial = sch.copy()
         try:
-            winograd.schedule_output(trial, name, lanes)
+            winograd.schedule_output(trial, name, lanes, table_read_lanes_for(target))
             sch = trial
             tiled.append(name)
         except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends

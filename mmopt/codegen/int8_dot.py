@@ -19,7 +19,7 @@ import numpy as np
 
 from mmopt.codegen.int8_paths import log_int8_kernels
 from mmopt.codegen.register_tiles import largest_divisor
-from mmopt.codegen.relax_util import conv_output_size, rewrite_dense_nhwc_convs, tensor_dtype
+from mmopt.codegen.relax_util import conv_output_size, rewrite_nhwc_convs, tensor_dtype
 
 @dataclass(frozen=True)
 class DotProduct:
@@ -216,21 +216,29 @@ def _dot_conv_te(data, packed, strides, dilation, out_channels, lanes, operand_d
         name=DOT_BLOCK)
 
 
-def pack_dot_convs():
+def pack_dot_convs(winograd: bool = True):
     """Integer NHWC conv2d (data of the instruction's type, constant s8 HWIO weights, int32 out,
     groups 1, IC % k == 0, OC % lanes == 0) -> a packed-weight convolution that
     :func:`schedule_dot_conv` tensorizes. Runs only for targets with a :class:`DotProduct`.
+    ``winograd``: 3x3 convolutions where :mod:`mmopt.codegen.int8_winograd` applies (targets
+    without a byte dot product) run as integer Winograd instead.
 
     Weights are re-laid out here, at compile time, to ``[OC/lanes, KH, KW, IC/k, lanes, k]`` of
     the instruction's weight type: the values one instruction multiplies are contiguous."""
     import tvm
     from tvm import relax
 
-    def pack(call, w, builder, dots):
+    def pack(call, w, builder, dots, lookup):
         attrs = call.attrs
         if (str(attrs.out_dtype) != "int32" or tensor_dtype(call.args[0]) != dots[0].data_dtype
                 or any(int(p) for p in attrs.padding) or w.dtype != np.int8):
             return None
+        if winograd:
+            from mmopt.codegen import int8_winograd
+
+            new = int8_winograd.rewrite(call, w, builder, dots, lookup)
+            if new is not None:
+                return new
         kh, kw, ic, oc = w.shape
         fitting = [d for d in dots if oc % d.lanes == 0 and ic % d.block == 0 and d.accepts(w)]
         if not fitting:
@@ -249,7 +257,8 @@ def pack_dot_convs():
         dots = dot_products_for(target) if target is not None else []
         if not dots:
             return mod
-        return rewrite_dense_nhwc_convs(mod, lambda call, w, bb: pack(call, w, bb, dots))
+        return rewrite_nhwc_convs(mod, lambda call, w, bb, lookup: pack(call, w, bb, dots, lookup),
+                                  grouped=False, with_lookup=True)
 
     return _pass
 

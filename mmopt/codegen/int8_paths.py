@@ -21,9 +21,11 @@ def record_int8_kernels():
     """Collect, while the block runs, the arithmetic of every convolution/matmul kernel of a
     compiled quantized model: a list of ``{"kernel", "path"}`` (plus ``"lanes"`` for an
     instruction path) where ``path`` is the
-    :class:`~mmopt.codegen.int8_dot.DotProduct`'s name (``"vnni"``,
-    ``"vnni256"``, ``"pmaddwd"``, ``"sdot"``), ``"integer-loop"`` (integer arithmetic with ordinary
-    vector instructions: depthwise convolutions, channel counts no instruction fits) or
+    :class:`~mmopt.codegen.int8_dot.DotProduct`'s name (``"vnni"``, ``"vnni256"``,
+    ``"pmaddwd"``, ``"sdot"``; ``"winograd-pmaddwd"`` for the GEMM of an integer Winograd
+    convolution, :mod:`mmopt.codegen.int8_winograd`), ``"integer-loop"`` (integer arithmetic
+    with ordinary vector instructions: depthwise convolutions, channel counts no instruction
+    fits) or
     ``"float"`` (a contraction left in float: not quantized, or activation x activation). Stays
     empty for a model without integer kernels. ``kernel`` is the fused function's name, as
     profilers show it."""
@@ -44,7 +46,10 @@ def kernel_path(func, dots) -> dict | None:
         text = func.script(show_meta=False)
         for dot in dots:
             if dot.llvm_intrinsic in text:
-                return {"path": dot.name, "lanes": dot.lanes}
+                from mmopt.codegen.int8_winograd import GEMM_BLOCK
+
+                winograd = "winograd-" if GEMM_BLOCK in text else ""
+                return {"path": winograd + dot.name, "lanes": dot.lanes}
         return {"path": "integer-loop"}
     if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
         # scheduled from a tuning database: its anchor block is gone; integer by its operands

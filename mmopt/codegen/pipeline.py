@@ -115,7 +115,7 @@ def _layout(target: Target, options: CodegenOptions | None = None):
             "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
         })))
         passes += [nhwc_depth_to_space(), cancel_transposes(), fold_pad_transposes(),
-                   pack_dot_convs()]
+                   pack_dot_convs(options.winograd)]
         if target.device == "cpu":
             from mmopt.codegen.select_padding import select_padding
 

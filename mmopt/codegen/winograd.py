@@ -196,53 +196,72 @@ def _tile_count(size, m: int):
     return size // m if whole else (size + m - 1) // m
 
 
-def _weighted_sum(terms, dtype):
-    """``sum c * x`` over ``(c, x)`` with constant float coefficients: zeros dropped, +-1 as an
-    add or a subtract, others multiplied."""
+def _const(value, dtype: str):
+    """A TIR constant of ``dtype`` (float or integer) for a float64 matrix entry (integer types:
+    only the integer matrices of F(2, 3) come here, :mod:`mmopt.codegen.int8_winograd`)."""
     from tvm import tirx
 
+    if str(dtype).startswith(("int", "uint")):
+        if value != int(value):
+            raise ValueError(f"{value} is not an integer ({dtype} transform)")
+        return tirx.const(int(value), dtype)
+    return tirx.const(float(value), dtype)
+
+
+def _weighted_sum(terms, dtype):
+    """``sum c * x`` over ``(c, x)`` with constant coefficients: zeros dropped, +-1 as an add or a
+    subtract, others multiplied."""
     total = None
     for c, x in terms:
         if c == 0:
             continue
         if abs(c) != 1:
-            x = tirx.const(abs(c), dtype) * x
+            x = _const(abs(c), dtype) * x
         if total is None:
-            total = x if c > 0 else tirx.const(0.0, dtype) - x
+            total = x if c > 0 else _const(0, dtype) - x
         else:
             total = total + x if c > 0 else total - x
-    return total if total is not None else tirx.const(0.0, dtype)
+    return total if total is not None else _const(0, dtype)
 
 
-def _input_te(data, rows: int, m: int):
+def _input_te(data, rows: int, m: int, padding: int = 1, dtype: str | None = None,
+              pad_value: int = 0):
     """``V[e, p, c]``, ``e = n a + b``: ``(B^T d B)[a, b]`` of the n x n input tile ``p`` (n = m
     + 2; tiles overlap by 2), in two steps with the matrix's zeros left out: ``T[a, j, p, c] =
     sum_i B^T[a, i] d[i, j]`` (:data:`ROWS_BLOCK`), then ``V = sum_j B^T[b, j] T[a, j]``; the
     coefficients are selects on ``a`` and ``b`` that fold once the schedule unrolls them
     (:func:`_schedule_input`). ``rows``: the tile count is rounded up to a multiple of it (whole
-    register tiles in the GEMM, see :func:`winograd_conv`); the extra tiles are zeros."""
+    register tiles in the GEMM, see :func:`winograd_conv`); the extra tiles are zeros.
+    ``padding``: the convolution's (1: "same", zeros outside ``data``; 0: ``data`` is padded
+    already, the output is 2 smaller); ``dtype``: V's type (default ``data``'s; the integer
+    transform widens bytes to int16); ``pad_value``: what the padding reads (an int8 model's
+    zero point)."""
     from tvm import te, tirx
 
     n_batch, h, w = (data.shape[i] for i in range(3))  # batch, height, width may be symbolic
+    if not padding:
+        h, w = h - 2, w - 2  # the output's size
     c = data.shape[3]
     nh, nw = _tile_count(h, m), _tile_count(w, m)
     count = n_batch * nh * nw
     padded = (count + rows - 1) // rows * rows if rows > 1 else count
-    dtype = data.dtype
+    dtype = dtype or data.dtype
     bt = matrices(m)[2]
     n = m + 2
 
     def value(b, y, x, ch):
+        if not padding:  # tiles inside the padded data (an even output size)
+            return data[b, y, x, ch].astype(dtype)
         # the conv's zero padding of 1: tile (ty, tx) starts at (m ty - 1, m tx - 1); the tiles
         # of a rounded-up count (b >= n_batch) read zeros
         inside = tirx.all(y >= 0, y < h, x >= 0, x < w, *([b < n_batch] if rows > 1 else []))
         at = data[tirx.min(b, n_batch - 1) if rows > 1 else b, tirx.min(tirx.max(y, 0), h - 1),
                   tirx.min(tirx.max(x, 0), w - 1), ch]
-        return tirx.if_then_else(inside, at, tirx.const(0.0, dtype))
+        return tirx.if_then_else(inside, at.astype(dtype), _const(pad_value, dtype))
 
     def row_sums(a, j, p, ch):
         b, rest = p // (nh * nw), p % (nh * nw)
-        y0, x0 = (rest // nw) * m - 1, (rest % nw) * m - 1
+        y0, x0 = (rest // nw) * m - padding, (rest % nw) * m - padding
         d = [value(b, y0 + i, x0 + j, ch) for i in range(n)]
         return _select(a, [_weighted_sum([(bt[r, i], d[i]) for i in range(n)], dtype)
                            for r in range(n)])
@@ -291,11 +310,13 @@ def _schedule_input(func, lanes: int):
             .with_attr("op_pattern", OPAQUE))
 
 
-def _input_transform(builder, x, lanes: int, rows: int, m: int):
+def _input_transform(builder, x, lanes: int, rows: int, m: int, padding: int = 1,
+                     dtype: str | None = None, pad_value: int = 0):
     """``call_tir`` of the scheduled input transform of ``x`` (BlockBuilder.call_te makes the
     PrimFunc, with its own copies of the symbolic variables and, where a shape is an expression
     of them, passes them along; it is scheduled in place)."""
-    call = builder.call_te(_input_te, x, rows, m, primfunc_name_hint=INPUT_BLOCK)
+    call = builder.call_te(_input_te, x, rows, m, padding, dtype, pad_value,
+                           primfunc_name_hint=INPUT_BLOCK)
     gvar = call.args[0]
     func = builder.get()[gvar]
     if func.attrs is None or "tirx.is_scheduled" not in func.attrs:  # not a shared copy
@@ -328,21 +349,24 @@ def _axis_terms(i, m: int, dtype):
     terms = []
     for k in range(1, n - 1):
         column = at[:, k]
-        coef = None if np.all(column == 1) else _select(
-            i, [tirx.const(float(v), dtype) for v in column])
+        coef = None if np.all(column == 1) else _select(i, [_const(v, dtype) for v in column])
         terms.append((k, coef))
     edge = [0] + [None] * (m - 2) + [n - 1]
     edge_k = _select(i, [tirx.const(v if v is not None else 0, "int32") for v in edge])
     edge_coef = None if m == 2 else _select(
-        i, [tirx.const(1.0 if v is not None else 0.0, dtype) for v in edge])
+        i, [_const(1 if v is not None else 0, dtype) for v in edge])
     terms.append((edge_k, edge_coef))
     return terms
 
 
-def _output_te(mm, n_batch, h, w, m: int):
+def _output_te(mm, n_batch, h, w, m: int, shift: int = 0, tile_major: bool = False):
     """``Y[b, y, x, co] = (A^T M A)[y % m, x % m]`` of tile ``(y // m, x // m)``, written in NHWC
-    (bias and activation epilogues fuse into it); the terms per axis: :func:`_axis_terms`."""
-    from tvm import te
+    (bias and activation epilogues fuse into it); the terms per axis: :func:`_axis_terms`.
+    ``shift``: an integer ``M`` of weights scaled by ``2^shift`` is shifted back (exact: the
+    integer transform's sums are multiples of it). ``tile_major``: ``M`` is laid out
+    ``[tile, position, channel]`` (each tile's n*n products contiguous) instead of
+    ``[position, tile, channel]``."""
+    from tvm import te, tirx
 
     nh, nw = _tile_count(h, m), _tile_count(w, m)  # may be symbolic
     dtype = mm.dtype
@@ -355,12 +379,12 @@ def _output_te(mm, n_batch, h, w, m: int):
         columns = _axis_terms(x % m, m, dtype)
         for k, ck in _axis_terms(y % m, m, dtype):
             for l, cl in columns:  # noqa: E741 - the usual tile index name
-                term = mm[k * n + l, p, co]
+                term = mm[p, k * n + l, co] if tile_major else mm[k * n + l, p, co]
                 for c in (ck, cl):
                     if c is not None:
                         term = term * c
                 total = term if total is None else total + term
-        return total
+        return tirx.shift_right(total, _const(shift, dtype)) if shift else total
 
     return te.compute((n_batch, h, w, oc), compute, name=OUTPUT_BLOCK, attrs={TILE_ATTR: m})
 
@@ -372,7 +396,7 @@ def output_blocks(sch) -> list[str]:
             if TILE_ATTR in sch.get(b).annotations]
 
 
-def schedule_output(sch, name: str, lanes: int) -> None:
+def schedule_output(sch, name: str, lanes: int, table_lanes: int | None = None) -> None:
     """Schedule an output transform (with its fused epilogue) tile by tile: per m x m output tile
     and vector of channels, the transform's m*m outputs are unrolled into a local tile, so ``y %
     m`` and ``x % m`` are constants: the coefficients of :func:`_axis_terms` fold and the tile's
@@ -383,6 +407,7 @@ def schedule_output(sch, name: str, lanes: int) -> None:
     with it, a SiLU's expression 16 times per tile took seconds to compile per layer. A height or
     width that m does not divide leaves a predicate on the last tile. Tiles run in parallel. A
     consumer that writes another shape (a transpose) is left to the element-wise schedule."""
+    from mmopt.codegen.byte_lookup import reads_byte_table
     from mmopt.codegen.cpu_schedules import inline_intermediates, region_buffer, static_extent
 
     block = sch.get_sblock(name)
@@ -397,10 +422,14 @@ def schedule_output(sch, name: str, lanes: int) -> None:
         # the transform alone, the consumer scheduled as any element-wise block
         consumers = []
     outer = consumers[0] if consumers else block
+    channels = static_extent(sch.get(sch.get_loops(outer)[-1]).extent)
+    if (consumers and table_lanes and channels is not None and (m * channels) % table_lanes == 0
+            and reads_byte_table(sch.get(consumers[0]))):
+        _schedule_table_output(sch, block, outer, m, pick_lanes(channels, lanes), table_lanes)
+        return
     b, y, x, co = sch.get_loops(outer)
     ty, i = sch.split(y, factors=[None, m])
     tx, j = sch.split(x, factors=[None, m])
-    channels = static_extent(sch.get(co).extent)
     vec = pick_lanes(channels, lanes) if channels is not None else 1
     co_o, co_i = sch.split(co, factors=[None, vec])
     sch.reorder(b, ty, tx, co_o, i, j, co_i)
@@ -418,6 +447,34 @@ def schedule_output(sch, name: str, lanes: int) -> None:
     sch.unroll(t_j)
     if vec > 1:
         sch.vectorize(t_c)
+
+
+def _schedule_table_output(sch, block, epilogue, m: int, vec: int, table_lanes: int) -> None:
+    """:func:`schedule_output` for an epilogue that reads a byte table: per m x m tile (in
+    parallel) the transform fills a local ``[m, m, channels]`` tile (``vec``-lane vectors), then
+    the epilogue runs row by row over the row's m outputs x channels (contiguous in NHWC) in
+    vectors of ``table_lanes``."""
+    b, y, x, co = sch.get_loops(epilogue)
+    ty, i = sch.split(y, factors=[None, m])
+    tx, j = sch.split(x, factors=[None, m])
+    sch.reorder(b, ty, tx, i, j, co)
+    tile = sch.fuse(b, ty, tx)
+    sch.parallel(tile)
+    sch.compute_at(block, tile)
+    sch.set_scope(block, 0, "local")
+    t_i, t_j, t_c = sch.get_loops(block)[-3:]
+    sch.unroll(t_i)
+    sch.unroll(t_j)
+    if vec > 1:
+        _, t_v = sch.split(t_c, factors=[None, vec])
+        sch.vectorize(t_v)
+    row = sch.fuse(j, co)
+    vectors, lanes = sch.split(row, factors=[None, table_lanes])
+    sch.vectorize(lanes)
+    # unrolled, each vector's channels are a constant ramp (or two, where it crosses from one
+    # output to the next): the per-channel scale and bias are vector loads, not gathers
+    sch.unroll(vectors)
+    sch.unroll(i)
 
 
 def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: int):
