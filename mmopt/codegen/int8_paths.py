@@ -52,9 +52,15 @@ def kernel_path(func, dots) -> dict | None:
                 return {"path": winograd + dot.name, "lanes": dot.lanes}
         return {"path": "integer-loop"}
     if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
-        # scheduled from a tuning database: its anchor block is gone; integer by its operands
+        # scheduled from a tuning database: its anchor block is gone; integer by its operands,
+        # unless it is a Winograd transform (sums and differences, no products)
         if any(len(p.shape) >= 2 and str(p.dtype) in integer for p in params):
-            return {"path": "integer-loop"} if '"int32"' in func.script(show_meta=False) else None
+            from mmopt.codegen import winograd
+
+            text = func.script(show_meta=False)
+            if winograd.OUTPUT_BLOCK in text or winograd.INPUT_BLOCK in text:
+                return None
+            return {"path": "integer-loop"} if '"int32"' in text else None
         return None
     try:
         anchor = s_tir.analysis.find_anchor_sblock(IRModule({"main": func}))

@@ -72,11 +72,11 @@ def test_winograd_conv_equals_the_direct_sum_bit_for_bit(target_name, padded, tm
 
     target = _target(target_name)
     rng = np.random.default_rng(1)
-    n, h, w, ic, oc, zero = 1, 16, 18, 64, 64, 37
+    n, h, w, ic, oc, zero = 2, 16, 18, 64, 64, 37
     size = (h, w) if padded else (h + 2, w + 2)
     data = rng.integers(0, 256, (n, *size, ic), dtype=np.uint8)
     weight = rng.integers(-128, 128, (3, 3, ic, oc), dtype=np.int8)
-    data[0, :3] = 255
+    data[0, :3] = 255  # batch 2: tiles of both images in one GEMM
     weight[..., :8] = -128
     weight[..., 8:16] = 127
     bb = relax.BlockBuilder()
@@ -192,3 +192,21 @@ def test_quantized_model_runs_it_and_no_winograd_turns_it_off(tmp_path):
     for _ in range(3):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_array_equal(a(x=x)["y"], b(x=x)["y"])
+
+
+def test_tuned_database_keeps_the_kernel_paths(tmp_path):
+    """Compiled with a tuning database (its functions arrive scheduled), the Winograd transforms
+    are not reported as integer loops: the paths are those of the untuned compile."""
+    import mmopt
+    from mmopt.quantize import quantize
+
+    _target("x86-avx2")
+    rng = np.random.default_rng(1)
+    shape = (1, 64, 16, 16)
+    calib = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
+    qdq, _ = quantize(_silu_convs(64, 16), calib, method="minmax")
+    mmopt.tune(qdq, "x86-avx2", tmp_path / "db", trials_per_task=1)
+    tuned = mmopt.compile(qdq, "x86-avx2", tmp_path / "tuned", db=tmp_path / "db")
+    assert tuned.verification.passed
+    paths = sorted(k["path"] for k in tuned.meta.extra["int8_kernels"])
+    assert paths == ["winograd-pmaddwd", "winograd-pmaddwd"], tuned.meta.extra["int8_kernels"]
