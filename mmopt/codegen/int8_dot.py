@@ -263,7 +263,7 @@ def pack_dot_convs(winograd: bool = True):
     return _pass
 
 
-def _register_intrinsic(dot: DotProduct) -> str:
+def register_intrinsic(dot: DotProduct) -> str:
     """Register ``dot.intrinsic`` once. (TVM ships VNNI's dot product with a global-scope
     accumulator; the accumulators here live in a ``local`` register tile.)"""
     from tvm.s_tir import TensorIntrin
@@ -361,7 +361,7 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
         schedule_injective(sch, sch.get(widen[0]).name_hint, 2 * dot.lanes)
     if not tensorize:
         return ci
-    sch.tensorize(ci, _register_intrinsic(dot))
+    sch.tensorize(ci, register_intrinsic(dot))
     return None
 
 
@@ -428,7 +428,7 @@ def dot_schedule_pass():
                 extra = () if kind is cs.schedule_reduction else (target,)
                 sch = cs._try(sch, kind, block.name_hint, lanes, *extra)  # noqa: SLF001
             try:
-                sch.tensorize(instruction_loop, _register_intrinsic(dot))
+                sch.tensorize(instruction_loop, register_intrinsic(dot))
             except Exception as exc:  # noqa: BLE001 - leave it to the default schedules
                 _note_integer_loop(func, f"{dot.name} tensorization", exc)
                 return None

@@ -128,7 +128,7 @@ def schedule_gemm(func, dot):
     convolution's); marked scheduled and opaque (FuseOps would drop the schedule)."""
     from tvm import s_tir
 
-    from mmopt.codegen.int8_dot import _register_intrinsic
+    from mmopt.codegen.int8_dot import register_intrinsic
 
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(GEMM_BLOCK)
@@ -153,7 +153,7 @@ def schedule_gemm(func, dot):
     sch.vectorize(vec)
     sch.unroll(across)
     sch.unroll(loops[-2])
-    sch.tensorize(ci, _register_intrinsic(dot))
+    sch.tensorize(ci, register_intrinsic(dot))
     return (sch.mod["main"].with_attr("tirx.is_scheduled", True)
             .with_attr("op_pattern", wino.OPAQUE))
 
@@ -192,15 +192,15 @@ def winograd_conv(builder, x, hwio: np.ndarray, dot, lookup=None):
     if padded is not None:
         (source, value), padding = padded, 1
     # the input transform: int16 vectors (twice the int32 lanes)
-    v = builder.emit(wino._input_transform(builder, source, 2 * lanes, 1, M,  # noqa: SLF001
-                                           padding=padding, dtype="int16", pad_value=value))
+    v = builder.emit(wino.input_transform(builder, source, 2 * lanes, 1, M, padding=padding,
+                                          dtype="int16", pad_value=value))
     u = relax.const(transform_weights(hwio, lanes))
     call = builder.call_te(_gemm_te, v, u, primfunc_name_hint=GEMM_BLOCK)
     gvar = call.args[0]
     builder.update_func(gvar, schedule_gemm(builder.get()[gvar], dot))
     products = builder.emit(call)
-    return builder.call_te(wino._output_te, products, n, hp - 2, wp - 2, M, SHIFT,  # noqa: SLF001
-                           True, primfunc_name_hint=wino.OUTPUT_BLOCK)
+    return builder.call_te(wino.output_te, products, n, hp - 2, wp - 2, M, SHIFT, True,
+                           primfunc_name_hint=wino.OUTPUT_BLOCK)
 
 
 def rewrite(call, w: np.ndarray, builder, dots, lookup=None):

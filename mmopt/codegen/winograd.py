@@ -310,7 +310,7 @@ def _schedule_input(func, lanes: int):
             .with_attr("op_pattern", OPAQUE))
 
 
-def _input_transform(builder, x, lanes: int, rows: int, m: int, padding: int = 1,
+def input_transform(builder, x, lanes: int, rows: int, m: int, padding: int = 1,
                      dtype: str | None = None, pad_value: int = 0):
     """``call_tir`` of the scheduled input transform of ``x`` (BlockBuilder.call_te makes the
     PrimFunc, with its own copies of the symbolic variables and, where a shape is an expression
@@ -359,7 +359,7 @@ def _axis_terms(i, m: int, dtype):
     return terms
 
 
-def _output_te(mm, n_batch, h, w, m: int, shift: int = 0, tile_major: bool = False):
+def output_te(mm, n_batch, h, w, m: int, shift: int = 0, tile_major: bool = False):
     """``Y[b, y, x, co] = (A^T M A)[y % m, x % m]`` of tile ``(y // m, x // m)``, written in NHWC
     (bias and activation epilogues fuse into it); the terms per axis: :func:`_axis_terms`.
     ``shift``: an integer ``M`` of weights scaled by ``2^shift`` is shifted back (exact: the
@@ -508,10 +508,10 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: i
         if rows is not None:
             pad_rows, count = rows, round_up(count, rows)
         tile = output_tile(oc, count, lanes, registers)
-    v = builder.emit(_input_transform(builder, x, lanes, pad_rows, m))
+    v = builder.emit(input_transform(builder, x, lanes, pad_rows, m))
     u = relax.const(transform_weights(hwio, tile, m))
     products = builder.emit(builder.call_te(_gemm_te, v, u, primfunc_name_hint=GEMM_BLOCK))
-    return builder.call_te(_output_te, products, n, h, w, m, primfunc_name_hint=OUTPUT_BLOCK)
+    return builder.call_te(output_te, products, n, h, w, m, primfunc_name_hint=OUTPUT_BLOCK)
 
 
 def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=None):
