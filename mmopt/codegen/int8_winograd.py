@@ -86,8 +86,7 @@ def applies(data_shape, hwio: np.ndarray, strides, dilation, lanes: int) -> bool
     (static) by HWIO int8 weights: 3x3, stride 1, an even output of at least
     :data:`~mmopt.codegen.winograd.MIN_PIXELS` pixels, enough channels
     (:data:`MIN_CHANNEL_MEAN`; an even input count, an output count of whole vectors), V and M
-    within
-    :data:`~mmopt.codegen.winograd.MAX_TRANSFORMED_BYTES`, and :func:`fits_int32`."""
+    within :data:`~mmopt.codegen.winograd.MAX_TRANSFORMED_BYTES`, and :func:`fits_int32`."""
     if any(d is None for d in data_shape):
         return False
     n, hp, wp, ic = data_shape
@@ -103,8 +102,9 @@ def applies(data_shape, hwio: np.ndarray, strides, dilation, lanes: int) -> bool
 
 
 def _gemm_te(v, u):
-    """``M[e, p, co] = sum_c V[e, p, c] * U[e, c, co]`` (int16 x int16 -> int32) over the packed
-    ``U`` of :func:`transform_weights`."""
+    """``M[p, e, co] = sum_c V[e, p, c] * U[e, c, co]`` (int16 x int16 -> int32) over the packed
+    ``U`` of :func:`transform_weights`. M is tile-major: the output transform reads each tile's
+    16 products from one place (``output_te(..., tile_major=True)``)."""
     from tvm import te
 
     positions, tiles, ic = (int(d) for d in v.shape)
