@@ -229,7 +229,7 @@ def _compile(model, tgt, output, input_shapes, opt_level, verify, atol, rtol, se
 
         database = open_database(db, tgt, allow_emulated=allow_emulated_records)
     step(f"generating code for {tgt.name}")
-    from mmopt.codegen.cpu_schedules import record_fallbacks
+    from mmopt.codegen.schedule_fallbacks import record_fallbacks
     from mmopt.codegen.int8_paths import record_int8_kernels
 
     flops_counter = counting_kernel_flops() if profile else contextlib.nullcontext({})

@@ -28,7 +28,7 @@ def build(mod, target: Target, database=None, options=None):
     A module with symbolic input dims whose first attempt fails in TVM's FuseTIR is compiled again
     with its dynamic convolutions on unpacked (HWIO) weights (:data:`PACK_SYMBOLIC`): TVM 0.27's
     FuseTIR fails on some fused groups around packed convolutions with symbolic spatial dims (a
-    YOLOv8 neck). That degradation is recorded (:func:`mmopt.codegen.cpu_schedules.note_skip`),
+    YOLOv8 neck). That degradation is recorded (:func:`mmopt.codegen.schedule_fallbacks.note_skip`),
     so the compile report and the artifact JSON state it.
     """
     executable, exc = _attempt(mod, target, database, options)
@@ -38,7 +38,7 @@ def build(mod, target: Target, database=None, options=None):
 
     if not (has_symbolic_inputs(mod) and _fusetir_failed(exc)):
         raise MmoptError(f"code generation for target {target.name} failed: {summarize(exc)}") from exc
-    from mmopt.codegen.cpu_schedules import note_skip
+    from mmopt.codegen.schedule_fallbacks import note_skip
     from mmopt.codegen.packed_conv import PACK_SYMBOLIC
 
     logger.warning("code generation with packed weights failed on symbolic shapes (%s); "

@@ -74,7 +74,7 @@ def byte_tables_pay(tvm_target) -> bool:
 
 def reads_byte_table(block) -> bool:
     """Whether a TIR block reads a byte table (a 256-entry 8-bit buffer)."""
-    from mmopt.codegen.cpu_schedules import region_buffer  # imports this module
+    from mmopt.codegen.tir_util import region_buffer
 
     return any(_is_table(region_buffer(r)) for r in block.reads)
 
@@ -213,7 +213,7 @@ def _integer_sum(node) -> bool:
     and the depthwise ones' alike)."""
     from tvm import tirx
 
-    from mmopt.codegen.cpu_schedules import region_buffer  # imports this module
+    from mmopt.codegen.tir_util import region_buffer
 
     iter_vars = getattr(node, "iter_vars", None)
     writes = getattr(node, "writes", None)

@@ -236,6 +236,7 @@ def test_contraction_knob_variants_stay_exact(target):
     import tvm
     from tvm import te
 
+    from mmopt.codegen import cpu_contraction as cc
     from mmopt.codegen import cpu_schedules as cs
 
     n, h, w, ci, co, kh = 1, 6, 8, 32, 32, 3
@@ -258,12 +259,12 @@ def test_contraction_knob_variants_stay_exact(target):
 
     name, shape, registers = cs.tunable_contraction(func, target)
     assert name == "conv" and shape.r_ext == w and shape.k_ext == ci
-    default = cs.default_knobs(shape, registers)
+    default = cc.default_knobs(shape, registers)
     # the default knobs are the heuristic: same schedule as no knobs at all
     assert (str(cs.schedule_prim_func(func, target, {name: default}, strict=True).trace)
             == str(cs.schedule_prim_func(func, target).trace))
-    space = (cs.contraction_knob_space(shape, registers)
-             + cs.contraction_knob_space(shape, registers, default))
+    space = (cc.contraction_knob_space(shape, registers)
+             + cc.contraction_knob_space(shape, registers, default))
     assert default not in space and len(space) == len(set(space)) >= 4
     assert {k.order for k in space} == {"v", "s"} and any(k.kc for k in space)
     for knobs in space:
@@ -275,8 +276,8 @@ def test_contraction_knob_variants_stay_exact(target):
                                    err_msg=str(knobs))
     # a knob that does not fit raises in strict mode; otherwise that block is left as generated
     with pytest.raises(Exception):
-        cs.schedule_prim_func(func, target, {name: cs.ContractionKnobs(rows=5)}, strict=True)
-    assert cs.schedule_prim_func(func, target, {name: cs.ContractionKnobs(rows=5)}) is not None
+        cs.schedule_prim_func(func, target, {name: cc.ContractionKnobs(rows=5)}, strict=True)
+    assert cs.schedule_prim_func(func, target, {name: cc.ContractionKnobs(rows=5)}) is not None
 
 
 def test_fused_injective_chain_runs_as_one_loop_nest(target):
@@ -431,7 +432,8 @@ def test_symbolic_tile_prefers_rows_that_divide_a_known_multiple():
     the rows padded), unless ``exact`` asks for one that divides (down to 1 row)."""
     from tvm import tirx
 
-    from mmopt.codegen.cpu_schedules import known_multiple, symbolic_tile
+    from mmopt.codegen.cpu_contraction import symbolic_tile
+    from mmopt.codegen.register_tiles import known_multiple
 
     w = tirx.Var("w_blocks", "int64")
     assert known_multiple((w * 32 - 1) // 2 + 1) == 16
@@ -597,7 +599,7 @@ def test_integer_depthwise_tiles_leave_registers_for_their_temporaries():
     depthwise and other integer contractions keep the whole register file."""
     from tvm import s_tir
 
-    from mmopt.codegen.cpu_schedules import INTEGER_DEPTHWISE_TEMPS, _tile_registers
+    from mmopt.codegen.cpu_contraction import INTEGER_DEPTHWISE_TEMPS, _tile_registers
 
     def registers(func):
         sch = s_tir.Schedule(func)

@@ -310,9 +310,10 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
     (TVM 0.27 cannot copy some tensorized schedules: ``Schedule.copy`` fails on them).
     """
     from mmopt.codegen.byte_lookup import table_read_lanes
-    from mmopt.codegen.cpu_schedules import (_extent, _inline_injective_chains,
-                                             _inline_plain_copies, inline_epilogue,
-                                             schedule_injective)
+    from mmopt.codegen.cpu_inline import (_inline_injective_chains, _inline_plain_copies,
+                                          inline_epilogue)
+    from mmopt.codegen.cpu_schedules import schedule_injective
+    from mmopt.codegen.tir_util import _extent
 
     n, h, w, c, rh, rw, rc, ri = sch.get_loops(block_rv)
     window = _extent(sch, rh) * _extent(sch, rw)
@@ -368,7 +369,7 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
 def _packed_layout(block) -> tuple[int, int, str] | None:
     """``(lanes, block, weight dtype)`` of a packed convolution block's weights
     ``[OC/lanes, KH, KW, IC/block, lanes, block]``: which :class:`DotProduct` packed them."""
-    from mmopt.codegen.cpu_schedules import region_buffer
+    from mmopt.codegen.tir_util import region_buffer
 
     for region in block.reads:
         buf = region_buffer(region)
@@ -393,6 +394,7 @@ def dot_schedule_pass():
     from tvm.s_tir import dlight as dl
 
     from mmopt.codegen import cpu_schedules as cs
+    from mmopt.codegen.tir_util import _iter_kinds
 
     class _Rule(dl.ScheduleRule):
         def apply(self, func, target, tunable):  # noqa: ARG002 - dlight's signature
@@ -423,7 +425,7 @@ def dot_schedule_pass():
                 block = sch.get(block_rv)
                 if block.name_hint == block_name or block.name_hint.startswith(block_name + "_"):
                     continue
-                kind = (cs.schedule_reduction if "R" in cs._iter_kinds(block)  # noqa: SLF001
+                kind = (cs.schedule_reduction if "R" in _iter_kinds(block)
                         else cs.schedule_injective)
                 extra = () if kind is cs.schedule_reduction else (target,)
                 sch = cs._try(sch, kind, block.name_hint, lanes, *extra)  # noqa: SLF001
@@ -442,10 +444,10 @@ def _note_integer_loop(func, what: str, exc: BaseException) -> None:
     """The packed integer convolution ``func``, whose instruction schedule failed, runs the default
     schedule's integer loop instead (correct, several times slower): reported as degraded, with
     the reason, and named by its packed weights' shape."""
-    from mmopt.codegen import cpu_schedules as cs
+    from mmopt.codegen.schedule_fallbacks import exception_reason, note_skip
 
     weights = next(("x".join(str(d) for d in p.shape) for p in func.params
                     if hasattr(p, "shape") and len(p.shape) == 6), "?")
-    cs.note_skip(f"{DOT_BLOCK} (weights {weights})", what,
-                 cs.exception_reason(exc)[:200] + "; the integer loop runs instead",
-                 kind="degraded")
+    note_skip(f"{DOT_BLOCK} (weights {weights})", what,
+              exception_reason(exc)[:200] + "; the integer loop runs instead",
+              kind="degraded")

@@ -68,7 +68,7 @@ def kernel_path(func, dots) -> dict | None:
         return None
     if anchor is None or not _is_product_sum(anchor) or len(anchor.writes) != 1:
         return None
-    from mmopt.codegen.cpu_schedules import region_buffer
+    from mmopt.codegen.tir_util import region_buffer
 
     out = str(region_buffer(anchor.writes[0]).dtype)
     reads = {str(region_buffer(r).dtype) for r in anchor.reads}

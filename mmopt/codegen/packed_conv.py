@@ -19,9 +19,10 @@ import contextvars
 
 import numpy as np
 
-from mmopt.codegen.cpu_schedules import static_extent, symbolic_tile
+from mmopt.codegen.cpu_contraction import symbolic_tile
 from mmopt.codegen.register_tiles import known_multiple, pick_lanes, register_tile, rounded_rows
 from mmopt.codegen.relax_util import conv_output_size, rewrite_dense_nhwc_convs, tensor_dtype
+from mmopt.codegen.tir_util import static_extent
 
 #: block name of the packed float convolution
 PACKED_BLOCK = "mmopt_conv2d_nhwc_packed"
@@ -35,7 +36,7 @@ PACK_SYMBOLIC: contextvars.ContextVar[bool] = contextvars.ContextVar("mmopt_pack
 def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int) -> int:
     """The output-channel tile (floats) of the default contraction schedule for an output with
     ``out_channels`` contiguous channels and ``rows`` rows along the next axis:
-    ``nv`` vectors of ``vec`` lanes (:func:`mmopt.codegen.cpu_schedules.register_tile`; 1 when the
+    ``nv`` vectors of ``vec`` lanes (:func:`mmopt.codegen.register_tiles.register_tile`; 1 when the
     channels do not vectorize)."""
     vec = pick_lanes(out_channels, lanes)
     if vec == 1:
@@ -46,13 +47,13 @@ def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int)
 def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows=None):
     """The NHWC convolution of ``data`` with ``packed`` weights. ``rows``: for an output of
     symbolic width, or a static one without a good divisor
-    (:func:`mmopt.codegen.cpu_schedules.rounded_rows`), the row count of the schedule's register
+    (:func:`mmopt.codegen.register_tiles.rounded_rows`), the row count of the schedule's register
     tile: the convolution is computed on the width rounded up to a multiple of ``rows`` (the
     columns beyond the input read zeros or its last column, their results are dropped when the
     output is cropped), so that every register tile is whole. A
     predicated last tile would keep the accumulators out of registers: TVM cannot bound the
     accumulator buffer by the tile under the predicate and allocates it for the whole row (the
-    symbolic-rows case of :func:`mmopt.codegen.cpu_schedules._pad_contraction`)."""
+    symbolic-rows case of :func:`mmopt.codegen.cpu_contraction._pad_contraction`)."""
     from tvm import te, tirx
 
     n, h, w = data.shape[:3]  # batch, height, width may be symbolic
@@ -147,7 +148,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
             return None
         kh, kw, ic, oc = w.shape
         if not PACK_SYMBOLIC.get() and not all(hasattr(d, "value") for d in call.ty.shape):
-            from mmopt.codegen.cpu_schedules import note_skip
+            from mmopt.codegen.schedule_fallbacks import note_skip
 
             note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "pack_weights",
                       "symbolic shape: weights not packed (HWIO)")
@@ -170,7 +171,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
         else:
             # a width without a good divisor (YOLOX's 13 columns at 416 x 416: 1-row register
             # tiles) is computed rounded up to whole tiles of rows and cropped, as a matmul's
-            # rows are padded (:func:`mmopt.codegen.cpu_schedules.pad_multiples`)
+            # rows are padded (:func:`mmopt.codegen.register_tiles.pad_multiples`)
             rows = rounded_rows(oc, out_width, lanes, registers)
             if rows is not None:
                 out_width = -(-out_width // rows) * rows

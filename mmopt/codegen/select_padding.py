@@ -3,7 +3,7 @@
 A quantized depthwise convolution reads its 8-bit activation padded with the zero point, an
 explicit ``pad`` before it (:mod:`mmopt.codegen.quantized`) that this pass folds into the
 convolution, and its schedule inlines that padding into the micro-kernel
-(:func:`mmopt.codegen.cpu_schedules._inline_plain_copies`). TVM's padding is
+(:func:`mmopt.codegen.cpu_inline._inline_plain_copies`). TVM's padding is
 ``if_then_else(inside, x[y - top, x - left], 0)``, which LLVM code generation lowers to a branch
 around the load, since the load must not run when it would read outside the tensor. With a
 branch between every multiply-add of the register tile, LLVM stores the accumulators to memory

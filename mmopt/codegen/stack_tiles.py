@@ -19,7 +19,8 @@ ms, the PP-OCR-style detector int8 12.1 -> 11.7 ms; ``x86-avx2``: the detector i
 
 With the tile in registers, a kernel whose tile plus temporaries exceeds the register file
 spills inside its loop instead of reading the tile from memory: the integer depthwise tiles
-leave registers for their temporaries (:data:`mmopt.codegen.cpu_schedules.INTEGER_DEPTHWISE_TEMPS`).
+leave registers for their temporaries
+(:data:`mmopt.codegen.cpu_contraction.INTEGER_DEPTHWISE_TEMPS`).
 """
 
 from __future__ import annotations

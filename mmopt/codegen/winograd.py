@@ -188,8 +188,8 @@ def _select(index, values):
 def _tile_count(size, m: int):
     """m x m output tiles along an axis of ``size`` outputs: ``size / m`` when m is known to
     divide it, else rounded up (the last tile's extra rows or columns are computed and dropped)."""
-    from mmopt.codegen.cpu_schedules import static_extent
     from mmopt.codegen.register_tiles import known_multiple
+    from mmopt.codegen.tir_util import static_extent
 
     static = static_extent(size)
     whole = static % m == 0 if static is not None else known_multiple(size) % m == 0
@@ -408,7 +408,8 @@ def schedule_output(sch, name: str, lanes: int, table_lanes: int | None = None) 
     width that m does not divide leaves a predicate on the last tile. Tiles run in parallel. A
     consumer that writes another shape (a transpose) is left to the element-wise schedule."""
     from mmopt.codegen.byte_lookup import reads_byte_table
-    from mmopt.codegen.cpu_schedules import inline_intermediates, region_buffer, static_extent
+    from mmopt.codegen.cpu_inline import inline_intermediates
+    from mmopt.codegen.tir_util import region_buffer, static_extent
 
     block = sch.get_sblock(name)
     m = int(sch.get(block).annotations[TILE_ATTR])
@@ -483,8 +484,9 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: i
     symbolic (of any parity: :func:`choice_shape`)."""
     from tvm import relax
 
-    from mmopt.codegen.cpu_schedules import static_extent, symbolic_tile
+    from mmopt.codegen.cpu_contraction import symbolic_tile
     from mmopt.codegen.register_tiles import known_multiple, round_up, rounded_rows
+    from mmopt.codegen.tir_util import static_extent
 
     n, h, w = (x.ty.shape[i] for i in range(3))
     oc = hwio.shape[3]
@@ -529,7 +531,7 @@ def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=Non
         x_shape = choice_shape(shape, bounds or {})
         if x_shape is None:
             if w.shape[:2] == (3, 3) and all(int(v) == 1 for v in attrs.strides):
-                from mmopt.codegen.cpu_schedules import note_skip
+                from mmopt.codegen.schedule_fallbacks import note_skip
 
                 note_skip(f"conv2d {'x'.join(str(d) for d in w.shape)} (HWIO)", "winograd",
                           "symbolic shape without a range: the direct convolution runs instead")

@@ -205,7 +205,7 @@ def test_output_transform_runs_tile_by_tile():
     tile predicated); nothing degraded."""
     import tvm
 
-    from mmopt.codegen.cpu_schedules import record_fallbacks
+    from mmopt.codegen.schedule_fallbacks import record_fallbacks
     from mmopt.codegen.pipeline import _schedule_cpu, tuning_module  # noqa: PLC2701
     from mmopt.targets import get
     from mmopt.tuning.measure import relax_module

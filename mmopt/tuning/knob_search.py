@@ -29,6 +29,7 @@ RECHECK_ROUNDS = 3
 def knob_space_size(mod, target) -> int:
     """How many knob variants :func:`knob_rounds` may measure for a task (an upper bound: some
     may turn out to be the same schedule as another)."""
+    from mmopt.codegen import cpu_contraction as cc
     from mmopt.codegen import cpu_schedules as cs
 
     try:
@@ -39,8 +40,8 @@ def knob_space_size(mod, target) -> int:
     if found is None:
         return 0
     _name, shape, registers = found
-    first = cs.contraction_knob_space(shape, registers)
-    second = cs.contraction_knob_space(shape, registers, cs.default_knobs(shape, registers))
+    first = cc.contraction_knob_space(shape, registers)
+    second = cc.contraction_knob_space(shape, registers, cc.default_knobs(shape, registers))
     return len(first) + len(second)
 
 
@@ -107,6 +108,7 @@ def knob_rounds(run: TuneRun, extracted, builder, runner, batch: int, final: boo
     """
     from tvm.tirx import FloatImm
 
+    from mmopt.codegen import cpu_contraction as cc
     from mmopt.codegen import cpu_schedules as cs
 
     report = run.report
@@ -122,7 +124,7 @@ def knob_rounds(run: TuneRun, extracted, builder, runner, batch: int, final: boo
         name, shape, registers = found
         seen = run.seen.setdefault(state.workload, set())
         secs = run.secs.setdefault(state.workload, {})
-        default = cs.default_knobs(shape, registers)
+        default = cc.default_knobs(shape, registers)
         try:
             default_trace = trace_key_of(cs.schedule_prim_func(mod["main"], run.target).trace)
         except Exception:  # noqa: BLE001
@@ -130,7 +132,7 @@ def knob_rounds(run: TuneRun, extracted, builder, runner, batch: int, final: boo
         best = (secs.get(default_trace, state.default_s or math.inf), default)
         unmeasured = 0  # variants whose runs failed on a farm: left for a later run
         for stage_best in (None, True):
-            space = cs.contraction_knob_space(shape, registers,
+            space = cc.contraction_knob_space(shape, registers,
                                               best[1] if stage_best else None)
             items = []
             for knobs in space:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 #: How candidates are found. ``knobs``: variants of mmopt's own default schedule (register tile,
 #: loop order, reduction split of each task's main contraction; a few to a few dozen per task,
-#: see :func:`mmopt.codegen.cpu_schedules.contraction_knob_space`); ``metaschedule``:
+#: see :func:`mmopt.codegen.cpu_contraction.contraction_knob_space`); ``metaschedule``:
 #: MetaSchedule's evolutionary search over its own design space; ``both``: the knob variants
 #: first, then MetaSchedule with the rest of the trials. CPU targets only for knobs (other
 #: devices always use MetaSchedule).
