@@ -293,6 +293,26 @@ def register_intrinsic(dot: DotProduct) -> str:
     return dot.intrinsic
 
 
+def accumulate_in_registers(sch, block_rv, tile_loop, reduction_loop, unrolled):
+    """The register tile of a dot-product contraction ``block_rv`` whose loops are already
+    ordered ``... tile_loop . reduction loops (from reduction_loop) . unrolled tile loops .
+    [instruction]``: the accumulators are a ``local`` buffer written back after each tile
+    (returned: the write-back block, for its epilogue), the ``unrolled`` loops unrolled, and the
+    zeroing split out of the reduction (vectorized). Shared by the direct convolution
+    (:func:`schedule_dot_conv`) and the integer Winograd GEMM
+    (:func:`mmopt.codegen.int8_winograd.schedule_gemm`)."""
+    writeback = sch.cache_write(block_rv, 0, "local")
+    sch.reverse_compute_at(writeback, tile_loop, preserve_unit_loops=True)
+    for loop in unrolled:
+        sch.unroll(loop)
+    init = sch.decompose_reduction(block_rv, reduction_loop)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    for loop in init_loops[-3:-1]:
+        sch.unroll(loop)
+    return writeback
+
+
 def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
                       tensorize: bool = True, target=None):
     """Register-tiled, tensorized schedule of a :data:`DOT_BLOCK` block (inside a fused PrimFunc).
@@ -329,16 +349,8 @@ def schedule_dot_conv(sch, block_rv, dot: DotProduct, rows_limit: int = 8,
         _inline_plain_copies(sch, widen[0], padding=True)
     else:
         _inline_plain_copies(sch, block_rv)
-    writeback = sch.cache_write(block_rv, 0, "local")
-    sch.reverse_compute_at(writeback, wo, preserve_unit_loops=True)
     sch.parallel(outer)
-    sch.unroll(wi)
-    sch.unroll(cv)
-    init = sch.decompose_reduction(block_rv, rh)
-    init_loops = sch.get_loops(init)
-    sch.vectorize(init_loops[-1])
-    for loop in init_loops[-3:-1]:
-        sch.unroll(loop)
+    writeback = accumulate_in_registers(sch, block_rv, wo, rh, [wi, cv])
     # element-wise producers of the epilogue's other inputs (a residual's dequantization) inline
     # into it first: materialized, they cost full passes over memory and keep the epilogue from
     # fusing into the write-back (the int32 result then makes a round trip through memory too)

@@ -128,7 +128,7 @@ def schedule_gemm(func, dot):
     convolution's); marked scheduled and opaque (FuseOps would drop the schedule)."""
     from tvm import s_tir
 
-    from mmopt.codegen.int8_dot import register_intrinsic
+    from mmopt.codegen.int8_dot import accumulate_in_registers, register_intrinsic
 
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(GEMM_BLOCK)
@@ -139,15 +139,7 @@ def schedule_gemm(func, dot):
     p_o, p_i = sch.split(p, factors=[None, rows])
     sch.reorder(e, co_o, p_o, rc, p_i, cv, ci, ri)
     sch.parallel(sch.fuse(e, co_o))
-    writeback = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(writeback, p_o, preserve_unit_loops=True)
-    sch.unroll(p_i)
-    sch.unroll(cv)
-    init = sch.decompose_reduction(block, rc)
-    init_loops = sch.get_loops(init)
-    sch.vectorize(init_loops[-1])
-    for loop in init_loops[-3:-1]:
-        sch.unroll(loop)
+    writeback = accumulate_in_registers(sch, block, p_o, rc, [p_i, cv])
     loops = sch.get_loops(writeback)
     across, vec = sch.split(loops[-1], factors=[None, dot.lanes])
     sch.vectorize(vec)

@@ -441,12 +441,21 @@ def schedule_output(sch, name: str, lanes: int, table_lanes: int | None = None) 
         sch.unroll(i)
         sch.unroll(j)
         return
-    sch.compute_at(block, co_o)
+    _local_tile(sch, block, co_o, vec, split=False)
+
+
+def _local_tile(sch, block, loop, vec: int, split: bool) -> None:
+    """The output transform ``block`` computed at ``loop`` into a ``local`` tile, its m x m
+    outputs unrolled (the coefficients fold) and its channels vectorized by ``vec`` (``split``:
+    the tile holds all channels, in vectors of ``vec``; else one vector's worth)."""
+    sch.compute_at(block, loop)
     sch.set_scope(block, 0, "local")
     t_i, t_j, t_c = sch.get_loops(block)[-3:]
     sch.unroll(t_i)
     sch.unroll(t_j)
     if vec > 1:
+        if split:
+            _, t_c = sch.split(t_c, factors=[None, vec])
         sch.vectorize(t_c)
 
 
@@ -461,14 +470,7 @@ def _schedule_table_output(sch, block, epilogue, m: int, vec: int, table_lanes: 
     sch.reorder(b, ty, tx, i, j, co)
     tile = sch.fuse(b, ty, tx)
     sch.parallel(tile)
-    sch.compute_at(block, tile)
-    sch.set_scope(block, 0, "local")
-    t_i, t_j, t_c = sch.get_loops(block)[-3:]
-    sch.unroll(t_i)
-    sch.unroll(t_j)
-    if vec > 1:
-        _, t_v = sch.split(t_c, factors=[None, vec])
-        sch.vectorize(t_v)
+    _local_tile(sch, block, tile, vec, split=True)
     row = sch.fuse(j, co)
     vectors, lanes = sch.split(row, factors=[None, table_lanes])
     sch.vectorize(lanes)
