@@ -240,6 +240,8 @@ def _input_te(data, rows: int, m: int, padding: int = 1, dtype: str | None = Non
 
     n_batch, h, w = (data.shape[i] for i in range(3))  # batch, height, width may be symbolic
     if not padding:
+        if rows > 1:  # the rounded-up tiles would read past the data
+            raise ValueError("pre-padded input: the tile count cannot be rounded up")
         h, w = h - 2, w - 2  # the output's size
     c = data.shape[3]
     nh, nw = _tile_count(h, m), _tile_count(w, m)
