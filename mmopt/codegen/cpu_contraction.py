@@ -75,13 +75,16 @@ class ContractionKnobs:
     spatial position streams by), ``"s"`` the spatial loops (the input stays, the weights
     stream); ``kc``: split the innermost reduction loop (the input channels of a conv) by ``kc``
     and move its outer part outside the other reduction loops (the kernel window), so that the
-    inner loops touch ``kc`` channels of input and weights at a time.
+    inner loops touch ``kc`` channels of input and weights at a time; ``prefetch``: prefetch the
+    next weight panel while the current one is reused (:mod:`mmopt.codegen.prefetch`; ``None``:
+    where its rule says).
     """
 
     rows: int | None = None
     nv: int | None = None
     order: str = "v"
     kc: int | None = None
+    prefetch: bool | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -390,15 +393,13 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
             raise ValueError(f"kc={knobs.kc} does not split the reduction")
         k_o, k_i = sch.split(reductions[-1], factors=[None, knobs.kc])
         reductions = [k_o, *reductions[:-1], k_i]
+    other_axes = [i for i, k in enumerate(kinds) if k == "S" and i not in (v_axis, r_axis)]
     if knobs.order == "s":
-        outer = [*others, v_o]
+        outer, outer_axes = [*others, v_o], [*other_axes, v_axis]
     elif knobs.order == "v":
-        outer = [v_o, *others]
+        outer, outer_axes = [v_o, *others], [v_axis, *other_axes]
     else:
         raise ValueError(f"unknown loop order {knobs.order!r}")
-    order = outer + ([r_o] if r_axis is not None else []) + reductions
-    order += ([r_i] if r_axis is not None else []) + [v_i]
-    sch.reorder(*order)
 
     # Threads share the parallel loop's iterations statically, so too few of them leave cores
     # idle: a transformer's matmul (1 x 197 x 768 by 768 x 192) has 192 / 64 = 3 column tiles,
@@ -409,11 +410,37 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
         # a symbolic loop (a dynamic batch or height) counts as enough iterations: fusing it with
         # the row tiles makes index arithmetic TVM's lowering may not prove divisible
         parallel_ext *= _extent(sch, lp) or _MIN_PARALLEL_TILES
-    if r_axis is not None and parallel_ext < _MIN_PARALLEL_TILES:
+    rows_parallel = r_axis is not None and parallel_ext < _MIN_PARALLEL_TILES
+    if rows_parallel:
+        outer_axes.append(r_axis)
+
+    plan = None
+    if knobs.kc is None and all(e is not None for e in extents) and vec > 1:
+        from mmopt.codegen import prefetch
+        from mmopt.targets.cpu import cpu_facts
+
+        l2 = cpu_facts(target).l2_kib * 1024 if target is not None else 1 << 20
+        row_tiles = extents[r_axis] // rows if r_axis is not None else 1
+        plan = prefetch.plan(sch.get(block_rv), v_axis, r_axis,
+                             [(a, _extent(sch, lp)) for a, lp in
+                              zip(outer_axes, outer + ([r_o] if rows_parallel else []))],
+                             1 if rows_parallel else row_tiles,
+                             extents[[i for i, k in enumerate(kinds) if k == "R"][-1]]
+                             if reductions else None, l2, knobs.prefetch)
+    if plan is not None:
+        k_o, k_i = sch.split(reductions[-1], factors=[None, plan.chunk])
+        reductions = [*reductions[:-1], k_o, k_i]
+
+    order = outer + ([r_o] if r_axis is not None else []) + reductions
+    order += ([r_i] if r_axis is not None else []) + [v_i]
+    sch.reorder(*order)
+    if rows_parallel:
         outer.append(r_o)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     tile_loop = r_o if r_axis is not None and not r_o.same_as(outer[-1]) else fused
 
+    if plan is not None:
+        sch.annotate(reductions[-2], prefetch.ANNOTATION, plan.annotation())
     _inline_plain_copies(sch, block_rv, padding=_depthwise(red_extents))
     if r_sym and registers >= 32:
         _inline_row_padding(sch, block_rv, v_axis)

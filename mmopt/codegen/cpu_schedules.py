@@ -485,11 +485,15 @@ def default_cpu_schedule_pass():
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_default_cpu_schedules")
     def _schedule(mod, ctx):
+        from mmopt.codegen import prefetch
         from mmopt.codegen.symbolic_dims import symbolic_bounds
 
         token = _VAR_BOUNDS.set(symbolic_bounds(mod))
+        target = tvm.target.Target.current(allow_none=True)
         try:
-            return apply(mod)
+            with prefetch.streaming(target is not None
+                                    and prefetch.weights_from_memory(mod, target)):
+                return apply(mod)
         finally:
             _VAR_BOUNDS.reset(token)
 

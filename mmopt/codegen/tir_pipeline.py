@@ -36,13 +36,14 @@ def register(name: str) -> str:
         import tvm
 
         from mmopt.codegen.byte_lookup import byte_table_reads, lower_with_vector_rounding
+        from mmopt.codegen.prefetch import expand_prefetches
         from mmopt.codegen.stack_tiles import stack_tiles
 
         lower, host, device = compilation_pipeline.get_tir_pipeline("default")
         if name == BYTE_TABLES:
-            passes = [lower_with_vector_rounding(lower), byte_table_reads()]
+            passes = [expand_prefetches(), lower_with_vector_rounding(lower), byte_table_reads()]
         else:
-            passes = [lower]
+            passes = [expand_prefetches(), lower]
         return tvm.transform.Sequential([*passes, stack_tiles()]), host, device
 
     compilation_pipeline.register_tir_pipeline(name, factory)

@@ -18,6 +18,9 @@ Why each number matters:
 * ``fma_units`` x FMA latency: the independent accumulators needed to keep the FMA pipes busy
   (2 units x 4-5 cycles on current x86 cores: at least 8-10 accumulators).
 * ``l1d_kib`` / ``l2_kib``: cache blocking (how many input channels and output tiles stay in cache).
+* ``llc_kib``: the last-level cache one core's work can use: a model whose weights exceed it
+  reads them from memory on every inference, and its kernels prefetch them
+  (:mod:`mmopt.codegen.prefetch`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class CpuFacts:
     fma_units: int
     l1d_kib: int
     l2_kib: int
+    #: last-level cache (L3 of one core complex or die; L2 where there is no L3)
+    llc_kib: int = 8192
     #: per-cycle latency of a dependent FMA (how long one accumulator is busy)
     fma_latency: int = 4
 
@@ -53,19 +58,23 @@ class CpuFacts:
         return asdict(self)
 
 
-# Cache sizes per core of the CPUs the presets name (public datasheets). An ``mcpu`` missing here
-# gets its ISA family's typical sizes: cache sizes only steer blocking, never correctness.
+# Cache sizes (L1D and L2 per core, last level per core complex or die) of the CPUs the presets
+# name (public datasheets; the last level of the desktop and mobile parts is their smallest
+# common one). An ``mcpu`` missing here gets its ISA family's typical sizes: cache sizes only steer
+# blocking and prefetching, never correctness.
 _CACHES_KIB = {
-    "haswell": (32, 256), "broadwell": (32, 256), "skylake": (32, 256),
-    "skylake-avx512": (32, 1024), "cascadelake": (32, 1024), "cooperlake": (32, 1024),
-    "icelake-server": (48, 1280), "sapphirerapids": (48, 2048), "alderlake": (48, 1280),
-    "znver2": (32, 512), "znver3": (32, 512), "znver4": (32, 1024), "znver5": (48, 1024),
-    "cortex-a53": (32, 512), "cortex-a55": (32, 256), "cortex-a72": (32, 1024),
-    "cortex-a76": (64, 512), "cortex-a78": (64, 512), "neoverse-n1": (64, 1024),
-    "neoverse-v1": (64, 1024), "neoverse-n2": (64, 1024),
+    "haswell": (32, 256, 8192), "broadwell": (32, 256, 8192), "skylake": (32, 256, 8192),
+    "skylake-avx512": (32, 1024, 22528), "cascadelake": (32, 1024, 22528),
+    "cooperlake": (32, 1024, 22528), "icelake-server": (48, 1280, 36864),
+    "sapphirerapids": (48, 2048, 61440), "alderlake": (48, 1280, 18432),
+    "znver2": (32, 512, 16384), "znver3": (32, 512, 32768), "znver4": (32, 1024, 32768),
+    "znver5": (48, 1024, 32768),
+    "cortex-a53": (32, 512, 512), "cortex-a55": (32, 256, 1024), "cortex-a72": (32, 1024, 1024),
+    "cortex-a76": (64, 512, 2048), "cortex-a78": (64, 512, 4096), "neoverse-n1": (64, 1024, 32768),
+    "neoverse-v1": (64, 1024, 32768), "neoverse-n2": (64, 1024, 32768),
 }
-_FAMILY_CACHES_KIB = {"avx512": (32, 1024), "avx2": (32, 256), "sse2": (32, 256),
-                      "neon": (32, 512)}
+_FAMILY_CACHES_KIB = {"avx512": (32, 1024, 16384), "avx2": (32, 256, 8192),
+                      "sse2": (32, 256, 4096), "neon": (32, 512, 1024)}
 # In-order little cores issue one 128-bit FMA per cycle; the others listed two.
 _ONE_FMA_UNIT = {"cortex-a53", "cortex-a55", "x86-64"}
 
@@ -101,9 +110,9 @@ def _facts(triple: str, mcpu: str, mattr: tuple) -> CpuFacts:
         isa, bits, regs = "avx2", 256, 16
     else:
         isa, bits, regs = "sse2", 128, 16
-    l1, l2 = _CACHES_KIB.get(mcpu, _FAMILY_CACHES_KIB[isa])
+    l1, l2, llc = _CACHES_KIB.get(mcpu, _FAMILY_CACHES_KIB[isa])
     units = 1 if (mcpu in _ONE_FMA_UNIT or isa == "sse2" or (isa == "neon" and not mcpu)) else 2
-    return CpuFacts(isa, bits, regs, units, l1, l2)
+    return CpuFacts(isa, bits, regs, units, l1, l2, llc)
 
 
 def cpu_facts(target) -> CpuFacts:

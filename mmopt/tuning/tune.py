@@ -41,6 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from mmopt import targets as _targets
+from mmopt.codegen import prefetch
 from mmopt.codegen.options import CodegenOptions, differences
 from mmopt.errors import MmoptError
 from mmopt.passes import DEFAULT_LEVEL
@@ -267,9 +268,14 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
         run.seen = {w: set(traces) for w, traces in schedules.items()}
         run.secs = {w: dict(traces) for w, traces in schedules.items()}
         run.save_tasks = save_tasks
+        # the default schedules' weight prefetching is decided for the whole model, as compile
+        # decides it (mmopt.codegen.prefetch): a task's candidates are scheduled the same way
+        streamed = tgt.device == "cpu" and prefetch.weights_from_memory(lowered,
+                                                                        tgt.tvm_target())
         try:
-            _tune_rounds(run, extracted, tgt, n_devices, batch or DEFAULT_BATCH, seed, database,
-                         search)
+            with prefetch.streaming(streamed):
+                _tune_rounds(run, extracted, tgt, n_devices, batch or DEFAULT_BATCH, seed,
+                             database, search)
         finally:
             report.current = None
             report.stopped = run.stop_reason
