@@ -43,8 +43,8 @@ import contextlib
 import contextvars
 from dataclasses import dataclass
 
-#: the chunk loop's annotation: ``{"buffer": name, "stride": s, "reuse": n}`` (see
-#: :func:`expand_prefetches`)
+#: the chunk loop's annotation: ``"buffer:stride:reuse"`` (see :func:`expand_prefetches`; a string,
+#: since a tuning record's trace replays only scalar annotation values)
 ANNOTATION = "mmopt_prefetch"
 #: weights smaller than this fraction of the L2 are not prefetched
 MIN_WEIGHT_FRACTION_OF_L2 = 0.5
@@ -125,8 +125,8 @@ class PrefetchPlan:
     #: reduction steps per chunk
     chunk: int
 
-    def annotation(self) -> dict:
-        return {"buffer": self.buffer, "stride": self.stride, "reuse": self.reuse_loops}
+    def annotation(self) -> str:
+        return f"{self.buffer}:{self.stride}:{self.reuse_loops}"
 
 
 def _vars_of(region) -> set:
@@ -299,8 +299,8 @@ def _prefetch_loop(outer_loops, loop):
 
     from mmopt.codegen.tir_util import region_buffer, static_extent
 
-    ann = loop.annotations[ANNOTATION]
-    buffer, stride, n_reuse = str(ann["buffer"]), int(ann["stride"]), int(ann["reuse"])
+    buffer, stride, n_reuse = str(loop.annotations[ANNOTATION]).rsplit(":", 2)
+    stride, n_reuse = int(stride), int(n_reuse)
     if not outer_loops or outer_loops[0].kind != tirx.ForKind.PARALLEL:
         return None
     realize = _update_realize(loop, buffer)

@@ -268,3 +268,29 @@ def test_constant_bytes_counts_each_weight_once():
         bb.emit_func_output(z)
     assert constant_bytes(bb.get()) == 256 * 256 * 4
     del tvm
+
+
+def test_a_prefetching_schedule_replays_from_a_tuning_database(target, tmp_path):
+    """Tuning records store a schedule as its trace in a JSON database: the annotation must
+    survive the round trip (a dict value did not: "Cannot recognize the type of an input random
+    variable: ffi.Map" when compile replayed the record)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from mmopt.codegen import cpu_contraction as cc
+    from mmopt.codegen.cpu_schedules import schedule_prim_func
+    from mmopt.codegen.prefetch import ANNOTATION
+
+    func = _gemm().with_attr("global_symbol", "main")
+    mod = tvm.IRModule({"main": func})
+    sch = schedule_prim_func(func, target, {"gemm": cc.ContractionKnobs(prefetch=True)},
+                             strict=True)
+    db = ms.database.JSONDatabase(str(tmp_path / "w.json"), str(tmp_path / "r.json"),
+                                  allow_missing=True)
+    workload = db.commit_workload(mod)
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [1e-3], target))
+    fresh = ms.database.JSONDatabase(str(tmp_path / "w.json"), str(tmp_path / "r.json"))
+    replay = fresh.query_schedule(mod, target, workload_name="main")
+    assert replay is not None
+    assert ANNOTATION in replay.mod["main"].script()
+    assert replay.mod["main"].script() == sch.mod["main"].script()
