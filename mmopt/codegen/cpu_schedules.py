@@ -41,7 +41,7 @@ from mmopt.codegen.cpu_contraction import (_MIN_PARALLEL_TILES, SymbolicInnermos
                                            _contraction_axes, _contraction_names,
                                            _contraction_shape, schedule_contraction,
                                            schedule_contraction_symbolic)
-from mmopt.codegen.cpu_inline import _inline_injective_chains
+from mmopt.codegen.cpu_inline import _inline_injective_chains, _inline_plain_copies
 from mmopt.codegen.register_tiles import known_multiple, pick_lanes
 from mmopt.codegen.schedule_fallbacks import exception_reason, note_fallback, note_skip
 from mmopt.codegen.tir_util import (_block_axes, _extent, _index_iter, _iter_kinds, _kind,
@@ -135,6 +135,11 @@ def _parallel_symbolic(sch, loops) -> None:
 
 def schedule_reduction(sch, name: str, lanes: int) -> None:
     block_rv = sch.get_sblock(name)
+    # A pooling window reads each padded input element a few times and does almost no work per
+    # read: a materialized padded copy is as much traffic as the pooling itself (ResNet-50's
+    # stem max-pool: 0.09 ms against onnxruntime's 0.03 on a Zen 5), so the padding is read
+    # through its select instead.
+    _inline_plain_copies(sch, block_rv, padding=True)
     loops, kinds, v_axis = _block_axes(sch, block_rv)
     spatial = [i for i, k in enumerate(kinds) if k == "S"]
     reductions = [loops[i] for i, k in enumerate(kinds) if k == "R"]
