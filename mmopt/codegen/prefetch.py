@@ -384,7 +384,8 @@ def _prefetch_loop(outer_loops, loop):
 
 def expand_prefetches():
     """The TIR pass of the module docstring: prefetches at the top of every annotated chunk loop
-    (the annotation is removed; a loop nest that is not the scheduled one is left without)."""
+    (the annotation is removed; a loop nest that is not the scheduled one is left without, and
+    reported as degraded with the schedule fallbacks)."""
     import tvm
     import tvm_ffi
     from tvm import tirx
@@ -397,6 +398,12 @@ def expand_prefetches():
         new = {}
         for outer, loop in found:
             prefetch = _prefetch_loop(outer, loop)
+            if prefetch is None:
+                from mmopt.codegen.schedule_fallbacks import note_skip
+
+                name = func.attrs.get("global_symbol", "?") if func.attrs is not None else "?"
+                note_skip(str(name), "prefetch", "the loop nest is not the one the schedule "
+                          "annotated: its weights are not prefetched", kind="degraded")
             annotations = {k: v for k, v in loop.annotations.items() if k != ANNOTATION}
             body = loop.body if prefetch is None else tirx.SeqStmt([prefetch, loop.body])
             new[loop] = tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body,

@@ -294,3 +294,19 @@ def test_a_prefetching_schedule_replays_from_a_tuning_database(target, tmp_path)
     assert replay is not None
     assert ANNOTATION in replay.mod["main"].script()
     assert replay.mod["main"].script() == sch.mod["main"].script()
+
+
+def test_an_annotation_on_another_loop_nest_is_reported_not_expanded():
+    """An annotated loop outside a parallel tile loop (not what the schedule makes) gets no
+    prefetch, loses the annotation, and is reported as degraded."""
+    from tvm import s_tir
+
+    from mmopt.codegen.prefetch import ANNOTATION, expand_prefetches
+    from mmopt.codegen.schedule_fallbacks import record_fallbacks
+
+    sch = s_tir.Schedule(_gemm().with_attr("global_symbol", "gemm_main"))
+    sch.annotate(sch.get_loops(sch.get_sblock("gemm"))[-1], ANNOTATION, "W:1:0")
+    with record_fallbacks() as found:
+        out = expand_prefetches()(sch.mod)["main"]
+    assert ANNOTATION not in out.script() and "prefetch" not in out.script()
+    assert [f["schedule"] for f in found if f.get("kind") == "degraded"] == ["prefetch"]
