@@ -43,6 +43,8 @@ import contextlib
 import contextvars
 from dataclasses import dataclass
 
+from mmopt.codegen.tir_util import static_bytes
+
 #: the chunk loop's annotation: ``"buffer:stride:reuse"`` (see :func:`expand_prefetches`; a string,
 #: since a tuning record's trace replays only scalar annotation values)
 ANNOTATION = "mmopt_prefetch"
@@ -142,6 +144,8 @@ def panel_operand(block, v_axis: int, r_axis: int | None):
     """The read region of a contraction ``block`` that is its weight panel: indexed by the output
     channel (the innermost output axis ``v_axis``, in its last dimension) and not by the rows
     (``r_axis``). None when there is no such read."""
+    from tvm import tirx
+
     from mmopt.codegen.tir_util import region_buffer
 
     out = region_buffer(block.writes[0])
@@ -153,23 +157,12 @@ def panel_operand(block, v_axis: int, r_axis: int | None):
         if buf.same_as(out) or not region.region:
             continue
         used = _vars_of(region)
-        from tvm import tirx
-
         last = set(tirx.analysis.undefined_vars(region.region[-1].min))
         if v_var not in used or v_var not in last or (r_var is not None and r_var in used):
             continue
-        if best is None or _bytes(buf) > _bytes(best[1]):
+        if best is None or (static_bytes(buf) or 0) > (static_bytes(best[1]) or 0):
             best = (region, buf)
     return best
-
-
-def _bytes(buf) -> int:
-    import tvm
-
-    count = 1
-    for d in buf.ty.shape:
-        count *= int(d)
-    return count * tvm.DataType(str(buf.dtype)).bits // 8
 
 
 def chunk_for(passes: int, k_extent: int) -> int | None:
@@ -194,7 +187,7 @@ def plan(block, v_axis: int, r_axis: int | None, outer, reuse_extent: int, k_ext
     if found is None:
         return None
     region, buf = found
-    if force is not True and _bytes(buf) < MIN_WEIGHT_FRACTION_OF_L2 * l2_bytes:
+    if force is not True and (static_bytes(buf) or 0) < MIN_WEIGHT_FRACTION_OF_L2 * l2_bytes:
         return None
     used = _vars_of(region)
     stride = 1

@@ -25,6 +25,8 @@ leave registers for their temporaries
 
 from __future__ import annotations
 
+from mmopt.codegen.tir_util import static_bytes
+
 #: the largest ``local`` allocation kept on the stack: a register tile is at most the register
 #: file (AVX-512: 32 registers of 64 bytes). Larger ``local`` buffers are not register tiles and
 #: keep TVM's heap workspace (the threads' stacks are finite).
@@ -34,25 +36,11 @@ STACK_TILE_BYTES = 2048
 _ON_STACK = "disable_lower_builtin"
 
 
-def _static_bytes(buffer) -> int | None:
-    """The size in bytes of ``buffer`` when its shape is static, else None."""
-    import tvm
-    from tvm import tirx
-
-    count = 1
-    for extent in buffer.shape:
-        if not isinstance(extent, tirx.IntImm):
-            return None
-        count *= int(extent)
-    dtype = tvm.DataType(str(buffer.dtype))
-    return count * dtype.bits * dtype.lanes // 8
-
-
 def _register_tile(node) -> bool:
     buffer = node.buffer
     if str(buffer.scope()) != "local":
         return False
-    size = _static_bytes(buffer)
+    size = static_bytes(buffer)
     return size is not None and size <= STACK_TILE_BYTES
 
 

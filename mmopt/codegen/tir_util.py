@@ -1,5 +1,5 @@
 """Small helpers that inspect TIR schedules: loop extents, a block's iter kinds and which of its
-iters index an output dimension, the buffer of a read/write region.
+iters index an output dimension, the buffer of a read/write region, a static buffer's size.
 
 Shared by the default CPU schedules (:mod:`mmopt.codegen.cpu_schedules`,
 :mod:`mmopt.codegen.cpu_contraction`, :mod:`mmopt.codegen.cpu_inline`) and the kernels that
@@ -62,3 +62,17 @@ def _block_axes(sch, block_rv):
     region = block.writes[0].region
     return (sch.get_loops(block_rv), _iter_kinds(block),
             _index_iter(block, region[-1]) if region else None)
+
+
+def static_bytes(buffer) -> int | None:
+    """The size in bytes of ``buffer`` when its shape is static, else None."""
+    import tvm
+    from tvm import tirx
+
+    count = 1
+    for extent in buffer.shape:
+        if not isinstance(extent, tirx.IntImm):
+            return None
+        count *= int(extent)
+    dtype = tvm.DataType(str(buffer.dtype))
+    return count * dtype.bits * dtype.lanes // 8
