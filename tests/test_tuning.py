@@ -27,7 +27,7 @@ from mmopt.tuning.measure import compare_latency, relax_module
 from mmopt.tuning.tune import Measurement, parse_duration, tune
 
 #: measurements kept short: a few ms per candidate
-FAST = Measurement(min_repeat_ms=5)
+FAST = Measurement(min_repeat_ms=5, model_rounds=1)
 
 
 @pytest.fixture(scope="module")

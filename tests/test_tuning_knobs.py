@@ -13,11 +13,12 @@ import pytest
 from mmopt import ir as mir
 from mmopt import targets
 from mmopt.runtime.verify import run_onnxruntime
+from mmopt.tuning import confirm
 from mmopt.tuning import database as tdb
 from mmopt.tuning.measure import relax_module
 from mmopt.tuning.tune import Measurement, tune
 
-FAST = Measurement(min_repeat_ms=5)
+FAST = Measurement(min_repeat_ms=5, model_rounds=1)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +103,103 @@ def test_both_searches_knobs_then_metaschedule(model, tmp_path):
     assert state.trials == 1 or state.exhausted
     schedules = tdb.TuningDatabase(tmp_path / "db").schedules("x86")
     assert len(schedules[state.workload]) == 1 + variants + state.trials
+
+
+# --------------------------------------------------------------------------------------------------
+# the in-model check of the best records (mmopt.tuning.confirm)
+
+
+def _verdicts(db_dir) -> dict:
+    return {w: info for w, info in tdb.TuningDatabase(db_dir).tasks("x86").items() if info.kept}
+
+
+def test_best_records_are_checked_in_the_model(knob_tuned):
+    """The fixture's run ended with the in-model check: every task whose best record is not its
+    default schedule has a verdict (both kernels timed in the model, one kept), and the kept
+    schedule is one of the task's records."""
+    db_dir, report = knob_tuned
+    assert not any("not checked" in n or "failed" in n for n in report.notes), report.notes
+    checked = [t for t in report.tasks if t.in_model is not None]
+    verdicts = _verdicts(db_dir)
+    assert {t.workload for t in checked} == set(verdicts)
+    schedules = tdb.TuningDatabase(db_dir).schedules("x86")
+    for t in checked:
+        assert t.in_model["default_ms"] > 0 and t.in_model["tuned_ms"] > 0
+        assert t.in_model["kept"] == ("tuned" if t.in_model["tuned_ms"] <= t.in_model["default_ms"]
+                                      * (1 - confirm.MARGIN) else "default")
+        info = verdicts[t.workload]
+        assert info.in_model["kept"] == t.in_model["kept"]
+        assert info.kept in {tdb.schedule_hash(k) for k in schedules[t.workload]}
+
+
+def test_a_verdict_decides_the_record_compile_applies(knob_tuned, tmp_path):
+    """With a verdict, only the kept schedule's records of the task are applied, even when another
+    record was faster alone; a verdict naming no record (a database edited by hand) is ignored."""
+    import shutil
+
+    db_dir = tmp_path / "db"
+    shutil.copytree(knob_tuned[0], db_dir)
+    schedules = tdb.TuningDatabase(db_dir).schedules("x86")
+    workload, traces = max(schedules.items(), key=lambda kv: len(kv[1]))
+    assert len(traces) >= 2
+    slowest = max(traces, key=traces.get)
+    fastest = min(traces, key=traces.get)
+
+    def applied() -> set[str]:
+        reader = tdb.TuningDatabase(db_dir).reader(targets.get("x86"))
+        return {tdb.trace_key_of(r.trace) for r in reader.get_all_tuning_records()
+                if str(r.workload.as_json()[0]) == workload}
+
+    database = tdb.TuningDatabase(db_dir)
+    database.set_verdicts("x86", {workload: (tdb.schedule_hash(slowest), {"name": "t"})})
+    assert applied() == {slowest}
+    database.set_verdicts("x86", {workload: ("0" * 16, {"name": "t"})})
+    assert fastest in applied() and len(applied()) == len(traces)
+    database.set_verdicts("x86", {workload: (None, None)})
+    assert workload not in _verdicts(db_dir) and len(applied()) == len(traces)
+    # a later tuning run's task bookkeeping keeps the verdict
+    database.set_verdicts("x86", {workload: (tdb.schedule_hash(slowest), {"name": "t"})})
+    info = database.tasks("x86")[workload]
+    database.update_tasks("x86", {workload: tdb.TaskInfo(info.name, models=["other.onnx"])})
+    assert _verdicts(db_dir)[workload].kept == tdb.schedule_hash(slowest)
+
+
+@pytest.mark.parametrize("factor,kept", [(0.9, "tuned"), (0.99, "default")])
+def test_a_record_is_kept_only_if_faster_in_the_model(model, tmp_path, monkeypatch, factor, kept):
+    """The verdict rule, with the in-model times given: a record that made its kernel faster by
+    more than MARGIN in the model is kept; one within MARGIN (or slower) gives way to the default
+    schedule, which then is the only record of the task that compile applies."""
+    from mmopt.codegen.cpu_schedules import schedule_prim_func
+
+    chosen = []
+
+    def some_record(run, extracted):
+        # a candidate whatever the timings were: the first task with a record besides its default
+        schedules = tdb.TuningDatabase(tmp_path / "db").schedules("x86")
+        for index, state in enumerate(run.report.tasks):
+            mod = extracted[index].dispatched[0]
+            default = tdb.trace_key_of(schedule_prim_func(mod["main"], run.target).trace)
+            others = [k for k in schedules.get(state.workload, {}) if k != default]
+            if state.default_s is not None and others:
+                chosen.append(confirm.Candidate(index, state.name, state.workload, default,
+                                                others[0]))
+                return chosen
+        return []
+
+    def in_model(builds, _tgt, _reference, _threads, rounds, _runs):
+        assert set(builds) == {"default", "tuned"} and rounds == 1
+        return {"default": {c.name: 1e-3 for c in chosen},
+                "tuned": {c.name: factor * 1e-3 for c in chosen}}
+
+    monkeypatch.setattr(confirm, "candidates", some_record)
+    monkeypatch.setattr(confirm, "_kernel_times_in_model", in_model)
+    report = tune(model, "x86", tmp_path / "db", trials_per_task=3, measurement=FAST)
+    (c,) = chosen
+    (state,) = [t for t in report.tasks if t.name == c.name]
+    assert state.in_model == {"name": c.name, "default_ms": pytest.approx(1.0),
+                              "tuned_ms": pytest.approx(factor), "kept": kept}
+    key = c.best_key if kept == "tuned" else c.default_key
+    assert _verdicts(tmp_path / "db")[c.workload].kept == tdb.schedule_hash(key)
+    reader = tdb.TuningDatabase(tmp_path / "db").reader(targets.get("x86"))
+    assert {tdb.trace_key_of(r.trace) for r in reader.get_all_tuning_records()
+            if str(r.workload.as_json()[0]) == c.workload} == {key}

@@ -48,16 +48,26 @@ def show_cmd(directory, as_json):
         bucketed = any(w.buckets for w in target.workloads)
         for col, justify in (("task", "left"), ("workload", "left"), ("records", "right"),
                              ("valid", "right"), ("best (us)", "right"),
+                             ("in the model", "left"),
                              *((("bucket", "left"),) if bucketed else ())):
             table.add_column(col, justify=justify)
         for w in target.workloads:
             table.add_row(w.name, w.workload, str(w.records), str(w.valid),
                           "-" if w.best_s is None else f"{w.best_s * 1e6:,.1f}",
+                          _verdict_text(w.in_model),
                           *((" ".join(w.buckets) or "-",) if bucketed else ()))
         out.print(table)
         if bucketed:
             buckets = sorted({b for w in target.workloads for b in w.buckets})
             out.print(f"  buckets: {', '.join(buckets)} (records keyed by the specialized shapes)")
+
+
+def _verdict_text(in_model: dict | None) -> str:
+    """The in-model check of a task's best record (mmopt.tuning.confirm), or "-"."""
+    if not in_model:
+        return "-"
+    times = f"{in_model['default_ms'] * 1e3:,.1f} -> {in_model['tuned_ms'] * 1e3:,.1f} us"
+    return f"{in_model['kept']} kept ({times})"
 
 
 @db_cmd.command("merge")

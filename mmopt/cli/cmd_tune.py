@@ -51,6 +51,11 @@ def _task_table(report) -> Table:
             note = "[green]done[/]"
         else:
             note = ""
+        if t.in_model is not None:
+            verdict = (f"in the model {t.in_model['default_ms'] * 1e3:.1f} -> "
+                       f"{t.in_model['tuned_ms'] * 1e3:.1f} us")
+            note = (f"{note}; {verdict}" if t.in_model["kept"] == "tuned"
+                    else f"{note}; [yellow]default kept[/] ({verdict})").lstrip("; ")
         reference = t.best_before_s if t.best_before_s is not None else t.default_s
         improved = t.best_s is not None and reference is not None and t.best_s < reference * 0.98
         table.add_row(t.name, str(t.weight), f"{t.trials_before + t.trials}"
@@ -88,7 +93,8 @@ class _Display:
             return
         current = report.tasks[report.current] if report.current is not None else None
         if self.live is not None:
-            label = {"defaults": "default schedules", "recheck": "checking the best"}.get(
+            label = {"defaults": "default schedules", "recheck": "checking the best",
+                     "confirm": "checking in the model"}.get(
                 event, current.name if current else "tuning")
             self.progress.update(self.bar, completed=report.trials, eta=_eta(report.eta_s),
                                  description=label)
@@ -97,6 +103,9 @@ class _Display:
             err.print("  measuring the default schedule of each task (the baseline)")
         elif event == "recheck":
             err.print("  measuring each task's best and default schedules again, side by side")
+        elif event == "confirm":
+            err.print("  checking the best records in the model: building it with and without "
+                      "them, timing each kernel in place")
         elif event == "measured" and current is not None:
             err.print(f"  {current.name}: {current.trials_before + current.trials} trials, best "
                       f"{_us(current.best_s)} us; {report.trials}/{report.planned} trials, "

@@ -310,9 +310,12 @@ def _is_kernel(symbol: str) -> bool:
     return not symbol.startswith("vm.builtin.")
 
 
-def _profile_worker(artifact: str, inputs_path: str, warmup: int, runs: int, capture: bool,
-                    peak_target: str | None, threads: int) -> dict:
-    """Runs in a fresh process (TVM_NUM_THREADS = threads). See :func:`profile`."""
+def kernel_timing_worker(artifact: str, inputs_path: str, warmup: int, runs: int, capture: bool,
+                         peak_target: str | None, threads: int) -> dict:
+    """Runs in a fresh process (TVM_NUM_THREADS = threads; :func:`mmopt.runtime.bench.call_in_child`).
+    See :func:`profile`. Returns ``{"totals": [seconds of each plain run], "runs": [[(kernel
+    symbol, seconds) of each call] of each instrumented run], ...}``; tuning's in-model check
+    (:mod:`mmopt.tuning.confirm`) reads the same."""
     from mmopt.runtime.artifact import CompiledModel
     from mmopt.runtime.bench import vm_workspace_bytes
 
@@ -721,7 +724,7 @@ def profile_artifact(artifact, meta, reference, optimized, flops: Mapping[str, i
         measure = tgt.device == "cpu" and known_peak is None
         step(f"profiling ({runs} runs, {threads} threads)"
              + (" and measuring the FMA peak" if measure else ""))
-        raw = call_in_child(_profile_worker, str(artifact), inputs_path, warmup, runs,
+        raw = call_in_child(kernel_timing_worker, str(artifact), inputs_path, warmup, runs,
                             optimized is not None, tgt.name if measure else None,
                             threads, threads=threads, what="profile run")
     if raw["peak"] is not None:

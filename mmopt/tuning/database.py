@@ -7,7 +7,8 @@ measured for one target can never be applied to another::
     DIR/<slug>/target.json                     the target the records were measured for
     DIR/<slug>/database_workload.json          MetaSchedule's JSONDatabase files
     DIR/<slug>/database_tuning_record.json
-    DIR/<slug>/tasks.json                      task names and search state, by workload hash
+    DIR/<slug>/tasks.json                      task names, search state and in-model verdicts,
+                                               by workload hash
 
 The *identity* of a target is the canonical JSON of its TVM target (kind, triple, CPU, features,
 host, ...) without ``num-cores``: tuning needs the core count and it changes which schedule wins,
@@ -26,6 +27,13 @@ a tuning run's search nor in a compile. A compile applies them only when asked
 (``open_database(..., allow_emulated=True)``, ``mmopt compile --allow-emulated-records``), and then
 only to kernels without a real record; either way the database says which kernels had only
 emulated records (:meth:`emulated_report`).
+
+A task's records are ranked by their time measured alone, kernel by kernel, which can mislead: in
+the model a kernel's weights come from memory and its inputs from the kernel before, and a schedule
+that wins alone can lose there. Tuning therefore confirms each task's best record in the model
+(:mod:`mmopt.tuning.confirm`) and writes the verdict to ``tasks.json``: the schedule that was
+faster *in the model* (``kept``, a hash of its trace) and both times (``in_model``). A task with a
+verdict applies only that schedule's records; a task without one applies its fastest record.
 
 Workloads are keyed by MetaSchedule's structural hash of the task's TIR, so records are shared by
 every model with the same task (same operator, shapes and fused neighbours).
@@ -144,10 +152,16 @@ class TaskInfo:
     #: the shape buckets (``--buckets``) whose specialized function runs this kernel, as
     #: ``images:1,3,640,640``; empty for a static model's kernels
     buckets: list[str] = field(default_factory=list)
+    #: the in-model verdict (:mod:`mmopt.tuning.confirm`): :func:`schedule_hash` of the schedule
+    #: that was faster in the model, whose records alone apply; None: the fastest record applies
+    kept: str | None = None
+    #: the times behind it: ``{"default_ms", "tuned_ms", "kept": "default"|"tuned", "model"}``
+    in_model: dict | None = None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "exhausted": self.exhausted, "models": self.models,
-                "default_s": self.default_s, **({"buckets": self.buckets} if self.buckets else {})}
+                "default_s": self.default_s, **({"buckets": self.buckets} if self.buckets else {}),
+                **({"kept": self.kept, "in_model": self.in_model} if self.kept else {})}
 
 
 @dataclass
@@ -159,6 +173,8 @@ class WorkloadSummary:
     best_s: float | None
     #: the shape buckets whose specialized kernel this is (empty: a static model's kernel)
     buckets: list[str] = field(default_factory=list)
+    #: the in-model verdict (``{"default_ms", "tuned_ms", "kept", ...}``; None: none)
+    in_model: dict | None = None
 
 
 @dataclass
@@ -241,10 +257,13 @@ class TuningDatabase:
         if (sub / TARGET_FILE).is_file():
             _check_sub(sub, target, emulated)
             want = identity_key(target)
+            records = []
             for record in _load_records(sub):
                 if record.target is not None and identity_key(record.target) != want:
                     dropped += 1
-                    continue
+                else:
+                    records.append(record)
+            for record in _apply_verdicts(records, self.tasks(target, emulated=emulated)):
                 memory.commit_tuning_record(_recommit(memory, record))
                 kept += 1
         if dropped:
@@ -291,7 +310,8 @@ class TuningDatabase:
         path = self.target_dir(target, emulated=emulated) / TASKS_FILE
         data = _read_json(path) if path.is_file() else {}
         return {k: TaskInfo(v.get("name", "?"), bool(v.get("exhausted")), list(v.get("models", [])),
-                            v.get("default_s"), list(v.get("buckets", [])))
+                            v.get("default_s"), list(v.get("buckets", [])), v.get("kept"),
+                            v.get("in_model"))
                 for k, v in data.items()}
 
     def update_tasks(self, target, infos: dict[str, TaskInfo], *, emulated: bool = False) -> None:
@@ -305,7 +325,20 @@ class TuningDatabase:
                 info.exhausted = info.exhausted or old.exhausted
                 if info.default_s is None:
                     info.default_s = old.default_s
+                if info.kept is None:  # the verdict stays until set_verdicts changes it
+                    info.kept, info.in_model = old.kept, old.in_model
             merged[workload] = info
+        _write_json(sub / TASKS_FILE, {k: v.to_dict() for k, v in sorted(merged.items())})
+
+    def set_verdicts(self, target, verdicts: dict[str, tuple[str | None, dict | None]], *,
+                     emulated: bool = False) -> None:
+        """Set (or, with ``(None, None)``, remove) the in-model verdicts of workloads:
+        ``{workload: (schedule_hash of the kept schedule, in_model times)}``."""
+        sub = self.target_dir(target, create=True, emulated=emulated)
+        merged = self.tasks(target, emulated=emulated)
+        for workload, (kept, times) in verdicts.items():
+            info = merged.setdefault(workload, TaskInfo((times or {}).get("name", "?")))
+            info.kept, info.in_model = kept, (times if kept else None)
         _write_json(sub / TASKS_FILE, {k: v.to_dict() for k, v in sorted(merged.items())})
 
     # -- inspection ------------------------------------------------------------------------------
@@ -321,9 +354,11 @@ class TuningDatabase:
             workloads = []
             for workload, secs in per.items():
                 valid = [s for s in secs if s < FAILED_RUN_SECS]
+                info = names.get(workload, {})
                 workloads.append(WorkloadSummary(
-                    workload, names.get(workload, {}).get("name", "?"), len(secs), len(valid),
-                    min(valid) if valid else None, list(names.get(workload, {}).get("buckets", []))))
+                    workload, info.get("name", "?"), len(secs), len(valid),
+                    min(valid) if valid else None, list(info.get("buckets", [])),
+                    info.get("in_model") if info.get("kept") else None))
             workloads.sort(key=lambda w: (w.name, w.workload))
             out.append(TargetSummary(sub.name, meta.get("identity", {}), workloads,
                                      bool(meta.get("emulated"))))
@@ -564,6 +599,8 @@ def _merge_target(subs: list[Path], dest: Path) -> int:
                 old["exhausted"] = bool(old.get("exhausted")) or bool(info.get("exhausted"))
                 if old.get("default_s") is None:
                     old["default_s"] = info.get("default_s")
+                if not old.get("kept") and info.get("kept"):  # the first verdict stands
+                    old["kept"], old["in_model"] = info["kept"], info.get("in_model")
     if foreign:
         logger.warning("%s: dropped %d record(s) measured for another target", dest.name, foreign)
     order = {shash: i for i, shash in enumerate(workloads)}
@@ -603,6 +640,27 @@ def _load_records(sub: Path):
     return db.get_all_tuning_records()
 
 
+def schedule_hash(key: str) -> str:
+    """A short stable name of a schedule: the hash of its :func:`trace_key`."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _apply_verdicts(records: list, infos: dict[str, TaskInfo]) -> list:
+    """``records`` without those an in-model verdict ruled out: of a workload whose ``kept``
+    schedule has records, only those records. (A verdict whose schedule has no record any more
+    -- a database edited by hand -- is ignored: the fastest record applies.)"""
+    verdicts = {w: info.kept for w, info in infos.items() if info.kept}
+    if not verdicts:
+        return records
+    keyed = []
+    for record in records:
+        workload = str(record.workload.as_json()[0])
+        kept = verdicts.get(workload)
+        keyed.append((record, workload, kept and schedule_hash(trace_key_of(record.trace))))
+    present = {w for _r, w, h in keyed if h and h == verdicts[w]}
+    return [r for r, w, h in keyed if w not in present or h == verdicts[w]]
+
+
 def _recommit(memory, record):
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
@@ -635,6 +693,24 @@ def trace_key(trace_json) -> str:
         return value
 
     return json.dumps(normal(trace_json), sort_keys=True, separators=(",", ":"))
+
+
+def trace_key_of(trace) -> str:
+    """:func:`trace_key` of a schedule trace object (decisions included): the same string as its
+    stored record gives."""
+
+    def plain(value):
+        if isinstance(value, (bool, int, float)) or value is None:
+            return value
+        if isinstance(value, str):
+            return str(value)
+        if hasattr(value, "items"):
+            return {str(k): plain(v) for k, v in value.items()}
+        if hasattr(value, "value"):  # IntImm / FloatImm
+            return value.value
+        return [plain(v) for v in value]
+
+    return trace_key(plain(trace.as_json()))
 
 
 def _raw_records(sub: Path) -> Iterator[tuple[str, str, float]]:

@@ -15,7 +15,8 @@ import os
 
 from mmopt.errors import summarize
 from mmopt.tuning.database import FAILED_RUN_SECS
-from mmopt.tuning.tune_run import TuneRun, trace_key_of
+from mmopt.tuning.database import trace_key_of
+from mmopt.tuning.tune_run import TuneRun
 
 logger = logging.getLogger(__name__)
 

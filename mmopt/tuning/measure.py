@@ -111,9 +111,9 @@ def compare_latency(model, target, database, *, input_shapes=None, opt_level: in
     with tempfile.TemporaryDirectory(prefix="mmopt-latency-") as tmp:
         paths = {}
         for label, database_ in (("default", None), ("tuned", db)):
-            paths[label] = _export(build(mod, tgt, database_, codegen or CodegenOptions.from_env()),
-                                   tgt, reference,
-                                   Path(tmp) / label)
+            paths[label] = export_artifact(
+                build(mod, tgt, database_, codegen or CodegenOptions.from_env()), tgt, reference,
+                Path(tmp) / label)
         times = _time_side_by_side(paths, feeds, tgt, farm, key, number, repeat, min_repeat_ms,
                                    farm_secret, function, leading)
     where = f"device {key or tgt.rpc_key} at {farm}" if farm else "this machine"
@@ -175,7 +175,7 @@ def _time_side_by_side(paths: dict[str, Path], feeds, tgt, farm, key, number: in
     return {label: float(np.median(values)) for label, values in samples.items()}
 
 
-def _export(executable, tgt, reference, prefix: Path) -> Path:
+def export_artifact(executable, tgt, reference, prefix: Path) -> Path:
     """Write ``prefix.so`` + ``prefix.json`` (enough of an artifact for the runtime and farm)."""
     import tvm
 

@@ -25,7 +25,12 @@ What a run does, in order:
 4. every measured candidate is appended to the database as soon as its batch returns, so an
    interruption (Ctrl-C, the time budget, a device that disappears) loses nothing measured.
    Candidates whose *run* failed on a farm device are not recorded (the device may be to blame;
-   resuming measures them again); candidates that failed to *build* are, as MetaSchedule does.
+   resuming measures them again); candidates that failed to *build* are, as MetaSchedule does;
+5. each task's best record is checked in the model (:mod:`mmopt.tuning.confirm`): the model is
+   built with the default schedules and with the records, each kernel is timed in place, and a
+   record that does not make its kernel faster *there* gives way to the default schedule. This
+   runs also when the time budget is reached (it takes a few builds and seconds of runs), not
+   after Ctrl-C.
 
 Builds happen on this machine (cross-linked for ARM). Measurements happen in a local runner, or
 through TVM's RPC runner on the devices of a key, one candidate per device at a time.
@@ -48,6 +53,7 @@ from mmopt.passes import DEFAULT_LEVEL
 from mmopt.runtime.threads import local_cores
 from mmopt.tuning import farm as _farm
 from mmopt.tuning.bucket_tasks import bucket_tasks
+from mmopt.tuning.confirm import confirm_or_note
 from mmopt.tuning.database import (
     EMULATED_SUFFIX,
     FAILED_RUN_SECS,
@@ -281,6 +287,12 @@ def tune(model, target, database, *, input_shapes: Mapping[str, Sequence[int]] |
             report.stopped = run.stop_reason
         if report.stopped is None and not run.measured_any and run.first_error:
             report.stopped = f"nothing could be measured on {runner_text}: {run.first_error}"
+        if report.stopped in (None, "time budget reached") and not (stop and stop.is_set()):
+            why_not = ("measured on farm devices" if address is not None
+                       else "a dynamic model" if resolved else None)
+            with prefetch.streaming(streamed):  # the default schedules as measured
+                confirm_or_note(run, extracted, mod, _reference, tgt, codegen, database,
+                                threads=num_cores, why_not=why_not)
     save_tasks()
     final = tdb.record_counts(tgt, emulated=emulated)
     report.records = sum(final.get(t.workload, 0) for t in report.tasks)

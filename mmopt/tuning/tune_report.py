@@ -29,6 +29,9 @@ class Measurement:
     #: farm: how long a candidate waits for a free device before it counts as failed
     device_wait_s: float = 120.0
     builder_workers: int | None = None
+    #: the in-model check of the best records (:mod:`mmopt.tuning.confirm`): alternating rounds
+    #: of the model built with and without them (0: no check)
+    model_rounds: int = 3
 
 
 @dataclass
@@ -55,6 +58,10 @@ class TaskState:
     #: ``[trials, best seconds]`` as this run went: the baseline (at the trials recorded before),
     #: then after every trial (trials counted as in ``trials_before + trials``)
     history: list[list] = field(default_factory=list)
+    #: the in-model check of the best record (:mod:`mmopt.tuning.confirm`): ``{"default_ms",
+    #: "tuned_ms", "kept"}``; None: not checked (its best record is the default schedule, or
+    #: the check did not run: see the report's notes)
+    in_model: dict | None = None
 
     def mark(self) -> None:
         """Add the task's trials and best time so far to :attr:`history`."""
@@ -68,7 +75,8 @@ class TaskState:
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in (
             "name", "workload", "weight", "trials_before", "trials", "errors", "default_s",
-            "best_before_s", "best_s", "planned", "exhausted", "knob_space", "history")}
+            "best_before_s", "best_s", "planned", "exhausted", "knob_space", "history",
+            "in_model")}
 
 
 @dataclass

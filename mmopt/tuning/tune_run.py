@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from mmopt.errors import MmoptError, summarize
 from mmopt.tuning import farm as _farm
-from mmopt.tuning.database import FAILED_RUN_SECS
+from mmopt.tuning.database import FAILED_RUN_SECS, trace_key_of
 from mmopt.tuning.tune_report import Measurement, OnUpdate, TuneReport
 
 logger = logging.getLogger(__name__)
@@ -148,22 +148,3 @@ class TuneRun:
             state.trials += 1
             state.mark()
             self.batch_measured += 1
-
-
-def trace_key_of(trace) -> str:
-    """A trace as the database stores it (decisions included), for duplicate detection."""
-    from mmopt.tuning.database import trace_key
-
-    def plain(value):
-        if isinstance(value, (bool, int, float)) or value is None:
-            return value
-        if isinstance(value, str):
-            return str(value)
-        if hasattr(value, "items"):
-            return {str(k): plain(v) for k, v in value.items()}
-        if hasattr(value, "value"):  # IntImm / FloatImm
-            return value.value
-        return [plain(v) for v in value]
-
-    return trace_key(plain(trace.as_json()))
-
