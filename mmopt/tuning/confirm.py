@@ -16,8 +16,8 @@ machine):
    verdicts are cleared (the other tasks' verdicts stand);
 2. the model is built twice -- default schedules, and the records applied -- exactly as compile
    builds it;
-3. both are run alternately in fresh processes (``Measurement.model_rounds``, default 3, x
-   ``RUNS`` runs each), with the VM's
+3. both are run alternately in fresh processes (``Measurement.model_rounds``, default 3; each
+   ``RUNS`` runs, then about ``ROUND_S`` seconds of runs), with the VM's
    instrument timing every kernel call in place (:func:`mmopt.runtime.profile.kernel_timing_worker`,
    as ``mmopt profile`` does); a kernel's time is the sum of its calls in one run, its minimum over
    the runs;
@@ -47,9 +47,12 @@ logger = logging.getLogger(__name__)
 #: A record must make its kernel at least this much faster in the model to be kept (below it, the
 #: difference is within what two builds of the same schedule show).
 MARGIN = 0.02
-#: Timed runs per round (a fresh process per artifact per round; the rounds:
-#: ``Measurement.model_rounds``).
+#: Timed runs of the first round (a fresh process per artifact per round; the rounds:
+#: ``Measurement.model_rounds``); the later rounds run about ``ROUND_S`` seconds of the model, at
+#: most ``MAX_RUNS`` runs.
 RUNS = 10
+ROUND_S = 0.5
+MAX_RUNS = 100
 
 
 @dataclass
@@ -141,8 +144,13 @@ def confirm(run, extracted, mod, reference, tgt, codegen, database, *, threads: 
 def _kernel_times_in_model(builds: dict, tgt, reference, threads: int, rounds: int,
                            runs: int) -> dict[str, dict[str, float]]:
     """``{label: {kernel symbol: seconds}}``: each build of ``builds`` (``{label: () ->
-    Executable}``) exported and run alternately, ``rounds`` fresh processes of ``runs`` runs
-    each; a kernel's time is the sum of its calls in one run, the minimum over all runs."""
+    Executable}``) exported and run alternately, ``rounds`` fresh processes each: the first of
+    ``runs`` runs, the others of as many as take about ``ROUND_S`` (``runs`` to ``MAX_RUNS``); a
+    kernel's time is the sum of its calls in one run, the minimum over all runs. (Ten runs of a
+    2 ms model left its 20-100 us kernels 10-15 % apart between two builds of the same schedule;
+    a hundred, 2-5 %.)"""
+    import math
+
     from mmopt.runtime.bench import call_in_child
     from mmopt.runtime.inputs import random_inputs
     from mmopt.runtime.profile import kernel_timing_worker
@@ -155,11 +163,15 @@ def _kernel_times_in_model(builds: dict, tgt, reference, threads: int, rounds: i
         np.savez(inputs_path, **random_inputs(reference, 0))
         best: dict[str, dict[str, float]] = {label: {} for label in paths}
         order = list(paths)
+        fastest = math.inf
         for r in range(rounds):
+            if r == 1:
+                runs = max(runs, min(MAX_RUNS, math.ceil(ROUND_S / fastest)))
             for label in order if r % 2 == 0 else order[::-1]:
                 raw = call_in_child(kernel_timing_worker, str(paths[label]), inputs_path, 2, runs,
                                     False, None, threads, threads=threads,
                                     what="timing the model's kernels")
+                fastest = min([fastest, *raw["totals"]])
                 for calls in raw["runs"]:
                     per_run: dict[str, float] = {}
                     for symbol, seconds in calls:
