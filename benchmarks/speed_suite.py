@@ -63,6 +63,8 @@ HERE = Path(__file__).resolve().parent
 ISA_TARGETS = ("x86-avx2", "x86-avx512")
 #: /proc/cpuinfo flags recorded with the results
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni")
+#: each model's tuning search stops after this long (the in-model check of its records follows)
+TUNE_BUDGET = "8m"
 #: the PP-OCR text detector's suite resolutions (the other OCR models run at their one shape)
 OCR_DET_SIZES = (320, 640, 960)
 
@@ -237,12 +239,13 @@ def _throughput(flops: int | None, median_ms: float, peak: float | None) -> dict
 def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: bool,
         out_dir: Path, tune_trials: int | None = None, search: str = "knobs",
         rounds: int = 1, isas: list[str] | None = None, nbits: bool = False,
-        weight_bits: int = 7) -> list[dict]:
+        weight_bits: int = 7, tune_budget: str | None = TUNE_BUDGET) -> list[dict]:
     """Compile every model for every ISA (and variant), time them with onnxruntime; write
     speed.json and speed.png to ``out_dir``.
 
     ``rounds``: time all engines that many times (fresh processes each time) and keep, per row,
-    the round with the median ratio.
+    the round with the median ratio. ``tune_budget``: each model's tuning search stops after
+    this long (``mmopt tune --time-budget``; its in-model check of the records follows).
     """
     import mmopt
     from mmopt import ir as mir
@@ -295,8 +298,8 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                     variants.append(("q4", q4, None, q4_path))
             compiled = []  # (variant, isa, database, result, reference path, compile seconds)
             for isa in isas:
-                tune_s = (_tune(reference, name, isa, db, tune_trials, search) if tune_trials
-                          else None)
+                tune_s = (_tune(reference, name, isa, db, tune_trials, search, tune_budget)
+                          if tune_trials else None)
                 for variant, source, database, ref in variants:
                     start = time.perf_counter()
                     kwargs = {"db": database} if database else {}
@@ -350,6 +353,7 @@ def run(names, *, threads: int, repeat: int, warmup: int, db: str | None, int8: 
                 if database:
                     row["tuning"] = {"database": str(database), "trials_per_task": tune_trials,
                                      "search": search if tune_trials else None,
+                                     "budget": tune_budget if tune_trials else None,
                                      "tune_s": tune_s,
                                      **{k: v for k, v in (result.meta.extra or {})
                                         .get("tuning", {}).items() if k.startswith("kernels")}}
@@ -400,17 +404,24 @@ def _line(row: dict, rounds: int) -> str:
     return text
 
 
-def _tune(model, name: str, target: str, db: str, trials_per_task: int, search: str) -> float:
+def _tune(model, name: str, target: str, db: str, trials_per_task: int, search: str,
+          budget: str | None = None) -> float:
     """Tune ``model`` for ``target`` into ``db`` (``trials_per_task`` records per task, counting
-    those already there, so a kept database makes a second run quick); returns the seconds."""
+    those already there, so a kept database makes a second run quick; the search stops after
+    ``budget``); returns the seconds, the in-model check included."""
     from mmopt.tuning.tune import tune
 
     start = time.perf_counter()
-    report = tune(model, target, db, trials_per_task=trials_per_task, search=search)
+    report = tune(model, target, db, trials_per_task=trials_per_task, search=search,
+                  time_budget=budget)
     seconds = time.perf_counter() - start
+    kept = [t.in_model["kept"] for t in report.tasks if t.in_model]
     print(f"{name:<22} {target:<10} tuned: {report.trials} trial(s) over {len(report.tasks)} "
-          f"tasks in {seconds:.0f}s ({search}, {trials_per_task}/task)"
-          + (f"; stopped: {report.stopped}" if report.stopped else ""), flush=True)
+          f"tasks in {seconds:.0f}s ({search}, {trials_per_task}/task"
+          + (f", budget {budget}" if budget else "") + "); in the model: "
+          f"{kept.count('tuned')} record(s) kept, {kept.count('default')} default schedule(s)"
+          + (f"; stopped: {report.stopped}" if report.stopped else "")
+          + "".join(f"; {n}" for n in report.notes), flush=True)
     return round(seconds, 1)
 
 
@@ -484,6 +495,10 @@ def main() -> None:
     parser.add_argument("--tune-trials", type=int, metavar="N",
                         help="tune each model first (N trials per task) into --db (default: a "
                              "temporary database): adds the fp32-tuned variant")
+    parser.add_argument("--tune-budget", default=TUNE_BUDGET, metavar="DURATION",
+                        help="stop each model's tuning search after this long (mmopt tune "
+                             f"--time-budget; default {TUNE_BUDGET}: with the in-model check, "
+                             "about 10 minutes a model on 2 cores)")
     parser.add_argument("--search", default="knobs", choices=["knobs", "metaschedule", "both"],
                         help="tuning search for --tune-trials (see mmopt tune --search)")
     parser.add_argument("--int8", action="store_true", help="add an int8 (QDQ) variant")
@@ -509,6 +524,7 @@ def main() -> None:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     run(names, threads=args.threads, repeat=args.repeat, warmup=args.warmup, db=args.db,
         int8=args.int8, weight_bits=args.weight_bits, out_dir=Path(args.out), tune_trials=args.tune_trials, search=args.search,
+        tune_budget=args.tune_budget,
         rounds=args.rounds, isas=isas, nbits=args.nbits)
 
 
