@@ -61,7 +61,6 @@ class Verdict:
     best record, in the model, and which of the two is kept."""
 
     name: str
-    workload: str
     default_ms: float
     tuned_ms: float
     kept: str  # "tuned" or "default"
@@ -132,7 +131,7 @@ def confirm(run, extracted, mod, reference, tgt, codegen, database, *, threads: 
             logger.debug("%s: no kernel of that name ran in the model", c.name)
             continue
         keep_tuned = tuned_s <= default_s * (1 - MARGIN)
-        verdict = Verdict(c.name, c.workload, default_s * 1e3, tuned_s * 1e3,
+        verdict = Verdict(c.name, default_s * 1e3, tuned_s * 1e3,
                           "tuned" if keep_tuned else "default")
         verdicts.append(verdict)
         stored[c.workload] = (schedule_hash(c.best_key if keep_tuned else c.default_key),
