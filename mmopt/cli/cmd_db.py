@@ -64,10 +64,11 @@ def show_cmd(directory, as_json):
 
 def _verdict_text(in_model: dict | None) -> str:
     """The in-model check of a task's best record (mmopt.tuning.confirm), or "-"."""
+    from mmopt.tuning.tune_report import in_model_times
+
     if not in_model:
         return "-"
-    times = f"{in_model['default_ms'] * 1e3:,.1f} -> {in_model['tuned_ms'] * 1e3:,.1f} us"
-    return f"{in_model['kept']} kept ({times})"
+    return f"{in_model['kept']} kept ({in_model_times(in_model)})"
 
 
 @db_cmd.command("merge")

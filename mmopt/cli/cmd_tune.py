@@ -52,8 +52,7 @@ def _task_table(report) -> Table:
         else:
             note = ""
         if t.in_model is not None:
-            verdict = (f"in the model {t.in_model['default_ms'] * 1e3:.1f} -> "
-                       f"{t.in_model['tuned_ms'] * 1e3:.1f} us")
+            verdict = f"in the model {t.in_model_text}"
             note = (f"{note}; {verdict}" if t.in_model["kept"] == "tuned"
                     else f"{note}; [yellow]default kept[/] ({verdict})").lstrip("; ")
         reference = t.best_before_s if t.best_before_s is not None else t.default_s

@@ -82,8 +82,8 @@ class Candidate:
 def candidates(run, extracted) -> list[Candidate]:
     """The tasks of ``run`` whose fastest record (in ``run.db``, verdicts aside) is not their
     default schedule, and whose default schedule has a measured record."""
-    from mmopt.codegen.cpu_schedules import schedule_prim_func
     from mmopt.tuning.database import trace_key_of
+    from mmopt.tuning.knob_search import best_and_default
 
     found = []
     for index, state in enumerate(run.report.tasks):
@@ -91,8 +91,7 @@ def candidates(run, extracted) -> list[Candidate]:
             continue
         mod = extracted[index].dispatched[0]
         try:
-            best = run.db.query_schedule(mod, run.target, state.name)
-            default = schedule_prim_func(mod["main"], run.target)
+            best, default = best_and_default(run, mod, state.name)
         except Exception as exc:  # noqa: BLE001 - such a task keeps its records as they are
             logger.debug("%s: not checked in the model (%s)", state.name, summarize(exc))
             continue

@@ -14,8 +14,7 @@ import math
 import os
 
 from mmopt.errors import summarize
-from mmopt.tuning.database import FAILED_RUN_SECS
-from mmopt.tuning.database import trace_key_of
+from mmopt.tuning.database import FAILED_RUN_SECS, trace_key_of
 from mmopt.tuning.tune_run import TuneRun
 
 logger = logging.getLogger(__name__)
@@ -209,8 +208,6 @@ def recheck(run: TuneRun, extracted, builder, runner) -> None:
     each task's fastest record; measuring the two contenders again under the same conditions keeps
     a noisy win from replacing a better default schedule.
     """
-    from mmopt.codegen.cpu_schedules import schedule_prim_func
-
     report = run.report
     items, owners = [], []
     for index, state in enumerate(report.tasks):
@@ -218,8 +215,7 @@ def recheck(run: TuneRun, extracted, builder, runner) -> None:
             continue
         mod = extracted[index].dispatched[0]
         try:
-            best = run.db.query_schedule(mod, run.target, state.name)
-            default = schedule_prim_func(mod["main"], run.target)
+            best, default = best_and_default(run, mod, state.name)
         except Exception as exc:  # noqa: BLE001 - a task without a recheck keeps its records
             logger.debug("%s: no recheck (%s)", state.name, summarize(exc))
             continue
@@ -247,6 +243,15 @@ def recheck(run: TuneRun, extracted, builder, runner) -> None:
         state.mark()
     run.save_tasks()
     run.on_update(report, "measured")
+
+
+def best_and_default(run: TuneRun, mod, name: str):
+    """``(schedule of the task's fastest record in run.db, its default schedule)``; either may
+    be None (no record; no default schedule). Raises when a schedule cannot be made."""
+    from mmopt.codegen.cpu_schedules import schedule_prim_func
+
+    return run.db.query_schedule(mod, run.target, name), schedule_prim_func(mod["main"],
+                                                                             run.target)
 
 
 def measure_candidates(run: TuneRun, builder, runner, items: list, rounds: int = 1) -> list:

@@ -63,6 +63,11 @@ class TaskState:
     #: the check did not run: see the report's notes)
     in_model: dict | None = None
 
+    @property
+    def in_model_text(self) -> str:
+        """The in-model times as a table shows them ("546.0 -> 707.0 us"; "" when unchecked)."""
+        return in_model_times(self.in_model)
+
     def mark(self) -> None:
         """Add the task's trials and best time so far to :attr:`history`."""
         if self.best_s is not None:
@@ -77,6 +82,14 @@ class TaskState:
             "name", "workload", "weight", "trials_before", "trials", "errors", "default_s",
             "best_before_s", "best_s", "planned", "exhausted", "knob_space", "history",
             "in_model")}
+
+
+def in_model_times(in_model: dict | None) -> str:
+    """``"<default> -> <tuned> us"`` of an in-model verdict (a TaskState's ``in_model``, or the
+    database's, :mod:`mmopt.tuning.confirm`); "" for none."""
+    if not in_model:
+        return ""
+    return f"{in_model['default_ms'] * 1e3:,.1f} -> {in_model['tuned_ms'] * 1e3:,.1f} us"
 
 
 @dataclass
