@@ -477,13 +477,30 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     # shuffles), a tile narrower than that leaves the read to a loop of its own
     wide = table_read_lanes_for(target)
     apart = bool(wide) and vec > 1 and (nv * vec) % wide != 0
-    if extents[v_axis] is not None:
+    channel_crop = extents[v_axis] is not None and _crops_innermost(sch, writeback)
+    if extents[v_axis] is not None and not channel_crop:
         inline_epilogue(sch, writeback, tables_apart=apart)
+    elif channel_crop:
+        # output channels computed padded to whole vectors
+        # (:func:`mmopt.codegen.register_tiles.padded_channels`): the tile is written whole, and
+        # the crop with the epilogue follows it inside the tile's loop, in the narrower vectors
+        # that divide the kept channels, while the tile is still in L1 (a per-lane predicate in
+        # the write-back would make TVM write it one element at a time)
+        crop = sch.get_consumers(writeback)[0]
+        inline_epilogue(sch, crop)
+        sch.reverse_compute_at(crop, tile_loop, preserve_unit_loops=True)
+        crop_loops = sch.get_loops(crop)
+        kept = _extent(sch, crop_loops[-1])
+        width = pick_lanes(kept, vec) if kept is not None else 1
+        if width > 1:
+            _, inner = sch.split(crop_loops[-1], factors=[None, width])
+            sch.vectorize(inner)
     else:
-        # a symbolic innermost extent, padded: the crop would put a per-lane predicate in the
-        # vectorized write-back, which TVM then writes one element at a time (2.5x slower on
-        # attention scores); the tile is written whole to the padded buffer, and the crop runs
-        # after it with the epilogue as one loop of its own
+        # a symbolic innermost extent, padded, or output channels computed padded to whole
+        # vectors (:func:`mmopt.codegen.register_tiles.padded_channels`): the crop would put a
+        # per-lane predicate in the vectorized write-back, which TVM then writes one element at
+        # a time (2.5x slower on attention scores); the tile is written whole to the padded
+        # buffer, and the crop runs after it with the epilogue as one loop of its own
         crops = sch.get_consumers(writeback)
         if len(crops) == 1:
             inline_epilogue(sch, crops[0])
@@ -494,6 +511,20 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
                        and (nv * vec) % table_lanes == 0 else None)
     except Exception:  # noqa: BLE001 - an unusual epilogue: leave the write-back as is
         pass
+
+
+def _crops_innermost(sch, writeback) -> bool:
+    """Whether the one consumer of a contraction's write-back keeps fewer elements of the
+    innermost axis than the contraction computes (a crop of padded output channels)."""
+    consumers = sch.get_consumers(writeback)
+    if len(consumers) != 1:
+        return False
+    produced = region_buffer(sch.get(writeback).writes[0]).shape
+    kept = region_buffer(sch.get(consumers[0]).writes[0]).shape
+    if len(produced) != len(kept):
+        return False
+    last, cropped = static_extent(produced[-1]), static_extent(kept[-1])
+    return last is not None and cropped is not None and cropped < last
 
 
 def _contraction_names(sch) -> list[str]:

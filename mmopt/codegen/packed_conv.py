@@ -20,7 +20,8 @@ import contextvars
 import numpy as np
 
 from mmopt.codegen.cpu_contraction import symbolic_tile
-from mmopt.codegen.register_tiles import known_multiple, pick_lanes, register_tile, rounded_rows
+from mmopt.codegen.register_tiles import (known_multiple, padded_channels, pick_lanes,
+                                          register_tile, rounded_rows)
 from mmopt.codegen.relax_util import conv_output_size, rewrite_dense_nhwc_convs, tensor_dtype
 from mmopt.codegen.tir_util import static_extent
 
@@ -58,7 +59,10 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows
 
     n, h, w = data.shape[:3]  # batch, height, width may be symbolic
     ic = int(data.shape[3])
-    _, kh, kw, _, tile = (int(d) for d in packed.shape)
+    blocks, kh, kw, _, tile = (int(d) for d in packed.shape)
+    # the packed weights may hold more output channels than the result (zeros: see
+    # :func:`mmopt.codegen.register_tiles.padded_channels`); the extra ones are cropped
+    computed_channels = blocks * tile
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
     hp, wp = h + top + bottom, w + left + right
@@ -81,7 +85,7 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
     rc = te.reduce_axis((0, ic), "rc")
-    if not symbolic_rows:
+    if not symbolic_rows and computed_channels == out_channels:
         return te.compute(
             (n, oh, ow, out_channels),
             lambda b, y, x, c: te.sum(
@@ -92,10 +96,10 @@ def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows
     def column(x):
         # the input itself (no pad_temp): the extra columns read its last one. (A clamped read of
         # a pad_temp would break TVM's region cover check between the two blocks.)
-        return x if any(padding) else tirx.min(x, wp - 1)
+        return x if any(padding) or not symbolic_rows else tirx.min(x, wp - 1)
 
     conv = te.compute(
-        (n, oh, ow_padded, out_channels),
+        (n, oh, ow_padded, computed_channels),
         lambda b, y, x, c: te.sum(
             data[b, y * sh + rh * dh, column(x * sw + rw * dw), rc]
             * packed[c // tile, rh, rw, rc, c % tile], axis=[rh, rw, rc]),
@@ -147,6 +151,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
                 or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
             return None
         kh, kw, ic, oc = w.shape
+        w_channels = oc  # the result's channels (``oc`` may become the padded count)
         if not PACK_SYMBOLIC.get() and not all(hasattr(d, "value") for d in call.ty.shape):
             from mmopt.codegen.schedule_fallbacks import note_skip
 
@@ -172,17 +177,25 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
             # a width without a good divisor (YOLOX's 13 columns at 416 x 416: 1-row register
             # tiles) is computed rounded up to whole tiles of rows and cropped, as a matmul's
             # rows are padded (:func:`mmopt.codegen.register_tiles.pad_multiples`)
-            rows = rounded_rows(oc, out_width, lanes, registers)
+            # channels no full vector divides (24 on AVX-512) are computed padded to whole
+            # vectors and cropped
+            height = static_extent(call.ty.shape[1])
+            computed = padded_channels(oc, out_width * (height if height is not None else 64),
+                                       lanes)
+            rows = rounded_rows(computed, out_width, lanes, registers)
             if rows is not None:
                 out_width = -(-out_width // rows) * rows
-            tile = output_tile(oc, out_width, lanes, registers)
+            tile = output_tile(computed, out_width, lanes, registers)
+            if computed != oc and tile > 1 and computed % tile == 0:
+                w = np.concatenate([w, np.zeros((kh, kw, ic, computed - oc), w.dtype)], axis=3)
+                oc = computed
         if tile == 1 or oc % tile:
             return None
         packed = np.ascontiguousarray(w.reshape(kh, kw, ic, oc // tile, tile).transpose(3, 0, 1, 2, 4))
         return builder.call_te(
             _packed_conv_te, call.args[0], relax.const(packed), [int(v) for v in attrs.strides],
-            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], oc, rows,
-            primfunc_name_hint=PACKED_BLOCK)
+            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
+            int(w_channels), rows, primfunc_name_hint=PACKED_BLOCK)
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_float_convs")
     def _pass(mod, _ctx):

@@ -114,3 +114,46 @@ def test_avx2_seven_wide_conv_is_computed_eight_wide(k, stride, pad, hw, tmp_pat
     if target.runs_here():
         result = mmopt.compile(model, "x86-avx2", tmp_path / "conv")
         assert result.verification.passed, result.verification.to_dict()
+
+
+def test_channels_are_padded_to_whole_vectors_where_that_does_more_work():
+    from mmopt.codegen.register_tiles import padded_channels
+
+    # AVX-512: 24 channels run in 8-lane vectors (half of each FMA idle); 32 wide, 3/4 useful
+    assert padded_channels(24, 56 * 56, 16) == 32
+    assert padded_channels(40, 28 * 28, 16) == 48
+    assert padded_channels(255, 20 * 20, 16) == 256  # YOLO heads: scalar code otherwise
+    assert padded_channels(12, 30 * 30, 16) == 16
+    assert padded_channels(64, 56 * 56, 16) == 64    # whole vectors already
+    assert padded_channels(8, 56 * 56, 16) == 8      # 16 wide would do no more useful work
+    assert padded_channels(24, 7 * 7, 16) == 24      # too few positions to spread the waste
+    # AVX2 and NEON vectors divide these counts
+    assert padded_channels(24, 56 * 56, 8) == 24
+    assert padded_channels(40, 28 * 28, 4) == 40
+
+
+@pytest.mark.parametrize(("target_name", "oc", "computed"),
+                         [("x86-avx512", 24, 32), ("x86-avx512", 40, 48),
+                          ("x86-avx512", 255, 256), ("x86-avx2", 24, None)])
+@pytest.mark.parametrize(("k", "stride", "pad", "hw"), [(1, 1, 0, 28), (3, 2, 1, 28)])
+def test_conv_channels_no_vector_divides_run_padded_and_cropped(target_name, oc, computed, k,
+                                                               stride, pad, hw, tmp_path):
+    """AVX-512 computes 24, 40 or 255 output channels as 32, 48 or 256 (zero weights) and crops
+    them; AVX2's 8-lane vectors divide 24 and keep it. The cropped result matches onnxruntime
+    (where the target runs)."""
+    import mmopt
+    from mmopt.codegen.packed_conv import PACKED_BLOCK
+    from mmopt.targets import get
+
+    model = _model(16, oc, k, stride, pad, 1, 1, hw=hw)
+    target = get(target_name)
+    text = _layout_text(model, target)
+    out = (hw + 2 * pad - k) // stride + 1
+    if computed is not None:
+        assert f"{PACKED_BLOCK}_crop" in text, text
+        assert f"T.int64({out}), T.int64({computed})" in text, text
+    else:  # (AVX2 may still round the width up: 14 columns computed as 16)
+        assert "T.int64(32)" not in text, text
+    if target.runs_here():
+        result = mmopt.compile(model, target_name, tmp_path / "conv")
+        assert result.verification.passed, result.verification.to_dict()
