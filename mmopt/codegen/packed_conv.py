@@ -22,7 +22,7 @@ import numpy as np
 from mmopt.codegen.cpu_contraction import symbolic_tile
 from mmopt.codegen.register_tiles import (known_multiple, padded_channels, pick_lanes,
                                           register_tile, rounded_rows)
-from mmopt.codegen.relax_util import conv_output_size, rewrite_dense_nhwc_convs, tensor_dtype
+from mmopt.codegen.relax_util import conv_output_size, rewrite_nhwc_convs, tensor_dtype
 from mmopt.codegen.tir_util import static_extent
 
 #: block name of the packed float convolution
@@ -130,6 +130,38 @@ def _padding_schedulable(call, w, *, tile: int, rows: int) -> bool:
     return True
 
 
+def channel_scaled(data, lookup, channels: int, weights_per_channel: int):
+    """``(x, s)`` when the NHWC tensor ``data`` is bound to ``x * s`` with ``s`` one value per
+    channel (``[1, 1, 1, C]``): a squeeze-and-excitation block's gate (EfficientNet,
+    MobileNetV3), and the convolution's weights per input channel (``weights_per_channel``:
+    ``kh * kw * OC``) are fewer than the map's positions per channel (``H * W``); None
+    otherwise.
+
+    A convolution of such a product is computed as the convolution of ``x`` with weights scaled
+    per input channel, ``conv(x * s, W)[o] = sum_c x_c s_c W_oc = conv(x, W * s)[o]`` (zero
+    padding stays zero). The weights (``kh * kw * C * OC`` values) are scaled at run time in a
+    kernel of their own, instead of the whole map ``x`` (``H * W * C``) being multiplied and
+    written once more: EfficientNet-B0's gated maps are up to 56 x 56 x 144, against 144 x 24
+    projection weights (on its 7 x 7 maps, 1152 x 320 weights, the map is scaled instead)."""
+    from tvm import relax
+
+    from mmopt.codegen.relax_util import op_name, static_shape
+
+    if not isinstance(data, relax.Var):
+        return None
+    bound = lookup(data)
+    if bound is None or op_name(bound) != "relax.multiply":
+        return None
+    shape = static_shape(data)
+    if shape is None or len(shape) != 4 or shape[1] * shape[2] <= weights_per_channel:
+        return None
+    for x, s in (bound.args, bound.args[::-1]):
+        if static_shape(x) == shape and static_shape(s) == [1, 1, 1, channels] \
+                and tensor_dtype(s) == "float32":
+            return x, s
+    return None
+
+
 def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
     """The Relax pass described in the module docstring (``lanes``: float32 lanes per vector,
     ``registers``: vector registers, as in :mod:`mmopt.targets.cpu`; ``winograd``: 3x3
@@ -139,7 +171,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
 
     bounds = {}
 
-    def pack(call, w, builder):
+    def pack(call, w, builder, lookup):
         if winograd:
             from mmopt.codegen import winograd as wino
 
@@ -192,8 +224,15 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
         if tile == 1 or oc % tile:
             return None
         packed = np.ascontiguousarray(w.reshape(kh, kw, ic, oc // tile, tile).transpose(3, 0, 1, 2, 4))
+        data, weights = call.args[0], relax.const(packed)
+        scaled = channel_scaled(data, lookup, ic, kh * kw * oc)
+        if scaled is not None:
+            # conv(x * s, W) = conv(x, W * s): the per-channel scale moves onto the weights
+            data, scale = scaled
+            weights = builder.emit(relax.op.multiply(
+                weights, builder.emit(relax.op.reshape(scale, (1, 1, 1, ic, 1)))))
         return builder.call_te(
-            _packed_conv_te, call.args[0], relax.const(packed), [int(v) for v in attrs.strides],
+            _packed_conv_te, data, weights, [int(v) for v in attrs.strides],
             [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
             int(w_channels), rows, primfunc_name_hint=PACKED_BLOCK)
 
@@ -203,6 +242,6 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
 
         bounds.clear()
         bounds.update(symbolic_bounds(mod))
-        return rewrite_dense_nhwc_convs(mod, pack)
+        return rewrite_nhwc_convs(mod, pack, grouped=False, with_lookup=True)
 
     return _pass

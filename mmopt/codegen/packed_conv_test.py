@@ -157,3 +157,47 @@ def test_conv_channels_no_vector_divides_run_padded_and_cropped(target_name, oc,
     if target.runs_here():
         result = mmopt.compile(model, target_name, tmp_path / "conv")
         assert result.verification.passed, result.verification.to_dict()
+
+
+def _se_model(c: int, oc: int, hw: int):
+    """x -> 3x3 convolution h -> squeeze-and-excitation gate of h (mean, 1x1 conv, ReLU, 1x1
+    conv, sigmoid) -> h * gate -> 1x1 convolution to ``oc`` channels."""
+    rng = np.random.default_rng(0)
+
+    def const(name, shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("GlobalAveragePool", ["h"], ["m"]),
+             helper.make_node("Conv", ["m", "w1", "b1"], ["f1"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["f1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["f2"], kernel_shape=[1, 1]),
+             helper.make_node("Sigmoid", ["f2"], ["g"]),
+             helper.make_node("Mul", ["h", "g"], ["xg"]),
+             helper.make_node("Conv", ["xg", "w3", "b3"], ["y"], kernel_shape=[1, 1])]
+    inits = [const("w0", (c, c, 3, 3)), const("w1", (8, c, 1, 1)), const("b1", (8,)), const("w2", (c, 8, 1, 1)),
+             const("b2", (c,)), const("w3", (oc, c, 1, 1)), const("b3", (oc,))]
+    graph = helper.make_graph(
+        nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, oc, hw, hw])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("c", "oc", "hw", "on_weights"),
+                         [(64, 32, 28, True), (48, 24, 16, True), (64, 96, 7, False)])
+def test_channel_gate_before_a_conv_scales_its_weights(c, oc, hw, on_weights, tmp_path):
+    """A squeeze-and-excitation gate feeding a convolution scales the convolution's packed
+    weights per input channel (``conv(x * s, W) = conv(x, W * s)``) where the weights per
+    channel are fewer than the map's positions (28 x 28 by 32 outputs), and the map otherwise
+    (7 x 7 by 96); the result matches onnxruntime either way."""
+    import mmopt
+    from mmopt.targets import get
+
+    model = _se_model(c, oc, hw)
+    text = _layout_text(model, get("x86"))
+    assert (f"R.shape([1, 1, 1, {c}, 1])" in text) == on_weights, text
+    map_multiplies = [line for line in text.splitlines() if "R.multiply" in line
+                      and f"R.Tensor((1, {hw}, {hw}, {c})" in line]
+    assert bool(map_multiplies) != on_weights, text
+    result = mmopt.compile(model, "x86", tmp_path / "se")
+    assert result.verification.passed, result.verification.to_dict()
