@@ -514,10 +514,13 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
 
 
 def _crops_innermost(sch, writeback) -> bool:
-    """Whether the one consumer of a contraction's write-back keeps fewer elements of the
-    innermost axis than the contraction computes (a crop of padded output channels)."""
+    """Whether the write-back's one consumer is the crop of a packed convolution's output
+    channels, computed padded to whole vectors (:mod:`mmopt.codegen.packed_conv`). (A padded
+    matrix product's copy-out, :func:`_pad_contraction`, stays a loop of its own.)"""
+    from mmopt.codegen.packed_conv import PACKED_BLOCK
+
     consumers = sch.get_consumers(writeback)
-    if len(consumers) != 1:
+    if len(consumers) != 1 or sch.get(consumers[0]).name_hint != f"{PACKED_BLOCK}_crop":
         return False
     produced = region_buffer(sch.get(writeback).writes[0]).shape
     kept = region_buffer(sch.get(consumers[0]).writes[0]).shape

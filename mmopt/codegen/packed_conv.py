@@ -10,6 +10,11 @@ badly (measured: 0.1-0.3 ms per large layer with weights out of cache).
 ``tile`` is the output-channel tile the default schedule picks (:func:`output_tile`), so the
 micro-kernel streams them contiguously, and replaces the ``conv2d`` by an equivalent TE
 convolution reading the packed weights (the schedule recognizes it as any other contraction).
+Output channels no full vector divides (24 on AVX-512) are packed with zero weights up to whole
+vectors and cropped after the convolution
+(:func:`mmopt.codegen.register_tiles.padded_channels`); a per-channel gate in front of the
+convolution (squeeze-and-excitation) scales the packed weights instead of the map
+(:func:`channel_scaled`).
 Depthwise and grouped convolutions keep their HWIO weights (already one contiguous row per tap).
 """
 
@@ -183,7 +188,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
                 or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
             return None
         kh, kw, ic, oc = w.shape
-        w_channels = oc  # the result's channels (``oc`` may become the padded count)
+        computed = oc  # the output channels the kernel computes (padded: cropped to ``oc``)
         if not PACK_SYMBOLIC.get() and not all(hasattr(d, "value") for d in call.ty.shape):
             from mmopt.codegen.schedule_fallbacks import note_skip
 
@@ -218,14 +223,14 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
             if rows is not None:
                 out_width = -(-out_width // rows) * rows
             tile = output_tile(computed, out_width, lanes, registers)
-            if computed != oc and tile > 1 and computed % tile == 0:
+            if computed != oc:
                 w = np.concatenate([w, np.zeros((kh, kw, ic, computed - oc), w.dtype)], axis=3)
-                oc = computed
-        if tile == 1 or oc % tile:
+        if tile == 1 or computed % tile:
             return None
-        packed = np.ascontiguousarray(w.reshape(kh, kw, ic, oc // tile, tile).transpose(3, 0, 1, 2, 4))
+        packed = np.ascontiguousarray(
+            w.reshape(kh, kw, ic, computed // tile, tile).transpose(3, 0, 1, 2, 4))
         data, weights = call.args[0], relax.const(packed)
-        scaled = channel_scaled(data, lookup, ic, kh * kw * oc)
+        scaled = channel_scaled(data, lookup, ic, kh * kw * computed)
         if scaled is not None:
             # conv(x * s, W) = conv(x, W * s): the per-channel scale moves onto the weights
             data, scale = scaled
@@ -233,8 +238,8 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
                 weights, builder.emit(relax.op.reshape(scale, (1, 1, 1, ic, 1)))))
         return builder.call_te(
             _packed_conv_te, data, weights, [int(v) for v in attrs.strides],
-            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation],
-            int(w_channels), rows, primfunc_name_hint=PACKED_BLOCK)
+            [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], int(oc), rows,
+            primfunc_name_hint=PACKED_BLOCK)
 
     @tvm.transform.module_pass(opt_level=0, name="mmopt_pack_float_convs")
     def _pass(mod, _ctx):
