@@ -41,13 +41,13 @@ def test_a_miscompiled_kernel_is_named(three_convs, tmp_path, monkeypatch):
     from mmopt.codegen import packed_conv
 
     model, data = three_convs
-    rewrite_all = packed_conv.rewrite_dense_nhwc_convs
+    rewrite_all = packed_conv.rewrite_nhwc_convs
 
-    def miscompile(mod, rewrite):
-        return rewrite_all(mod, lambda call, w, builder: rewrite(
-            call, -w if w.shape[3] == 24 else w, builder))
+    def miscompile(mod, rewrite, **options):
+        return rewrite_all(mod, lambda call, w, builder, *lookup: rewrite(
+            call, -w if w.shape[3] == 24 else w, builder, *lookup), **options)
 
-    monkeypatch.setattr(packed_conv, "rewrite_dense_nhwc_convs", miscompile)
+    monkeypatch.setattr(packed_conv, "rewrite_nhwc_convs", miscompile)
     result = mmopt.compile(model, "x86", tmp_path / "bad", verify=True)
     assert not result.verification.passed  # the bug is real
     out = CliRunner().invoke(cli, ["check", "-r", str(model), "-c", str(tmp_path / "bad"),
