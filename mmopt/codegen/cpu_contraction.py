@@ -477,10 +477,7 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
     # shuffles), a tile narrower than that leaves the read to a loop of its own
     wide = table_read_lanes_for(target)
     apart = bool(wide) and vec > 1 and (nv * vec) % wide != 0
-    channel_crop = extents[v_axis] is not None and _crops_innermost(sch, writeback)
-    if extents[v_axis] is not None and not channel_crop:
-        inline_epilogue(sch, writeback, tables_apart=apart)
-    elif channel_crop:
+    if _crops_innermost(sch, writeback):
         # output channels computed padded to whole vectors
         # (:func:`mmopt.codegen.register_tiles.padded_channels`): the tile is written whole, and
         # the crop with the epilogue follows it inside the tile's loop, in the narrower vectors
@@ -495,12 +492,13 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
         if width > 1:
             _, inner = sch.split(crop_loops[-1], factors=[None, width])
             sch.vectorize(inner)
+    elif extents[v_axis] is not None:
+        inline_epilogue(sch, writeback, tables_apart=apart)
     else:
-        # a symbolic innermost extent, padded, or output channels computed padded to whole
-        # vectors (:func:`mmopt.codegen.register_tiles.padded_channels`): the crop would put a
-        # per-lane predicate in the vectorized write-back, which TVM then writes one element at
-        # a time (2.5x slower on attention scores); the tile is written whole to the padded
-        # buffer, and the crop runs after it with the epilogue as one loop of its own
+        # a symbolic innermost extent, padded: the crop would put a per-lane predicate in the
+        # vectorized write-back, which TVM then writes one element at a time (2.5x slower on
+        # attention scores); the tile is written whole to the padded buffer, and the crop runs
+        # after it with the epilogue as one loop of its own
         crops = sch.get_consumers(writeback)
         if len(crops) == 1:
             inline_epilogue(sch, crops[0])

@@ -179,8 +179,8 @@ def padded_channels(channels: int, positions: int, lanes: int) -> int:
     AVX-512 (16 lanes) on 24 or 40 channels (MobileNetV2's and EfficientNet's 56x56 and 28x28
     projections): 8-lane vectors, half of every FMA idle (47% of the FMA peak measured on Zen 5);
     padded to 32 or 48 channels (zero weights, cropped after the convolution) the tile runs on
-    full vectors, 75% or 83% of whose lanes do useful work. The crop costs one pass over the
-    padded map (:mod:`mmopt.codegen.packed_conv`). AVX2 (8 lanes) and NEON (4) divide these
+    full vectors, 75% or 83% of whose lanes do useful work. The crop runs in the tile's loop,
+    on the tile still in L1 (:func:`mmopt.codegen.cpu_contraction.schedule_contraction`). AVX2 (8 lanes) and NEON (4) divide these
     counts already and are left alone, as is every count a full vector divides."""
     vec = pick_lanes(channels, lanes)
     if vec == lanes or positions < _MIN_PADDED_POSITIONS:
