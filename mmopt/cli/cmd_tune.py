@@ -35,6 +35,8 @@ def _eta(seconds: float | None) -> str:
 
 
 def _task_table(report) -> Table:
+    from mmopt.tuning.tune_report import in_model_times
+
     table = Table(box=None, padding=(0, 2))
     for col, justify in (("task", "left"), ("weight", "right"), ("trials", "right"),
                          ("default (us)", "right"), ("best before (us)", "right"),
@@ -52,7 +54,7 @@ def _task_table(report) -> Table:
         else:
             note = ""
         if t.in_model is not None:
-            verdict = f"in the model {t.in_model_text}"
+            verdict = f"in the model {in_model_times(t.in_model)}"
             note = (f"{note}; {verdict}" if t.in_model["kept"] == "tuned"
                     else f"{note}; [yellow]default kept[/] ({verdict})").lstrip("; ")
         reference = t.best_before_s if t.best_before_s is not None else t.default_s

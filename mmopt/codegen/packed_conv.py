@@ -27,7 +27,8 @@ import numpy as np
 from mmopt.codegen.cpu_contraction import symbolic_tile
 from mmopt.codegen.register_tiles import (known_multiple, padded_channels, pick_lanes,
                                           register_tile, rounded_rows)
-from mmopt.codegen.relax_util import conv_output_size, rewrite_nhwc_convs, tensor_dtype
+from mmopt.codegen.relax_util import (conv_output_size, op_name, rewrite_nhwc_convs, static_shape,
+                                      tensor_dtype)
 from mmopt.codegen.tir_util import static_extent
 
 #: block name of the packed float convolution
@@ -149,8 +150,6 @@ def channel_scaled(data, lookup, channels: int, weights_per_channel: int):
     written once more: EfficientNet-B0's gated maps are up to 56 x 56 x 144, against 144 x 24
     projection weights (on its 7 x 7 maps, 1152 x 320 weights, the map is scaled instead)."""
     from tvm import relax
-
-    from mmopt.codegen.relax_util import op_name, static_shape
 
     if not isinstance(data, relax.Var):
         return None

@@ -313,8 +313,9 @@ def _is_kernel(symbol: str) -> bool:
 def kernel_timing_worker(artifact: str, inputs_path: str, warmup: int, runs: int, capture: bool,
                          peak_target: str | None, threads: int) -> dict:
     """Runs in a fresh process (TVM_NUM_THREADS = threads;
-    :func:`mmopt.runtime.bench.call_in_child`). See :func:`profile`. Returns ``{"totals": [seconds of each plain run], "runs": [[(kernel
-    symbol, seconds) of each call] of each instrumented run], ...}``; tuning's in-model check
+    :func:`mmopt.runtime.bench.call_in_child`). See :func:`profile`. Returns ``{"totals":
+    [seconds of each plain run], "runs": [[(kernel symbol, seconds) of each call] of each
+    instrumented run], ...}``; tuning's in-model check
     (:mod:`mmopt.tuning.confirm`) reads the same."""
     from mmopt.runtime.artifact import CompiledModel
     from mmopt.runtime.bench import vm_workspace_bytes

@@ -63,11 +63,6 @@ class TaskState:
     #: the check did not run: see the report's notes)
     in_model: dict | None = None
 
-    @property
-    def in_model_text(self) -> str:
-        """The in-model times as a table shows them ("546.0 -> 707.0 us"; "" when unchecked)."""
-        return in_model_times(self.in_model)
-
     def mark(self) -> None:
         """Add the task's trials and best time so far to :attr:`history`."""
         if self.best_s is not None:
