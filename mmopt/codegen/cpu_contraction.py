@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 
 from mmopt.codegen.byte_lookup import table_read_lanes, table_read_lanes_for
 from mmopt.codegen.cpu_inline import _inline_plain_copies, _inline_row_padding, inline_epilogue
-from mmopt.codegen.register_tiles import (known_multiple, largest_divisor, pad_multiples,
-                                          pick_lanes, register_tile, round_up, tile_efficiency,
-                                          tile_fits)
+from mmopt.codegen.register_tiles import (depthwise_tile, known_multiple, largest_divisor,
+                                          pad_multiples, pick_lanes, register_tile, round_up,
+                                          tile_efficiency, tile_fits)
 from mmopt.codegen.schedule_fallbacks import note_skip
 from mmopt.codegen.tir_util import (_block_axes, _extent, _index_iter, _iter_kinds, _kind,
                                     _loops_match_iters, region_buffer, static_extent)
@@ -104,6 +104,10 @@ class _ContractionShape:
     registers: int = 32
     #: accumulators that hide the FMA latency (FMA units x latency, :mod:`mmopt.targets.cpu`)
     min_acc: int = 8
+    #: a float depthwise convolution's kernel height (0: not one), and the target's L1 data
+    #: cache (:func:`mmopt.codegen.register_tiles.depthwise_tile`)
+    depthwise_rows: int = 0
+    l1_bytes: int = 48 * 1024
 
 
 def _contraction_axes(sch, block_rv):
@@ -144,6 +148,25 @@ def _tile_registers(sch, block_rv, registers: int) -> int:
     if integer and _depthwise(reductions):
         return registers - INTEGER_DEPTHWISE_TEMPS
     return registers
+
+
+def _float_depthwise_rows(sch, block_rv) -> int:
+    """The kernel height of a float depthwise convolution block (its innermost reduction has
+    extent 1, it sums in floating point; the outermost reduction is the kernel's rows), else 0."""
+    block = sch.get(block_rv)
+    kinds = _iter_kinds(block)
+    extents = [static_extent(iv.dom.extent) for iv in block.iter_vars]
+    floating = all(str(region_buffer(w).dtype).startswith("float") for w in block.writes)
+    reductions = [e for e, k in zip(extents, kinds) if k == "R"]
+    if not (floating and _depthwise(reductions)) or reductions[0] is None:
+        return 0
+    return reductions[0]
+
+
+def _l1_bytes(target) -> int:
+    from mmopt.targets.cpu import cpu_facts
+
+    return cpu_facts(target).l1d_kib * 1024 if target is not None else 48 * 1024
 
 
 def _depthwise(reduction_extents) -> bool:
@@ -222,7 +245,8 @@ def _rows_extent(extents, r_axis) -> int | None:
     return extents[r_axis] if extents[r_axis] is not None else SYMBOLIC_ROWS
 
 
-def _contraction_shape(sch, name: str, lanes: int, registers: int) -> _ContractionShape:
+def _contraction_shape(sch, name: str, lanes: int, registers: int,
+                       target=None) -> _ContractionShape:
     """The shape the knobs of contraction ``name`` apply to: its extents after the padding
     :func:`schedule_contraction` applies (:func:`pad_multiples`)."""
     registers = _tile_registers(sch, sch.get_sblock(name), registers)
@@ -235,7 +259,9 @@ def _contraction_shape(sch, name: str, lanes: int, registers: int) -> _Contracti
     v_ext = round_up(extents[v_axis], pad_v)
     r_ext = round_up(r_ext, pad_r) if r_ext is not None else None
     return _ContractionShape(v_ext, pick_lanes(v_ext, lanes), r_ext,
-                             red[-1] if red else None, len(red), registers)
+                             red[-1] if red else None, len(red), registers,
+                             depthwise_rows=_float_depthwise_rows(sch, sch.get_sblock(name)),
+                             l1_bytes=_l1_bytes(target))
 
 
 def default_knobs(shape: _ContractionShape, registers: int) -> ContractionKnobs:
@@ -288,7 +314,11 @@ def _pad_contraction(sch, block_rv, lanes: int, registers: int):
 
 
 def _default_tile(shape: _ContractionShape, registers: int) -> tuple[int, int]:
-    """``(rows, nv)`` of the built-in heuristic: :func:`register_tile`."""
+    """``(rows, nv)`` of the built-in heuristic: :func:`register_tile`, or for a float depthwise
+    convolution :func:`depthwise_tile`."""
+    if shape.depthwise_rows:
+        return depthwise_tile(shape.v_ext, shape.r_ext, shape.vec if shape.vec > 1 else 1,
+                              registers, shape.depthwise_rows, shape.l1_bytes, shape.min_acc)
     rows, nv = register_tile(shape.v_ext, shape.r_ext, shape.vec if shape.vec > 1 else 1,
                              registers, shape.min_acc)
     return (rows if shape.r_ext is not None else 1), nv
@@ -367,7 +397,9 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
                       "1-row register tiles", kind="symbolic")
     else:
         vec = pick_lanes(v_ext, lanes)
-        shape = _ContractionShape(v_ext, vec, _rows_extent(extents, r_axis), None, 0, registers)
+        shape = _ContractionShape(v_ext, vec, _rows_extent(extents, r_axis), None, 0, registers,
+                                  depthwise_rows=_float_depthwise_rows(sch, block_rv),
+                                  l1_bytes=_l1_bytes(target))
         rows, nv = _default_tile(shape, registers)
     if knobs.nv is not None:
         if vec == 1 and knobs.nv != 1 or vec > 1 and (v_ext // vec) % knobs.nv:

@@ -460,7 +460,7 @@ def tunable_contraction(func, target):
         return None
     for name in names:
         try:
-            shape = _contraction_shape(sch, name, lanes, registers)
+            shape = _contraction_shape(sch, name, lanes, registers, target)
         except Exception:  # noqa: BLE001 - the default schedule leaves it alone: nothing to tune
             continue
         size = 1

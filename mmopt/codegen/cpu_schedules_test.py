@@ -608,3 +608,37 @@ def test_integer_depthwise_tiles_leave_registers_for_their_temporaries():
     assert registers(_depthwise("int8", "int32")) == 16 - INTEGER_DEPTHWISE_TEMPS
     assert registers(_depthwise("float32", "float32")) == 16
     assert registers(_depthwise("int8", "int32", channel_reduction=3)) == 16
+
+
+def test_float_depthwise_tiles_narrow_to_a_cache_line_where_the_window_leaves_l1():
+    """A float depthwise convolution keeps the matrix-product tile where its input window (the
+    kernel's rows of one output row, with the halo) takes less than half the L1; on wider maps
+    its channels narrow to one cache line per position (a whole line, not half of one), with up
+    to half the registers in accumulators. Integer ones and other contractions are unchanged."""
+    from tvm import s_tir
+
+    from mmopt.codegen.cpu_contraction import _float_depthwise_rows
+    from mmopt.codegen.register_tiles import depthwise_tile, register_tile
+
+    l1_avx512, l1_avx2 = 48 * 1024, 32 * 1024
+    # MobileNetV2's 56x56x144 3x3: 8 x 3 (AVX-512) and 4 x 3 (AVX2) read 33 and 16.3 KiB windows
+    assert depthwise_tile(144, 56, 16, 32, 3, l1_avx512) == (14, 1)
+    assert depthwise_tile(144, 56, 8, 16, 3, l1_avx2) == (4, 2)
+    assert depthwise_tile(240, 28, 16, 32, 5, l1_avx512) == (14, 1)
+    # small maps keep register_tile's choice
+    for channels, width in ((192, 28), (576, 14), (960, 7)):
+        assert depthwise_tile(channels, width, 16, 32, 3, l1_avx512) == \
+            register_tile(channels, width, 16, 32), (channels, width)
+    assert depthwise_tile(144, 28, 8, 16, 3, l1_avx2) == register_tile(144, 28, 8, 16)
+    # the narrowed tile never splits a cache line where the channels allow a whole one
+    for channels in (32, 96, 144, 384):
+        rows, nv = depthwise_tile(channels, 112, 8, 16, 3, l1_avx2)
+        assert nv * 8 * 4 == 64 and rows * nv <= 8, (channels, rows, nv)
+
+    def kernel_rows(func):
+        sch = s_tir.Schedule(func)
+        return _float_depthwise_rows(sch, sch.get_sblock("conv"))
+
+    assert kernel_rows(_depthwise("float32", "float32")) == 3
+    assert kernel_rows(_depthwise("int8", "int32")) == 0
+    assert kernel_rows(_depthwise("float32", "float32", channel_reduction=3)) == 0
