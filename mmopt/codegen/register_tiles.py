@@ -128,11 +128,11 @@ def depthwise_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int, ke
     the load ports; what it needs is its input in L1: one task of the parallel loop (a tile of
     channels, one output row) slides over ``kernel_rows`` input rows of ``r_ext`` positions (and
     the kernel's halo) of ``nv`` vectors, and the next row's task reuses all but one of them.
-    :func:`register_tile`'s tile is kept
-    where that window takes less than half the L1; where it takes more (its 8 x 3 AVX-512 tile,
-    48 channels, on a 56-wide 3x3 layer: 3 x 58 x 192 bytes = 33 KiB of a 48 KiB L1, with the
-    padding branches short of registers beside 24 accumulators; AVX2's 4 x 3 there: 16.3 of 32
-    KiB, its 12 accumulators three quarters of 16 registers) the tile narrows to at most
+    :func:`register_tile`'s tile is kept where that window takes less than half the L1; where it
+    takes more (its 8 x 3 AVX-512 tile, 48 channels, on a 56-wide 3x3 layer: 3 x 58 x 192 bytes
+    = 33 KiB of a 48 KiB L1, with the padding branches short of registers beside 24
+    accumulators; AVX2's 4 x 3 there: 16.3 of 32 KiB, its 12 accumulators three quarters of 16
+    registers) the tile narrows to at most
     :data:`DEPTHWISE_TILE_BYTES` of channels (one cache line per position: a 16-lane AVX-512
     vector, two AVX2 or four NEON ones), with the most accumulators up to half the register file
     (the other half for the tap's weights, the inputs and the epilogue), then whole cache lines
@@ -146,15 +146,17 @@ def depthwise_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int, ke
     stride-2 one 50.0 -> 48.2 us. In a whole MobileNetV2 (``mmopt profile``, min of 3 x 30
     runs, alternated): ``x86`` depthwise kernels 0.229 -> 0.191 ms in all (56x56x144 0.049 ->
     0.030, the stride-2 112x112x96 0.050 -> 0.037, 112x112x32 0.032 -> 0.029; the others
-    unchanged), ``x86-avx2`` 56x56x144 0.079 -> 0.051 ms. The narrow tile on every layer had made
-    the 14x14 and 7x7 ones, whose window fits, slower (0.005 -> 0.007 ms on ``x86``): hence the
-    L1 condition. NEON follows the same reasoning, unmeasured: no ARM hardware here."""
+    unchanged), ``x86-avx2`` 0.396 -> 0.316 ms (56x56x144 0.086 -> 0.050). The narrow tile on
+    every layer had made the 14x14 and 7x7 ones, whose window fits, slower (0.005 -> 0.007 ms
+    on ``x86``): hence the L1 condition. NEON follows the same reasoning, unmeasured: no ARM
+    hardware here."""
     vec = pick_lanes(v_ext, lanes)
     rows0, nv0 = register_tile(v_ext, r_ext, vec, registers, min_acc)
+    if vec == 1 or r_ext is None:
+        return rows0, nv0
     # the input window: the kernel's rows of the output row's positions and their halo (a
     # square kernel, stride 1: strided layers read more, which only adds to the case for it)
-    window = kernel_rows * (r_ext + kernel_rows - 1) * nv0 * vec * 4
-    if vec == 1 or r_ext is None or window < l1_bytes // 2:
+    if kernel_rows * (r_ext + kernel_rows - 1) * nv0 * vec * 4 < l1_bytes // 2:
         return rows0, nv0
     budget = max(1, registers // 2)
     blocks = v_ext // vec
