@@ -136,16 +136,21 @@ def _contraction_axes(sch, block_rv):
 INTEGER_DEPTHWISE_TEMPS = 4
 
 
+def _reductions_and_dtypes(sch, block_rv) -> tuple[list, set[str]]:
+    """A contraction block's reduction extents (None where symbolic), outermost first, and the
+    dtypes it writes."""
+    block = sch.get(block_rv)
+    extents = [static_extent(iv.dom.extent) for iv in block.iter_vars]
+    reductions = [e for e, k in zip(extents, _iter_kinds(block)) if k == "R"]
+    return reductions, {str(region_buffer(w).dtype) for w in block.writes}
+
+
 def _tile_registers(sch, block_rv, registers: int) -> int:
     """The vector registers a contraction block's register tile is chosen from: all of them, less
     :data:`INTEGER_DEPTHWISE_TEMPS` for an integer depthwise convolution (its channel reduction
     has extent 1; it sums into int32)."""
-    block = sch.get(block_rv)
-    kinds = _iter_kinds(block)
-    extents = [static_extent(iv.dom.extent) for iv in block.iter_vars]
-    reductions = [e for e, k in zip(extents, kinds) if k == "R"]
-    integer = all(str(region_buffer(w).dtype) == "int32" for w in block.writes)
-    if integer and _depthwise(reductions):
+    reductions, dtypes = _reductions_and_dtypes(sch, block_rv)
+    if dtypes == {"int32"} and _depthwise(reductions):
         return registers - INTEGER_DEPTHWISE_TEMPS
     return registers
 
@@ -153,11 +158,8 @@ def _tile_registers(sch, block_rv, registers: int) -> int:
 def _float_depthwise_rows(sch, block_rv) -> int:
     """The kernel height of a float depthwise convolution block (its innermost reduction has
     extent 1, it sums in floating point; the outermost reduction is the kernel's rows), else 0."""
-    block = sch.get(block_rv)
-    kinds = _iter_kinds(block)
-    extents = [static_extent(iv.dom.extent) for iv in block.iter_vars]
-    floating = all(str(region_buffer(w).dtype).startswith("float") for w in block.writes)
-    reductions = [e for e, k in zip(extents, kinds) if k == "R"]
+    reductions, dtypes = _reductions_and_dtypes(sch, block_rv)
+    floating = all(d.startswith("float") for d in dtypes)
     if not (floating and _depthwise(reductions)) or reductions[0] is None:
         return 0
     return reductions[0]
