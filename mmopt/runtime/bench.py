@@ -296,8 +296,52 @@ def _ort_runner(model_path: str, feeds, threads: int):
     return lambda: session.run(None, feeds)
 
 
-#: pause between blocks, so the previous engine's spinning worker threads have gone to sleep
+#: pause between blocks, at least: the previous engine's last call has returned, its worker threads
+#: may still be running (see :func:`_settle`)
 _SETTLE_S = 0.1
+#: :func:`_settle` polls the other engines' CPU time this often, and waits at most this long
+_IDLE_POLL_S = 0.02
+_IDLE_WAIT_S = 2.0
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) process ``pid`` has used, from ``/proc/PID/stat``
+    (in clock ticks, 10 ms on Linux); None where that cannot be read (not Linux, process gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is first
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _settle(pids: list[int]) -> float:
+    """Wait until the processes ``pids`` (the engines not timed next) are idle; return the seconds
+    waited.
+
+    An engine's thread pool keeps its worker threads busy after a call returns, waiting for the
+    next parallel task: TVM's workers call ``sched_yield`` 300000 times (about 125 ms of a core on
+    an AMD EPYC Zen 5; ``TVM_THREAD_POOL_SPIN_COUNT``), onnxruntime's spin about 35 ms. On a
+    machine with as many cores as threads per engine, a still-spinning engine takes a core from
+    the one being timed: measured with MobileNetV2 at 2 threads on 2 cores, onnxruntime's calls
+    right after an mmopt block took 4x their time (its 90th percentile 8.1-8.6 ms against a
+    minimum of 1.9), which made its median say more about the harness than about onnxruntime.
+    So after the fixed pause (:data:`_SETTLE_S`), the next block waits until the other engines'
+    processes have used no CPU time over two polls (:data:`_IDLE_POLL_S` apart; the clock-tick
+    counter moves once a spinning thread has run 10 ms), at most :data:`_IDLE_WAIT_S`. Where
+    ``/proc`` is not there, the fixed pause is all."""
+    start = time.perf_counter()
+    time.sleep(_SETTLE_S)
+    last = [_cpu_seconds(pid) for pid in pids]
+    quiet = 0
+    while quiet < 2 and time.perf_counter() - start < _IDLE_WAIT_S:
+        if all(v is None for v in last):
+            break
+        time.sleep(_IDLE_POLL_S)
+        now = [_cpu_seconds(pid) for pid in pids]
+        quiet = quiet + 1 if now == last else 0
+        last = now
+    return time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -363,7 +407,7 @@ def time_engines(engines: list[tuple], feeds: dict[str, np.ndarray], *, threads:
             blocks = [repeat // rounds + (1 if i < repeat % rounds else 0) for i in range(rounds)]
             for block in blocks:
                 for i, (engine, proc, conn) in enumerate(workers):
-                    time.sleep(_SETTLE_S)
+                    _settle([p.pid for j, (_e, p, _c) in enumerate(workers) if j != i])
                     conn.send(block)
                     seconds[i] += expect(engine, conn, "ok", proc)
             memory = []
