@@ -26,7 +26,7 @@ Cost per output against the direct kernel: the GEMM does 16 products per 4 outpu
 (2.25x fewer), at 16 multiply-adds per ``vpmaddwd`` + ``vpaddd`` (the direct kernel: 32 per
 ``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd``); the transforms write V (int16, 4x the input) and M
 (int32, 4x the output) through the caches. It is taken where that pays (:func:`applies`: the
-float path's size rules, :data:`mmopt.codegen.winograd.MIN_PIXELS` and friends), only on targets
+float path's transformed-size limit, even maps of at least :data:`MIN_PIXELS`), only on targets
 whose widest dot product is not a byte dot product (VNNI and ``sdot`` multiply 4 bytes per lane
 per instruction: 2.25x fewer products do not beat that). ``--no-winograd`` turns it off with the
 float one.
@@ -58,6 +58,10 @@ SHIFT = 2
 #: 0.58 vs 0.53; 64 -> 64 at 80x80 (32) 0.63 vs 0.90, 64 -> 64 at 40x40 0.15 vs 0.24, 64 -> 80 at
 #: 80x80 (35.6) 0.82 vs 1.13, 128 -> 128 at 20x20 0.13 vs 0.22, 256 -> 256 at 14x14 0.24 vs 0.43
 MIN_CHANNEL_MEAN = 32
+#: smallest output (H*W) transformed: the float path's former limit (the float path now goes down
+#: to 7 x 7, :data:`mmopt.codegen.winograd.MIN_PIXELS`); the integer transforms (int16 V, int32 M)
+#: were not measured below 14 x 14, and odd maps are not taken here
+MIN_PIXELS = 14 * 14
 
 
 def transform_weights(hwio: np.ndarray, lanes: int) -> np.ndarray:
@@ -84,7 +88,7 @@ def fits_int32(hwio: np.ndarray) -> bool:
 def applies(data_shape, hwio: np.ndarray, strides, dilation, lanes: int) -> bool:
     """Whether F(2x2, 3x3) replaces the direct int8 convolution of pre-padded NHWC ``data_shape``
     (static) by HWIO int8 weights: 3x3, stride 1, an even output of at least
-    :data:`~mmopt.codegen.winograd.MIN_PIXELS` pixels, enough channels
+    :data:`MIN_PIXELS` pixels, enough channels
     (:data:`MIN_CHANNEL_MEAN`; an even input count, an output count of whole vectors), V and M
     within :data:`~mmopt.codegen.winograd.MAX_TRANSFORMED_BYTES`, and :func:`fits_int32`."""
     if any(d is None for d in data_shape):
@@ -93,7 +97,7 @@ def applies(data_shape, hwio: np.ndarray, strides, dilation, lanes: int) -> bool
     kh, kw, _, oc = hwio.shape
     h, w = hp - 2, wp - 2
     if not ((kh, kw) == (3, 3) and list(strides) == [1, 1] and list(dilation) == [1, 1]
-            and h > 0 and w > 0 and h % 2 == 0 and w % 2 == 0 and h * w >= wino.MIN_PIXELS
+            and h > 0 and w > 0 and h % 2 == 0 and w % 2 == 0 and h * w >= MIN_PIXELS
             and ic * oc >= MIN_CHANNEL_MEAN * (ic + oc) and ic % 2 == 0 and oc % lanes == 0):
         return False
     tiles = n * (h // 2) * (w // 2)

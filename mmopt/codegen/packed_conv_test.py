@@ -31,15 +31,24 @@ def _model(ic, oc, k, stride, pad, dilation, groups, hw=15):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _direct():
+    """Code-generation options with Winograd off: these tests are about the direct packed
+    kernels, and 3x3 convolutions of 7 x 7 maps and up would otherwise run as Winograd."""
+    from mmopt.codegen.options import CodegenOptions
+
+    return CodegenOptions(winograd=False)
+
+
 def _layout_text(model, target) -> str:
-    """The model's Relax after mmopt's layout passes for ``target`` (a :class:`Target`)."""
+    """The model's Relax after mmopt's layout passes for ``target`` (a :class:`Target`), direct
+    kernels."""
     import tvm
 
     from mmopt.codegen import pipeline
     from mmopt.codegen.relax_import import to_relax
 
     with target.tvm_target():
-        passes = tvm.transform.Sequential(pipeline._layout(target))  # noqa: SLF001
+        passes = tvm.transform.Sequential(pipeline._layout(target, _direct()))  # noqa: SLF001
         return passes(to_relax(model)).script()
 
 
@@ -53,7 +62,7 @@ def test_packed_conv_matches_onnxruntime(case, tmp_path):
     model = _model(ic, oc, k, stride, pad, dilation, groups)
     text = _layout_text(model, get("x86"))
     assert (PACKED_BLOCK in text) == (groups == 1), text
-    result = mmopt.compile(model, "x86", tmp_path / case)
+    result = mmopt.compile(model, "x86", tmp_path / case, codegen=_direct())
     assert result.verification.passed, result.verification.to_dict()
 
 
@@ -92,7 +101,7 @@ def test_conv_of_a_prime_width_runs_on_whole_register_tiles(k, stride, pad, hw, 
     text = _layout_text(model, target)
     assert f"{PACKED_BLOCK}_crop" in text and f"T.int64(14), T.int64({oc})" in text, text
     if target.runs_here():
-        result = mmopt.compile(model, target_name, tmp_path / "conv")
+        result = mmopt.compile(model, target_name, tmp_path / "conv", codegen=_direct())
         assert result.verification.passed, result.verification.to_dict()
 
 
@@ -112,7 +121,7 @@ def test_avx2_seven_wide_conv_is_computed_eight_wide(k, stride, pad, hw, tmp_pat
         assert ("T.int64(8), T.int64(64)" in text) == crop, (name, text)
     target = get("x86-avx2")
     if target.runs_here():
-        result = mmopt.compile(model, "x86-avx2", tmp_path / "conv")
+        result = mmopt.compile(model, "x86-avx2", tmp_path / "conv", codegen=_direct())
         assert result.verification.passed, result.verification.to_dict()
 
 
@@ -155,7 +164,7 @@ def test_conv_channels_no_vector_divides_run_padded_and_cropped(target_name, oc,
     else:  # (AVX2 may still round the width up: 14 columns computed as 16)
         assert "T.int64(32)" not in text, text
     if target.runs_here():
-        result = mmopt.compile(model, target_name, tmp_path / "conv")
+        result = mmopt.compile(model, target_name, tmp_path / "conv", codegen=_direct())
         assert result.verification.passed, result.verification.to_dict()
 
 
@@ -199,5 +208,5 @@ def test_channel_gate_before_a_conv_scales_its_weights(c, oc, hw, on_weights, tm
     map_multiplies = [line for line in text.splitlines() if "R.multiply" in line
                       and f"R.Tensor((1, {hw}, {hw}, {c})" in line]
     assert bool(map_multiplies) != on_weights, text
-    result = mmopt.compile(model, "x86", tmp_path / "se")
+    result = mmopt.compile(model, "x86", tmp_path / "se", codegen=_direct())
     assert result.verification.passed, result.verification.to_dict()

@@ -22,9 +22,11 @@ F(4x4, 3x3) has larger coefficients and 2-3x the direct sum's rounding error (:d
 and its weights are 36/9 = 4x the direct ones: it is taken where it saves enough products after
 rounding the map up to whole 4x4 tiles and its weights stay small (:func:`tile_size`; measured on
 ResNet-50's 14 x 14 x 256 layers, 9.4 MB of transformed weights made its GEMM bandwidth-bound: no
-gain). Winograd is used only where it pays: output sizes at least :data:`MIN_PIXELS` pixels and
-even, both channel counts at least :data:`MIN_CHANNELS` (small layers are dominated by the
-transforms) and transformed tensors of at most :data:`MAX_TRANSFORMED_BYTES`. The compile option
+gain). Winograd is used only where it pays: output sizes at least :data:`MIN_PIXELS` pixels,
+both channel counts at least :data:`MIN_CHANNELS` (small layers are dominated by the
+transforms), at most :data:`MAX_WORK` of the direct convolution's multiplications once an odd
+side is rounded up to whole tiles (the last tile's extra row or column is computed and dropped),
+and transformed tensors of at most :data:`MAX_TRANSFORMED_BYTES`. The compile option
 ``--no-winograd`` (``CodegenOptions.winograd``) turns it off.
 
 Dynamic shapes: batch, height and width may be symbolic; the tile counts are then expressions of
@@ -51,10 +53,24 @@ OUTPUT_BLOCK = "mmopt_winograd_output"
 #: the output transform's block annotation: its tile size m (read by :func:`schedule_output`)
 TILE_ATTR = "mmopt.winograd_m"
 
-#: smallest output (H*W) and channel counts transformed (7x7 outputs pay more for their padded
-#: tiles and 16x larger transformed weights than they save)
-MIN_PIXELS = 14 * 14
+#: smallest output (H*W) and channel counts transformed. 7 x 7 maps pay: ResNet-50's stage-4 3x3
+#: convolutions (7 x 7 x 512) run F(2x2, 3x3) on 4 x 4 tiles (an 8 x 8 map, 0.58x the direct
+#: products, 1.8x the weight bytes) in 0.40 ms against 0.54 ms direct (Zen 5, 2 threads, x86;
+#: ResNet-50 14.2 -> 13.9 ms, ResNet-18 5.1-5.3 -> 4.6-4.8, the YOLOv8n-style detector at 320
+#: with its 10 x 10 maps 2% faster, YOLOX's 13 x 13 and the PP-OCR detector's 10 x 10 level;
+#: x86-avx2 ResNet-50 29.4 -> 28.3 ms)
+MIN_PIXELS = 7 * 7
+#: the limit for a map with symbolic sides (judged at :func:`choice_shape`), kept at the former
+#: 14 x 14: a dynamic kernel's legalized element-wise functions take their symbolic parameters in
+#: an order TVM does not keep from one process to the next, and the extra Winograd epilogue of a
+#: smaller dynamic map made ``mmopt profile``'s re-derived kernel names differ from the artifact's
+#: (FLOPs missing for some kernels); the 7 x 7 gain above was measured on static maps
+MIN_PIXELS_SYMBOLIC = 14 * 14
 MIN_CHANNELS = 16
+#: most multiplications, after rounding odd sides up to whole tiles, relative to the direct 3x3
+#: convolution's 9 per output (F(2x2) on an even map: 16/36 = 0.44; on 7 x 7: 0.58; a 1 x 49 strip
+#: would do 0.91 and pay for its transforms)
+MAX_WORK = 0.6
 #: largest transformed tensor (V or M: 4x the input or output for F(2, 3), 2.25x for F(4, 3)) worth
 #: writing out: beyond the caches the transforms cost more than the multiplications save
 #: (measured: the 160x160x96 -> 24 layer of the PP-OCR detector got slower)
@@ -131,18 +147,21 @@ def _products(h: int, w: int, m: int) -> int:
     return (m + 2) ** 2 * -(-h // m) * -(-w // m)
 
 
-def tile_size(x_shape, w_shape, strides, padding, dilation) -> int | None:
+def tile_size(x_shape, w_shape, strides, padding, dilation,
+              min_pixels: int = MIN_PIXELS) -> int | None:
     """The output tile size m of the F(m x m, 3 x 3) that pays for a convolution of input
     ``x_shape`` (NHWC, integers: for a symbolic input, the sizes of :func:`choice_shape`), or None
-    where Winograd does not pay (see the module docstring): F(4, 3) where it leaves at most
+    where Winograd does not pay (see the module docstring; an odd side is rounded up to whole
+    tiles; maps of fewer than ``min_pixels`` outputs are left direct): F(4, 3) where it leaves at most
     :data:`F4_MAX_WORK` of F(2, 3)'s products and its weights fit :data:`F4_MAX_WEIGHT_BYTES`,
     else F(2, 3); either only while its transformed tensors fit
     :data:`MAX_TRANSFORMED_BYTES`."""
     n, h, w, ic = x_shape
     kh, kw, _, oc = w_shape
     if not ((kh, kw) == (3, 3) and list(strides) == [1, 1] and list(dilation) == [1, 1]
-            and list(padding) == [1, 1, 1, 1] and h % 2 == 0 and w % 2 == 0
-            and h * w >= MIN_PIXELS and ic >= MIN_CHANNELS and oc >= MIN_CHANNELS):
+            and list(padding) == [1, 1, 1, 1] and h * w >= min_pixels
+            and ic >= MIN_CHANNELS and oc >= MIN_CHANNELS
+            and _products(h, w, 2) <= MAX_WORK * 9 * h * w):
         return None
 
     def fits(m):  # V and M, per channel, times the wider side
@@ -529,9 +548,11 @@ def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=Non
             or (attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "float32"))):
         return None
     shape = list(call.args[0].ty.shape)
+    min_pixels = MIN_PIXELS
     if all(hasattr(d, "value") for d in shape):
         x_shape = [int(d) for d in shape]
     else:
+        min_pixels = MIN_PIXELS_SYMBOLIC
         x_shape = choice_shape(shape, bounds or {})
         if x_shape is None:
             if w.shape[:2] == (3, 3) and all(int(v) == 1 for v in attrs.strides):
@@ -541,7 +562,7 @@ def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=Non
                           "symbolic shape without a range: the direct convolution runs instead")
             return None
     m = tile_size(x_shape, w.shape, [int(v) for v in attrs.strides],
-                  [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation])
+                  [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], min_pixels)
     if m is None or pick_lanes(w.shape[3], lanes) == 1:
         return None
     return winograd_conv(builder, call.args[0], w, lanes, registers, m)

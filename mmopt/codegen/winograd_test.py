@@ -15,9 +15,10 @@ CASES = {
     "non-square-tiles": (24, 48, 20, 1, 1, 36),
     "weights too large for F(4x4)": (128, 256, 14, 1, 1, 16),
     "stride-2": (32, 32, 16, 2, 1, 0),
-    "odd-size": (32, 32, 15, 1, 1, 0),
+    "odd-size (last tile's extra row and column dropped)": (32, 32, 15, 1, 1, 36),
+    "7x7, weights too large for F(4x4) (ResNet stage 4-like)": (256, 256, 7, 1, 1, 16),
     "few-channels": (8, 32, 16, 1, 1, 0),
-    "small-output": (64, 64, 12, 1, 1, 0),
+    "small-output": (64, 64, 6, 1, 1, 0),
 }
 
 
@@ -185,9 +186,10 @@ def test_toom_cook_matrices_compute_the_correlation(m):
 
 def test_tile_size_follows_products_weights_and_transformed_sizes():
     """F(4x4, 3x3) where it saves products and its 36 x IC x OC weights are small; F(2x2, 3x3)
-    where they are not; neither where the transformed tensors outgrow the caches (the PP-OCR
-    detector's 160 x 160 x 96 -> 24 layer)."""
-    from mmopt.codegen.winograd import tile_size
+    where they are not, down to 7 x 7 maps; neither where the transformed tensors outgrow the
+    caches (the PP-OCR detector's 160 x 160 x 96 -> 24 layer), on tiny maps, or where rounding up
+    to whole tiles leaves too little saved."""
+    from mmopt.codegen.winograd import MIN_PIXELS_SYMBOLIC, tile_size
 
     def choice(h, ic, oc):
         return tile_size([1, h, h, ic], [3, 3, ic, oc], [1, 1], [1, 1, 1, 1], [1, 1])
@@ -196,7 +198,13 @@ def test_tile_size_follows_products_weights_and_transformed_sizes():
     assert choice(28, 128, 128) == 4    # stage 2: 2.4 MB of weights
     assert choice(14, 256, 256) == 2    # stage 3: 9.4 MB
     assert choice(160, 96, 24) is None
-    assert choice(12, 64, 64) is None   # below MIN_PIXELS
+    assert choice(7, 512, 512) == 2     # stage 4: an 8 x 8 map of 4 x 4 tiles, 0.58x the products
+    assert choice(6, 64, 64) is None    # below MIN_PIXELS
+    # a map with symbolic sides keeps the 14 x 14 limit (winograd.MIN_PIXELS_SYMBOLIC)
+    assert tile_size([1, 12, 12, 64], [3, 3, 64, 64], [1, 1], [1, 1, 1, 1], [1, 1],
+                     MIN_PIXELS_SYMBOLIC) is None
+    # a 1 x 49 strip: 2-row tiles would compute twice its rows (0.91x the direct products)
+    assert tile_size([1, 1, 49, 64], [3, 3, 64, 64], [1, 1], [1, 1, 1, 1], [1, 1]) is None
 
 
 def test_output_transform_runs_tile_by_tile():
