@@ -152,9 +152,9 @@ def tile_size(x_shape, w_shape, strides, padding, dilation,
     """The output tile size m of the F(m x m, 3 x 3) that pays for a convolution of input
     ``x_shape`` (NHWC, integers: for a symbolic input, the sizes of :func:`choice_shape`), or None
     where Winograd does not pay (see the module docstring; an odd side is rounded up to whole
-    tiles; maps of fewer than ``min_pixels`` outputs are left direct): F(4, 3) where it leaves at most
-    :data:`F4_MAX_WORK` of F(2, 3)'s products and its weights fit :data:`F4_MAX_WEIGHT_BYTES`,
-    else F(2, 3); either only while its transformed tensors fit
+    tiles; maps of fewer than ``min_pixels`` outputs are left direct): F(4, 3) where it leaves at
+    most :data:`F4_MAX_WORK` of F(2, 3)'s products and its weights fit
+    :data:`F4_MAX_WEIGHT_BYTES`, else F(2, 3); either only while its transformed tensors fit
     :data:`MAX_TRANSFORMED_BYTES`."""
     n, h, w, ic = x_shape
     kh, kw, _, oc = w_shape
