@@ -399,7 +399,19 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
         contractions = _contraction_names(sch)
     except Exception:  # noqa: BLE001 - no root block
         return None
+    from mmopt.codegen import gemv
+
     for name in contractions:
+        if name not in knobs and gemv.matvec_shape(sch, name) is not None:
+            # a matrix-vector product: the weight streamed in storage order (mmopt.codegen.gemv)
+            trial = sch.copy()
+            try:
+                gemv.schedule_matvec(trial, name, lanes)
+                sch = trial
+                continue
+            except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
+                note_skip(name, "gemv.schedule_matvec", exception_reason(exc)[:200]
+                          + "; scheduled as a register tile", kind="degraded")
         if strict and name in knobs:
             trial = sch.copy()
             schedule_contraction(trial, name, lanes, registers, knobs[name])
@@ -448,7 +460,8 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
 
 def tunable_contraction(func, target):
     """``(block name, shape, registers)`` of the contraction of ``func`` worth tuning (the one
-    with the most iterations), or None when it has none the default schedule can handle."""
+    with the most iterations), or None when it has none the default schedule can handle with
+    knobs (a matrix-vector product has none: :mod:`mmopt.codegen.gemv`)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -458,7 +471,11 @@ def tunable_contraction(func, target):
         names = _contraction_names(sch)
     except Exception:  # noqa: BLE001
         return None
+    from mmopt.codegen import gemv
+
     for name in names:
+        if gemv.matvec_shape(sch, name) is not None:
+            continue  # scheduled without the knobs (mmopt.codegen.gemv)
         try:
             shape = _contraction_shape(sch, name, lanes, registers, target)
         except Exception:  # noqa: BLE001 - the default schedule leaves it alone: nothing to tune
