@@ -97,3 +97,17 @@ def test_missing_cross_compiler_names_the_debian_package(monkeypatch):
                                cross_package="g++-no-such")
     with pytest.raises(TargetError, match=r"apt-get install g\+\+-no-such"):
         targets.require_toolchain(fake)
+
+
+@pytest.mark.parametrize(("mcpu", "bits", "full_rate_lanes"),
+                         [("znver4", 512, 8), ("znver5", 512, 16), ("skylake-avx512", 512, 16),
+                          ("znver3", 256, 8), ("haswell", 256, 8)])
+def test_fma_width_of_cpus_that_split_wide_vectors(mcpu, bits, full_rate_lanes):
+    """Zen 4 executes a 512-bit FMA as two 256-bit halves: 8 lanes already run at full rate there,
+    not on the cores with 512-bit units."""
+    from mmopt.targets.cpu import _facts
+
+    facts = _facts("x86_64-linux-gnu", mcpu, ())
+    assert facts.vector_bits == bits and facts.lanes == bits // 32
+    assert facts.full_rate_lanes == full_rate_lanes
+    assert facts.to_dict()["fma_bits"] == full_rate_lanes * 32

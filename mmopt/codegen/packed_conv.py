@@ -166,10 +166,12 @@ def channel_scaled(data, lookup, channels: int, weights_per_channel: int):
     return None
 
 
-def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
+def pack_float_convs(lanes: int, registers: int, winograd: bool = True,
+                     full_rate_lanes: int | None = None):
     """The Relax pass described in the module docstring (``lanes``: float32 lanes per vector,
-    ``registers``: vector registers, as in :mod:`mmopt.targets.cpu`; ``winograd``: 3x3
-    convolutions where :mod:`mmopt.codegen.winograd` applies use it instead)."""
+    ``registers``: vector registers, ``full_rate_lanes``: the narrowest vector at the FMA units'
+    full rate, as in :mod:`mmopt.targets.cpu`; ``winograd``: 3x3 convolutions where
+    :mod:`mmopt.codegen.winograd` applies use it instead)."""
     import tvm
     from tvm import relax
 
@@ -217,7 +219,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True):
             # vectors and cropped
             height = static_extent(call.ty.shape[1])
             computed = padded_channels(oc, out_width * (height if height is not None else 64),
-                                       lanes)
+                                       lanes, full_rate_lanes)
             rows = rounded_rows(computed, out_width, lanes, registers)
             if rows is not None:
                 out_width = -(-out_width // rows) * rows

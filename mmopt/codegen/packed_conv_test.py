@@ -139,6 +139,13 @@ def test_channels_are_padded_to_whole_vectors_where_that_does_more_work():
     # AVX2 and NEON vectors divide these counts
     assert padded_channels(24, 56 * 56, 8) == 24
     assert padded_channels(40, 28 * 28, 4) == 40
+    # Zen 4 runs AVX-512 on 256-bit units: 8-lane vectors are at full rate, padding only adds
+    # work; 4-lane ones are not, and scalar code never is
+    assert padded_channels(24, 56 * 56, 16, full_rate_lanes=8) == 24
+    assert padded_channels(40, 28 * 28, 16, full_rate_lanes=8) == 40
+    assert padded_channels(12, 30 * 30, 16, full_rate_lanes=8) == 16
+    assert padded_channels(255, 20 * 20, 16, full_rate_lanes=8) == 256
+    assert padded_channels(24, 56 * 56, 16, full_rate_lanes=16) == 32
 
 
 @pytest.mark.parametrize(("target_name", "oc", "computed"),

@@ -126,7 +126,7 @@ def _layout(target: Target, options: CodegenOptions | None = None):
 
             facts = cpu_facts(target.tvm_target())
             passes.append(pack_float_convs(max(4, facts.lanes), facts.vector_registers,
-                                           options.winograd))
+                                           options.winograd, facts.full_rate_lanes))
     if target.device == "cpu":
         # a dequantized tensor with several consumers: each dequantizes for itself, so the
         # producer writes 8 bits, not float32 (mmopt.codegen.dequantize_per_use)

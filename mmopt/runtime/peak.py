@@ -82,7 +82,9 @@ class PeakMeasurement:
     instruction: str
     #: whether the assembly has fused multiply-adds on the ISA's vector registers
     asm_ok: bool
-    #: GHz the peak implies per FMA unit: gflops / (threads * fma_units * lanes * 2)
+    #: GHz the peak implies per FMA unit: gflops / (threads * fma_units * lanes * 2), the lanes
+    #: counted at most as wide as the units run at full rate (``CpuFacts.full_rate_lanes``: a
+    #: Zen 4 runs a 16-lane FMA as two 8-lane halves)
     implied_ghz: float
     #: CPU time / (wall time x threads) of the fastest wall-clock burst: below ~0.9, other
     #: processes held some of the cores while it was measured
@@ -242,7 +244,7 @@ def measure_in_this_process(target_name: str, threads: int) -> PeakMeasurement:
     best = max(cpu_rates[len(cpu_rates) // 2], wall_best)
     if not np.all(np.isfinite(y.numpy())):
         raise MmoptError(f"FMA peak kernel for {target_name} produced non-finite values")
-    implied = best / (threads * units * lanes * 2)
+    implied = best / (threads * units * min(lanes, facts.full_rate_lanes) * 2)
     if not asm_ok:
         logger.warning("FMA peak kernel for %s: the assembly has no packed FMA on %d-bit "
                        "registers (%s); the figure is that of the instructions used",

@@ -17,6 +17,12 @@ Why each number matters:
   broadcast input: AVX2 and SSE have 16 registers, AVX-512 and AArch64 32.
 * ``fma_units`` x FMA latency: the independent accumulators needed to keep the FMA pipes busy
   (2 units x 4-5 cycles on current x86 cores: at least 8-10 accumulators).
+* ``fma_bits``: the width the FMA units compute at full rate. A wider vector is executed in
+  pieces: Zen 4 runs AVX-512 on 256-bit units (a 512-bit FMA takes two of them), so its 8-lane
+  (ymm) FMAs do as many FLOPs per cycle as 16-lane ones -- measured on an EPYC Zen 4, 2 threads:
+  234 GFLOP/s with ymm, 233 with zmm. A narrower vector that divides a channel count then costs
+  nothing, and padding the channels to whole 512-bit vectors only adds work
+  (:func:`mmopt.codegen.register_tiles.padded_channels`).
 * ``l1d_kib`` / ``l2_kib``: cache blocking (how many input channels and output tiles stay in cache).
 * ``llc_kib``: the last-level cache one core's work can use: a model whose weights exceed it
   reads them from memory on every inference, and its kernels prefetch them
@@ -43,11 +49,19 @@ class CpuFacts:
     llc_kib: int = 8192
     #: per-cycle latency of a dependent FMA (how long one accumulator is busy)
     fma_latency: int = 4
+    #: vector width (bits) the FMA units run at full rate; 0: ``vector_bits`` (see the module
+    #: docstring)
+    fma_bits: int = 0
 
     @property
     def lanes(self) -> int:
         """float32 lanes of one vector register."""
         return self.vector_bits // 32
+
+    @property
+    def full_rate_lanes(self) -> int:
+        """float32 lanes of the narrowest vector that still runs the FMA units at full rate."""
+        return (self.fma_bits or self.vector_bits) // 32
 
     @property
     def min_accumulators(self) -> int:
@@ -77,6 +91,9 @@ _FAMILY_CACHES_KIB = {"avx512": (32, 1024, 16384), "avx2": (32, 256, 8192),
                       "sse2": (32, 256, 4096), "neon": (32, 512, 1024)}
 # In-order little cores issue one 128-bit FMA per cycle; the others listed two.
 _ONE_FMA_UNIT = {"cortex-a53", "cortex-a55", "x86-64"}
+# AVX-512 executed on 256-bit FMA units (AMD's Zen 4 software optimization guide: a 512-bit
+# operation is issued as two 256-bit halves); the other AVX-512 cores listed run 512 bits at once.
+_FMA_BITS = {"znver4": 256}
 
 
 def _has(target, feature: str) -> bool:
@@ -112,7 +129,8 @@ def _facts(triple: str, mcpu: str, mattr: tuple) -> CpuFacts:
         isa, bits, regs = "sse2", 128, 16
     l1, l2, llc = _CACHES_KIB.get(mcpu, _FAMILY_CACHES_KIB[isa])
     units = 1 if (mcpu in _ONE_FMA_UNIT or isa == "sse2" or (isa == "neon" and not mcpu)) else 2
-    return CpuFacts(isa, bits, regs, units, l1, l2, llc)
+    fma_bits = min(bits, _FMA_BITS.get(mcpu, bits))
+    return CpuFacts(isa, bits, regs, units, l1, l2, llc, fma_bits=fma_bits)
 
 
 def cpu_facts(target) -> CpuFacts:
