@@ -402,11 +402,12 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
     from mmopt.codegen import gemv
 
     for name in contractions:
-        if name not in knobs and gemv.matvec_shape(sch, name) is not None:
+        matvec = gemv.matvec_shape(sch, name) if name not in knobs else None
+        if matvec is not None:
             # a matrix-vector product: the weight streamed in storage order (mmopt.codegen.gemv)
             trial = sch.copy()
             try:
-                gemv.schedule_matvec(trial, name, lanes)
+                gemv.schedule_matvec(trial, name, matvec, lanes)
                 sch = trial
                 continue
             except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
