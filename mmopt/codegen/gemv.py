@@ -32,7 +32,7 @@ knob-tuning task (:func:`mmopt.codegen.cpu_schedules.tunable_contraction`).
 from __future__ import annotations
 
 from mmopt.codegen.register_tiles import pick_lanes
-from mmopt.codegen.tir_util import _iter_kinds, _kind, region_buffer, static_extent
+from mmopt.codegen.tir_util import _index_iter, _iter_kinds, _kind, region_buffer, static_extent
 
 #: weights below this size stay with the register tile: its strips cost little when the whole
 #: weight is a few pages (a squeeze-and-excitation layer's 1x1 convolutions are not this path
@@ -98,10 +98,8 @@ def matvec_shape(sch, name: str) -> tuple[int, int] | None:
     out = region_buffer(block.writes[0])
     if str(out.dtype) != "float32" or not block.writes[0].region:
         return None
-    last = block.writes[0].region[-1].min
     iters = [iv.var for iv in block.iter_vars]
-    v_axis = next((i for i, var in enumerate(iters) if _kind(last) == "Var"
-                   and var.same_as(last)), None)
+    v_axis = _index_iter(block, block.writes[0].region[-1])
     k_axis = kinds.index("R")
     if v_axis is None or any(e != 1 for i, (e, kd) in enumerate(zip(extents, kinds))
                              if kd == "S" and i != v_axis):
@@ -129,8 +127,7 @@ def schedule_matvec(sch, name: str, shape: tuple[int, int], lanes: int) -> None:
     block = sch.get(block_rv)
     kinds = _iter_kinds(block)
     k_axis = kinds.index("R")
-    last = block.writes[0].region[-1].min
-    v_axis = next(i for i, iv in enumerate(block.iter_vars) if iv.var.same_as(last))
+    v_axis = _index_iter(block, block.writes[0].region[-1])
     loops = sch.get_loops(block_rv)
     k_o, _k_i = sch.split(loops[k_axis], factors=[chunks(k), None])
     partial = sch.rfactor(k_o, factor_axis=0)
