@@ -108,6 +108,9 @@ class _ContractionShape:
     #: cache (:func:`mmopt.codegen.register_tiles.depthwise_tile`)
     depthwise_rows: int = 0
     l1_bytes: int = 48 * 1024
+    #: the narrowest vector the target's FMA units run at full rate (None: every vector;
+    #: :func:`mmopt.codegen.register_tiles.register_tile`)
+    full_rate_lanes: int | None = None
 
 
 def _contraction_axes(sch, block_rv):
@@ -169,6 +172,26 @@ def _l1_bytes(target) -> int:
     from mmopt.targets.cpu import cpu_facts
 
     return cpu_facts(target).l1d_kib * 1024 if target is not None else 48 * 1024
+
+
+def _tile_rate_lanes(target) -> int | None:
+    """The ``full_rate_lanes`` the register tile is chosen with
+    (:func:`mmopt.codegen.register_tiles.register_tile`): the target's
+    :attr:`~mmopt.targets.cpu.CpuFacts.full_rate_lanes` where the module's weights stream from
+    memory (:func:`mmopt.codegen.prefetch.streaming`), else None (every vector counted as full
+    rate). The weight packer (:func:`mmopt.codegen.packed_conv.pack_float_convs`) decides the same
+    from the same module and target, so packed weights match the tile chosen here.
+
+    Why only then: on Zen 4 (``x86``, 2 threads, in the whole models) the narrower tiles made
+    ResNet-50 (102 MB of weights, from memory) 3% faster and MobileNetV2 (14 MB, in the 32 MB
+    L3) 2-3% slower -- its 7 x 7 layers 10-15% -- though alone, weights flushed or not, the
+    kernels of both ran about as fast either way."""
+    from mmopt.codegen import prefetch
+    from mmopt.targets.cpu import cpu_facts
+
+    if target is None or not prefetch.streamed():
+        return None
+    return cpu_facts(target).full_rate_lanes
 
 
 def _depthwise(reduction_extents) -> bool:
@@ -263,7 +286,8 @@ def _contraction_shape(sch, name: str, lanes: int, registers: int,
     return _ContractionShape(v_ext, pick_lanes(v_ext, lanes), r_ext,
                              red[-1] if red else None, len(red), registers,
                              depthwise_rows=_float_depthwise_rows(sch, sch.get_sblock(name)),
-                             l1_bytes=_l1_bytes(target))
+                             l1_bytes=_l1_bytes(target),
+                             full_rate_lanes=_tile_rate_lanes(target))
 
 
 def default_knobs(shape: _ContractionShape, registers: int) -> ContractionKnobs:
@@ -322,7 +346,7 @@ def _default_tile(shape: _ContractionShape, registers: int) -> tuple[int, int]:
         return depthwise_tile(shape.v_ext, shape.r_ext, shape.vec if shape.vec > 1 else 1,
                               registers, shape.depthwise_rows, shape.l1_bytes, shape.min_acc)
     rows, nv = register_tile(shape.v_ext, shape.r_ext, shape.vec if shape.vec > 1 else 1,
-                             registers, shape.min_acc)
+                             registers, shape.min_acc, shape.full_rate_lanes)
     return (rows if shape.r_ext is not None else 1), nv
 
 
@@ -401,7 +425,8 @@ def schedule_contraction(sch, name: str, lanes: int, registers: int,
         vec = pick_lanes(v_ext, lanes)
         shape = _ContractionShape(v_ext, vec, _rows_extent(extents, r_axis), None, 0, registers,
                                   depthwise_rows=_float_depthwise_rows(sch, block_rv),
-                                  l1_bytes=_l1_bytes(target))
+                                  l1_bytes=_l1_bytes(target),
+                                  full_rate_lanes=_tile_rate_lanes(target))
         rows, nv = _default_tile(shape, registers)
     if knobs.nv is not None:
         if vec == 1 and knobs.nv != 1 or vec > 1 and (v_ext // vec) % knobs.nv:

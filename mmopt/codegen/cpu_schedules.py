@@ -415,7 +415,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
                           + "; scheduled as a register tile", kind="degraded")
         if strict and name in knobs:
             trial = sch.copy()
-            schedule_contraction(trial, name, lanes, registers, knobs[name])
+            schedule_contraction(trial, name, lanes, registers, knobs[name], target=target)
             sch = trial
         else:
             trial = sch.copy()

@@ -25,6 +25,7 @@ import contextvars
 import numpy as np
 
 from mmopt.codegen.cpu_contraction import symbolic_tile
+from mmopt.codegen import prefetch
 from mmopt.codegen.register_tiles import (known_multiple, padded_channels, pick_lanes,
                                           register_tile, rounded_rows)
 from mmopt.codegen.relax_util import (conv_output_size, op_name, rewrite_nhwc_convs, static_shape,
@@ -40,15 +41,18 @@ PACK_SYMBOLIC: contextvars.ContextVar[bool] = contextvars.ContextVar("mmopt_pack
                                                                       default=True)
 
 
-def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int) -> int:
+def output_tile(out_channels: int, rows: int | None, lanes: int, registers: int,
+                full_rate_lanes: int | None = None) -> int:
     """The output-channel tile (floats) of the default contraction schedule for an output with
     ``out_channels`` contiguous channels and ``rows`` rows along the next axis:
-    ``nv`` vectors of ``vec`` lanes (:func:`mmopt.codegen.register_tiles.register_tile`; 1 when the
-    channels do not vectorize)."""
+    ``nv`` vectors of ``vec`` lanes (:func:`mmopt.codegen.register_tiles.register_tile`, which
+    ``full_rate_lanes`` steers as the schedule's target does; 1 when the channels do not
+    vectorize)."""
     vec = pick_lanes(out_channels, lanes)
     if vec == 1:
         return 1
-    return register_tile(out_channels, rows, vec, registers)[1] * vec
+    return register_tile(out_channels, rows, vec, registers,
+                         full_rate_lanes=full_rate_lanes)[1] * vec
 
 
 def _packed_conv_te(data, packed, strides, padding, dilation, out_channels, rows=None):
@@ -176,12 +180,19 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True,
     from tvm import relax
 
     bounds = {}
+    # the register-tile rule for vectors wider than the FMA units applies to modules whose
+    # weights stream from memory (:func:`mmopt.codegen.register_tiles.register_tile`); the
+    # schedules decide it on the packed module (:func:`mmopt.codegen.cpu_contraction.
+    # _tile_rate_lanes`), so the weights are packed once, measured, and packed again for those
+    # tiles where they stream
+    streamed = {}
 
     def pack(call, w, builder, lookup):
+        tile_rate = full_rate_lanes if streamed.get("yes") else None
         if winograd:
             from mmopt.codegen import winograd as wino
 
-            new = wino.rewrite(call, w, builder, lanes, registers, bounds)
+            new = wino.rewrite(call, w, builder, lanes, registers, bounds, tile_rate)
             if new is not None:
                 return new
         attrs = call.attrs
@@ -223,7 +234,7 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True,
             rows = rounded_rows(computed, out_width, lanes, registers)
             if rows is not None:
                 out_width = -(-out_width // rows) * rows
-            tile = output_tile(computed, out_width, lanes, registers)
+            tile = output_tile(computed, out_width, lanes, registers, tile_rate)
             if computed != oc:
                 w = np.concatenate([w, np.zeros((kh, kw, ic, computed - oc), w.dtype)], axis=3)
         if tile == 1 or computed % tile:
@@ -248,6 +259,14 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True,
 
         bounds.clear()
         bounds.update(symbolic_bounds(mod))
-        return rewrite_nhwc_convs(mod, pack, grouped=False, with_lookup=True)
+        streamed["yes"] = False
+        packed = rewrite_nhwc_convs(mod, pack, grouped=False, with_lookup=True)
+        target = tvm.target.Target.current(allow_none=True)
+        if (full_rate_lanes and full_rate_lanes < lanes and target is not None
+                and prefetch.weights_from_memory(relax.transform.DeadCodeElimination()(packed),
+                                                 target)):
+            streamed["yes"] = True
+            packed = rewrite_nhwc_convs(mod, pack, grouped=False, with_lookup=True)
+        return packed
 
     return _pass

@@ -217,3 +217,79 @@ def test_channel_gate_before_a_conv_scales_its_weights(c, oc, hw, on_weights, tm
     assert bool(map_multiplies) != on_weights, text
     result = mmopt.compile(model, "x86", tmp_path / "se", codegen=_direct())
     assert result.verification.passed, result.verification.to_dict()
+
+
+def test_vectors_wider_than_the_fma_units_take_narrower_tiles():
+    """Zen 4 runs a 16-lane FMA as two 8-lane passes: the tile keeps the rows the full-rate model
+    chose and drops to the fewest vectors whose accumulators (counted in passes) hide the FMA
+    latency; full-rate vectors and CPUs are left as they were."""
+    from mmopt.codegen.register_tiles import part_rate, register_tile
+
+    assert part_rate(16, 8) == 2 and part_rate(8, 8) == 1 and part_rate(16, None) == 1
+    assert register_tile(256, 49, 16, 32) == (7, 2)
+    assert register_tile(256, 49, 16, 32, full_rate_lanes=8) == (7, 1)  # Winograd GEMM, 49 tiles
+    assert register_tile(512, 16, 16, 32, full_rate_lanes=8) == (8, 1)
+    assert register_tile(96, 170, 16, 32) == (5, 3)
+    assert register_tile(96, 170, 16, 32, full_rate_lanes=8) == (5, 1)
+    for v_ext in (16, 24, 48, 64, 96, 128, 160, 256, 384, 960, 2048):
+        for r_ext in (1, 2, 3, 7, 13, 14, 16, 28, 49, 56, 170):
+            rows, nv = register_tile(v_ext, r_ext, 16, 32)
+            n_rows, n_nv = register_tile(v_ext, r_ext, 16, 32, full_rate_lanes=8)
+            assert n_rows == rows and n_nv <= nv and (v_ext // 16) % n_nv == 0 or v_ext % 16
+            assert n_nv == nv or n_rows * n_nv * 2 >= 8, (v_ext, r_ext)
+            # full-rate vectors: AVX-512 on 512-bit units, 8-lane vectors on Zen 4, AVX2
+            assert register_tile(v_ext, r_ext, 16, 32, full_rate_lanes=16) == (rows, nv)
+            assert (register_tile(v_ext, r_ext, 8, 16, full_rate_lanes=8)
+                    == register_tile(v_ext, r_ext, 8, 16))
+
+
+def _two_convs(hw=14, c=256):
+    """A 3x3 convolution (Winograd at 14 x 14) followed by a 1x1 one, ``c`` channels."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((c, c, k, k)).astype(np.float32) * 0.05,
+                                     f"w{k}") for k in (3, 1)]
+    nodes = [helper.make_node("Conv", ["x", "w3"], ["a"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "w1"], ["y"], kernel_shape=[1, 1])]
+    graph = helper.make_graph(
+        nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, hw, hw])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("mcpu", "streamed", "tile"),
+                         [("znver4", True, 16), ("znver4", False, 32), ("znver5", True, 32)])
+def test_packed_weights_and_schedule_agree_on_the_tile_when_weights_stream(
+        mcpu, streamed, tile, monkeypatch):
+    """Where the weights stream from memory (a model larger than the last-level cache; here the
+    decision is forced) a Zen 4 target packs the direct and the Winograd weights for 1-vector
+    tiles (16 floats) and its schedules choose those tiles; weights in cache, or 512-bit FMA units
+    (Zen 5), keep 2 vectors (32). Compiled, not run: the host may lack AVX-512."""
+    import tvm
+    from tvm import s_tir
+
+    from mmopt.codegen import pipeline, prefetch
+    from mmopt.codegen.cpu_contraction import _contraction_names, _contraction_shape, default_knobs
+    from mmopt.codegen.cpu_schedules import _target_params
+    from mmopt.codegen.relax_import import to_relax
+    from mmopt.targets.registry import _x86
+
+    monkeypatch.setattr(prefetch, "weights_from_memory", lambda mod, target: streamed)
+    target = _x86(f"x86-{mcpu}", mcpu, "test", ())
+    mod = pipeline.tuning_module(to_relax(_two_convs()), target)
+    tvm_target = target.tvm_target()
+    lanes, registers = _target_params(tvm_target)
+    tiles = []
+    for gv, func in mod.functions.items():
+        if type(func).__name__ != "PrimFunc":
+            continue
+        sch = s_tir.Schedule(func)
+        for name in _contraction_names(sch):
+            if name.startswith(("mmopt_conv2d_nhwc_packed", "mmopt_winograd_gemm")):
+                weight = func.params[1]  # the packed weights: (..., tile)
+                with prefetch.streaming(streamed):
+                    shape = _contraction_shape(sch, name, lanes, registers, tvm_target)
+                tiles.append((gv.name_hint, int(weight.shape[-1]),
+                              default_knobs(shape, registers).nv * shape.vec))
+    assert len(tiles) == 2, tiles
+    assert all(packed == scheduled == tile for _name, packed, scheduled in tiles), tiles

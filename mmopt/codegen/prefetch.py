@@ -68,6 +68,11 @@ _STREAMING: contextvars.ContextVar[bool] = contextvars.ContextVar("mmopt_weights
                                                                   default=False)
 
 
+def streamed() -> bool:
+    """Whether the module being scheduled reads its weights from memory (:func:`streaming`)."""
+    return _STREAMING.get()
+
+
 @contextlib.contextmanager
 def streaming(flag: bool):
     """Schedule with the weights read from memory (``flag``) or staying in cache."""

@@ -51,6 +51,15 @@ _LOADS_PER_CYCLE = 2
 _MAX_ROWS = 8
 
 
+def part_rate(vec: int, full_rate_lanes: int | None) -> int:
+    """How many FMA-unit passes one ``vec``-lane FMA takes: 1 where the units run that width at
+    full rate, 2 for AVX-512 on Zen 4's 256-bit units (``full_rate_lanes``:
+    :attr:`mmopt.targets.cpu.CpuFacts.full_rate_lanes`; None: ``vec`` runs at full rate)."""
+    if not full_rate_lanes or vec <= full_rate_lanes:
+        return 1
+    return vec // full_rate_lanes
+
+
 def tile_efficiency(rows: int, nv: int, min_acc: int) -> float:
     """Estimated fraction of the FMA peak a ``rows x nv`` register tile sustains per reduction
     step. One step issues ``rows * nv`` FMAs, ``nv`` weight loads and ``rows`` input broadcasts;
@@ -63,7 +72,7 @@ def tile_efficiency(rows: int, nv: int, min_acc: int) -> float:
 
 
 def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
-                  min_acc: int = 8) -> tuple[int, int]:
+                  min_acc: int = 8, full_rate_lanes: int | None = None) -> tuple[int, int]:
     """``(rows, nv)``: the default register tile of a contraction whose output has ``v_ext``
     contiguous elements (vectorized by ``lanes``) and ``r_ext`` rows (None: no row axis).
 
@@ -87,6 +96,18 @@ def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
     their own latency); AVX-512 and NEON (32 registers) take up to 8 x 2 (:data:`_MAX_ROWS`),
     7 x 2 on 14- and 28-wide maps.
 
+    Vectors wider than the FMA units (``full_rate_lanes``; :func:`part_rate` passes per FMA):
+    the tile above keeps its rows and is narrowed to the fewest weight vectors whose
+    accumulators, counted in passes, still hide the latency (``rows * nv * passes >= min_acc``),
+    so that it streams a narrower ``K x nv`` weight panel. Zen 4 ``x86`` (zmm on 256-bit units,
+    32 KiB L1): 7 x 1 instead of 7 x 2 on 7-, 14- and 28-wide maps and on ResNet-50's Winograd
+    GEMMs (49 and 16 tiles), 8 x 1 instead of 8 x 2 on 56-wide ones. The callers pass it only
+    for modules whose weights stream from memory
+    (:func:`mmopt.codegen.cpu_contraction._tile_rate_lanes` has the measurements). Padding and
+    rounding (:func:`pad_multiples`, :func:`rounded_rows`) are decided on the tile before
+    narrowing: scored with fewer accumulators, a 1-row tile on a 13-wide map had looked as good
+    as rounding the map up to 14 columns, and the YOLOX-style detector at 416 ran 20% slower.
+
     The float weight packers (:mod:`mmopt.codegen.packed_conv`, :mod:`mmopt.codegen.winograd`)
     call this with the same extents, so weights are laid out for the tile the schedule uses."""
     vec = pick_lanes(v_ext, lanes)
@@ -109,6 +130,10 @@ def register_tile(v_ext: int, r_ext: int | None, lanes: int, registers: int,
             key = (round(tile_efficiency(rows, nv, min_acc), 3), rows, rows * nv, nv == 2, -nv)
             if best_key is None or key > best_key:
                 best, best_key = (rows, nv), key
+    passes = part_rate(vec, full_rate_lanes)
+    if passes > 1:
+        rows, nv = best
+        best = (rows, min(n for n in nvs if n == nv or n < nv and rows * n * passes >= min_acc))
     return best
 
 

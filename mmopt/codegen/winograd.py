@@ -501,10 +501,13 @@ def _schedule_table_output(sch, block, epilogue, m: int, vec: int, table_lanes: 
     sch.unroll(i)
 
 
-def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: int):
+def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: int,
+                  full_rate_lanes: int | None = None):
     """Emit the three kernels of F(m x m, 3 x 3) for ``conv2d(x, hwio)`` (3x3, stride 1, padding
     1) with ``builder``; returns the NHWC output expression. Batch, height and width may be
-    symbolic (of any parity: :func:`choice_shape`)."""
+    symbolic (of any parity: :func:`choice_shape`). ``full_rate_lanes``: as for
+    :func:`mmopt.codegen.register_tiles.register_tile` (the GEMM's weights are packed for its
+    static tile)."""
     from tvm import relax
 
     from mmopt.codegen.cpu_contraction import symbolic_tile
@@ -532,14 +535,15 @@ def winograd_conv(builder, x, hwio: np.ndarray, lanes: int, registers: int, m: i
         rows = rounded_rows(oc, count, lanes, registers)
         if rows is not None:
             pad_rows, count = rows, round_up(count, rows)
-        tile = output_tile(oc, count, lanes, registers)
+        tile = output_tile(oc, count, lanes, registers, full_rate_lanes)
     v = builder.emit(input_transform(builder, x, lanes, pad_rows, m))
     u = relax.const(transform_weights(hwio, tile, m))
     products = builder.emit(builder.call_te(_gemm_te, v, u, primfunc_name_hint=GEMM_BLOCK))
     return builder.call_te(output_te, products, n, h, w, m, primfunc_name_hint=OUTPUT_BLOCK)
 
 
-def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=None):
+def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=None,
+            full_rate_lanes: int | None = None):
     """For :func:`mmopt.codegen.relax_util.rewrite_dense_nhwc_convs`: the Winograd form of ``call``,
     or None where it does not apply (see the module docstring). ``bounds``: the ranges of the
     module's symbolic variables (:func:`mmopt.codegen.symbolic_dims.symbolic_bounds`)."""
@@ -565,4 +569,4 @@ def rewrite(call, w: np.ndarray, builder, lanes: int, registers: int, bounds=Non
                   [int(v) for v in attrs.padding], [int(v) for v in attrs.dilation], min_pixels)
     if m is None or pick_lanes(w.shape[3], lanes) == 1:
         return None
-    return winograd_conv(builder, call.args[0], w, lanes, registers, m)
+    return winograd_conv(builder, call.args[0], w, lanes, registers, m, full_rate_lanes)
