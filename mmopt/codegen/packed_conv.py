@@ -24,8 +24,8 @@ import contextvars
 
 import numpy as np
 
-from mmopt.codegen.cpu_contraction import symbolic_tile
 from mmopt.codegen import prefetch
+from mmopt.codegen.cpu_contraction import symbolic_tile
 from mmopt.codegen.register_tiles import (known_multiple, padded_channels, pick_lanes,
                                           register_tile, rounded_rows)
 from mmopt.codegen.relax_util import (conv_output_size, op_name, rewrite_nhwc_convs, static_shape,
@@ -180,15 +180,14 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True,
     from tvm import relax
 
     bounds = {}
-    # the register-tile rule for vectors wider than the FMA units applies to modules whose
-    # weights stream from memory (:func:`mmopt.codegen.register_tiles.register_tile`); the
-    # schedules decide it on the packed module (:func:`mmopt.codegen.cpu_contraction.
-    # _tile_rate_lanes`), so the weights are packed once, measured, and packed again for those
-    # tiles where they stream
-    streamed = {}
+    # the register tile's rule for vectors wider than the FMA units
+    # (:func:`mmopt.codegen.register_tiles.register_tile`) applies where the weights stream from
+    # memory; the schedules decide that on the packed module
+    # (:func:`mmopt.codegen.cpu_contraction._tile_rate_lanes`), so the weights are packed, that
+    # module measured, and, where they stream, packed again for those tiles (None: full rate)
+    tile_rate = None
 
     def pack(call, w, builder, lookup):
-        tile_rate = full_rate_lanes if streamed.get("yes") else None
         if winograd:
             from mmopt.codegen import winograd as wino
 
@@ -257,15 +256,16 @@ def pack_float_convs(lanes: int, registers: int, winograd: bool = True,
     def _pass(mod, _ctx):
         from mmopt.codegen.symbolic_dims import symbolic_bounds
 
+        nonlocal tile_rate
         bounds.clear()
         bounds.update(symbolic_bounds(mod))
-        streamed["yes"] = False
+        tile_rate = None
         packed = rewrite_nhwc_convs(mod, pack, grouped=False, with_lookup=True)
         target = tvm.target.Target.current(allow_none=True)
         if (full_rate_lanes and full_rate_lanes < lanes and target is not None
                 and prefetch.weights_from_memory(relax.transform.DeadCodeElimination()(packed),
                                                  target)):
-            streamed["yes"] = True
+            tile_rate = full_rate_lanes
             packed = rewrite_nhwc_convs(mod, pack, grouped=False, with_lookup=True)
         return packed
 
