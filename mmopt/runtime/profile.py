@@ -810,12 +810,16 @@ def _assemble(model, artifact, target, threads, runs, warmup, raw, flops, mappin
                      "by kernel name and occurrence")
     overhead = raw.get("instrument_overhead", 0.0)
     samples: dict[tuple[str, int], list[float]] = {}
+    run_sums = []  # each instrumented run's kernel time (ProfileResult.kernel_sum_ms)
     for run in raw["runs"]:
         seen: dict[str, int] = {}
+        run_sums.append(0.0)
         for name, seconds in run:
             k = seen.get(name, 0)
             seen[name] = k + 1
-            samples.setdefault((name, k), []).append(max(0.0, seconds - overhead) * 1e3)
+            ms = max(0.0, seconds - overhead) * 1e3
+            samples.setdefault((name, k), []).append(ms)
+            run_sums[-1] += ms
     peak = raw["peak"].to_dict() if raw["peak"] is not None else None
     kernels = []
     seen = {}
@@ -837,8 +841,7 @@ def _assemble(model, artifact, target, threads, runs, warmup, raw, flops, mappin
             row.mapping, row.onnx_value = mapping.kind[index], mapping.value[index]
             row.onnx_flops = mapping.onnx_flops[index]
         kernels.append(row)
-    kernel_sum = statistics.median(sum(max(0.0, seconds - overhead) for _name, seconds in run)
-                                   for run in raw["runs"]) * 1e3
+    kernel_sum = statistics.median(run_sums)
     between = total - kernel_sum
     if between < 0:
         notes.append("the kernels' sum exceeds the total latency: the instrumented runs were "
