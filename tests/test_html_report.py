@@ -349,8 +349,14 @@ def _profile_charts(d, charts):
     between = charts["kernels"]["traces"][1]
     assert between["y"] == ["(between kernels)"]
     _same(between["x"], [max(d["between_ms"], 0.0)])
-    _same(charts["onnxruntime-ops"]["traces"][0]["x"],
-          [op["median_ms"] for op in d["onnxruntime"]["ops"]])
+    # by op type, mmopt's bars beside onnxruntime's, from the paired rows
+    paired = d["ops_vs_onnxruntime"]
+    mmopt_bars, ort_bars = charts["onnxruntime-ops"]["traces"]
+    assert mmopt_bars["y"] == ort_bars["y"] == [r["op_type"] for r in paired]
+    _same(mmopt_bars["x"], [r["mmopt_ms"] or 0.0 for r in paired])
+    _same(ort_bars["x"], [r["onnxruntime_ms"] or 0.0 for r in paired])
+    assert sum(ort_bars["x"]) == pytest.approx(sum(op["median_ms"]
+                                                   for op in d["onnxruntime"]["ops"]))
 
 
 def _tune_charts(d, charts):

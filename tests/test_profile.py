@@ -56,6 +56,21 @@ def _check_consistent(result: dict, optimized: onnx.ModelProto) -> None:
     for k in direct:
         assert k["flops"] >= k["onnx_flops"] > 0, k
         assert k["gflops_per_s"] > 0 and k["peak_percent"] > 0
+    # by op type: every kernel call counted once, under the op that carries its work; the convs
+    # (with their fused batch norms and activations, and any Winograd transforms) under Conv
+    from mmopt.runtime.profile_ops import kernel_op
+
+    ops = {op["op_type"]: op for op in result["ops"]}
+    assert sum(op["calls"] for op in ops.values()) == len(kernels)
+    for op_type, op in ops.items():
+        assert op["calls"] == sum(kernel_op(k["mapping"], k["onnx_ops"]) == op_type
+                                  for k in kernels)
+        assert 0 <= op["median_ms"] <= total * 2 and op["percent"] == pytest.approx(
+            100 * op["median_ms"] / total)
+    assert ops["Conv"]["calls"] >= len(convs)
+    # one run's conv time is at least its slowest conv kernel's median (a sum of every run is)
+    assert ops["Conv"]["median_ms"] >= max(k["median_ms"] for k in kernels
+                                           if kernel_op(k["mapping"], k["onnx_ops"]) == "Conv")
     peak = result["peak"]
     assert peak["gflops"] > 0 and peak["threads"] == result["threads"]
     assert result["machine"]["cpu_count"] and result["machine"]["isa_flags"] is not None
@@ -105,6 +120,22 @@ def test_cli_profiles_an_artifact_and_the_json_matches_the_table(artifact, tmp_p
     assert (ort["cpu_isa"], ort["cpu_mask"]) == (seen_isa(), os.environ.get("MMOPT_CPU_MASK"))
     assert f"onnxruntime ({seen_isa()} kernels" in proc.stdout
     assert "Conv" in {op["op_type"] for op in ort["ops"]}
+    # ... beside mmopt's, op type by op type, in the table and the JSON
+    paired = {r["op_type"]: r for r in result["ops_vs_onnxruntime"]}
+    conv = paired["Conv"]
+    assert conv["mmopt_ops"] == ["Conv"] and conv["mmopt_ms"] == next(
+        op["median_ms"] for op in result["ops"] if op["op_type"] == "Conv")
+    assert conv["onnxruntime_ms"] == pytest.approx(sum(
+        op["median_ms"] for op in ort["ops"] if op["op_type"] in conv["onnxruntime_ops"]))
+    assert conv["ratio"] == pytest.approx(conv["mmopt_ms"] / conv["onnxruntime_ms"])
+    assert sorted(o for r in result["ops_vs_onnxruntime"] for o in r["mmopt_ops"]) == sorted(
+        op["op_type"] for op in result["ops"])
+    assert sorted(o for r in result["ops_vs_onnxruntime"] for o in r["onnxruntime_ops"]) == sorted(
+        op["op_type"] for op in ort["ops"])
+    header = next(line for line in proc.stdout.splitlines() if "onnxruntime nodes" in line)
+    assert header.split()[-1] == "mmopt/onnxruntime"
+    conv_row = next(r for r in rows if r and r[0] == "Conv")
+    assert conv_row[1:3] == [str(conv["mmopt_calls"]), f"{conv['mmopt_ms']:.3f}"]
     assert ort["op_sum_ms"] + ort["between_ms"] == pytest.approx(ort["total_median_ms"])
     # one run's op time is at least its slowest op type's median (the sum of every run is)
     assert ort["op_sum_ms"] >= max(op["median_ms"] for op in ort["ops"])
@@ -140,6 +171,19 @@ def test_api_compiles_and_profiles_a_model():
     for k in result.kernels:
         if k.mapping == "helper":
             assert k.onnx_nodes, k
+
+
+def test_the_profile_is_not_written_over_the_artifact_or_the_model(artifact):
+    meta = artifact.library.with_suffix(".json")
+    before = meta.read_bytes()
+    for option, path in (("--json", meta), ("--html", artifact.library),
+                         ("--json", artifact.meta.source_model)):
+        proc = mmopt_cli("profile", artifact.library, "--runs", "1", option, path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (f"mmopt: error: {path}: is the model or a file of the "
+                                       "artifact being profiled; write the profile to another "
+                                       "file")
+    assert meta.read_bytes() == before
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -64,18 +65,57 @@ def kernel_table(result, top: int | None = None) -> Table:
     return table
 
 
-def ort_table(ort: dict) -> Table:
+def ops_table(result) -> Table:
+    """The kernels' time by ONNX op type (:mod:`mmopt.runtime.profile_ops`); with onnxruntime's
+    profile, its time per op type beside mmopt's and their ratio (rows the JSON's ``ops`` and
+    ``ops_vs_onnxruntime`` hold)."""
     table = Table(box=None, padding=(0, 1))
-    for col, right in (("op", False), ("nodes", True), ("ms", True), ("%", True)):
-        table.add_column(col, justify="right" if right else "left")
-    for op in ort["ops"]:
-        table.add_row(Text(op["op_type"]), str(op["nodes"]), f"{op['median_ms']:.3f}",
-                      f"{op['percent']:.1f}")
+    paired = result.ops_vs_onnxruntime is not None
+    columns = (["op", "kernels", "ms", "%"] if not paired else
+               ["op", "mmopt kernels", "mmopt ms", "onnxruntime nodes", "onnxruntime ms",
+                "mmopt/onnxruntime"])
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+    ort = result.onnxruntime
+    if not paired:
+        for op in result.ops:
+            table.add_row(Text(op.op_type), str(op.calls), f"{op.median_ms:.3f}",
+                          f"{op.percent:.1f}")
+        table.add_row("(between kernels)", "", f"{result.between_ms:.3f}",
+                      f"{result.between_percent:.1f}")
+        table.add_row("total", "", f"{result.total_median_ms:.3f}", "100.0")
+        return table
+    for row in result.ops_vs_onnxruntime:
+        names = [n for n in dict.fromkeys(row["mmopt_ops"] + row["onnxruntime_ops"])
+                 if n != row["op_type"]]
+        table.add_row(Text(row["op_type"] + (f" ({', '.join(names)})" if names else "")),
+                      _number(row["mmopt_calls"], "d"), _number(row["mmopt_ms"], ".3f"),
+                      _number(row["onnxruntime_nodes"], "d"),
+                      _number(row["onnxruntime_ms"], ".3f"), _number(row["ratio"], ".2f"))
+    table.add_row("(between kernels / ops)", "", f"{result.between_ms:.3f}", "",
+                  f"{ort['between_ms']:.3f}", "")
     total = ort["total_median_ms"]
-    table.add_row("(between ops)", "", f"{ort['between_ms']:.3f}",
-                  f"{100 * ort['between_ms'] / total if total else 0:.1f}")
-    table.add_row("total", "", f"{total:.3f}", "100.0")
+    table.add_row("total", "", f"{result.total_median_ms:.3f}", "", f"{total:.3f}",
+                  _number(result.total_median_ms / total if total else None, ".2f"))
     return table
+
+
+def _refuse_overwriting_inputs(model: str, *outputs) -> None:
+    """Bad input, before anything runs: a --json or --html file that is the model itself, a file
+    of the artifact being profiled or the artifact's source model (``--json NAME.json`` beside
+    ``NAME.so`` would replace the artifact's description with the profile)."""
+    from mmopt.errors import MmoptError
+    from mmopt.runtime.artifact import artifact_paths, is_artifact, read_meta
+
+    inputs = {Path(model).resolve()}
+    if not model.endswith(".onnx") and is_artifact(model):
+        inputs |= {p.resolve() for p in artifact_paths(model)}
+        with contextlib.suppress(MmoptError):  # a broken description is reported later
+            inputs.add(Path(read_meta(model).source_model).resolve())
+    for path in outputs:
+        if path and Path(path).resolve() in inputs:
+            raise MmoptError(f"{path}: is the model or a file of the artifact being profiled; "
+                             "write the profile to another file")
 
 
 @click.command("profile")
@@ -95,7 +135,8 @@ def ort_table(ort: dict) -> Table:
               help="Tuning database to compile with (as for compile).")
 @click.option("--vs", "versus", type=click.Choice(["onnxruntime", "none"]), default="none",
               show_default=True,
-              help="Also profile onnxruntime per op type (same inputs, same threads).")
+              help="Also profile onnxruntime (same inputs, same threads) and show its time "
+                   "per op type beside mmopt's.")
 @click.option("--top", type=click.IntRange(1, 100_000), default=None,
               help="Show only the slowest N kernels (the JSON has all).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
@@ -107,10 +148,14 @@ def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, w
 
     Per kernel: the ONNX nodes it computes, output shape, median and min ms, % of the total,
     GFLOP (TIR contractions), GFLOP/s and % of this machine's FMA peak for the target's ISA;
-    then the time between kernels and the total latency. Sorted by time. An artifact with
-    symbolic dims (--dim) is profiled at the shapes --input-shape gives.
+    then the time between kernels and the total latency. Sorted by time. Then the time by ONNX
+    op type (a fused kernel under the op that carries its work), beside onnxruntime's with --vs
+    onnxruntime. An artifact with symbolic dims (--dim) is profiled at the shapes --input-shape
+    gives.
     """
     from mmopt.api import profile
+
+    _refuse_overwriting_inputs(model_path(model), json_path, html_path)
 
     def run(status):
         return profile(model_path(model), target, input_shapes=shapes(input_shapes),
@@ -153,13 +198,17 @@ def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, w
         isa = f"{ort.get('cpu_isa') or '?'} kernels"
         if ort.get("cpu_mask"):
             isa += ", AVX-512 hidden from its process"
-        out.print(f"onnxruntime ({isa}), {ort['threads']} thread(s), median of "
-                  f"{ort['runs']} runs, by op type (its fused nodes count under their own op, "
-                  "e.g. Conv+Relu as Conv)")
-        out.print(ort_table(ort))
+        out.print(f"by op type, against onnxruntime ({isa}, {ort['threads']} thread(s), median "
+                  f"of {ort['runs']} runs; a fused kernel or node counts under the op that "
+                  "carries its work, e.g. Conv+Relu as Conv)")
+        out.print(ops_table(result))
         out.print(f"  ratio     mmopt/onnxruntime = "
                   f"{result.total_median_ms / ort['total_median_ms']:.2f} (medians)"
                   if ort["total_median_ms"] else "")
+    elif result.ops:
+        out.print("by op type (a fused kernel counts under the op that carries its work, e.g. "
+                  "Conv+Relu as Conv)")
+        out.print(ops_table(result))
     if json_path:
         out.print(f"wrote {json_path}")
     if html_path:

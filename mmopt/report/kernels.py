@@ -69,6 +69,21 @@ def add_profile(page: Page, section: Section, *prefix) -> None:
                      + ", ".join(profile["unattributed_nodes"]), "warn")
     if profile.get("onnxruntime"):
         add_onnxruntime(page, section, *prefix)
+    elif profile.get("ops"):
+        add_ops(page, section, *prefix)
+
+
+def add_ops(page: Page, section: Section, *prefix) -> None:
+    """The kernels' time by ONNX op type (:mod:`mmopt.runtime.profile_ops`)."""
+    ops = page.get(*prefix, "ops")
+    section.heading("by op type")
+    section.table(["op", "kernel calls", "median ms", "%"],
+                  ([page.value(*prefix, "ops", i, "op_type"),
+                    page.value(*prefix, "ops", i, "calls"),
+                    page.value(*prefix, "ops", i, "median_ms", spec=".4f"),
+                    page.value(*prefix, "ops", i, "percent", spec=".1f")]
+                   for i in range(len(ops))), name="ops")
+    section.note("A fused kernel counts under the op that carries its work (Conv+Relu as Conv).")
 
 
 def _nodes_cell(kernel: dict):
@@ -110,24 +125,56 @@ def kernel_chart(profile: dict):
 
 
 def add_onnxruntime(page: Page, section: Section, *prefix) -> None:
-    """onnxruntime's time per op type next to mmopt's total (``--vs onnxruntime``)."""
+    """onnxruntime's time per op type beside mmopt's (``--vs onnxruntime``); a profile from before
+    mmopt counted its kernels by op type shows onnxruntime's side alone."""
     ort = page.get(*prefix, "onnxruntime")
-    section.heading("onnxruntime, by op type")
+    paired = page.get(*prefix, "ops_vs_onnxruntime")
     total = page.get(*prefix, "total_median_ms")
-    fig = figure(height=height_for(len(ort["ops"]) + 1), showlegend=False,
-                 xaxis_title="median ms per inference", yaxis={"autorange": "reversed"},
-                 title=f"onnxruntime {ort['total_median_ms']:.4f} ms vs mmopt {total:.4f} ms")
-    fig.add_bar(orientation="h", x=[op["median_ms"] for op in ort["ops"]],
-                y=[op["op_type"] for op in ort["ops"]], marker_color=COLORS["onnxruntime"],
-                customdata=[[op["nodes"], op["percent"]] for op in ort["ops"]],
-                hovertemplate=hover("<b>%{y}</b> (%{customdata[0]} nodes)",
-                                    "%{x:.4f} ms (%{customdata[1]:.1f}%)"))
-    section.chart(fig, "onnxruntime-ops" if not prefix else f"{prefix[-1]}-onnxruntime-ops")
-    section.table(["op", "nodes", "median ms", "%"],
-                  ([page.value(*prefix, "onnxruntime", "ops", i, "op_type"),
-                    page.value(*prefix, "onnxruntime", "ops", i, "nodes"),
-                    page.value(*prefix, "onnxruntime", "ops", i, "median_ms", spec=".4f"),
-                    page.value(*prefix, "onnxruntime", "ops", i, "percent", spec=".1f")]
-                   for i in range(len(ort["ops"]))), name="onnxruntime-ops")
+    name = "onnxruntime-ops" if not prefix else f"{prefix[-1]}-onnxruntime-ops"
+    if paired is None:
+        section.heading("onnxruntime, by op type")
+        fig = figure(height=height_for(len(ort["ops"]) + 1), showlegend=False,
+                     xaxis_title="median ms per inference", yaxis={"autorange": "reversed"},
+                     title=f"onnxruntime {ort['total_median_ms']:.4f} ms vs mmopt {total:.4f} ms")
+        fig.add_bar(orientation="h", x=[op["median_ms"] for op in ort["ops"]],
+                    y=[op["op_type"] for op in ort["ops"]], marker_color=COLORS["onnxruntime"],
+                    customdata=[[op["nodes"], op["percent"]] for op in ort["ops"]],
+                    hovertemplate=hover("<b>%{y}</b> (%{customdata[0]} nodes)",
+                                        "%{x:.4f} ms (%{customdata[1]:.1f}%)"))
+        section.chart(fig, name)
+        section.table(["op", "nodes", "median ms", "%"],
+                      ([page.value(*prefix, "onnxruntime", "ops", i, "op_type"),
+                        page.value(*prefix, "onnxruntime", "ops", i, "nodes"),
+                        page.value(*prefix, "onnxruntime", "ops", i, "median_ms", spec=".4f"),
+                        page.value(*prefix, "onnxruntime", "ops", i, "percent", spec=".1f")]
+                       for i in range(len(ort["ops"]))), name="onnxruntime-ops")
+    else:
+        section.heading("by op type, against onnxruntime")
+        fig = figure(height=height_for(2 * len(paired) + 1), barmode="group",
+                     xaxis_title="median ms per inference", yaxis={"autorange": "reversed"},
+                     title=f"mmopt {total:.4f} ms vs onnxruntime {ort['total_median_ms']:.4f} ms")
+        for engine, key in (("mmopt", "mmopt_ms"), ("onnxruntime", "onnxruntime_ms")):
+            fig.add_bar(name=engine, orientation="h", x=[r[key] or 0.0 for r in paired],
+                        y=[r["op_type"] for r in paired], marker_color=COLORS[engine],
+                        hovertemplate=hover(f"<b>%{{y}}</b>: {engine} %{{x:.4f}} ms"))
+        section.chart(fig, name)
+        section.table(
+            ["op", "mmopt ops", "mmopt kernels", "mmopt ms", "onnxruntime ops",
+             "onnxruntime nodes", "onnxruntime ms", "mmopt / onnxruntime"],
+            ([page.value(*prefix, "ops_vs_onnxruntime", i, "op_type"),
+              ", ".join(r.get("mmopt_ops") or []),
+              page.value(*prefix, "ops_vs_onnxruntime", i, "mmopt_calls"),
+              page.value(*prefix, "ops_vs_onnxruntime", i, "mmopt_ms", spec=".4f"),
+              ", ".join(r["onnxruntime_ops"]),
+              page.value(*prefix, "ops_vs_onnxruntime", i, "onnxruntime_nodes"),
+              page.value(*prefix, "ops_vs_onnxruntime", i, "onnxruntime_ms", spec=".4f"),
+              page.value(*prefix, "ops_vs_onnxruntime", i, "ratio", spec=".2f")]
+             for i, r in enumerate(paired)), name="onnxruntime-ops")
+        section.note("A fused kernel or node counts under the op that carries its work (Conv+Relu "
+                     "as Conv); onnxruntime's FusedConv pairs with Conv, matrix products of any "
+                     "name (MatMul, Gemm, FusedMatMul) with each other. Rows with one engine's "
+                     "time only are work the other fuses into a neighbour or names differently "
+                     "(layout copies, QLinearConv, a SiLU as QuickGelu): read a row's ratio with "
+                     "its neighbours.")
     section.kv([("onnxruntime total (median)",
                  page.value(*prefix, "onnxruntime", "total_median_ms", spec=".4f", unit=" ms"))])

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from mmopt.errors import MmoptError
+from mmopt.runtime.profile_ops import OpTime, kernel_op, op_times, side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +153,13 @@ class ProfileResult:
     flops_source: str
     mapping_source: str
     machine: dict
+    #: the kernels' time by ONNX op type (:mod:`mmopt.runtime.profile_ops`), slowest first
+    ops: list[OpTime] = field(default_factory=list)
     #: onnxruntime's per-op profile (``versus="onnxruntime"``)
     onnxruntime: dict | None = None
+    #: mmopt's and onnxruntime's op times side by side
+    #: (:func:`mmopt.runtime.profile_ops.side_by_side`; ``versus="onnxruntime"``)
+    ops_vs_onnxruntime: list[dict] | None = None
     #: ONNX nodes (not folded at compile time) no kernel's value accounts for
     unattributed_nodes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -169,6 +175,7 @@ class ProfileResult:
     def to_dict(self) -> dict:
         data = {"kind": "profile", **asdict(self)}
         data["kernels"] = [asdict(k) for k in self.sorted_kernels()]
+        data["ops"] = [asdict(o) for o in self.ops]
         data["peak_gflops"] = self.peak_gflops
         return data
 
@@ -811,18 +818,22 @@ def _assemble(model, artifact, target, threads, runs, warmup, raw, flops, mappin
     overhead = raw.get("instrument_overhead", 0.0)
     samples: dict[tuple[str, int], list[float]] = {}
     run_sums = []  # each instrumented run's kernel time (ProfileResult.kernel_sum_ms)
+    run_calls = []  # each instrumented run's ((kernel, occurrence), ms), for the op times
     for run in raw["runs"]:
         seen: dict[str, int] = {}
         run_sums.append(0.0)
+        run_calls.append([])
         for name, seconds in run:
             k = seen.get(name, 0)
             seen[name] = k + 1
             ms = max(0.0, seconds - overhead) * 1e3
             samples.setdefault((name, k), []).append(ms)
             run_sums[-1] += ms
+            run_calls[-1].append(((name, k), ms))
     peak = raw["peak"].to_dict() if raw["peak"] is not None else None
     kernels = []
     seen = {}
+    op_of: dict[tuple[str, int], str] = {}
     for index, name in enumerate(reference_calls):
         k = seen.get(name, 0)
         seen[name] = k + 1
@@ -840,8 +851,10 @@ def _assemble(model, artifact, target, threads, runs, warmup, raw, flops, mappin
             row.onnx_nodes, row.onnx_ops = mapping.nodes[index], mapping.ops[index]
             row.mapping, row.onnx_value = mapping.kind[index], mapping.value[index]
             row.onnx_flops = mapping.onnx_flops[index]
+        op_of[(name, k)] = kernel_op(row.mapping, row.onnx_ops)
         kernels.append(row)
     kernel_sum = statistics.median(run_sums)
+    ops = op_times(run_calls, op_of, total)
     between = total - kernel_sum
     if between < 0:
         notes.append("the kernels' sum exceeds the total latency: the instrumented runs were "
@@ -865,5 +878,8 @@ def _assemble(model, artifact, target, threads, runs, warmup, raw, flops, mappin
         flops_source=("TIR: 2 x multiply-adds of each kernel's contraction blocks (executed "
                       "arithmetic; element-wise work not counted)" if flops else
                       "unavailable (no source model)"),
-        mapping_source=mapping_source, machine=machine, onnxruntime=ort_profile,
+        mapping_source=mapping_source, machine=machine,
+        ops=ops, onnxruntime=ort_profile,
+        ops_vs_onnxruntime=(side_by_side([asdict(o) for o in ops], ort_profile["ops"])
+                            if ort_profile else None),
         unattributed_nodes=mapping.unattributed if mapping is not None else [], notes=notes)
