@@ -175,7 +175,6 @@ class ProfileResult:
     def to_dict(self) -> dict:
         data = {"kind": "profile", **asdict(self)}
         data["kernels"] = [asdict(k) for k in self.sorted_kernels()]
-        data["ops"] = [asdict(o) for o in self.ops]
         data["peak_gflops"] = self.peak_gflops
         return data
 
