@@ -73,6 +73,21 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, model_file, cas
     assert not out_dir.exists()
 
 
+def test_a_page_is_written_only_to_an_html_file(tmp_path, model_file):
+    """--html (every verb) and report's -o replace the file they name: a name that is not an
+    .html file -- the model itself, an artifact's JSON -- is bad input, before anything runs."""
+    before = model_file.read_bytes()
+    report = tmp_path / "run.json"
+    report.write_text("{}")
+    for args in (["compile", model_file, "-o", tmp_path / "out" / "m", "--html", model_file],
+                 ["bench", model_file, "--html", tmp_path / "m.json"],
+                 ["report", report, "-o", report]):
+        proc = mmopt_cli(*args)
+        _assert_one_line_error(proc, "give a name ending in .html")
+    assert model_file.read_bytes() == before and report.read_text() == "{}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_cross_compiler_is_a_one_line_error(tmp_path, model_file):
     env_path = tmp_path / "bin"
     env_path.mkdir()

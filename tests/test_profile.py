@@ -176,13 +176,15 @@ def test_api_compiles_and_profiles_a_model():
 def test_the_profile_is_not_written_over_the_artifact_or_the_model(artifact):
     meta = artifact.library.with_suffix(".json")
     before = meta.read_bytes()
-    for option, path in (("--json", meta), ("--html", artifact.library),
-                         ("--json", artifact.meta.source_model)):
-        proc = mmopt_cli("profile", artifact.library, "--runs", "1", option, path)
+    for path in (meta, artifact.library, artifact.meta.source_model):
+        proc = mmopt_cli("profile", artifact.library, "--runs", "1", "--json", path)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip() == (f"mmopt: error: {path}: is the model or a file of the "
                                        "artifact being profiled; write the profile to another "
                                        "file")
+    # --html takes .html files only (every verb: tests/test_cli.py)
+    proc = mmopt_cli("profile", artifact.library, "--runs", "1", "--html", artifact.library)
+    assert proc.returncode == 2 and "give a name ending in .html" in proc.stderr
     assert meta.read_bytes() == before
 
 

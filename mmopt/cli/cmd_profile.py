@@ -100,10 +100,11 @@ def ops_table(result) -> Table:
     return table
 
 
-def _refuse_overwriting_inputs(model: str, *outputs) -> None:
-    """Bad input, before anything runs: a --json or --html file that is the model itself, a file
-    of the artifact being profiled or the artifact's source model (``--json NAME.json`` beside
-    ``NAME.so`` would replace the artifact's description with the profile)."""
+def _refuse_overwriting_inputs(model: str, json_path) -> None:
+    """Bad input, before anything runs: a --json file that is the model itself, a file of the
+    artifact being profiled or the artifact's source model (``--json NAME.json`` beside
+    ``NAME.so`` would replace the artifact's description with the profile; --html takes only
+    ``.html`` files, :func:`mmopt.cli.common.html_file`)."""
     from mmopt.errors import MmoptError
     from mmopt.runtime.artifact import artifact_paths, is_artifact, read_meta
 
@@ -112,10 +113,9 @@ def _refuse_overwriting_inputs(model: str, *outputs) -> None:
         inputs |= {p.resolve() for p in artifact_paths(model)}
         with contextlib.suppress(MmoptError):  # a broken description is reported later
             inputs.add(Path(read_meta(model).source_model).resolve())
-    for path in outputs:
-        if path and Path(path).resolve() in inputs:
-            raise MmoptError(f"{path}: is the model or a file of the artifact being profiled; "
-                             "write the profile to another file")
+    if json_path and Path(json_path).resolve() in inputs:
+        raise MmoptError(f"{json_path}: is the model or a file of the artifact being profiled; "
+                         "write the profile to another file")
 
 
 @click.command("profile")
@@ -155,7 +155,7 @@ def profile_cmd(model, target, input_shapes, threads, runs, warmup, opt_level, w
     """
     from mmopt.api import profile
 
-    _refuse_overwriting_inputs(model_path(model), json_path, html_path)
+    _refuse_overwriting_inputs(model_path(model), json_path)
 
     def run(status):
         return profile(model_path(model), target, input_shapes=shapes(input_shapes),

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
-from mmopt.cli.common import out
+from mmopt.cli.common import html_file, out
 
 
 @click.command("report")
 @click.argument("report_json", metavar="RUN.json")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE.html",
+              callback=html_file,
               help="Where to write the page. [default: RUN.html]")
 def report_cmd(report_json, output):
     """Render RUN.json, a report of compile/profile/tune/quantize/check/bench (their --json output,

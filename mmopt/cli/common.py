@@ -38,8 +38,20 @@ def model_path(path: str) -> str:
     return path
 
 
+def html_file(_ctx, param, value):
+    """An option naming the HTML page to write must name an ``.html``/``.htm`` file: bad input
+    (exit 2, before the verb runs) otherwise, since the page replaces whatever the file held --
+    ``--html model.onnx`` would have overwritten the model."""
+    from mmopt.errors import MmoptError
+
+    if value is not None and not value.lower().endswith((".html", ".htm")):
+        raise MmoptError(f"{param.opts[-1]} {value}: the page is written to this file; give a "
+                         "name ending in .html")
+    return value
+
+
 html_option = click.option(
-    "--html", "html_path", type=click.Path(dir_okay=False), metavar="FILE.html",
+    "--html", "html_path", type=click.Path(dir_okay=False), metavar="FILE.html", callback=html_file,
     help="Also write the report as one self-contained HTML page (tables and charts, no network "
          "needed to view it; `mmopt report` renders a saved JSON report the same way).")
 
