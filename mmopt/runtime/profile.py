@@ -556,25 +556,23 @@ def onnxruntime_profile(model, feeds: Mapping[str, np.ndarray], *, threads: int,
             events = json.load(f)
     spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                    if e.get("cat") == "Session" and e.get("name") == "model_run")[-runs:]
-    per_run: list[dict[str, float]] = [{} for _ in spans]
-    nodes: dict[str, set[str]] = {}
+    per_run: list[list[tuple[str, float]]] = [[] for _ in spans]  # (node, ms) of each run
+    op_of: dict[str, str] = {}
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
-        op = e.get("args", {}).get("op_name", "?")
+        node = e["name"][: -len("_kernel_time")]
+        op_of[node] = e.get("args", {}).get("op_name", "?")
         for r, (start, end) in enumerate(spans):
             if start <= e["ts"] <= end:
-                per_run[r][op] = per_run[r].get(op, 0.0) + e["dur"] / 1e3
-                nodes.setdefault(op, set()).add(e["name"][: -len("_kernel_time")])
+                per_run[r].append((node, e["dur"] / 1e3))
                 break
     total = statistics.median((end - start) / 1e3 for start, end in spans) if spans else 0.0
-    ops = []
-    for op in nodes:
-        ms = statistics.median(run.get(op, 0.0) for run in per_run)
-        ops.append(OrtOpProfile(op, len(nodes[op]), ms, 100 * ms / total if total else 0.0))
-    ops.sort(key=lambda o: -o.median_ms)
+    # per op type as mmopt's kernels are counted (median over runs of each run's sum)
+    ops = [OrtOpProfile(o.op_type, o.calls, o.median_ms, o.percent)
+           for o in op_times(per_run, op_of, total)]
     # one inference's op time: the median of the runs' sums (as the kernels' in _assemble)
-    op_sum = statistics.median(sum(run.values()) for run in per_run) if per_run else 0.0
+    op_sum = statistics.median(sum(ms for _, ms in run) for run in per_run) if per_run else 0.0
     from mmopt.runtime.cpu_mask import seen_isa
 
     return {"threads": threads, "runs": len(spans), "total_median_ms": total,

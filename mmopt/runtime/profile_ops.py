@@ -76,14 +76,12 @@ def op_times(runs: Sequence[Sequence[tuple[Hashable, float]]], op_of: Mapping[Ha
     ``op_of`` the op type of each call (calls it lacks count as :data:`UNKNOWN`); a run without
     any call of an op counts 0 for it."""
     calls: dict[str, set] = {}
-    for run in runs:
-        for call, _ms in run:
-            calls.setdefault(op_of.get(call, UNKNOWN), set()).add(call)
-    sums = []
+    sums = []  # each run's time per op type
     for run in runs:
         per_op: dict[str, float] = {}
         for call, ms in run:
             op = op_of.get(call, UNKNOWN)
+            calls.setdefault(op, set()).add(call)
             per_op[op] = per_op.get(op, 0.0) + ms
         sums.append(per_op)
     rows = []
