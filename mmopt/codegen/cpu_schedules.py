@@ -427,7 +427,7 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
                 sch = _try(sch, schedule_contraction_symbolic, name)
             except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
                 sch = _unpadded_retry(sch, name, lanes, registers, exc)
-    from mmopt.codegen import winograd
+    from mmopt.codegen import fast_math, row_local, winograd
 
     tiled = []
     for name in winograd.output_blocks(sch):
@@ -440,6 +440,15 @@ def schedule_prim_func(func, target, knobs: dict | None = None, *, strict: bool 
             note_skip(name, "winograd.schedule_output", exception_reason(exc)[:200]
                       + "; scheduled as an element-wise loop", kind="degraded")
     sch = _try(sch, _inline_injective_chains, contractions + tiled)
+    if not contractions and row_local.applies(sch):
+        trial = sch.copy()
+        try:
+            row_local.schedule_rows(trial, lanes)
+            return trial
+        except Exception as exc:  # noqa: BLE001 - TVM raises ScheduleError and friends
+            note_skip(fast_math.SOFTMAX_OUTPUT, "row_local.schedule_rows",
+                      exception_reason(exc)[:200] + "; its stages scheduled one by one",
+                      kind="degraded")
     # what is left at the top level (epilogues that could not be inlined, pads, other blocks)
     root = sch.get_sblock("root")
     for block_rv in sch.get_child_blocks(root):
