@@ -45,7 +45,8 @@ from mmopt.codegen.cpu_inline import _inline_injective_chains, _inline_plain_cop
 from mmopt.codegen.register_tiles import known_multiple, pick_lanes
 from mmopt.codegen.schedule_fallbacks import exception_reason, note_fallback, note_skip
 from mmopt.codegen.tir_util import (_block_axes, _extent, _index_iter, _iter_kinds, _kind,
-                                    _loops_match_iters, region_buffer, static_extent)
+                                    _loops_match_iters, region_buffer, static_extent,
+                                    vectorize_head)
 
 logger = logging.getLogger(__name__)
 
@@ -291,9 +292,7 @@ def schedule_injective(sch, name: str, lanes: int, target=None) -> None:
     elif extents[-1] is not None and extents[-1] > lanes and len(loops) > 1:
         # no vector width divides the innermost extent (197 tokens): the first multiple of
         # ``lanes`` elements of each row runs in vectors, the rest as a scalar loop of its own
-        head, _tail = sch.loop_partition(inner, [extents[-1] // lanes * lanes, None])
-        _, vec_loop = sch.split(head, factors=[None, lanes])
-        sch.vectorize(vec_loop)
+        vectorize_head(sch, inner, extents[-1], lanes)
         loops = loops[:-1]
     if total >= _MIN_PARALLEL_ELEMENTS:
         if any(e is None for e in extents):

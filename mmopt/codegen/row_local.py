@@ -53,7 +53,7 @@ def schedule_rows(sch, lanes: int) -> None:
     schedule errors where a stage cannot be computed at the row."""
     from tvm import tirx
 
-    from mmopt.codegen.tir_util import static_extent
+    from mmopt.codegen.tir_util import static_extent, vectorize_head
 
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
@@ -68,25 +68,15 @@ def schedule_rows(sch, lanes: int) -> None:
         loops = sch.get_loops(block_rv)[1:]  # below the row
         reduces = [iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block_rv).iter_vars]
         extents = [static_extent(sch.get(lp).extent) for lp in loops]
-        if any(reduces) and len(loops) == 2:
+        one_reduction = sum(reduces) == 1 and reduces[-1]
+        if one_reduction and len(loops) == 2:
             # the partials: (lane, k) -> k outside, the lanes in a vector
             lane, k = loops
             sch.reorder(k, lane)
             sch.vectorize(lane)
             init = sch.decompose_reduction(block_rv, k)
             sch.vectorize(sch.get_loops(init)[-1])
-        elif any(reduces) and len(loops) == 1 and extents[0] <= _UNROLL_MAX:
+        elif one_reduction and len(loops) == 1 and extents[0] <= _UNROLL_MAX:
             sch.unroll(loops[0])  # the fold of the partials, a row's tail
         elif not any(reduces) and len(loops) == 1:
-            _vectorize_row(sch, loops[0], extents[0], lanes)
-
-
-def _vectorize_row(sch, loop, extent: int, lanes: int) -> None:
-    """Vectorize a row's element-wise loop: whole vectors, then the rest as a scalar loop."""
-    if extent % lanes == 0:
-        _, inner = sch.split(loop, factors=[None, lanes])
-        sch.vectorize(inner)
-    elif extent > lanes:
-        head, _tail = sch.loop_partition(loop, [extent // lanes * lanes, None])
-        _, inner = sch.split(head, factors=[None, lanes])
-        sch.vectorize(inner)
+            vectorize_head(sch, loops[0], extents[0], lanes)

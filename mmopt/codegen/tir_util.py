@@ -76,3 +76,17 @@ def static_bytes(buffer) -> int | None:
         count *= int(extent)
     dtype = tvm.DataType(str(buffer.dtype))
     return count * dtype.bits * dtype.lanes // 8
+
+
+def vectorize_head(sch, loop, extent: int, lanes: int) -> None:
+    """Vectorize a static loop of ``extent`` iterations in vectors of ``lanes``: the first
+    ``extent // lanes`` whole vectors, and where ``lanes`` does not divide it the rest as a scalar
+    loop of its own (a split with a remainder would put a per-lane predicate in the vector loop,
+    which TVM then runs one element at a time). A loop shorter than one vector is left alone."""
+    if extent % lanes == 0:
+        _, inner = sch.split(loop, factors=[None, lanes])
+        sch.vectorize(inner)
+    elif extent > lanes:
+        head, _tail = sch.loop_partition(loop, [extent // lanes * lanes, None])
+        _, inner = sch.split(head, factors=[None, lanes])
+        sch.vectorize(inner)
