@@ -34,12 +34,14 @@ _UNROLL_MAX = 32
 
 def applies(sch) -> bool:
     """Whether the function is a softmax of :func:`mmopt.codegen.fast_math._softmax` (its output
-    block, possibly with element-wise work inlined around it) over static shapes."""
+    block, possibly with element-wise work inlined around it) over rows (at least one axis
+    before the softmax's) of static shapes."""
     from mmopt.codegen.fast_math import SOFTMAX_OUTPUT
     from mmopt.codegen.tir_util import static_extent
 
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    if not blocks or sch.get(blocks[-1]).name_hint != SOFTMAX_OUTPUT:
+    if (not blocks or sch.get(blocks[-1]).name_hint != SOFTMAX_OUTPUT
+            or len(sch.get_loops(blocks[-1])) < 2):
         return False
     for block_rv in blocks:
         for lp in sch.get_loops(block_rv):

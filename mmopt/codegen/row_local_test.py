@@ -65,6 +65,29 @@ def test_rows_of_symbolic_width_keep_the_stage_by_stage_schedule():
     assert not [f for f in found if f["schedule"] == "row_local.schedule_rows"]
 
 
+def test_a_single_row_keeps_the_stage_by_stage_schedule():
+    """A 1-D softmax has no row loop to run in parallel: not applied, not reported as degraded,
+    and the values hold."""
+    import tvm
+    from tvm import s_tir
+
+    from mmopt import targets
+    from mmopt.codegen import row_local
+    from mmopt.codegen.cpu_schedules import schedule_prim_func
+    from mmopt.codegen.schedule_fallbacks import record_fallbacks
+
+    func = _softmax_func((1000,))
+    assert not row_local.applies(s_tir.Schedule(func))
+    target = targets.get("x86").tvm_target()
+    with record_fallbacks() as found:
+        sch = schedule_prim_func(func, target)
+    assert not [f for f in found if f["schedule"] == "row_local.schedule_rows"]
+    x = (np.random.default_rng(2).standard_normal(1000) * 4).astype("float32")
+    out = tvm.runtime.tensor(np.zeros(1000, "float32"))
+    tvm.compile(sch.mod, target=target)["main"](tvm.runtime.tensor(x), out)
+    np.testing.assert_allclose(out.numpy(), _reference(x), rtol=2e-6, atol=1e-7)
+
+
 def test_a_softmax_compiled_from_onnx_matches_onnxruntime(tmp_path):
     """Through the whole pipeline (the fast-math softmax, the row-local schedule, the artifact):
     a Softmax over rows of 197 with a scale before it, against onnxruntime."""
